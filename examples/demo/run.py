@@ -1,0 +1,3 @@
+"""Placeholder for the demo: replaced as the parts land."""
+
+print("mlscale demo: nothing to run yet")

@@ -1,0 +1,70 @@
+"""The project file ``mlscale.toml`` parsed and validated into typed settings.
+
+Every section has defaults that work embedded (no service to install), so an empty file, or none,
+is a valid project. Relative paths are resolved against the file's folder, so a project can be
+run from anywhere.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import msgspec
+
+from mlscale.errors import ConfigError
+
+
+class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The model server: where it listens, how many processes, and its limits."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    model_repository: str = "models"
+    # Largest request body accepted; larger ones are answered 413 before being read whole.
+    max_body_bytes: int = 64 * 1024 * 1024
+    # Default deadline for a request in seconds; None means none unless the request asks.
+    request_timeout: float | None = None
+    # Default bound of each model's queue of waiting requests; a full queue answers 503.
+    max_queue_size: int = 1024
+    # How often the repository folder is scanned for new or removed versions (seconds; 0 = never).
+    poll_interval: float = 2.0
+    # Seconds SIGTERM waits for requests in flight before the process exits anyway.
+    graceful_timeout: float = 30.0
+
+
+class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """All of mlscale's settings, one section per part."""
+
+    server: ServerSettings = msgspec.field(default_factory=ServerSettings)
+    # Folder of the project file; relative paths in the sections are resolved against it.
+    root: str = "."
+
+    def resolve(self, path: str) -> Path:
+        """A path from the settings, made absolute against the project folder."""
+        candidate = Path(path).expanduser()
+        return candidate if candidate.is_absolute() else (Path(self.root) / candidate).resolve()
+
+
+def parse_settings(data: dict, root: Path | str = ".", source: str = "mlscale.toml") -> Settings:
+    """Validate a mapping (a parsed TOML document) into Settings, naming the bad field on error."""
+    try:
+        settings = msgspec.convert({**data, "root": str(root)}, Settings, strict=True)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    return settings
+
+
+def load_settings(path: Path | str | None = None) -> Settings:
+    """Read the project file; no path means embedded defaults rooted at the working folder."""
+    if path is None:
+        return Settings(root=str(Path.cwd()))
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such configuration file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_settings(data, root=path.resolve().parent, source=str(path))

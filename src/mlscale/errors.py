@@ -1,0 +1,59 @@
+"""Errors a user can cause, typed once so every edge (HTTP, CLI) maps them the same way."""
+
+
+class MlscaleError(Exception):
+    """Base of every error mlscale raises on purpose; ``status`` is the HTTP status it maps to."""
+
+    status = 500
+
+
+class InvalidInput(MlscaleError):
+    """The request or the input data is malformed (HTTP 400)."""
+
+    status = 400
+
+
+class ConfigError(MlscaleError):
+    """A configuration file or a model's settings are wrong (exit 2 on the command line)."""
+
+    status = 400
+
+
+class NotFound(MlscaleError):
+    """Something named by the user does not exist (HTTP 404)."""
+
+    status = 404
+
+
+class ModelNotFound(NotFound):
+    """The model, version or alias is not in the repository."""
+
+
+class ModelNotReady(MlscaleError):
+    """The model exists but is not loaded (HTTP 400, as Triton answers)."""
+
+    status = 400
+
+
+class Overloaded(MlscaleError):
+    """A bounded queue is full; the client should retry later (HTTP 503 with Retry-After)."""
+
+    status = 503
+
+
+class DeadlineExceeded(MlscaleError):
+    """The request's deadline passed before its answer was ready (HTTP 504)."""
+
+    status = 504
+
+
+class PayloadTooLarge(MlscaleError):
+    """The request body is larger than the configured limit (HTTP 413)."""
+
+    status = 413
+
+
+class ServiceUnavailable(MlscaleError):
+    """A backing service (Redis, a shard) cannot be reached in time."""
+
+    status = 503

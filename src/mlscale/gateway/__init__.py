@@ -1,0 +1,1 @@
+"""mlscale.gateway."""

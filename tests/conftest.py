@@ -1,0 +1,37 @@
+"""Shared fixtures: real services (the test command starts them) and small local models."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """URL of the real local Redis; `make test` starts one when none runs."""
+    if not _listening(6379):
+        pytest.skip("Redis is not running on 127.0.0.1:6379 (make test starts it)")
+    return "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture(scope="session")
+def nats_url() -> str:
+    """URL of the real local NATS server with JetStream."""
+    if not _listening(4222):
+        pytest.skip("NATS is not running on 127.0.0.1:4222 (make test starts it)")
+    return "nats://127.0.0.1:4222"
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> str:
+    """DSN of the real local PostgreSQL (trust auth, database test)."""
+    if not _listening(5432):
+        pytest.skip("PostgreSQL is not running on 127.0.0.1:5432")
+    return "postgresql://postgres@127.0.0.1:5432/test"
