@@ -1,0 +1,269 @@
+"""The dashboard as a plain ASGI application: one page, its data API, and its static files.
+
+Plain ASGI rather than a framework because the server that mounts it is itself a lean ASGI app and
+the dashboard has four routes. Every URL inside the page is relative, so the app works under any
+prefix: it routes on the path below ``scope["root_path"]`` and accepts both conventions servers use
+(path with the prefix kept, as Starlette's ``Mount`` does, or with it stripped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import Any
+from urllib.parse import parse_qs
+
+import msgspec
+
+from mlscale.monitoring.dashboard.panels import alerts_panel, drift_panel
+from mlscale.monitoring.dashboard.sources import DashboardSources
+from mlscale.monitoring.dashboard.summary import MetricsHistory
+
+log = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_JSON = msgspec.json.Encoder(enc_hook=str)
+_STATIC = resources.files("mlscale.monitoring.dashboard") / "static"
+_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
+# Plotly's URL carries its version, so browsers may keep it for a year without asking again.
+_IMMUTABLE = "public, max-age=31536000, immutable"
+
+
+def _plotly_asset() -> tuple[str, bytes]:
+    import plotly
+
+    data = (resources.files("plotly") / "package_data" / "plotly.min.js").read_bytes()
+    return f"plotly-{plotly.__version__}.min.js", data
+
+
+class _Asset:
+    """A static file held in memory with its ETag and, compressed once on first need, its gzip form."""
+
+    def __init__(self, body: bytes, content_type: str, cache_control: str) -> None:
+        self.body = body
+        self.content_type = content_type
+        self.cache_control = cache_control
+        self.etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+        self._gzipped: bytes | None = None
+
+    def gzipped(self) -> bytes:
+        if self._gzipped is None:
+            self._gzipped = gzip.compress(self.body, compresslevel=6, mtime=0)
+        return self._gzipped
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+
+
+async def _respond(
+    send: Send, status: int, body: bytes, content_type: str, extra: dict[str, str] | None = None
+) -> None:
+    headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
+    headers += [(k.encode(), v.encode()) for k, v in (extra or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _json(send: Send, status: int, payload: Any) -> None:
+    await _respond(send, status, _JSON.encode(payload), "application/json", {"cache-control": "no-store"})
+
+
+class DashboardApp:
+    """ASGI app: ``/`` the page, ``/api/summary`` its data, ``/static/*`` its scripts and styles.
+
+    ``window`` is the default span (seconds) of the headline numbers; ``refresh_ms`` how often the
+    page polls. The history of metric snapshots lives in this object, one per process.
+    """
+
+    def __init__(
+        self,
+        sources: DashboardSources,
+        *,
+        window: float = 30.0,
+        refresh_ms: int = 1000,
+        history: MetricsHistory | None = None,
+        title: str = "mlscale",
+    ) -> None:
+        self.sources = sources
+        self.window = window
+        self.refresh_ms = refresh_ms
+        self.history = history or MetricsHistory()
+        self.title = title
+        self._lock = asyncio.Lock()
+        plotly_name, plotly_body = _plotly_asset()
+        self.assets: dict[str, _Asset] = {
+            plotly_name: _Asset(plotly_body, _TYPES[".js"], _IMMUTABLE),
+        }
+        for name in ("dashboard.js", "dashboard.css"):
+            body = (_STATIC / name).read_bytes()
+            self.assets[name] = _Asset(body, _TYPES["." + name.rsplit(".", 1)[1]], "no-cache")
+        page = (_STATIC / "index.html").read_text(encoding="utf-8")
+        page = page.replace("{{PLOTLY}}", plotly_name).replace("{{TITLE}}", title)
+        page = page.replace("{{REFRESH_MS}}", str(int(refresh_ms)))
+        page = page.replace("{{ASSET_VERSION}}", self.assets["dashboard.js"].etag.strip('"')[:12])
+        self.page = page.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        root = scope.get("root_path", "")
+        path = scope["path"]
+        route = path[len(root) :] if root and path.startswith(root) else path
+        method = scope["method"]
+        if route == "":
+            await _respond(send, 307, b"", "text/plain", {"location": root + "/"})
+            return
+        if method not in ("GET", "HEAD"):
+            await _json(send, 405, {"error": f"method {method} not allowed; the dashboard is read-only"})
+            return
+        if route in ("/", "/index.html"):
+            await _respond(send, 200, self.page, "text/html; charset=utf-8", {"cache-control": "no-cache"})
+        elif route == "/api/summary":
+            await self._summary(scope, send)
+        elif route.startswith("/static/") and route[len("/static/") :] in self.assets:
+            await self._asset(scope, send, self.assets[route[len("/static/") :]])
+        else:
+            await _json(send, 404, {"error": f"no dashboard resource at {route}"})
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _asset(self, scope: Scope, send: Send, asset: _Asset) -> None:
+        headers = _headers(scope)
+        extra = {"etag": asset.etag, "cache-control": asset.cache_control, "vary": "accept-encoding"}
+        if asset.etag in headers.get("if-none-match", ""):
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 304,
+                    "headers": [(k.encode(), v.encode()) for k, v in extra.items()],
+                }
+            )
+            await send({"type": "http.response.body", "body": b""})
+            return
+        body = asset.body
+        if "gzip" in headers.get("accept-encoding", "") and len(body) > 1024:
+            body = await asyncio.to_thread(asset.gzipped)
+            extra["content-encoding"] = "gzip"
+        await _respond(send, 200, body, asset.content_type, extra)
+
+    def _window(self, scope: Scope) -> float:
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        if "window" not in query:
+            return self.window
+        raw = query["window"][-1]
+        try:
+            window = float(raw)
+        except ValueError:
+            raise ValueError(f"window must be a number of seconds, got {raw!r}") from None
+        if not math.isfinite(window) or not 1.0 <= window <= self.history.max_age:
+            raise ValueError(f"window must be between 1 and {self.history.max_age:g} seconds, got {raw}")
+        return window
+
+    async def _summary(self, scope: Scope, send: Send) -> None:
+        try:
+            window = self._window(scope)
+        except ValueError as exc:
+            await _json(send, 400, {"error": str(exc)})
+            return
+        await _json(send, 200, await self.summary(window))
+
+    async def summary(self, window: float | None = None) -> dict[str, Any]:
+        """Everything the page draws, as one JSON-able dict (also handy for tests and other clients)."""
+        window = self.window if window is None else window
+        metrics = await self._metrics(window)
+        return {
+            "time": time.time(),
+            "title": self.title,
+            "window_seconds": window,
+            "refresh_ms": self.refresh_ms,
+            "metrics": metrics,
+            "models": await self._panel(self.sources.models, None),
+            "drift": await self._panel(self.sources.drift, drift_panel),
+            "alerts": await self._panel(self.sources.alerts, alerts_panel),
+            "cameras": await self._panel(self.sources.cameras, None),
+        }
+
+    async def _metrics(self, window: float) -> dict[str, Any]:
+        source = self.sources.metrics_text
+        if source is None:
+            return {"status": "not configured"}
+        error = None
+        async with self._lock:
+            now = time.time()
+            if self.history.due(now):
+                try:
+                    text = await asyncio.to_thread(source)
+                    if text is None:
+                        return {"status": "not configured"}
+                    self.history.add(text, now)
+                except Exception as exc:  # a broken source must not take the page down
+                    log.warning("dashboard metrics source failed: %s", exc)
+                    error = f"{type(exc).__name__}: {exc}"
+            result = self.history.summary(window)
+        return {"status": "error" if error else "ok", "error": error, **result}
+
+    async def _panel(
+        self, source: Callable[[], Any] | None, shape: Callable[[Any], Any] | None
+    ) -> dict[str, Any]:
+        if source is None:
+            return {"status": "not configured", "data": None}
+        try:
+            data = await asyncio.to_thread(source)
+            if data is None:
+                return {"status": "not configured", "data": None}
+            return {"status": "ok", "data": shape(data) if shape else data}
+        except Exception as exc:  # one failing panel shows its error; the others still draw
+            log.warning("dashboard source %s failed: %s", getattr(source, "__name__", source), exc)
+            return {"status": "error", "error": f"{type(exc).__name__}: {exc}", "data": None}
+
+
+def create_dashboard_app(
+    sources: DashboardSources, *, window: float = 30.0, refresh_ms: int = 1000, title: str = "mlscale"
+) -> DashboardApp:
+    """Build the dashboard ASGI app; mount it under a prefix (see :func:`mount_dashboard`)."""
+    return DashboardApp(sources, window=window, refresh_ms=refresh_ms, title=title)
+
+
+def mount_dashboard(app: ASGIApp, dashboard: ASGIApp, prefix: str = "/dashboard") -> ASGIApp:
+    """Wrap ``app`` so ``prefix`` goes to the dashboard and ``/`` redirects there; the rest is ``app``'s.
+
+    The dashboard gets ``root_path`` extended by the prefix and the path unchanged (ASGI's convention,
+    as Starlette's ``Mount``); lifespan events go to ``app`` only.
+    """
+    prefix = "/" + prefix.strip("/")
+
+    async def mounted(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            root = scope.get("root_path", "")
+            path = scope["path"]
+            route = path[len(root) :] if root and path.startswith(root) else path
+            if route == "/" and scope["type"] == "http":
+                await _respond(send, 307, b"", "text/plain", {"location": root + prefix + "/"})
+                return
+            if route == prefix or route.startswith(prefix + "/"):
+                await dashboard({**scope, "root_path": root + prefix}, receive, send)
+                return
+        await app(scope, receive, send)
+
+    return mounted
