@@ -47,15 +47,19 @@ def increase(current: Snapshot, previous: Snapshot | None, name: str) -> list[Sa
     """Per series, how much a counter grew between two snapshots.
 
     Like PromQL a value that went down means the counter was reset (a worker restarted), so the whole
-    current value is the increase. A series absent before started at zero, so all of it counts:
-    a model loaded between two polls shows its first requests instead of losing them.
+    current value is the increase. Unlike PromQL the reset is judged per histogram, not per bucket:
+    when any bucket of a histogram went down, all its buckets restarted, even those that happen to
+    be back above their old value. A series absent before started at zero, so all of it counts: a
+    model loaded between two polls shows its first requests instead of losing them.
     """
     before = {} if previous is None else {_key(lab): v for lab, v in previous.get(name)}
-    out: list[Sample] = []
-    for labels, value in current.get(name):
-        old = before.get(_key(labels), 0.0)
-        out.append((labels, value if value < old else value - old))
-    return out
+    rows = [(labels, value, before.get(_key(labels), 0.0)) for labels, value in current.get(name)]
+    reset = {_group(labels) for labels, value, old in rows if value < old}
+    return [(labels, value if _group(labels) in reset else value - old) for labels, value, old in rows]
+
+
+def _group(labels: Labels) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((k, v) for k, v in labels.items() if k != "le"))
 
 
 def _matches(labels: Labels, match: Mapping[str, Iterable[str]] | None) -> bool:

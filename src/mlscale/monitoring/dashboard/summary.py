@@ -183,7 +183,8 @@ class MetricsHistory:
         if latest is not None:
             self._series.append(step_point(snapshot, latest))
         self._snapshots.append(snapshot)
-        while self._snapshots and now - self._snapshots[0].time > self.max_age:
+        # Keep the step before the latest even when old: after a quiet spell it is the only baseline.
+        while len(self._snapshots) > 2 and now - self._snapshots[0].time > self.max_age:
             self._snapshots.popleft()
         while self._series and now - self._series[0]["time"] > self.max_age:
             self._series.popleft()
