@@ -15,7 +15,7 @@
       paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)",
       font: { color: C.text, size: 11, family: "Inter, Segoe UI, system-ui, sans-serif" },
       margin: { l: 48, r: 12, t: 8, b: 30 },
-      xaxis: { gridcolor: C.grid, zeroline: false, linecolor: C.grid },
+      xaxis: { gridcolor: C.grid, zeroline: false, linecolor: C.grid, tickformat: "%H:%M:%S" },
       yaxis: { gridcolor: C.grid, zeroline: false, linecolor: C.grid, rangemode: "tozero" },
       legend: { orientation: "h", x: 0, y: 1.12, font: { size: 11 } },
       hovermode: "x unified", showlegend: true,
@@ -125,7 +125,7 @@
   function drawHeadline(d) {
     const w = d.metrics && d.metrics.window;
     const span = w && isNum(w.seconds) ? "last " + Math.round(w.seconds) + " s" : "";
-    setStat("stat-rps", w ? fmt(w.requests_per_second) : "–", w ? fmt(w.requests, 0) + " requests · " + span : "");
+    setStat("stat-rps", w ? fmt(w.requests_per_second) : "–", w ? fmt(w.requests, 0) + " in " + Math.round(w.seconds || 0) + " s" : "");
     const er = w ? w.error_ratio : null;
     setStat("stat-errors", pct(er), w ? fmt(w.rejected, 0) + " rejected" : "", isNum(er) ? (er > 0.05 ? "bad" : er > 0.01 ? "warn" : "good") : null);
     setStat("stat-p50", w ? ms(w.p50) : "–", w ? "p90 " + ms(w.p90) : "");
@@ -179,6 +179,10 @@
     if (!setPanel("panel-drift", d.drift.status, d.drift.error)) return;
     const root = document.getElementById("drift-monitors");
     const monitors = d.drift.data.monitors;
+    // Drift results change once per monitor run, not per poll: redraw only when they do.
+    const signature = JSON.stringify(monitors);
+    if (root.dataset.signature === signature) return;
+    root.dataset.signature = signature;
     const layoutKey = JSON.stringify(monitors.map((m) => [m.name, m.features.map((f) => f.feature)]));
     if (root.dataset.key !== layoutKey) {
       root.dataset.key = layoutKey;
