@@ -49,11 +49,13 @@ class SklearnRuntime(Runtime):
         self.apply_declared(config)
         self._input_name = self.inputs[0].name
 
-    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def predict(self, inputs: dict[str, np.ndarray], outputs: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
         features = inputs[self._input_name]
         if features.ndim != 2:
             raise InvalidInput(f"input {self._input_name!r} must be 2-D [rows, features]")
-        result = {self._label_name: np.asarray(self.model.predict(features))}
-        if self._has_proba:
+        result = {}
+        if outputs is None or self._label_name in outputs:
+            result[self._label_name] = np.asarray(self.model.predict(features))
+        if self._has_proba and (outputs is None or "probabilities" in outputs):
             result["probabilities"] = np.asarray(self.model.predict_proba(features), dtype=np.float64)
         return result
