@@ -6,12 +6,15 @@ sharded store. Redis, SQLite and the sharded store are imported lazily by the fa
 
 from mlscale.storage.base import KeyValue
 from mlscale.storage.factory import open_store, parse_spec
-from mlscale.storage.hashring import HashRing
 from mlscale.storage.memory import MemoryKeyValue
 from mlscale.storage.settings import StorageSettings
 
 
 def __getattr__(name: str):  # lazy re-exports keep `import mlscale.storage` light
+    if name == "HashRing":
+        from mlscale.storage.hashring import HashRing
+
+        return HashRing
     if name == "SQLiteKeyValue":
         from mlscale.storage.sqlite import SQLiteKeyValue
 
