@@ -12,6 +12,7 @@ from pathlib import Path
 
 import msgspec
 
+from mlscale.cache.settings import CacheSettings
 from mlscale.errors import ConfigError
 from mlscale.storage.settings import StorageSettings
 
@@ -40,6 +41,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     storage: StorageSettings = msgspec.field(default_factory=StorageSettings)
+    cache: CacheSettings = msgspec.field(default_factory=CacheSettings)
     # Folder of the project file; relative paths in the sections are resolved against it.
     root: str = "."
 
