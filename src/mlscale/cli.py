@@ -14,7 +14,6 @@ from mlscale.errors import MlscaleError
 COMMANDS: dict[str, str] = {
     "serve": "mlscale.serving.commands:serve",
     "storage": "mlscale.storage.commands:storage",
-
 }
 
 

@@ -30,16 +30,17 @@ def test_key_changes_with_version_dtype_shape_values_and_names() -> None:
         prediction_key("m", "1", {"x": x + 1}),
         prediction_key("m", "1", {"z": x}),
         prediction_key("other", "1", {"x": x}),
+        prediction_key("m", "1", {"x": x}, outputs=["label"]),
+        prediction_key("m", "1", {"x": x}, outputs=["proba"]),
     ]
     assert len({base, *variants}) == len(variants) + 1
+    assert prediction_key("m", "1", {"x": x}, ["a", "b"]) == prediction_key("m", "1", {"x": x}, ["b", "a"])
 
 
 def test_key_is_canonical_over_byte_order_and_memory_layout() -> None:
     little = np.arange(12, dtype="<f8").reshape(3, 4)
     assert prediction_key("m", "1", {"x": little}) == prediction_key("m", "1", {"x": little.astype(">f8")})
-    assert prediction_key("m", "1", {"x": little.T}) == prediction_key(
-        "m", "1", {"x": np.ascontiguousarray(little.T)}
-    )
+    assert prediction_key("m", "1", {"x": little.T}) == prediction_key("m", "1", {"x": np.ascontiguousarray(little.T)})
 
 
 def test_key_of_bytes_tensors_hashes_the_contents() -> None:

@@ -86,9 +86,7 @@ def test_a_failed_computation_reaches_every_waiter_and_is_not_cached() -> None:
             await asyncio.sleep(0.01)
             raise RuntimeError("model crashed")
 
-        results = await asyncio.gather(
-            *(cache.get_or_compute(b"k", broken) for _ in range(5)), return_exceptions=True
-        )
+        results = await asyncio.gather(*(cache.get_or_compute(b"k", broken) for _ in range(5)), return_exceptions=True)
         assert calls == 1 and all(isinstance(r, RuntimeError) for r in results)
         assert await cache.get_or_compute(b"k", Model()(b"ok")) == (b"ok", "computed")
 
@@ -122,9 +120,7 @@ def test_l2_hit_fills_l1_of_another_worker(redis_l2: RedisKeyValue) -> None:
         sources.append((await worker_b.get_or_compute(k, model(b"setosa")))[1])
         sources.append((await worker_b.get_or_compute(k, model(b"setosa")))[1])
         assert model.calls == 1
-        hits = REGISTRY.get_sample_value(
-            "mlscale_cache_requests_total", {"cache": name, "tier": "l2", "result": "hit"}
-        )
+        hits = REGISTRY.get_sample_value("mlscale_cache_requests_total", {"cache": name, "tier": "l2", "result": "hit"})
         assert hits == 1
         await redis_l2.aclose()
         return sources
@@ -206,9 +202,7 @@ def test_sqlite_l2_is_shared_between_caches(tmp_path: Path) -> None:
     async def scenario() -> None:
         store = SQLiteKeyValue(tmp_path / "cache.db")
         a = PredictionCache(l1_max_bytes=1 << 20, ttl=60, l2=store, name=unique())
-        b = PredictionCache(
-            l1_max_bytes=1 << 20, ttl=60, l2=SQLiteKeyValue(tmp_path / "cache.db"), name=unique()
-        )
+        b = PredictionCache(l1_max_bytes=1 << 20, ttl=60, l2=SQLiteKeyValue(tmp_path / "cache.db"), name=unique())
         await a.get_or_compute(b"m\x001\x00k", Model()(b"v"))
         await a.drain()
         assert await b.get_or_compute(b"m\x001\x00k", Model()(b"other")) == (b"v", "l2")
@@ -222,9 +216,7 @@ def test_requests_keep_being_answered_when_redis_dies_mid_traffic(start_redis) -
 
     async def scenario() -> tuple[list[str], float]:
         l2 = RedisKeyValue(server.url, timeout=0.2)
-        cache = PredictionCache(
-            l1_max_bytes=1 << 20, ttl=60, l2=l2, name=name, l2_timeout=0.3, l2_retry_after=30
-        )
+        cache = PredictionCache(l1_max_bytes=1 << 20, ttl=60, l2=l2, name=name, l2_timeout=0.3, l2_retry_after=30)
         model = Model()
         sources: list[str] = []
 
@@ -245,7 +237,5 @@ def test_requests_keep_being_answered_when_redis_dies_mid_traffic(start_redis) -
     assert len(sources) == 150 and sources.count("computed") == 50 + 75
     assert sources.count("l1") == 25
     assert elapsed < 2
-    errors = REGISTRY.get_sample_value(
-        "mlscale_cache_requests_total", {"cache": name, "tier": "l2", "result": "error"}
-    )
+    errors = REGISTRY.get_sample_value("mlscale_cache_requests_total", {"cache": name, "tier": "l2", "result": "error"})
     assert errors and errors >= 1

@@ -146,9 +146,7 @@ def test_stalled_redis_times_out_instead_of_hanging(start_redis) -> None:
     assert wait_until(lambda: kv.ping())
 
 
-def test_redis_cluster_against_a_plain_or_dead_server_fails_at_construction(
-    start_redis, redis_url: str
-) -> None:
+def test_redis_cluster_against_a_plain_or_dead_server_fails_at_construction(start_redis, redis_url: str) -> None:
     # No Redis Cluster runs here: what can be pinned down is that misuse is a clear error, not a hang.
     with pytest.raises(ServiceUnavailable, match="Cluster"):
         RedisClusterKeyValue(redis_url.replace("redis://", "redis+cluster://"), timeout=0.5)

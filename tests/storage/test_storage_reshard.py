@@ -32,10 +32,7 @@ def test_reshard_moves_exactly_the_keys_whose_owner_changed(tmp_path: Path) -> N
     items = {f"k{i}".encode(): f"v{i}".encode() for i in range(3000)}
     source.set_many(items, ttl=600)
     expected = sum(
-        a != b
-        for a, b in zip(
-            HashRing(old).primaries(list(items)), HashRing(new).primaries(list(items)), strict=True
-        )
+        a != b for a, b in zip(HashRing(old).primaries(list(items)), HashRing(new).primaries(list(items)), strict=True)
     )
     state = reshard(
         Layout.of(shards_of(tmp_path, old), vnodes=160, replicas=1),
@@ -59,9 +56,7 @@ def test_reshard_resumes_after_being_killed_midway(tmp_path: Path) -> None:
     checkpoint = tmp_path / "reshard.json"
     args = ["storage", "reshard", "--from", sqlite_spec(tmp_path, old), "--to", sqlite_spec(tmp_path, new)]
     args += ["--checkpoint", str(checkpoint), "--batch-size", "100"]
-    proc = subprocess.Popen(
-        [*CLI, *args, "--max-rate", "1500"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    proc = subprocess.Popen([*CLI, *args, "--max-rate", "1500"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 30
     progress = {}
     while time.monotonic() < deadline:

@@ -44,9 +44,7 @@ class Caches:
 
     def features(self, store: KeyValue) -> CachedKeyValue:
         """The feature cache in front of an online store."""
-        return CachedKeyValue(
-            store, ttl=self.settings.feature_ttl, l1_max_bytes=self.settings.feature_l1_max_bytes
-        )
+        return CachedKeyValue(store, ttl=self.settings.feature_ttl, l1_max_bytes=self.settings.feature_l1_max_bytes)
 
     def close(self) -> None:
         for store in self._stores.values():

@@ -46,9 +46,7 @@ class CachedKeyValue(KeyValue):
             self._fill(keys, out, missing, fetched)
         return out
 
-    def _fill(
-        self, keys: Sequence[bytes], out: list, missing: list[int], fetched: list[bytes | None]
-    ) -> None:
+    def _fill(self, keys: Sequence[bytes], out: list, missing: list[int], fetched: list[bytes | None]) -> None:
         for i, value in zip(missing, fetched, strict=True):
             out[i] = value
             if value is not None:

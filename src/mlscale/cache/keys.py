@@ -9,6 +9,7 @@ see the same tensors.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -42,9 +43,14 @@ def _update_with_array(h: hashlib.blake2b, array: np.ndarray) -> None:
     h.update(np.ascontiguousarray(array).data)
 
 
-def inputs_digest(inputs: dict[str, np.ndarray]) -> bytes:
-    """16-byte blake2b digest of the canonical form of ``inputs``."""
+def inputs_digest(inputs: dict[str, np.ndarray], outputs: Sequence[str] | None = None) -> bytes:
+    """16-byte blake2b digest of the canonical form of ``inputs`` (and the requested ``outputs``)."""
     h = hashlib.blake2b(digest_size=16)
+    if outputs is not None:
+        for name in sorted(outputs):
+            raw = name.encode()
+            h.update(b"o" + len(raw).to_bytes(4, "little") + raw)
+        h.update(b"|")
     for name in sorted(inputs):
         raw = name.encode()
         h.update(len(raw).to_bytes(4, "little"))
@@ -53,8 +59,15 @@ def inputs_digest(inputs: dict[str, np.ndarray]) -> bytes:
     return h.digest()
 
 
-def prediction_key(model: str, version: str, inputs: dict[str, np.ndarray]) -> bytes:
-    """``model \\0 version \\0 digest``: the cache key of one prediction."""
+def prediction_key(
+    model: str, version: str, inputs: dict[str, np.ndarray], outputs: Sequence[str] | None = None
+) -> bytes:
+    """``model \\0 version \\0 digest``: the cache key of one prediction.
+
+    ``outputs`` (the output names a request asked for, None for all) is part of the digest, since
+    two requests with the same inputs but different requested outputs get different answers.
+    """
     if SEPARATOR in model.encode() or SEPARATOR in version.encode():
         raise ValueError("model and version names cannot contain NUL")
-    return model_prefix(model) + version.encode() + SEPARATOR + inputs_digest(inputs)
+    digest = inputs_digest(inputs, outputs)
+    return model_prefix(model) + version.encode() + SEPARATOR + digest

@@ -19,9 +19,7 @@ ENTRY_OVERHEAD = 160
 class LRUCache:
     """Least-recently-used eviction past ``max_bytes``; entries expire ``ttl`` seconds after they are set."""
 
-    def __init__(
-        self, max_bytes: int, *, ttl: float | None = None, name: str = "default", tier: str = "l1"
-    ) -> None:
+    def __init__(self, max_bytes: int, *, ttl: float | None = None, name: str = "default", tier: str = "l1") -> None:
         if max_bytes < 0:
             raise ValueError("max_bytes must be >= 0")
         self.max_bytes = max_bytes

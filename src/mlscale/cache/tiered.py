@@ -42,18 +42,12 @@ class TieredCache:
         self.ttl = ttl
         # L1 may keep entries for less time than L2: other workers' purges reach L1 only by expiry/sync.
         self.l1 = LRUCache(l1_max_bytes, ttl=ttl if l1_ttl is None else l1_ttl, name=name, tier="l1")
-        self.l2 = (
-            SharedTier(l2, name=name, timeout=l2_timeout, retry_after=l2_retry_after)
-            if l2 is not None
-            else None
-        )
+        self.l2 = SharedTier(l2, name=name, timeout=l2_timeout, retry_after=l2_retry_after) if l2 is not None else None
         self._flight: SingleFlight[tuple[bytes, Source]] = SingleFlight()
         self._shared = SHARED.labels(name)
         self._writes: set[asyncio.Task] = set()
 
-    async def get_or_compute(
-        self, key: bytes, compute: Callable[[], Awaitable[bytes]]
-    ) -> tuple[bytes, Source]:
+    async def get_or_compute(self, key: bytes, compute: Callable[[], Awaitable[bytes]]) -> tuple[bytes, Source]:
         """The value for ``key`` and where it came from: "l1", "l2", "computed" or "shared"."""
         value = self.l1.get(key)
         if value is not None:
@@ -125,9 +119,7 @@ class PredictionCache(TieredCache):
         self._next_sync = time.monotonic() + purge_sync_interval
         self._models: set[bytes] = set()
 
-    async def get_or_compute(
-        self, key: bytes, compute: Callable[[], Awaitable[bytes]]
-    ) -> tuple[bytes, Source]:
+    async def get_or_compute(self, key: bytes, compute: Callable[[], Awaitable[bytes]]) -> tuple[bytes, Source]:
         if self.l2 is not None and time.monotonic() >= self._next_sync:
             self._next_sync = time.monotonic() + self.purge_sync_interval
             self._spawn(self._sync_purges())

@@ -49,8 +49,9 @@ class Response:
 
     __slots__ = ("body", "content_type", "headers", "status")
 
-    def __init__(self, status: int, body: bytes, content_type: bytes = JSON,
-                 headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    def __init__(
+        self, status: int, body: bytes, content_type: bytes = JSON, headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
         self.status = status
         self.body = body
         self.content_type = content_type
@@ -335,8 +336,9 @@ class InferenceApp:
         metrics.REQUEST_DURATION.labels(name, resolved_version).observe(time.perf_counter() - started)
         if json_length is None:
             return Response(200, payload)
-        return Response(200, payload, b"application/octet-stream",
-                        [(b"inference-header-content-length", str(json_length).encode())])
+        return Response(
+            200, payload, b"application/octet-stream", [(b"inference-header-content-length", str(json_length).encode())]
+        )
 
 
 def _int_header(key: bytes, value: bytes) -> int:

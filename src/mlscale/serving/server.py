@@ -22,8 +22,7 @@ STATE_ENV = "MLSCALE_STATE_DIR"
 WORKERS_ENV = "MLSCALE_WORKERS"
 
 
-def build_app(settings: ServerSettings, repository_dir: Path, *, control_dir: Path | None = None,
-              workers: int = 1):
+def build_app(settings: ServerSettings, repository_dir: Path, *, control_dir: Path | None = None, workers: int = 1):
     """The ASGI app for one worker process (also what tests embed)."""
     from mlscale.serving.app import InferenceApp
     from mlscale.serving.control import WorkerControl

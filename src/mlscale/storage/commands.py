@@ -25,9 +25,7 @@ def _open_layout(spec: str, timeout: float) -> dict[str, KeyValue]:
 @click.option("--to", "target_spec", required=True, help="New shards: comma-separated URLs (name=URL).")
 @click.option("--replicas", default=1, show_default=True, help="Owners per key (the same in both layouts).")
 @click.option("--vnodes", default=160, show_default=True, help="Ring points per shard (as in the store).")
-@click.option(
-    "--checkpoint", type=click.Path(path_type=Path), help="Progress file (default under .mlscale/)."
-)
+@click.option("--checkpoint", type=click.Path(path_type=Path), help="Progress file (default under .mlscale/).")
 @click.option("--batch-size", default=500, show_default=True, help="Keys copied per round trip.")
 @click.option("--max-rate", type=float, help="At most this many keys moved per second.")
 @click.option("--timeout", default=5.0, show_default=True, help="Seconds each store call may take.")

@@ -44,9 +44,7 @@ def _ms(ttl: float) -> int:
 class RedisKeyValue(KeyValue):
     """One Redis server (or a Sentinel-less primary): ``RedisKeyValue("redis://host:6379/0")``."""
 
-    def __init__(
-        self, url: str = "redis://127.0.0.1:6379/0", *, timeout: float = 1.0, prefix: bytes = b""
-    ) -> None:
+    def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, timeout: float = 1.0, prefix: bytes = b"") -> None:
         self.url, url_prefix = split_prefix(url)
         self.prefix = prefix or url_prefix
         self.timeout = timeout

@@ -46,9 +46,7 @@ class ShardedKeyValue(KeyValue):
 
     def _failed(self, index: int, exc: Exception) -> None:
         if self._usable(index):
-            log.warning(
-                "shard %s failed, skipping it for %.1fs: %s", self.ring.names[index], self.retry_after, exc
-            )
+            log.warning("shard %s failed, skipping it for %.1fs: %s", self.ring.names[index], self.retry_after, exc)
         self._down_until[index] = time.monotonic() + self.retry_after
 
     @staticmethod
@@ -159,9 +157,7 @@ class ShardedKeyValue(KeyValue):
                     continue
                 stored[positions] = True
         if not stored.all():
-            raise ServiceUnavailable(
-                f"{int((~stored).sum())} keys reached none of their shards: {last_error}"
-            )
+            raise ServiceUnavailable(f"{int((~stored).sum())} keys reached none of their shards: {last_error}")
 
     def set_many(self, items: Mapping[bytes, bytes], ttl: float | None = None) -> None:
         keys = list(items)
@@ -171,9 +167,7 @@ class ShardedKeyValue(KeyValue):
     def set_many_with_ttls(self, items: Mapping[bytes, tuple[bytes, float | None]]) -> None:
         keys = list(items)
         if keys:
-            self._write(
-                keys, lambda store, pos: store.set_many_with_ttls({keys[p]: items[keys[p]] for p in pos})
-            )
+            self._write(keys, lambda store, pos: store.set_many_with_ttls({keys[p]: items[keys[p]] for p in pos}))
 
     def delete(self, keys: Sequence[bytes]) -> int:
         """Delete on every owner; the count is each key's first reachable owner's answer."""

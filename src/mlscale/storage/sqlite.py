@@ -61,9 +61,7 @@ class SQLiteKeyValue(KeyValue):
 
     def _open(self) -> sqlite3.Connection:
         try:
-            conn = sqlite3.connect(
-                self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
-            )
+            conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(_SCHEMA)
@@ -167,8 +165,7 @@ class SQLiteKeyValue(KeyValue):
                     marks = ",".join("?" * len(chunk))
                     # Count only live keys as existing, like Redis (expired ones are gone there).
                     removed += conn.execute(
-                        f"SELECT count(*) FROM kv WHERE key IN ({marks})"
-                        " AND (expires IS NULL OR expires > ?)",
+                        f"SELECT count(*) FROM kv WHERE key IN ({marks}) AND (expires IS NULL OR expires > ?)",
                         (*chunk, now),
                     ).fetchone()[0]
                     conn.execute(f"DELETE FROM kv WHERE key IN ({marks})", chunk)
