@@ -61,6 +61,7 @@ class ModelVersion:
     batcher: AdaptiveBatcher
     fingerprint: tuple
     load_seconds: float
+    meters: metrics.ModelMeters
 
     def metadata(self, versions: list[str]) -> dict:
         return {
@@ -80,7 +81,9 @@ class ModelVersion:
         for name, array in inputs.items():
             spec = declared.get(name)
             if spec is None:
-                raise InvalidInput(f"model {self.model!r} has no input {name!r} (inputs: {sorted(declared)})")
+                raise InvalidInput(
+                    f"model {self.model!r} has no input {name!r} (inputs: {sorted(declared)})"
+                )
             datatype = v2_datatype(array.dtype) if array.dtype.kind != "b" else "BOOL"
             if datatype != spec.datatype:
                 raise InvalidInput(
@@ -91,7 +94,8 @@ class ModelVersion:
                 or any(d not in (-1, a) for d, a in zip(spec.shape, array.shape, strict=True))
             ):
                 raise InvalidInput(
-                    f"input {name!r} has shape {list(array.shape)} but model {self.model!r} expects {list(spec.shape)}"
+                    f"input {name!r} has shape {list(array.shape)} but model {self.model!r} "
+                    f"expects {list(spec.shape)}"
                 )
         if outputs:
             known = {s.name for s in self.runtime.outputs}
@@ -135,7 +139,8 @@ class ModelEntry:
         found = self.versions.get(version)
         if found is None:
             if version in self.failed:
-                raise ModelNotReady(f"model {self.name!r} version {version!r} failed to load: {self.failed[version]}")
+                raise ModelNotReady(f"model {self.name!r} version {version!r} failed to load: "
+                                    f"{self.failed[version]}")
             raise ModelNotFound(f"model {self.name!r} has no version or alias {version!r}")
         return found
 
@@ -177,9 +182,8 @@ class ModelRepository:
                 if version in entry.versions:
                     rows.append({"name": name, "version": version, "state": READY, "reason": ""})
                 else:
-                    rows.append(
-                        {"name": name, "version": version, "state": UNAVAILABLE, "reason": entry.failed[version]}
-                    )
+                    rows.append({"name": name, "version": version, "state": UNAVAILABLE,
+                                 "reason": entry.failed[version]})
         return rows
 
     def all_ready(self) -> bool:
@@ -187,7 +191,9 @@ class ModelRepository:
 
     # --- changing ------------------------------------------------------------------------------
     def _names_on_disk(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+        return sorted(
+            p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))
+        )
 
     def _versions_on_disk(self, name: str) -> list[Path]:
         folder = self.root / name
@@ -274,33 +280,20 @@ class ModelRepository:
         inline = config.execution == "inline"
         if config.execution == "auto":
             inline = await asyncio.to_thread(_runs_fast, runtime)
-        labels = (name, version)
-
-        def on_batch(rows: int, waits: list[float]) -> None:
-            metrics.BATCH_SIZE.labels(*labels).observe(rows)
-            wait_metric = metrics.QUEUE_WAIT.labels(*labels)
-            for wait in waits:
-                wait_metric.observe(wait)
-
+        meters = metrics.ModelMeters(name, version)
         batcher = AdaptiveBatcher(
             runtime.predict,
             max_batch_size=config.max_batch_size,
             max_delay=config.max_delay,
             max_queue_size=config.max_queue_size or self.max_queue_size,
             inline=inline,
-            on_batch=on_batch,
+            on_batch=meters.on_batch,
         )
         seconds = time.perf_counter() - started
-        metrics.MODEL_LOAD.labels(*labels).observe(seconds)
-        log.info(
-            "loaded model %s version %s (%s, %.3fs, %s)",
-            name,
-            version,
-            runtime.platform,
-            seconds,
-            "inline" if inline else "thread",
-        )
-        return ModelVersion(name, version, path, config, runtime, batcher, fingerprint, seconds)
+        metrics.MODEL_LOAD.labels(name, version).observe(seconds)
+        log.info("loaded model %s version %s (%s, %.3fs, %s)", name, version, runtime.platform, seconds,
+                 "inline" if inline else "thread")
+        return ModelVersion(name, version, path, config, runtime, batcher, fingerprint, seconds, meters)
 
     async def _drop_model(self, name: str) -> None:
         entry = self.models.pop(name, None)

@@ -22,7 +22,8 @@ STATE_ENV = "MLSCALE_STATE_DIR"
 WORKERS_ENV = "MLSCALE_WORKERS"
 
 
-def build_app(settings: ServerSettings, repository_dir: Path, *, control_dir: Path | None = None, workers: int = 1):
+def build_app(settings: ServerSettings, repository_dir: Path, *, control_dir: Path | None = None,
+              workers: int = 1):
     """The ASGI app for one worker process (also what tests embed)."""
     from mlscale.serving.app import InferenceApp
     from mlscale.serving.control import WorkerControl
@@ -36,6 +37,7 @@ def build_app(settings: ServerSettings, repository_dir: Path, *, control_dir: Pa
 def app_from_environment():
     """uvicorn's factory in each worker: rebuild the app from what the parent put in the environment."""
     settings = msgspec.json.decode(os.environ[SETTINGS_ENV], type=ServerSettings)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return build_app(
         settings,
         Path(settings.model_repository),
