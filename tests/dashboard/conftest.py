@@ -84,9 +84,7 @@ class DemoTraffic:
             "mlscale_batch_size", "Batch size", ["model", "version"], buckets=BATCH_BUCKETS, registry=r
         )
         self.inflight = Gauge("mlscale_inflight_requests", "In flight", ["model"], registry=r)
-        self.cache = Counter(
-            "mlscale_cache_requests", "Cache lookups", ["cache", "tier", "result"], registry=r
-        )
+        self.cache = Counter("mlscale_cache_requests", "Cache lookups", ["cache", "tier", "result"], registry=r)
         self.cache_bytes = Gauge("mlscale_cache_bytes", "Cache size", ["cache", "tier"], registry=r)
 
     def run(self) -> None:
@@ -100,24 +98,18 @@ class DemoTraffic:
                     n = max(1, round(30 * share * load * rng.uniform(0.8, 1.2)))
                     slow = 1.0 + 0.8 * max(0.0, math.sin(tick / 22))  # a periodic slowdown
                     for _ in range(n):
-                        self.duration.labels(model, version).observe(
-                            rng.lognormvariate(math.log(median * slow), 0.45)
-                        )
+                        self.duration.labels(model, version).observe(rng.lognormvariate(math.log(median * slow), 0.45))
                         self.queue.labels(model, version).observe(rng.expovariate(1 / (median * 0.3)))
                         outcome = "error" if rng.random() < 0.012 else "success"
                         if load > 1.45 and rng.random() < 0.05:
                             outcome = "rejected"
                         self.requests.labels(model, version, outcome).inc()
                     for _ in range(max(1, n // 6)):
-                        self.batch.labels(model, version).observe(
-                            min(64, max(1, round(rng.lognormvariate(2.0, 0.6))))
-                        )
+                        self.batch.labels(model, version).observe(min(64, max(1, round(rng.lognormvariate(2.0, 0.6)))))
                     self.inflight.labels(model).set(rng.randint(0, 6))
                 for tier, hit_rate in (("l1", 0.55 + 0.1 * math.sin(tick / 12)), ("l2", 0.8)):
                     for _ in range(12):
-                        self.cache.labels(
-                            "predictions", tier, "hit" if rng.random() < hit_rate else "miss"
-                        ).inc()
+                        self.cache.labels("predictions", tier, "hit" if rng.random() < hit_rate else "miss").inc()
                 self.cache_bytes.labels("predictions", "l1").set(48_000_000 + 1000 * tick)
                 self.cache_bytes.labels("predictions", "l2").set(610_000_000)
 
@@ -235,9 +227,7 @@ def demo_sources(traffic: DemoTraffic) -> DashboardSources:
                 "lag_seconds": 0.08,
                 "latency_p50": 0.021,
                 "latency_p99": 0.048,
-                "events": [
-                    {"time": started - 95, "label": "loitering", "score": 0.91, "snapshot_url": thumb}
-                ],
+                "events": [{"time": started - 95, "label": "loitering", "score": 0.91, "snapshot_url": thumb}],
             },
             {
                 "camera": "dock-2",

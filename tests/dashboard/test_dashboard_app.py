@@ -41,9 +41,7 @@ def test_a_failing_source_shows_its_error_and_the_others_still_draw():
 
     app = create_dashboard_app(
         DashboardSources(
-            models=lambda: [
-                {"name": "iris", "versions": ["1", "2"], "aliases": {"prod": "2"}, "ready": True}
-            ],
+            models=lambda: [{"name": "iris", "versions": ["1", "2"], "aliases": {"prod": "2"}, "ready": True}],
             drift=broken,
             alerts=lambda: [{"rule": "latency", "state": "firing", "since": 10.0, "value": 0.7}],
         )
@@ -121,9 +119,7 @@ def test_page_loads_its_chart_library_locally_with_long_caching():
 
 def test_mounted_under_a_prefix_with_root_redirect():
     async def inner(scope, receive, send):
-        await send(
-            {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]}
-        )
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
         await send({"type": "http.response.body", "body": b"inference " + scope["path"].encode()})
 
     app = mount_dashboard(inner, create_dashboard_app(DashboardSources()), "/dashboard")
@@ -143,3 +139,24 @@ def test_mounted_under_a_prefix_with_root_redirect():
     assert page.status_code == 200 and "<html" in page.text
     assert api.json()["metrics"] == {"status": "not configured"}
     assert other.text == "inference /v2/models/iris"
+
+
+def test_prefix_dispatch_without_root_path():
+    """The server's own router passes the full path and no root_path; ``prefix`` covers that."""
+    dashboard = create_dashboard_app(DashboardSources(), prefix="/dashboard")
+
+    async def router(scope, receive, send):
+        assert scope["path"].startswith("/dashboard")
+        await dashboard(scope, receive, send)
+
+    bare, api, static = run(
+        fetch(
+            router,
+            ("GET", "/dashboard", None),
+            ("GET", "/dashboard/api/summary", None),
+            ("GET", "/dashboard/static/dashboard.css", None),
+        )
+    )
+    assert bare.status_code == 307 and bare.headers["location"] == "/dashboard/"
+    assert api.json()["metrics"] == {"status": "not configured"}
+    assert static.status_code == 200 and static.headers["content-type"].startswith("text/css")

@@ -12,9 +12,7 @@ from urllib.parse import urlparse
 import pytest
 
 CHROMIUM = shutil.which("chromium")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="Debian's chromium not installed (scripts/ensure-chromium.sh)"
-)
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium not installed (scripts/ensure-chromium.sh)")
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "img" / "dashboard.png"
 ARGS = [
     "--headless",
@@ -66,17 +64,14 @@ def test_page_draws_the_registry_data_without_errors(live_dashboard):
             page.on(
                 "request",
                 lambda r: (
-                    None
-                    if r.url.startswith("data:") or urlparse(r.url).netloc == host
-                    else foreign.append(r.url)
+                    None if r.url.startswith("data:") or urlparse(r.url).netloc == host else foreign.append(r.url)
                 ),
             )
             page.goto(live_dashboard.url)  # "/" redirects to /dashboard/
             assert page.url.endswith("/dashboard/")
             # Enough history for the series to show the load's shape.
             page.wait_for_function(
-                "() => { const d = document.getElementById('chart-requests').data;"
-                " return d && d[0].x.length >= 10; }",
+                "() => { const d = document.getElementById('chart-requests').data; return d && d[0].x.length >= 10; }",
                 timeout=20_000,
             )
             requests = trace(page, "chart-requests", 0)
@@ -96,8 +91,7 @@ def test_page_draws_the_registry_data_without_errors(live_dashboard):
                 dt = times[i] - times[i - 1]
                 assert requests["y"][i] == pytest.approx((after.requests - before.requests) / dt, rel=0.02)
                 delta = [
-                    (b, c - c0)
-                    for (b, c), (_, c0) in zip(after.latency_buckets, before.latency_buckets, strict=True)
+                    (b, c - c0) for (b, c), (_, c0) in zip(after.latency_buckets, before.latency_buckets, strict=True)
                 ]
                 if delta[-1][1] > 0:
                     assert p50["y"][i] == pytest.approx(quantile(0.5, delta) * 1000, rel=1e-6)
@@ -115,11 +109,7 @@ def test_page_draws_the_registry_data_without_errors(live_dashboard):
             assert page.locator("#drift-monitors .feature").count() == 5
             assert page.locator("#drift-monitors .feature.drifted").count() == 2
             drift = page.evaluate("() => document.getElementById('drift-chart-0-0').data.map(t => t.y)")
-            assert (
-                len(drift) == 2
-                and sum(drift[0]) == pytest.approx(1.0)
-                and sum(drift[1]) == pytest.approx(1.0)
-            )
+            assert len(drift) == 2 and sum(drift[0]) == pytest.approx(1.0) and sum(drift[1]) == pytest.approx(1.0)
             assert page.inner_text("#table-alerts tbody").splitlines()[0].startswith("firing")
             assert page.locator("#cameras .camera").count() == 2
             assert page.inner_text("#stat-models .value") == "2 / 3"

@@ -36,9 +36,7 @@ def exposition(
         for le, count in zip(("0.01", "0.1", "1.0", "+Inf"), buckets, strict=True):
             labels = f'model="{model}",version="{version}",le="{le}"'
             lines.append(f"mlscale_request_duration_seconds_bucket{{{labels}}} {count}")
-        lines.append(
-            f'mlscale_request_duration_seconds_count{{model="{model}",version="{version}"}} {buckets[-1]}'
-        )
+        lines.append(f'mlscale_request_duration_seconds_count{{model="{model}",version="{version}"}} {buckets[-1]}')
         lines.append(f'mlscale_request_duration_seconds_sum{{model="{model}",version="{version}"}} 1.0')
     lines.append("# TYPE mlscale_batch_size histogram")
     for le, count in zip(("1.0", "2.0", "4.0", "8.0", "+Inf"), batch, strict=True):
@@ -56,9 +54,7 @@ def exposition(
     return "\n".join(lines) + "\n"
 
 
-BEFORE = exposition(
-    a_success=100, a_error=5, b_success=50, a_buckets=(10, 90, 100, 105), b_buckets=(50, 50, 50, 50)
-)
+BEFORE = exposition(a_success=100, a_error=5, b_success=50, a_buckets=(10, 90, 100, 105), b_buckets=(50, 50, 50, 50))
 # Over the 10 s step: model a +100 success, +10 errors, latency buckets +20/+80/+100/+100;
 # model b +30 requests, all under 10 ms.
 AFTER = exposition(

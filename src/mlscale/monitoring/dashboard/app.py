@@ -94,8 +94,10 @@ class DashboardApp:
         refresh_ms: int = 1000,
         history: MetricsHistory | None = None,
         title: str = "mlscale",
+        prefix: str = "",
     ) -> None:
         self.sources = sources
+        self.prefix = "/" + prefix.strip("/") if prefix.strip("/") else ""
         self.window = window
         self.refresh_ms = refresh_ms
         self.history = history or MetricsHistory()
@@ -123,6 +125,9 @@ class DashboardApp:
         root = scope.get("root_path", "")
         path = scope["path"]
         route = path[len(root) :] if root and path.startswith(root) else path
+        # A server that dispatches on the prefix without setting root_path: strip it ourselves.
+        if self.prefix and (route == self.prefix or route.startswith(self.prefix + "/")):
+            route, root = route[len(self.prefix) :], root + self.prefix
         method = scope["method"]
         if route == "":
             await _respond(send, 307, b"", "text/plain", {"location": root + "/"})
@@ -223,9 +228,7 @@ class DashboardApp:
             result = self.history.summary(window)
         return {"status": "error" if error else "ok", "error": error, **result}
 
-    async def _panel(
-        self, source: Callable[[], Any] | None, shape: Callable[[Any], Any] | None
-    ) -> dict[str, Any]:
+    async def _panel(self, source: Callable[[], Any] | None, shape: Callable[[Any], Any] | None) -> dict[str, Any]:
         if source is None:
             return {"status": "not configured", "data": None}
         try:
@@ -239,10 +242,20 @@ class DashboardApp:
 
 
 def create_dashboard_app(
-    sources: DashboardSources, *, window: float = 30.0, refresh_ms: int = 1000, title: str = "mlscale"
+    sources: DashboardSources,
+    *,
+    window: float = 30.0,
+    refresh_ms: int = 1000,
+    title: str = "mlscale",
+    prefix: str = "",
 ) -> DashboardApp:
-    """Build the dashboard ASGI app; mount it under a prefix (see :func:`mount_dashboard`)."""
-    return DashboardApp(sources, window=window, refresh_ms=refresh_ms, title=title)
+    """Build the dashboard ASGI app.
+
+    Mount it with :func:`mount_dashboard`, or under any router that sets ``root_path``; a router
+    that passes the full path without ``root_path`` (a plain prefix dispatch) needs ``prefix`` set to
+    the same prefix.
+    """
+    return DashboardApp(sources, window=window, refresh_ms=refresh_ms, title=title, prefix=prefix)
 
 
 def mount_dashboard(app: ASGIApp, dashboard: ASGIApp, prefix: str = "/dashboard") -> ASGIApp:

@@ -84,9 +84,7 @@ def total(samples: Iterable[Sample], match: Mapping[str, Iterable[str]] | None =
     return sum_by(samples, (), match).get((), 0.0)
 
 
-def buckets_by(
-    samples: Iterable[Sample], by: tuple[str, ...] = ()
-) -> dict[tuple[str, ...], list[tuple[float, float]]]:
+def buckets_by(samples: Iterable[Sample], by: tuple[str, ...] = ()) -> dict[tuple[str, ...], list[tuple[float, float]]]:
     """``sum by (by..., le)`` of ``_bucket`` samples: per group, sorted ``(bound, cumulative count)``."""
     grouped: dict[tuple[str, ...], dict[float, float]] = {}
     for labels, value in samples:
