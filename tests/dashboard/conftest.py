@@ -187,9 +187,23 @@ def demo_sources(traffic: DemoTraffic) -> DashboardSources:
     return DashboardSources(
         metrics_text=traffic.metrics_text,
         models=lambda: [
-            {"name": "iris", "versions": ["1", "2"], "aliases": {"prod": "2", "canary": "1"}, "ready": True},
+            {
+                "name": "iris",
+                "versions": [
+                    {"version": "1", "state": "READY", "traffic": 0.1},
+                    {"version": "2", "state": "READY", "traffic": 0.9},
+                ],
+                "aliases": {"prod": "2", "canary": "1"},
+                "ready": True,
+            },
             {"name": "fraud", "versions": ["3"], "aliases": {"prod": "3"}, "ready": True},
-            {"name": "detector", "versions": ["1"], "aliases": {}, "ready": False, "state": "loading"},
+            {
+                "name": "detector",
+                "versions": ["2", {"version": "1", "state": "UNAVAILABLE", "reason": "model.onnx is missing"}],
+                "aliases": {},
+                "ready": False,
+                "state": "loading",
+            },
         ],
         drift=demo_drift,
         alerts=lambda: [

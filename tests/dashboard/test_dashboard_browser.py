@@ -106,6 +106,8 @@ def test_page_draws_the_registry_data_without_errors(live_dashboard):
             assert sum(batches["y"]) > 0 and len(batches["x"]) == 8  # 7 bounds + the overflow bucket
             models = page.inner_text("#table-models tbody")
             assert "iris" in models and "fraud" in models and "prod → v2" in models and "loading" in models
+            assert "v2 · 90.0%" in models
+            assert page.get_attribute("#table-models .chip.failed", "title") == "model.onnx is missing"
             assert page.locator("#drift-monitors .feature").count() == 5
             assert page.locator("#drift-monitors .feature.drifted").count() == 2
             drift = page.evaluate("() => document.getElementById('drift-chart-0-0').data.map(t => t.y)")

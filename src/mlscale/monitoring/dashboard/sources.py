@@ -10,8 +10,8 @@ Shapes (plain dicts and lists of JSON-able values; missing keys are tolerated):
 ``metrics_text() -> str``
     Prometheus text exposition of the server's registry, summed over worker processes.
 ``models() -> list[dict]``
-    ``{"name": str, "versions": [str | {"version": str, ...}], "aliases": {alias: version},
-    "ready": bool}``.
+    ``{"name": str, "versions": [str | {"version": str, "state": "READY" | ..., "reason": str,
+    "traffic": share}], "aliases": {alias: version}, "ready": bool}``.
 ``drift() -> dict``
     ``{"monitors": [{"name": str, "drift_share": float, "drifted": bool, "features": [
     {"feature": str, "test": str, "value": float, "threshold": float, "drifted": bool,

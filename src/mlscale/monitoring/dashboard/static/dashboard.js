@@ -161,9 +161,11 @@
     }
     const rows = d.models.data.map((m) => {
       const versions = (m.versions || []).map((v) => {
-        const label = typeof v === "object" && v !== null ? (v.version ?? v.name) : v;
-        const extra = typeof v === "object" && v !== null && v.traffic !== undefined ? " · " + pct(v.traffic) : "";
-        return `<span class="chip">v${esc(label)}${esc(extra)}</span>`;
+        const info = typeof v === "object" && v !== null ? v : { version: v };
+        const extra = info.traffic !== undefined ? " · " + pct(info.traffic) : "";
+        const failed = info.state && !["READY", "ready"].includes(info.state);
+        return `<span class="chip${failed ? " failed" : ""}" title="${esc(info.reason || info.state || "")}">` +
+          `v${esc(info.version ?? info.name)}${esc(extra)}</span>`;
       }).join("");
       const aliases = Object.entries(m.aliases || {}).map(([a, v]) => `<span class="chip alias">${esc(a)} → v${esc(v)}</span>`).join("");
       const ready = m.ready === false ? "unready" : "ready";
