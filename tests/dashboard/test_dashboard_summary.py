@@ -198,3 +198,66 @@ def test_alerts_sorted_firing_first_then_newest():
         ]
     )
     assert [r["rule"] for r in rows] == ["f2", "f1", "p", "old"]
+
+
+def test_drift_panel_reads_the_monitor_run_state_file_shape():
+    """``mlscale monitor run`` stores ``{"monitors": {name: result}}``; ``share`` is the drifted share
+    there and ``drift_share`` the dataset-drift threshold."""
+    state = {
+        "time": 100.0,
+        "monitors": {
+            "iris": {
+                "model": "iris",
+                "share": 0.5,
+                "drifted": True,
+                "drift_share": 0.5,
+                "current_rows": 400,
+                "columns": [
+                    {
+                        "column": "x",
+                        "kind": "numeric",
+                        "test": "ks",
+                        "value": 0.3,
+                        "threshold": 0.05,
+                        "drifted": True,
+                        "reference": {"bins": [0.0, 1.0, 2.0], "counts": [3, 1]},
+                        "current": {"bins": [0.0, 1.0, 2.0], "counts": [1, 1]},
+                    },
+                    {"column": "y", "kind": "categorical", "test": "chisquare", "value": 0.9, "drifted": False},
+                ],
+            },
+            "fraud": {"model": "fraud", "error": "payload log unreadable", "time": 100.0},
+        },
+    }
+    iris, fraud = drift_panel(state)["monitors"]
+    assert iris["name"] == "iris" and iris["drift_share"] == 0.5 and iris["threshold"] == 0.5
+    assert iris["rows"] == 400 and [f["feature"] for f in iris["features"]] == ["x", "y"]
+    assert iris["features"][0]["histogram"]["current"] == [0.5, 0.5]
+    assert fraud["error"] == "payload log unreadable" and fraud["features"] == []
+
+
+def test_alerts_from_the_alert_manager_snapshot():
+    snapshot = {
+        "active": [
+            {
+                "rule": "p99",
+                "labels": {"model": "iris"},
+                "state": "firing",
+                "since": 50.0,
+                "value": 0.8,
+                "threshold": 0.5,
+                "op": ">",
+                "metric": "latency_p99",
+                "severity": "warning",
+            },
+        ],
+        "recent": [
+            {"status": "firing", "rule": "p99", "labels": {"model": "iris"}, "summary": "slow", "ends_at": None},
+            {"status": "resolved", "rule": "errors", "labels": {}, "summary": "errors back to normal", "ends_at": 40.0},
+            {"status": "resolved", "rule": "p99", "labels": {"model": "iris"}, "summary": "old", "ends_at": 30.0},
+        ],
+    }
+    rows = alerts_panel(snapshot)
+    assert [(r["rule"], r["state"]) for r in rows] == [("p99", "firing"), ("errors", "resolved")]
+    assert rows[0]["message"] == "latency_p99 > 0.5 (model=iris)"
+    assert rows[1]["message"] == "errors back to normal" and rows[1]["since"] == 40.0

@@ -56,18 +56,33 @@ def histogram_bars(reference: Mapping[str, Any] | None, current: Mapping[str, An
     }
 
 
+def _first(mapping: Mapping[str, Any], *keys: str, default: Any = None) -> Any:
+    for key in keys:
+        if mapping.get(key) is not None:
+            return mapping[key]
+    return default
+
+
 def drift_panel(data: Mapping[str, Any]) -> dict[str, Any]:
-    """Normalise ``{"monitors": [...]}`` (or one monitor given bare) for the drift panel."""
+    """Normalise drift results for the panel.
+
+    Accepts ``{"monitors": [...]}``, ``{"monitors": {name: result}}`` (the state ``mlscale monitor run``
+    writes, where a result lists ``columns`` and ``share`` is the drifted share while ``drift_share`` is
+    the threshold), or one monitor given bare. A monitor that failed or has no rows yet is kept, with
+    its error, so the page says why it shows nothing.
+    """
     monitors = data.get("monitors")
     if monitors is None:
-        monitors = [data] if "features" in data else []
+        monitors = [data] if ("features" in data or "columns" in data) else []
+    elif isinstance(monitors, Mapping):
+        monitors = [{"name": name, **result} for name, result in monitors.items()]
     out = []
     for monitor in monitors:
         features = []
-        for feature in monitor.get("features", []):
+        for feature in _first(monitor, "features", "columns", default=[]):
             features.append(
                 {
-                    "feature": str(feature.get("feature", feature.get("name", "?"))),
+                    "feature": str(_first(feature, "feature", "column", "name", default="?")),
                     "test": feature.get("test"),
                     "value": feature.get("value"),
                     "threshold": feature.get("threshold"),
@@ -76,26 +91,57 @@ def drift_panel(data: Mapping[str, Any]) -> dict[str, Any]:
                 }
             )
         drifted = sum(f["drifted"] for f in features)
-        share = monitor.get("drift_share", drifted / len(features) if features else 0.0)
+        measured = drifted / len(features) if features else 0.0
+        has_share = monitor.get("share") is not None
+        share = monitor["share"] if has_share else monitor.get("drift_share", measured)
         out.append(
             {
-                "name": str(monitor.get("name", monitor.get("monitor", "monitor"))),
+                "name": str(_first(monitor, "name", "monitor", default="monitor")),
+                "model": monitor.get("model"),
                 "drift_share": share,
+                "threshold": monitor.get("drift_share") if has_share else None,
                 "drifted": bool(monitor.get("drifted", drifted > 0)),
-                "rows": monitor.get("rows"),
+                "rows": _first(monitor, "current_rows", "rows"),
+                "error": monitor.get("error"),
                 "features": features,
             }
         )
     return {"monitors": out}
 
 
-def alerts_panel(alerts: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Firing first, then pending, then resolved; the newest first within each state."""
+def _alert_message(alert: Mapping[str, Any]) -> str:
+    message = _first(alert, "message", "summary")
+    if message is None and alert.get("metric") is not None:
+        message = f"{alert['metric']} {alert.get('op', '')} {alert.get('threshold', '')}".strip()
+    labels = alert.get("labels") or {}
+    if labels and isinstance(labels, Mapping):
+        message = f"{message or ''} ({', '.join(f'{k}={v}' for k, v in labels.items())})".strip()
+    return message or ""
+
+
+def alerts_panel(alerts: Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Firing first, then pending, then resolved; the newest first within each state.
+
+    Accepts a list of alerts or the alert manager's ``{"active": [...], "recent": [...]}``, whose
+    resolved notices (``status``, ``ends_at``) become resolved rows unless the alert is active again.
+    """
+    if isinstance(alerts, Mapping):
+        active = [dict(a) for a in alerts.get("active", [])]
+        keys = {(a.get("rule"), tuple(sorted((a.get("labels") or {}).items()))) for a in active}
+        resolved: dict[tuple, dict[str, Any]] = {}
+        for note in alerts.get("recent", []):
+            key = (note.get("rule"), tuple(sorted((note.get("labels") or {}).items())))
+            if note.get("status") == "resolved" and key not in keys:
+                resolved[key] = {**note, "state": "resolved", "since": note.get("ends_at")}
+        rows = active + list(resolved.values())
+    else:
+        rows = [dict(a) for a in alerts]
 
     def since(a: Mapping[str, Any]) -> float:
         value = a.get("since")
         return float(value) if isinstance(value, int | float) else 0.0
 
-    rows = [dict(a) for a in alerts]
+    for row in rows:
+        row["message"] = _alert_message(row)
     rows.sort(key=lambda a: (ALERT_ORDER.get(str(a.get("state")), 3), -since(a)))
     return rows

@@ -17,9 +17,12 @@ Shapes (plain dicts and lists of JSON-able values; missing keys are tolerated):
     {"feature": str, "test": str, "value": float, "threshold": float, "drifted": bool,
     "reference": {"bins": [...], "counts": [...]}, "current": {"bins": [...], "counts": [...]}}]}]}``;
     numeric ``bins`` are edges (one more than ``counts``), categorical ``bins`` are the categories.
+    The state ``mlscale monitor run`` writes (``{"monitors": {name: {"share", "drift_share",
+    "columns": [...]}}}``) is accepted as it is.
 ``alerts() -> list[dict]``
     ``{"rule": str, "state": "pending" | "firing" | "resolved", "since": epoch seconds or ISO text,
-    "value": float, "message": str, "severity": str}``.
+    "value": float, "message": str, "severity": str}``; or the alert manager's snapshot
+    ``{"active": [...], "recent": [...]}``, whose resolved notices become resolved rows.
 ``cameras() -> list[dict]``
     ``{"camera": str, "input_fps": float, "processed_fps": float, "dropped": int, "lag_seconds": float,
     "latency_p50": seconds, "latency_p99": seconds, "events": [{"time": epoch seconds, "label": str,

@@ -195,9 +195,13 @@
         || `<div class="muted">no monitors</div>`;
     }
     monitors.forEach((m, i) => {
-      document.getElementById(`drift-head-${i}`).innerHTML = `<span class="name">${esc(m.name)}</span>
-        <span class="badge ${m.drifted ? "drifted" : "ok"}">${m.drifted ? "drift detected" : "no drift"}</span>
-        <span class="muted">${pct(m.drift_share)} of features drifted${m.rows ? " · " + fmt(m.rows, 0) + " rows" : ""}</span>`;
+      const name = `<span class="name">${esc(m.name)}</span>` + (m.model ? `<span class="muted">model ${esc(m.model)}</span>` : "");
+      let verdict;
+      if (m.error) verdict = `<span class="badge drifted">failed</span><span class="muted">${esc(m.error)}</span>`;
+      else if (!m.features.length) verdict = `<span class="muted">waiting for the first window of rows</span>`;
+      else verdict = `<span class="badge ${m.drifted ? "drifted" : "ok"}">${m.drifted ? "drift detected" : "no drift"}</span>
+        <span class="muted">${pct(m.drift_share)} of features drifted${isNum(m.threshold) ? " (dataset drift at " + pct(m.threshold) + ")" : ""}${m.rows ? " · " + fmt(m.rows, 0) + " rows" : ""}</span>`;
+      document.getElementById(`drift-head-${i}`).innerHTML = name + verdict;
       m.features.forEach((f, j) => {
         const card = document.getElementById(`drift-${i}-${j}`);
         card.classList.toggle("drifted", f.drifted);
