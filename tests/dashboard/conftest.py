@@ -7,6 +7,8 @@ test can check each plotted point against what the registry really produced.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
 import random
 import socket
@@ -266,12 +268,18 @@ class LiveDashboard:
     traffic: DemoTraffic
 
 
-@pytest.fixture
-def live_dashboard():
-    """A uvicorn server on a free port with the dashboard mounted at /dashboard, traffic flowing."""
-    traffic = DemoTraffic()
-    dashboard = create_dashboard_app(demo_sources(traffic), refresh_ms=400, window=30.0)
-    dashboard.history.min_interval = 0.2
+@contextlib.contextmanager
+def serving(dashboards: list, traffic: DemoTraffic):
+    """Run uvicorn on a free port with ``dashboards`` mounted at /dashboard while traffic flows.
+
+    With several dashboards, API polls go to each in turn, as a browser's polls may reach different
+    worker processes of one server, each with its own history.
+    """
+    polls = itertools.count()
+
+    async def dashboard(scope, receive, send):
+        pick = next(polls) % len(dashboards) if scope["path"].endswith("/api/summary") else 0
+        await dashboards[pick](scope, receive, send)
 
     async def inference(scope, receive, send):
         await send({"type": "http.response.start", "status": 404, "headers": []})
@@ -294,10 +302,33 @@ def live_dashboard():
             raise RuntimeError("uvicorn did not start within 10 s")
         time.sleep(0.01)
     try:
-        yield LiveDashboard(url=f"http://127.0.0.1:{port}/", traffic=traffic)
+        yield f"http://127.0.0.1:{port}/"
     finally:
         traffic.stop.set()
         server.should_exit = True
         for thread in threads:
             thread.join(timeout=10)
         sock.close()
+
+
+def _dashboard(traffic: DemoTraffic):
+    dashboard = create_dashboard_app(demo_sources(traffic), refresh_ms=400, window=30.0)
+    dashboard.history.min_interval = 0.2
+    return dashboard
+
+
+@pytest.fixture
+def live_dashboard():
+    """A uvicorn server with the dashboard mounted at /dashboard, traffic flowing."""
+    traffic = DemoTraffic()
+    with serving([_dashboard(traffic)], traffic) as url:
+        yield LiveDashboard(url=url, traffic=traffic)
+
+
+@pytest.fixture
+def two_worker_dashboard():
+    """Like ``live_dashboard`` but polls alternate between two dashboards with separate histories."""
+    traffic = DemoTraffic()
+    dashboards = [_dashboard(traffic), _dashboard(traffic)]
+    with serving(dashboards, traffic) as url:
+        yield LiveDashboard(url=url, traffic=traffic), dashboards

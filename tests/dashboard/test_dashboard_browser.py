@@ -123,3 +123,29 @@ def test_page_draws_the_registry_data_without_errors(live_dashboard):
             browser.close()
     assert errors == []
     assert foreign == []
+
+
+def test_polls_reaching_different_workers_merge_into_one_time_ordered_series(two_worker_dashboard):
+    from playwright.sync_api import sync_playwright
+
+    live, dashboards = two_worker_dashboard
+    errors: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page()
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(live.url + "dashboard/")
+            page.wait_for_function(
+                "() => { const d = document.getElementById('chart-requests').data; return d && d[0].x.length >= 8; }",
+                timeout=20_000,
+            )
+            x = trace(page, "chart-requests", 0)["x"]
+        finally:
+            browser.close()
+    assert errors == []
+    assert x == sorted(x) and len(set(x)) == len(x)
+    # The chart holds points from both workers' histories, not just whichever answered last.
+    for dashboard in dashboards:
+        own = dashboard.history.summary(30.0)["series"]["time"]
+        assert any(abs(t - shown) < 0.002 for t in own for shown in x)

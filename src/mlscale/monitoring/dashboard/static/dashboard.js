@@ -73,13 +73,34 @@
     if (level) el.classList.add(level);
   }
 
+  // With several worker processes each keeps its own history, and the browser's polls may reach
+  // different workers: every point is a correct rate over its own step, so points are merged by time
+  // here instead of letting the chart jump between histories.
+  const points = new Map();
+  const HISTORY_SECONDS = 300;
+  function mergeSeries(series) {
+    const keys = Object.keys(series);
+    series.time.forEach((t, i) => {
+      const point = {};
+      for (const k of keys) point[k] = series[k][i];
+      points.set(t, point);
+    });
+    const ordered = [...points.keys()].sort((a, b) => a - b);
+    const newest = ordered[ordered.length - 1];
+    const kept = ordered.filter((t) => newest - t <= HISTORY_SECONDS);
+    for (const t of ordered) if (newest - t > HISTORY_SECONDS) points.delete(t);
+    const merged = {};
+    for (const k of keys) merged[k] = kept.map((t) => points.get(t)[k]);
+    return merged;
+  }
+
   function drawMetrics(m, windowSeconds) {
     const ok = m.status === "ok" || (m.status === "error" && m.series);
     for (const id of ["panel-requests", "panel-latency", "panel-batch", "panel-cache"]) {
       setPanel(id, ok ? "ok" : m.status, m.error);
     }
     if (!ok) return;
-    const s = m.series, x = times(s), w = m.window;
+    const s = mergeSeries(m.series), x = times(s), w = m.window;
 
     const success = s.requests_per_second.map((v, i) => v - s.errors_per_second[i] - s.rejected_per_second[i]);
     Plotly.react("chart-requests", [
