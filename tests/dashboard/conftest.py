@@ -311,10 +311,17 @@ def serving(dashboards: list, traffic: DemoTraffic):
         sock.close()
 
 
-def _dashboard(traffic: DemoTraffic):
-    dashboard = create_dashboard_app(demo_sources(traffic), refresh_ms=400, window=30.0)
+def _dashboard(traffic: DemoTraffic, **overrides):
+    sources = demo_sources(traffic)
+    for name, value in overrides.items():
+        setattr(sources, name, value)
+    dashboard = create_dashboard_app(sources, refresh_ms=400, window=30.0)
     dashboard.history.min_interval = 0.2
     return dashboard
+
+
+def _alert_store_down():
+    raise ConnectionError("alert store unreachable")
 
 
 @pytest.fixture
@@ -327,8 +334,10 @@ def live_dashboard():
 
 @pytest.fixture
 def two_worker_dashboard():
-    """Like ``live_dashboard`` but polls alternate between two dashboards with separate histories."""
+    """Like ``live_dashboard`` but polls alternate between two dashboards with separate histories;
+    cameras are not configured, drift returns None and the alerts source fails."""
     traffic = DemoTraffic()
-    dashboards = [_dashboard(traffic), _dashboard(traffic)]
+    broken = {"cameras": None, "drift": lambda: None, "alerts": _alert_store_down}
+    dashboards = [_dashboard(traffic, **broken), _dashboard(traffic, **broken)]
     with serving(dashboards, traffic) as url:
         yield LiveDashboard(url=url, traffic=traffic), dashboards

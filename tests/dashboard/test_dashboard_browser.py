@@ -125,7 +125,7 @@ def test_page_draws_the_registry_data_without_errors(live_dashboard):
     assert foreign == []
 
 
-def test_polls_reaching_different_workers_merge_into_one_time_ordered_series(two_worker_dashboard):
+def test_polls_reaching_different_workers_merge_and_missing_sources_say_so(two_worker_dashboard):
     from playwright.sync_api import sync_playwright
 
     live, dashboards = two_worker_dashboard
@@ -141,6 +141,14 @@ def test_polls_reaching_different_workers_merge_into_one_time_ordered_series(two
                 timeout=20_000,
             )
             x = trace(page, "chart-requests", 0)["x"]
+            for panel in ("cameras", "drift"):
+                assert "unconfigured" in page.get_attribute(f"#panel-{panel}", "class")
+                assert page.inner_text(f"#panel-{panel} .empty") == "not configured"
+                assert not page.is_visible(f"#panel-{panel} > :not(h2):not(.empty)")
+            assert page.inner_text("#panel-alerts .empty") == (
+                "source failed: ConnectionError: alert store unreachable"
+            )
+            assert page.inner_text("#stat-models .value") == "2 / 3"  # the working panels still draw
         finally:
             browser.close()
     assert errors == []
