@@ -261,3 +261,50 @@ def test_alerts_from_the_alert_manager_snapshot():
     assert [(r["rule"], r["state"]) for r in rows] == [("p99", "firing"), ("errors", "resolved")]
     assert rows[0]["message"] == "latency_p99 > 0.5 (model=iris)"
     assert rows[1]["message"] == "errors back to normal" and rows[1]["since"] == 40.0
+
+
+def official(text: str) -> dict[tuple, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }
+
+
+def flattened(snapshot) -> dict[tuple, float]:
+    return {
+        (name, tuple(sorted(labels.items()))): value
+        for name, series in snapshot.series.items()
+        for labels, value in series.values()
+    }
+
+
+def test_caching_parser_agrees_with_prometheus_client_across_scrapes():
+    from mlscale.monitoring.dashboard.promtext import TextParser
+
+    registry = CollectorRegistry()
+    counter = Counter("mlscale_requests", "r", ["model", "version", "outcome"], registry=registry)
+    histogram = Histogram("mlscale_batch_size", "b", ["model", "version"], buckets=(1, 4), registry=registry)
+    odd = 'we "quote" \\ and } spaces'
+    parser = TextParser()
+    for step in range(3):
+        counter.labels(odd, "1", "success").inc(step + 1)
+        counter.labels("m", str(step), "error").inc()  # a new series on each scrape
+        histogram.labels(odd, "1").observe(step * 2)
+        text = generate_latest(registry).decode() + 'mlscale_inflight_requests{model="m"} 3 1700000000000\n'
+        snapshot = parser.parse(text, float(step))
+        assert flattened(snapshot) == official(text)
+    assert (
+        flattened(snapshot)[("mlscale_requests_total", (("model", odd), ("outcome", "success"), ("version", "1")))] == 6
+    )
+
+
+def test_caching_parser_rejects_a_bad_value_for_a_known_series():
+    from mlscale.monitoring.dashboard.promtext import TextParser
+
+    parser = TextParser()
+    parser.parse('mlscale_inflight_requests{model="m"} 3\n', 1.0)
+    with pytest.raises(ValueError, match="invalid sample value"):
+        parser.parse('mlscale_inflight_requests{model="m"} three\n', 2.0)

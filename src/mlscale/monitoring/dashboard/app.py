@@ -213,20 +213,23 @@ class DashboardApp:
         source = self.sources.metrics_text
         if source is None:
             return {"status": "not configured"}
-        error = None
+        # Scraping, parsing and the arithmetic run in a thread: with many models the text has
+        # thousands of lines, and the event loop beside us is serving inference.
         async with self._lock:
-            now = time.time()
-            if self.history.due(now):
-                try:
-                    text = await asyncio.to_thread(source)
-                    if text is None:
-                        return {"status": "not configured"}
-                    self.history.add(text, now)
-                except Exception as exc:  # a broken source must not take the page down
-                    log.warning("dashboard metrics source failed: %s", exc)
-                    error = f"{type(exc).__name__}: {exc}"
-            result = self.history.summary(window)
-        return {"status": "error" if error else "ok", "error": error, **result}
+            return await asyncio.to_thread(self._scrape, source, window, time.time())
+
+    def _scrape(self, source: Callable[[], str | None], window: float, now: float) -> dict[str, Any]:
+        error = None
+        if self.history.due(now):
+            try:
+                text = source()
+                if text is None:
+                    return {"status": "not configured"}
+                self.history.add(text, now)
+            except Exception as exc:  # a broken source must not take the page down
+                log.warning("dashboard metrics source failed: %s", exc)
+                error = f"{type(exc).__name__}: {exc}"
+        return {"status": "error" if error else "ok", "error": error, **self.history.summary(window)}
 
     async def _panel(self, source: Callable[[], Any] | None, shape: Callable[[Any], Any] | None) -> dict[str, Any]:
         if source is None:

@@ -15,11 +15,11 @@ from typing import Any
 
 from mlscale.monitoring.dashboard.promtext import (
     Snapshot,
+    TextParser,
     bucket_counts,
     buckets_by,
     histogram_quantile,
     increase,
-    parse_snapshot,
     sum_by,
     total,
 )
@@ -163,6 +163,7 @@ class MetricsHistory:
     def __init__(self, max_age: float = 300.0, min_interval: float = 0.5) -> None:
         self.max_age = max_age
         self.min_interval = min_interval
+        self._parser = TextParser()
         self._snapshots: deque[Snapshot] = deque()
         self._series: deque[dict[str, float | None]] = deque()
 
@@ -176,7 +177,7 @@ class MetricsHistory:
 
     def add(self, text: str, now: float) -> Snapshot:
         """Parse one scrape and extend the series; raises ``ValueError`` on malformed text."""
-        snapshot = parse_snapshot(text, now)
+        snapshot = self._parser.parse(text, now)
         latest = self.latest
         if latest is not None and now <= latest.time:
             raise ValueError("snapshots must be added in time order")
