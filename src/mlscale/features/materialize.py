@@ -33,10 +33,7 @@ def pack_batch(repo: FeatureRepo, view: FeatureView, batch: pa.RecordBatch) -> t
     for key in layout.join_keys:
         column = batch.column(key)
         key_parts.append(column if pa.types.is_string(column.type) else pc.cast(column, pa.string()))
-    if len(key_parts) == 1:
-        joined = key_parts[0]
-    else:
-        joined = pc.binary_join_element_wise(*key_parts, KEY_SEPARATOR.decode())
+    joined = key_parts[0] if len(key_parts) == 1 else pc.binary_join_element_wise(*key_parts, KEY_SEPARATOR.decode())
     prefix = layout.prefix
     keys = [prefix + k.encode() for k in joined.to_pylist()]
 

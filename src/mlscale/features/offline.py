@@ -228,7 +228,7 @@ class OfflineStore:
             f"WHERE {' AND '.join(where)} "
             f"QUALIFY row_number() OVER (PARTITION BY {', '.join(keys)} ORDER BY {order}) = 1"
         )
-        return conn.execute("SELECT count(*) FROM latest").fetchone()[0]
+        return conn.execute("SELECT count(*) FROM latest").fetchall()[0][0]
 
 
 def _compatible_key(entity_dtype: str, sql_type: str) -> bool:
