@@ -125,15 +125,25 @@ class OnlineStore:
     ) -> OnlineResult:
         """Features of many entities over many views with one ``get_many``."""
         plan = self.plan(features, full_names)
-        columns, n = _entity_columns(plan, entity_ids)
+        keys, n = _request_keys(plan, entity_ids)
+        return self._decode(plan, self.kv.get_many(keys), n)
+
+    async def aread(
+        self,
+        features: str | FeatureService | Sequence[str],
+        entity_ids: Sequence | np.ndarray | Mapping[str, Sequence | np.ndarray],
+        *,
+        full_names: bool = False,
+    ) -> OnlineResult:
+        """``read`` for event-loop callers: the store's ``aget_many`` when it has one."""
+        plan = self.plan(features, full_names)
+        keys, n = _request_keys(plan, entity_ids)
+        aget_many = getattr(self.kv, "aget_many", None)
+        values = await aget_many(keys) if aget_many is not None else self.kv.get_many(keys)
+        return self._decode(plan, values, n)
+
+    def _decode(self, plan: ReadPlan, values: list[bytes | None], n: int) -> OnlineResult:
         views = plan.views
-        if len(views) == 1:
-            keys = _encode_keys(views[0], columns)
-        else:
-            keys = []
-            for view in views:
-                keys += _encode_keys(view, columns)
-        values = self.kv.get_many(keys)
         now_us = int(self.clock() * 1_000_000)
         result = OnlineResult(plan)
         for i, view in enumerate(views):
@@ -222,6 +232,16 @@ def _entity_columns(plan: ReadPlan, entity_ids: Any) -> tuple[dict[str, list], i
     if isinstance(ids, str | bytes | int):
         raise InvalidInput("entity ids must be a list")
     return {plan.single_key: ids}, len(ids)
+
+
+def _request_keys(plan: ReadPlan, entity_ids: Any) -> tuple[list[bytes], int]:
+    columns, n = _entity_columns(plan, entity_ids)
+    if len(plan.views) == 1:
+        return _encode_keys(plan.views[0], columns), n
+    keys: list[bytes] = []
+    for view in plan.views:
+        keys += _encode_keys(view, columns)
+    return keys, n
 
 
 def _encode_keys(view: _ViewRead, columns: dict[str, list]) -> list[bytes]:

@@ -50,8 +50,11 @@ class FeaturesSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
 
     # A SQLite file (embedded) or a PostgreSQL DSN ("postgresql://...").
     registry: str = "features/registry.db"
-    # Online store spec: "memory", "sqlite:PATH?shards=N" (embedded) or "redis://host:port/db".
-    online_store: str = "sqlite:features/online?shards=4"
+    # Online store: one URL or several (sharded by consistent hashing), as mlscale.storage opens them:
+    # "memory://", "sqlite:///features/online.db", "redis://host:6379/0", "redis+cluster://host:6379".
+    online_store: str | list[str] = msgspec.field(
+        default_factory=lambda: [f"sqlite:///features/online/shard-{i}.db" for i in range(4)]
+    )
     # Optional file with more definitions: a features TOML (same shape as this section) or a Python
     # module whose top-level Entity / FeatureView / FeatureService objects are collected.
     definitions: str = ""
