@@ -14,6 +14,7 @@ from mlscale.errors import MlscaleError
 COMMANDS: dict[str, str] = {
     "serve": "mlscale.serving.commands:serve",
     "features": "mlscale.features.commands:features",
+    "up": "mlscale.up:up",
 
 }
 

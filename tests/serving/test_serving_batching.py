@@ -20,7 +20,7 @@ class RecordingModel:
         self.batches: list[int] = []
         self.pause = pause
 
-    def __call__(self, inputs):
+    def __call__(self, inputs, outputs=None):
         x = inputs["x"]
         self.batches.append(len(x))
         if (x < 0).any():
@@ -91,7 +91,7 @@ def test_requests_with_different_feature_shapes_never_share_a_batch():
 def test_full_queue_refuses_at_once():
     release, entered = threading.Event(), threading.Event()
 
-    def blocked(inputs):
+    def blocked(inputs, outputs=None):
         entered.set()
         release.wait(5)
         return {"y": inputs["x"]}
@@ -115,7 +115,7 @@ def test_full_queue_refuses_at_once():
 def test_deadline_passing_while_queued_answers_deadline_exceeded():
     release = threading.Event()
 
-    def blocked(inputs):
+    def blocked(inputs, outputs=None):
         release.wait(5)
         return {"y": inputs["x"]}
 

@@ -299,15 +299,12 @@ class InferenceApp:
                 header_length = _int_header(key, value)
             elif key == b"x-request-timeout":
                 timeout = _float_header(key, value)
-        resolved_version = ""
-        outcome = "error"
-        metrics.INFLIGHT.labels(name).inc()
+        model = None
         try:
             body = await self._read_body(scope, receive)
             request = decode_request(body, header_length)
             model = self.repository.resolve(name, version)
-            resolved_version = model.version
-            requested = [o.name for o in request.outputs] if request.outputs else None
+            requested = tuple(o.name for o in request.outputs) if request.outputs else None
             model.validate(request.inputs, requested)
             parameter_timeout = request.parameters.get("timeout")
             if parameter_timeout is not None:  # tritonclient sends microseconds
@@ -315,28 +312,30 @@ class InferenceApp:
                     raise InvalidInput("parameter 'timeout' must be a non-negative number of microseconds")
                 timeout = parameter_timeout / 1e6
             deadline = time.monotonic() + timeout if timeout else None
-            outputs = await model.batcher.submit(request.inputs, deadline)
+            model.meters.inflight.inc()
+            try:
+                outputs = await model.batcher.submit(request.inputs, deadline, requested)
+            finally:
+                model.meters.inflight.dec()
             if requested:
-                outputs = {n: outputs[n] for n in requested}
+                outputs = {n: outputs[n] for n in requested if n in outputs}
             payload, json_length = encode_response(model.model, model.version, request, outputs)
-            outcome = "success"
-        except Overloaded:
-            outcome = "rejected"
+        except MlscaleError as exc:
+            outcome = _OUTCOMES.get(type(exc), "error")
+            if model is not None:
+                model.meters.outcome(outcome).inc()
+            else:
+                metrics.REQUESTS.labels(name, "", outcome).inc()
             raise
-        except DeadlineExceeded:
-            outcome = "timeout"
-            raise
-        except ModelNotFound:
-            outcome = "not_found"
-            raise
-        finally:
-            metrics.INFLIGHT.labels(name).dec()
-            metrics.REQUESTS.labels(name, resolved_version, outcome).inc()
-        metrics.REQUEST_DURATION.labels(name, resolved_version).observe(time.perf_counter() - started)
+        model.meters.success.inc()
+        model.meters.duration.observe(time.perf_counter() - started)
         if json_length is None:
             return Response(200, payload)
         return Response(200, payload, b"application/octet-stream",
                         [(b"inference-header-content-length", str(json_length).encode())])
+
+
+_OUTCOMES = {Overloaded: "rejected", DeadlineExceeded: "timeout", ModelNotFound: "not_found"}
 
 
 def _int_header(key: bytes, value: bytes) -> int:

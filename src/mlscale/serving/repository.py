@@ -61,6 +61,7 @@ class ModelVersion:
     batcher: AdaptiveBatcher
     fingerprint: tuple
     load_seconds: float
+    meters: metrics.ModelMeters
 
     def metadata(self, versions: list[str]) -> dict:
         return {
@@ -71,7 +72,7 @@ class ModelVersion:
             "outputs": [s.describe() for s in self.runtime.outputs],
         }
 
-    def validate(self, inputs: dict[str, np.ndarray], outputs: list[str] | None) -> None:
+    def validate(self, inputs: dict[str, np.ndarray], outputs: tuple[str, ...] | None) -> None:
         """Reject inputs that do not fit the model before they can join (and fail) a batch."""
         declared = {s.name: s for s in self.runtime.inputs}
         missing = [n for n in declared if n not in inputs]
@@ -279,27 +280,20 @@ class ModelRepository:
         inline = config.execution == "inline"
         if config.execution == "auto":
             inline = await asyncio.to_thread(_runs_fast, runtime)
-        labels = (name, version)
-
-        def on_batch(rows: int, waits: list[float]) -> None:
-            metrics.BATCH_SIZE.labels(*labels).observe(rows)
-            wait_metric = metrics.QUEUE_WAIT.labels(*labels)
-            for wait in waits:
-                wait_metric.observe(wait)
-
+        meters = metrics.ModelMeters(name, version)
         batcher = AdaptiveBatcher(
             runtime.predict,
             max_batch_size=config.max_batch_size,
             max_delay=config.max_delay,
             max_queue_size=config.max_queue_size or self.max_queue_size,
             inline=inline,
-            on_batch=on_batch,
+            on_batch=meters.on_batch,
         )
         seconds = time.perf_counter() - started
-        metrics.MODEL_LOAD.labels(*labels).observe(seconds)
+        metrics.MODEL_LOAD.labels(name, version).observe(seconds)
         log.info("loaded model %s version %s (%s, %.3fs, %s)", name, version, runtime.platform, seconds,
                  "inline" if inline else "thread")
-        return ModelVersion(name, version, path, config, runtime, batcher, fingerprint, seconds)
+        return ModelVersion(name, version, path, config, runtime, batcher, fingerprint, seconds, meters)
 
     async def _drop_model(self, name: str) -> None:
         entry = self.models.pop(name, None)

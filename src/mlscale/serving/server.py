@@ -37,6 +37,7 @@ def build_app(settings: ServerSettings, repository_dir: Path, *, control_dir: Pa
 def app_from_environment():
     """uvicorn's factory in each worker: rebuild the app from what the parent put in the environment."""
     settings = msgspec.json.decode(os.environ[SETTINGS_ENV], type=ServerSettings)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return build_app(
         settings,
         Path(settings.model_repository),
