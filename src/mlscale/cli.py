@@ -15,6 +15,7 @@ COMMANDS: dict[str, str] = {
     "serve": "mlscale.serving.commands:serve",
     "features": "mlscale.features.commands:features",
     "up": "mlscale.up:up",
+    "storage": "mlscale.storage.commands:storage",
 
 }
 

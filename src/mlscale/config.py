@@ -12,8 +12,10 @@ from pathlib import Path
 
 import msgspec
 
+from mlscale.cache.settings import CacheSettings
 from mlscale.errors import ConfigError
 from mlscale.features.settings import FeaturesSettings
+from mlscale.storage.settings import StorageSettings
 
 
 class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -40,6 +42,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     features: FeaturesSettings = msgspec.field(default_factory=FeaturesSettings)
+    storage: StorageSettings = msgspec.field(default_factory=StorageSettings)
+    cache: CacheSettings = msgspec.field(default_factory=CacheSettings)
     # Folder of the project file; relative paths in the sections are resolved against it.
     root: str = "."
 
