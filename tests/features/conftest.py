@@ -18,13 +18,15 @@ def driver_frame(n_rows: int = 400, n_drivers: int = 20, seed: int = 0) -> pd.Da
     """Driver stats with distinct timestamps per driver over ten days."""
     rng = np.random.default_rng(seed)
     minutes = rng.choice(10 * 24 * 60, size=n_rows, replace=False)
-    return pd.DataFrame({
-        "driver_id": rng.integers(0, n_drivers, n_rows).astype("int64"),
-        "event_timestamp": pd.to_datetime(T0) + pd.to_timedelta(minutes, unit="min"),
-        "conv_rate": rng.random(n_rows).astype("float32"),
-        "acc_rate": rng.random(n_rows).astype("float32"),
-        "trips": rng.integers(0, 100, n_rows).astype("int64"),
-    })
+    return pd.DataFrame(
+        {
+            "driver_id": rng.integers(0, n_drivers, n_rows).astype("int64"),
+            "event_timestamp": pd.to_datetime(T0) + pd.to_timedelta(minutes, unit="min"),
+            "conv_rate": rng.random(n_rows).astype("float32"),
+            "acc_rate": rng.random(n_rows).astype("float32"),
+            "trips": rng.integers(0, 100, n_rows).astype("int64"),
+        }
+    )
 
 
 def driver_repo(source: Path | str, ttl: timedelta | str = "2d") -> FeatureRepo:

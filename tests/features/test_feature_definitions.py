@@ -85,18 +85,21 @@ DRIVER = Entity(name="driver", join_key="driver_id")
         (lambda: FeatureRepo([DRIVER], [_view(), _view()]), "duplicate feature view name 'v'"),
         (lambda: FeatureRepo([DRIVER], [_view(features={"a": "text"})]), "bad type 'text'"),
         (lambda: FeatureRepo([Entity(name="e", dtype="float")]), "bad type 'float'"),
-        (lambda: FeatureRepo([DRIVER], [_view(features=[("a", "float32"), ("a", "int64")])]),
-         "duplicate feature 'a'"),
+        (lambda: FeatureRepo([DRIVER], [_view(features=[("a", "float32"), ("a", "int64")])]), "duplicate feature 'a'"),
         (lambda: FeatureRepo([DRIVER], [_view(features={})]), "declares no features"),
         (lambda: FeatureRepo([DRIVER], [_view(source="")]), "exactly one of source"),
         (lambda: FeatureRepo([DRIVER], [_view(query="SELECT 1")]), "exactly one of source"),
         (lambda: FeatureRepo([DRIVER], [_view(source="x.json")]), "must be a .parquet or .csv"),
         (lambda: FeatureRepo([DRIVER], [_view(features={"driver_id": "int64"})]), "clashes"),
         (lambda: _view(ttl="soon"), "cannot read duration 'soon'"),
-        (lambda: FeatureRepo([DRIVER], [_view()], [FeatureService(name="s", features=["v:b"])]),
-         "feature service 's': feature view 'v' has no feature 'b'"),
-        (lambda: FeatureRepo([DRIVER], [_view()], [FeatureService(name="s", features=["w:a"])]),
-         "unknown feature view 'w'"),
+        (
+            lambda: FeatureRepo([DRIVER], [_view()], [FeatureService(name="s", features=["v:b"])]),
+            "feature service 's': feature view 'v' has no feature 'b'",
+        ),
+        (
+            lambda: FeatureRepo([DRIVER], [_view()], [FeatureService(name="s", features=["w:a"])]),
+            "unknown feature view 'w'",
+        ),
         (lambda: FeatureRepo([Entity(name="1bad")]), "must be letters"),
     ],
 )
@@ -108,18 +111,32 @@ def test_bad_definitions_fail_with_a_clear_error(build, message):
 @pytest.mark.parametrize(
     ("frame_columns", "features", "message"),
     [
-        ({"driver_id": [1], "ts": [datetime(2024, 1, 1)], "a": [1.0]}, {"a": "float32"},
-         "timestamp column 'event_timestamp' not found"),
-        ({"driver_id": [1], "event_timestamp": [datetime(2024, 1, 1)]}, {"a": "float32"},
-         "feature column 'a' not found"),
-        ({"driver": [1], "event_timestamp": [datetime(2024, 1, 1)], "a": [1.0]}, {"a": "float32"},
-         "join key column 'driver_id' not found"),
-        ({"driver_id": ["x"], "event_timestamp": [datetime(2024, 1, 1)], "a": [1.0]}, {"a": "float32"},
-         "join key 'driver_id' is VARCHAR"),
-        ({"driver_id": [1], "event_timestamp": [datetime(2024, 1, 1)], "a": ["x"]}, {"a": "float32"},
-         "feature 'a' is VARCHAR"),
-        ({"driver_id": [1], "event_timestamp": ["2024-01-01"], "a": [1.0]}, {"a": "float32"},
-         "not a timestamp"),
+        (
+            {"driver_id": [1], "ts": [datetime(2024, 1, 1)], "a": [1.0]},
+            {"a": "float32"},
+            "timestamp column 'event_timestamp' not found",
+        ),
+        (
+            {"driver_id": [1], "event_timestamp": [datetime(2024, 1, 1)]},
+            {"a": "float32"},
+            "feature column 'a' not found",
+        ),
+        (
+            {"driver": [1], "event_timestamp": [datetime(2024, 1, 1)], "a": [1.0]},
+            {"a": "float32"},
+            "join key column 'driver_id' not found",
+        ),
+        (
+            {"driver_id": ["x"], "event_timestamp": [datetime(2024, 1, 1)], "a": [1.0]},
+            {"a": "float32"},
+            "join key 'driver_id' is VARCHAR",
+        ),
+        (
+            {"driver_id": [1], "event_timestamp": [datetime(2024, 1, 1)], "a": ["x"]},
+            {"a": "float32"},
+            "feature 'a' is VARCHAR",
+        ),
+        ({"driver_id": [1], "event_timestamp": ["2024-01-01"], "a": [1.0]}, {"a": "float32"}, "not a timestamp"),
     ],
 )
 def test_sources_missing_columns_or_wrong_types_fail_clearly(tmp_path, frame_columns, features, message):
@@ -135,8 +152,14 @@ def test_query_sources_run_in_duckdb_relative_to_the_project(tmp_path, driver_da
     path, frame = driver_data
     repo = FeatureRepo(
         [DRIVER],
-        [FeatureView(name="busy", entities=["driver"], features={"trips": "int64"},
-                     query=f"SELECT driver_id, event_timestamp, trips FROM '{path.name}' WHERE trips > 50")],
+        [
+            FeatureView(
+                name="busy",
+                entities=["driver"],
+                features={"trips": "int64"},
+                query=f"SELECT driver_id, event_timestamp, trips FROM '{path.name}' WHERE trips > 50",
+            )
+        ],
     )
     store = OfflineStore(repo, root=path.parent)
     store.validate_source(repo.views["busy"])
@@ -162,8 +185,15 @@ def _registry_roundtrip(registry: Registry, repo: FeatureRepo, driver_path: Path
     # Changing a view's features changes its online layout: its watermark no longer holds.
     changed = FeatureRepo(
         repo.entities.values(),
-        [FeatureView(name="driver_stats", entities=["driver"], source=str(driver_path), ttl=timedelta(days=2),
-                     features={"trips": "int64"})],
+        [
+            FeatureView(
+                name="driver_stats",
+                entities=["driver"],
+                source=str(driver_path),
+                ttl=timedelta(days=2),
+                features={"trips": "int64"},
+            )
+        ],
     )
     result = registry.apply(changed)
     assert result.updated == ["view driver_stats"] and "view driver_rates" in result.removed

@@ -88,21 +88,30 @@ def test_incremental_windows_add_up_to_one_full_run(repo, t0):
 
 
 def test_incremental_run_reads_only_rows_after_the_watermark(tmp_path, make_repo, t0):
-    frame = pd.DataFrame({
-        "driver_id": [1, 2],
-        "event_timestamp": [t0, t0 + timedelta(hours=1)],
-        "conv_rate": np.array([0.1, 0.2], "float32"),
-        "acc_rate": np.array([0.1, 0.2], "float32"),
-        "trips": [1, 2],
-    })
+    frame = pd.DataFrame(
+        {
+            "driver_id": [1, 2],
+            "event_timestamp": [t0, t0 + timedelta(hours=1)],
+            "conv_rate": np.array([0.1, 0.2], "float32"),
+            "acc_rate": np.array([0.1, 0.2], "float32"),
+            "trips": [1, 2],
+        }
+    )
     frame.to_parquet(tmp_path / "f.parquet")
     repo = make_repo(tmp_path / "f.parquet", ttl=0)
     kv = MemoryKeyValue()
-    counts = materialize(repo, OfflineStore(repo), OnlineStore(kv, repo), end=t0 + timedelta(minutes=30),
-                         views=["driver_stats"])
+    counts = materialize(
+        repo, OfflineStore(repo), OnlineStore(kv, repo), end=t0 + timedelta(minutes=30), views=["driver_stats"]
+    )
     assert counts == {"driver_stats": 1}
-    counts = materialize(repo, OfflineStore(repo), OnlineStore(kv, repo), start=t0 + timedelta(minutes=30),
-                         end=datetime(2030, 1, 1, tzinfo=UTC), views=["driver_stats"])
+    counts = materialize(
+        repo,
+        OfflineStore(repo),
+        OnlineStore(kv, repo),
+        start=t0 + timedelta(minutes=30),
+        end=datetime(2030, 1, 1, tzinfo=UTC),
+        views=["driver_stats"],
+    )
     assert counts == {"driver_stats": 1}
     values, _ = online_values(repo, kv, [1, 2], t0)
     assert values["trips"].tolist() == [1, 2]

@@ -67,7 +67,7 @@ def test_stale_values_come_back_missing_not_old(repo, driver_data, t0):
     # Ten days later every value is older than the 2-day TTL.
     late = make_online(repo, kv, now=end + timedelta(days=10))
     ids = [int(i) for i in want.index]
-    result = late.read("driver_model", ids + [10_000])
+    result = late.read("driver_model", [*ids, 10000])
     assert result.statuses["driver_rates"].tolist() == [OUTSIDE_MAX_AGE] * len(ids) + [NOT_FOUND]
     assert np.isnan(result.values["conv_rate"]).all()
     # With "now" two days after the median latest row, rows at or after that median are fresh.
@@ -80,18 +80,24 @@ def test_stale_values_come_back_missing_not_old(repo, driver_data, t0):
 
 
 def test_entity_keys_compound_and_string(tmp_path):
-    frame = pd.DataFrame({
-        "city": ["paris", "paris", "oslo"],
-        "driver_id": [1, 2, 1],
-        "event_timestamp": pd.to_datetime(["2024-01-01", "2024-01-01", "2024-01-02"], utc=True),
-        "surge": [1.5, 2.0, 1.1],
-        "busy": [True, False, True],
-    })
+    frame = pd.DataFrame(
+        {
+            "city": ["paris", "paris", "oslo"],
+            "driver_id": [1, 2, 1],
+            "event_timestamp": pd.to_datetime(["2024-01-01", "2024-01-01", "2024-01-02"], utc=True),
+            "surge": [1.5, 2.0, 1.1],
+            "busy": [True, False, True],
+        }
+    )
     frame.to_parquet(tmp_path / "surge.parquet")
     city = Entity(name="city", dtype="string")
     driver = Entity(name="driver", join_key="driver_id")
-    view = FeatureView(name="surge", entities=[city, driver], source=str(tmp_path / "surge.parquet"),
-                       features={"surge": "float64", "busy": "bool"})
+    view = FeatureView(
+        name="surge",
+        entities=[city, driver],
+        source=str(tmp_path / "surge.parquet"),
+        features={"surge": "float64", "busy": "bool"},
+    )
     repo = FeatureRepo([city, driver], [view])
     online = OnlineStore(MemoryKeyValue(), repo)
     materialize(repo, OfflineStore(repo), online, end=datetime(2024, 2, 1, tzinfo=UTC))
@@ -104,13 +110,15 @@ def test_entity_keys_compound_and_string(tmp_path):
 
 
 def test_null_source_values_are_reported_as_null(tmp_path, make_repo, t0):
-    frame = pd.DataFrame({
-        "driver_id": [1, 2],
-        "event_timestamp": [t0, t0],
-        "conv_rate": [None, 0.5],
-        "acc_rate": [0.1, 0.2],
-        "trips": pd.array([None, 3], dtype="Int64"),
-    })
+    frame = pd.DataFrame(
+        {
+            "driver_id": [1, 2],
+            "event_timestamp": [t0, t0],
+            "conv_rate": [None, 0.5],
+            "acc_rate": [0.1, 0.2],
+            "trips": pd.array([None, 3], dtype="Int64"),
+        }
+    )
     frame.to_parquet(tmp_path / "f.parquet")
     repo = make_repo(tmp_path / "f.parquet", ttl=0)
     online = OnlineStore(MemoryKeyValue(), repo)
@@ -139,8 +147,15 @@ def test_changed_view_schema_does_not_misread_old_records(driver_data, make_repo
     materialize(repo, OfflineStore(repo), OnlineStore(kv, repo), end=t0 + timedelta(days=10))
     changed = FeatureRepo(
         repo.entities.values(),
-        [FeatureView(name="driver_stats", entities=["driver"], source=str(path), ttl="2d",
-                     features={"trips": "int64", "conv_rate": "float32"})],
+        [
+            FeatureView(
+                name="driver_stats",
+                entities=["driver"],
+                source=str(path),
+                ttl="2d",
+                features={"trips": "int64", "conv_rate": "float32"},
+            )
+        ],
     )
     result = OnlineStore(kv, changed, clock=lambda: (t0 + timedelta(days=10)).timestamp()).read(
         ["driver_stats:*"], [1, 2]
@@ -165,5 +180,3 @@ def test_entity_ids_given_as_numpy_array(repo, t0):
     a = online.read("driver_model", np.array([1, 2, 3])).values["conv_rate"]
     b = online.read("driver_model", [1, 2, 3]).values["conv_rate"]
     np.testing.assert_array_equal(a, b)
-
-
