@@ -22,7 +22,6 @@ _EXPORTS = {
     "OnlineStore": "mlscale.features.online",
     "OnlineResult": "mlscale.features.online",
     "get_online_features": "mlscale.features.online",
-    "materialize": "mlscale.features.materialize",
     "FeatureStore": "mlscale.features.store",
     "features_request": "mlscale.features.serving",
     "FeatureEnricher": "mlscale.features.serving",
