@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from contextlib import chdir
 import subprocess
 import sys
+from contextlib import chdir
 
 import pandas as pd
 import pyarrow.parquet as pq
