@@ -16,6 +16,8 @@ COMMANDS: dict[str, str] = {
     "serve": "mlscale.serving.commands:serve",
     "storage": "mlscale.storage.commands:storage",
     "up": "mlscale.up:up",
+    "features": "mlscale.features.commands:features",
+
 }
 
 

@@ -14,6 +14,7 @@ import msgspec
 
 from mlscale.cache.settings import CacheSettings
 from mlscale.errors import ConfigError
+from mlscale.features.settings import FeaturesSettings
 from mlscale.gateway.settings import GatewaySettings
 from mlscale.storage.settings import StorageSettings
 
@@ -41,6 +42,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """All of mlscale's settings, one section per part."""
 
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
+    features: FeaturesSettings = msgspec.field(default_factory=FeaturesSettings)
     storage: StorageSettings = msgspec.field(default_factory=StorageSettings)
     cache: CacheSettings = msgspec.field(default_factory=CacheSettings)
     gateway: GatewaySettings = msgspec.field(default_factory=GatewaySettings)
