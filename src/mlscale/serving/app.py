@@ -341,6 +341,8 @@ class InferenceApp:
             body = await self._read_body(scope, receive)
             request = decode_request(body, header_length)
             model = self.repository.resolve(name, version)
+            if model.enricher is not None:
+                request.inputs = await model.enricher.join(request.inputs)
             requested = tuple(o.name for o in request.outputs) if request.outputs else None
             model.validate(request.inputs, requested)
             parameter_timeout = request.parameters.get("timeout")
