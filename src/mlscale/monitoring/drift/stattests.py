@@ -107,7 +107,7 @@ def ks_pvalue(profile: ColumnProfile, current_sorted: np.ndarray) -> tuple[float
     g = math.gcd(n1, n2)
     prob = None
     if max(n1, n2) <= KS_EXACT_MAX_N and _attempt_exact_2kssamp is not None:
-        success, d_exact, p = _attempt_exact_2kssamp(n1, n2, g, d, "two-sided")
+        success, _d_exact, p = _attempt_exact_2kssamp(n1, n2, g, d, "two-sided")
         if success:
             prob = p
     if prob is None:
@@ -174,7 +174,7 @@ def binned(profile: ColumnProfile, current: np.ndarray) -> tuple[np.ndarray, np.
         edges = sturges_edges(low, high, profile.count + cur.size)
         ref_counts = histogram_sorted(profile.sample, edges) * (profile.count / profile.sample.size)
         return ref_counts / profile.count, histogram_sorted(cur, edges) / cur.size
-    keys, ref_counts, cur_counts = value_counts(profile, current)
+    _keys, ref_counts, cur_counts = value_counts(profile, current)
     return ref_counts / profile.count, cur_counts / current.size
 
 
