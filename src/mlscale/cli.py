@@ -13,6 +13,7 @@ from mlscale.errors import MlscaleError
 # name -> "module:attribute" of a click command or group.
 COMMANDS: dict[str, str] = {
     "serve": "mlscale.serving.commands:serve",
+    "monitor": "mlscale.monitoring.commands:monitor",
 
 }
 
