@@ -307,7 +307,7 @@ class InferenceApp:
             request = decode_request(body, header_length)
             model = self.repository.resolve(name, version)
             resolved_version = model.version
-            requested = [o.name for o in request.outputs] if request.outputs else None
+            requested = tuple(o.name for o in request.outputs) if request.outputs else None
             model.validate(request.inputs, requested)
             parameter_timeout = request.parameters.get("timeout")
             if parameter_timeout is not None:  # tritonclient sends microseconds
@@ -315,9 +315,9 @@ class InferenceApp:
                     raise InvalidInput("parameter 'timeout' must be a non-negative number of microseconds")
                 timeout = parameter_timeout / 1e6
             deadline = time.monotonic() + timeout if timeout else None
-            outputs = await model.batcher.submit(request.inputs, deadline)
+            outputs = await model.batcher.submit(request.inputs, deadline, requested)
             if requested:
-                outputs = {n: outputs[n] for n in requested}
+                outputs = {n: outputs[n] for n in requested if n in outputs}
             payload, json_length = encode_response(model.model, model.version, request, outputs)
             outcome = "success"
         except Overloaded:

@@ -20,6 +20,8 @@ import numpy as np
 from mlscale.errors import DeadlineExceeded, InvalidInput, MlscaleError, Overloaded
 
 Arrays = dict[str, np.ndarray]
+# predict(inputs, wanted outputs or None for all) -> outputs
+Predict = Callable[[Arrays, tuple[str, ...] | None], Arrays]
 
 
 class InferenceFailed(InvalidInput):
@@ -27,11 +29,12 @@ class InferenceFailed(InvalidInput):
 
 
 class _Item:
-    __slots__ = ("deadline", "enqueued", "future", "inputs", "rows", "signature")
+    __slots__ = ("deadline", "enqueued", "future", "inputs", "outputs", "rows", "signature")
 
-    def __init__(self, inputs: Arrays, rows: int, signature: tuple, deadline: float | None,
-                 future: asyncio.Future) -> None:
+    def __init__(self, inputs: Arrays, outputs: tuple[str, ...] | None, rows: int, signature: tuple,
+                 deadline: float | None, future: asyncio.Future) -> None:
         self.inputs = inputs
+        self.outputs = outputs
         self.rows = rows
         self.signature = signature
         self.deadline = deadline
@@ -39,9 +42,10 @@ class _Item:
         self.enqueued = time.perf_counter()
 
 
-def _signature(inputs: Arrays) -> tuple | None:
-    """What must agree for requests to share a batch: names, dtypes and non-batch dimensions."""
-    parts = []
+def _signature(inputs: Arrays, outputs: tuple[str, ...] | None) -> tuple | None:
+    """What must agree for requests to share a batch: names, dtypes, non-batch dimensions and
+    the outputs asked for (so a model computes only what its batch needs)."""
+    parts: list = [outputs]
     for name in sorted(inputs):
         array = inputs[name]
         if array.ndim == 0:
@@ -55,7 +59,7 @@ class AdaptiveBatcher:
 
     def __init__(
         self,
-        predict: Callable[[Arrays], Arrays],
+        predict: Predict,
         *,
         max_batch_size: int = 64,
         max_delay: float = 0.0,
@@ -79,18 +83,20 @@ class AdaptiveBatcher:
     def queued(self) -> int:
         return len(self._pending)
 
-    async def submit(self, inputs: Arrays, deadline: float | None = None) -> Arrays:
-        """Outputs for one request's inputs; ``deadline`` is a time.monotonic() instant."""
+    async def submit(self, inputs: Arrays, deadline: float | None = None,
+                     outputs: tuple[str, ...] | None = None) -> Arrays:
+        """Outputs for one request's inputs; ``deadline`` is a time.monotonic() instant; ``outputs``
+        names the outputs wanted (None: all)."""
         if self._closing:
             raise Overloaded("the model version is being unloaded")
         if len(self._pending) >= self.max_queue_size:
             raise Overloaded(f"the model's queue is full ({self.max_queue_size} requests waiting)")
-        signature = _signature(inputs)
+        signature = _signature(inputs, outputs)
         rows = next(iter(inputs.values())).shape[0] if signature is not None else 0
         if signature is not None and any(a.shape[0] != rows for a in inputs.values()):
             raise InvalidInput("all inputs must have the same size on axis 0 (the batch axis)")
         future = asyncio.get_running_loop().create_future()
-        item = _Item(inputs, rows, signature or (id(inputs),), deadline, future)
+        item = _Item(inputs, outputs, rows, signature or (id(inputs),), deadline, future)
         self._pending.append(item)
         self._wakeup.set()
         if deadline is None:
@@ -164,10 +170,10 @@ class AdaptiveBatcher:
         self._pending = kept
         return batch
 
-    async def _call(self, inputs: Arrays) -> Arrays:
+    async def _call(self, inputs: Arrays, outputs: tuple[str, ...] | None) -> Arrays:
         if self._executor is None:
-            return self._predict(inputs)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self._predict, inputs)
+            return self._predict(inputs, outputs)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._predict, inputs, outputs)
 
     async def _execute(self, batch: list[_Item]) -> None:
         started = time.perf_counter()
@@ -179,7 +185,7 @@ class AdaptiveBatcher:
         names = list(batch[0].inputs)
         joined = {n: np.concatenate([i.inputs[n] for i in batch]) for n in names}
         try:
-            outputs = await self._call(joined)
+            outputs = await self._call(joined, batch[0].outputs)
             total = sum(i.rows for i in batch)
             for name, value in outputs.items():
                 if np.ndim(value) == 0 or len(value) != total:
@@ -198,7 +204,7 @@ class AdaptiveBatcher:
 
     async def _execute_alone(self, item: _Item) -> None:
         try:
-            result = await self._call(item.inputs)
+            result = await self._call(item.inputs, item.outputs)
         except MlscaleError as exc:
             if not item.future.done():
                 item.future.set_exception(exc)

@@ -71,7 +71,7 @@ class ModelVersion:
             "outputs": [s.describe() for s in self.runtime.outputs],
         }
 
-    def validate(self, inputs: dict[str, np.ndarray], outputs: list[str] | None) -> None:
+    def validate(self, inputs: dict[str, np.ndarray], outputs: tuple[str, ...] | None) -> None:
         """Reject inputs that do not fit the model before they can join (and fail) a batch."""
         declared = {s.name: s for s in self.runtime.inputs}
         missing = [n for n in declared if n not in inputs]

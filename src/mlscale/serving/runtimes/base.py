@@ -41,8 +41,9 @@ class Runtime(ABC):
         """Load the model from its version folder; raise with a clear message when it cannot."""
 
     @abstractmethod
-    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Outputs for a batch of inputs; every output keeps the inputs' batch axis 0."""
+    def predict(self, inputs: dict[str, np.ndarray], outputs: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+        """Outputs for a batch of inputs; every output keeps the inputs' batch axis 0. ``outputs``
+        names the outputs the caller needs (None: all); a runtime may skip computing the others."""
 
     def unload(self) -> None:  # noqa: B027 - optional hook
         """Release what the model holds (sessions, memory)."""

@@ -63,9 +63,9 @@ class OnnxRuntime(Runtime):
         self.apply_declared(config)
         self._output_names = [o.name for o in self.outputs]
 
-    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def predict(self, inputs: dict[str, np.ndarray], outputs: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
         feed = {
             name: (value.astype(str) if value.dtype == object else value) for name, value in inputs.items()
         }
-        values = self.session.run(self._output_names, feed)
-        return dict(zip(self._output_names, values, strict=True))
+        names = list(outputs) if outputs else self._output_names
+        return dict(zip(names, self.session.run(names, feed), strict=True))

@@ -51,5 +51,5 @@ class PythonRuntime(Runtime):
         if not self.inputs or not self.outputs:
             raise ConfigError(f"{file}: declare inputs and outputs in model.toml or on the class")
 
-    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def predict(self, inputs: dict[str, np.ndarray], outputs: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
         return {name: np.asarray(value) for name, value in self.model.predict(inputs).items()}

@@ -34,7 +34,7 @@ class TorchScriptRuntime(Runtime):
         if not self.inputs or not self.outputs:
             raise ConfigError(f"{path}: TorchScript models need inputs and outputs in model.toml")
 
-    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def predict(self, inputs: dict[str, np.ndarray], outputs: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
         tensors = [self._torch.from_numpy(np.ascontiguousarray(inputs[s.name])) for s in self.inputs]
         with self._torch.inference_mode():
             result = self.module(*tensors)
