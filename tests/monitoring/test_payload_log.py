@@ -114,3 +114,29 @@ def test_processes_sharing_a_directory_write_separate_files(tmp_path):
     reader = PayloadReader(tmp_path)
     assert len(reader.files("m")) == 2
     assert reader.window("m", rows=1000).num_rows == 80
+
+
+def test_payload_log_from_settings_uses_rates_and_folder(tmp_path):
+    from mlscale.config import parse_settings
+    from mlscale.monitoring.payload_log import payload_log_from_settings
+
+    settings = parse_settings(
+        {
+            "monitoring": {
+                "payload_log": {
+                    "enabled": True,
+                    "directory": "logs",
+                    "sample_rate": 1.0,
+                    "sample_rates": {"quiet": 0.0},
+                }
+            }
+        },
+        root=tmp_path,
+    )
+    assert payload_log_from_settings(parse_settings({}).monitoring.payload_log, settings.resolve) is None
+    log = payload_log_from_settings(settings.monitoring.payload_log, settings.resolve)
+    log.record("quiet", "1", *_batch(2))
+    log.record("loud", "1", *_batch(2))
+    log.close()
+    reader = PayloadReader(tmp_path / "logs")
+    assert reader.window("loud", rows=10).num_rows == 2 and reader.window("quiet", rows=10).num_rows == 0

@@ -260,3 +260,21 @@ class PayloadLog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def payload_log_from_settings(settings, resolve) -> PayloadLog | None:
+    """The server's payload log from ``[monitoring.payload_log]``, or None when disabled.
+
+    ``settings`` is a PayloadLogSettings, ``resolve`` makes its directory absolute
+    (``Settings.resolve``). Call once per worker process, after it starts.
+    """
+    if not settings.enabled:
+        return None
+    return PayloadLog(
+        resolve(settings.directory),
+        settings.sample_rates or settings.sample_rate,
+        default_rate=settings.sample_rate,
+        max_buffer_records=settings.max_buffer_records,
+        roll_bytes=settings.roll_bytes,
+        roll_seconds=settings.roll_seconds,
+    )
