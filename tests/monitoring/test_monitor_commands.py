@@ -176,3 +176,31 @@ def test_monitor_run_without_monitors_is_a_config_error(tmp_path, _mlscale):
     (tmp_path / "mlscale.toml").write_text("[monitoring]\nintervall = 5\n")
     done = _mlscale("monitor", "run", "--once", cwd=tmp_path)
     assert done.returncode == 2 and "intervall" in done.stderr
+
+
+def test_prediction_drift_is_a_monitor_over_output_columns(tmp_path):
+    from mlscale.monitoring.monitors import Monitor
+    from mlscale.monitoring.payload_reader import PayloadReader
+    from mlscale.monitoring.settings import MonitorSettings
+
+    rng = np.random.default_rng(2)
+    log = PayloadLog(tmp_path, flush_interval=3600)
+    log.record(
+        "churn",
+        "1",
+        {"x": rng.normal(size=(600, 2))},
+        {"label": rng.choice(["stay", "leave"], 600, p=[0.5, 0.5]).astype(object)},
+    )
+    log.close()
+    reference = {"out_label": rng.choice(["stay", "leave"], 5000, p=[0.9, 0.1])}
+    settings = MonitorSettings(
+        name="churn-predictions",
+        model="churn",
+        reference="unused",
+        columns=["out_label"],
+        categorical=["out_label"],
+        window_rows=600,
+    )
+    result = Monitor(settings, PayloadReader(tmp_path), reference).run()
+    (col,) = result.columns
+    assert col.column == "out_label" and col.kind == "cat" and col.test == "jensenshannon" and col.drifted
