@@ -14,8 +14,8 @@ import msgspec
 
 from mlscale.cache.settings import CacheSettings
 from mlscale.errors import ConfigError
-from mlscale.storage.settings import StorageSettings
 from mlscale.monitoring.settings import MonitoringSettings
+from mlscale.storage.settings import StorageSettings
 
 
 class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
