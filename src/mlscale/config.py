@@ -16,6 +16,7 @@ from mlscale.cache.settings import CacheSettings
 from mlscale.errors import ConfigError
 from mlscale.features.settings import FeaturesSettings
 from mlscale.gateway.settings import GatewaySettings
+from mlscale.monitoring.settings import MonitoringSettings
 from mlscale.storage.settings import StorageSettings
 
 
@@ -46,6 +47,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     storage: StorageSettings = msgspec.field(default_factory=StorageSettings)
     cache: CacheSettings = msgspec.field(default_factory=CacheSettings)
     gateway: GatewaySettings = msgspec.field(default_factory=GatewaySettings)
+    monitoring: MonitoringSettings = msgspec.field(default_factory=MonitoringSettings)
     # Folder of the project file; relative paths in the sections are resolved against it.
     root: str = "."
 
