@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from mlscale.cache.settings import ModelCacheSettings
 from mlscale.errors import ConfigError
 from mlscale.serving.datatypes import V2_TO_NUMPY
 
@@ -27,12 +28,17 @@ class TensorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     shape: list[int]
 
 
-class CacheConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Prediction cache for one model (opt-in)."""
+class FeaturesConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Online features joined into the model's input: the request carries entity ids only."""
 
-    enabled: bool = False
-    ttl: float = 300.0
-    l1_max_bytes: int = 64 * 1024 * 1024
+    # Feature service (or list of "view:feature") whose values, in order, make the model input.
+    service: str | list[str]
+    # The request input holding the entity ids (a 1-D INT64 or BYTES tensor), e.g. "driver_id".
+    entity_key: str
+    # The model input the features fill; defaults to the model's first input.
+    input: str = ""
+    # Missing or stale entities: None is an error (400); a number or {feature: number} fills them.
+    defaults: float | dict[str, float] | None = None
 
 
 class ModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -53,7 +59,9 @@ class ModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Model-level only: alias -> version, and target (alias or version) -> weight for unversioned calls.
     aliases: dict[str, str] = msgspec.field(default_factory=dict)
     traffic: dict[str, float] = msgspec.field(default_factory=dict)
-    cache: CacheConfig = msgspec.field(default_factory=CacheConfig)
+    # Prediction cache for this model (opt-in); unset fields inherit [cache] of mlscale.toml.
+    cache: ModelCacheSettings | None = None
+    features: FeaturesConfig | None = None
     # Free-form settings for the runtime (e.g. the Python class name, ONNX thread counts).
     parameters: dict[str, Any] = msgspec.field(default_factory=dict)
 
