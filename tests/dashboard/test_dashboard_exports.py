@@ -93,13 +93,12 @@ def test_alert_rules_parse_and_use_known_metrics():
         assert rule["annotations"]["summary"]
 
 
-def test_the_server_really_exports_the_serving_and_cache_names():
-    """The names above are not wishful: the serving and cache parts register them."""
-    serving = pytest.importorskip("mlscale.serving.metrics")
-    cache = pytest.importorskip("mlscale.cache.metrics")
+def test_the_server_really_exports_the_names_the_exports_use():
+    """The names above are not wishful: the serving, cache and monitoring parts register them."""
+    for module in ("mlscale.serving.metrics", "mlscale.cache.metrics", "mlscale.monitoring.metrics"):
+        pytest.importorskip(module)
     from prometheus_client import REGISTRY
 
-    del serving, cache
     exported = {s.name for m in REGISTRY.collect() for s in m.samples} | {m.name for m in REGISTRY.collect()}
     for name in (
         "mlscale_requests",
@@ -110,6 +109,9 @@ def test_the_server_really_exports_the_serving_and_cache_names():
         "mlscale_model_load_seconds",
         "mlscale_cache_requests",
         "mlscale_cache_bytes",
+        "mlscale_drift_score",
+        "mlscale_dataset_drift_share",
+        "mlscale_alerts_firing",
     ):
         assert name in exported, name
 

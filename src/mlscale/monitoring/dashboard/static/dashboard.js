@@ -213,7 +213,7 @@
         <div class="features">${m.features.map((f, j) => `<div class="feature" id="drift-${i}-${j}">
           <div class="fhead"><span class="fname">${esc(f.feature)}</span><span class="fverdict"></span></div>
           <div class="ftest"></div><div class="fchart" id="drift-chart-${i}-${j}"></div></div>`).join("")}</div></div>`).join("")
-        || `<div class="muted">no monitors</div>`;
+        || `<div class="muted">no monitor results yet</div>`;
     }
     monitors.forEach((m, i) => {
       const name = `<span class="name">${esc(m.name)}</span>` + (m.model ? `<span class="muted">model ${esc(m.model)}</span>` : "");
