@@ -12,9 +12,12 @@ import itertools
 import math
 import random
 import socket
+import struct
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -181,11 +184,6 @@ def demo_drift() -> dict[str, Any]:
 
 def demo_sources(traffic: DemoTraffic) -> DashboardSources:
     started = time.time()
-    thumb = (
-        "data:image/svg+xml;utf8,<svg xmlns='http://www.w3.org/2000/svg' width='48' height='30'>"
-        "<rect width='48' height='30' fill='%23233047'/>"
-        "<rect x='18' y='8' width='12' height='16' fill='%23f87171'/></svg>"
-    )
     return DashboardSources(
         metrics_text=traffic.metrics_text,
         models=lambda: [
@@ -234,32 +232,99 @@ def demo_sources(traffic: DemoTraffic) -> DashboardSources:
                 "message": "error ratio back under 1%",
             },
         ],
-        cameras=lambda: [
-            {
-                "camera": "entrance",
-                "input_fps": 30.0,
-                "processed_fps": 29.6,
-                "dropped": 12,
-                "lag_seconds": 0.08,
-                "latency_p50": 0.021,
-                "latency_p99": 0.048,
-                "events": [{"time": started - 95, "label": "loitering", "score": 0.91, "snapshot_url": thumb}],
-            },
-            {
-                "camera": "dock-2",
-                "input_fps": 25.0,
-                "processed_fps": 17.8,
-                "dropped": 1440,
-                "lag_seconds": 1.4,
-                "latency_p50": 0.052,
-                "latency_p99": 0.131,
-                "events": [
-                    {"time": started - 40, "label": "intrusion", "score": 0.97, "snapshot_url": thumb},
-                    {"time": started - 610, "label": "motion", "score": 0.64},
-                ],
-            },
-        ],
+        # The vision pipeline's status() as it is: fps_in/fps_processed, events counted per kind,
+        # recent_events with snapshot paths inside the events folder (served by the dashboard).
+        cameras=lambda: {
+            "running": True,
+            "cameras": [
+                {
+                    "camera": "entrance",
+                    "connected": True,
+                    "warming_up": False,
+                    "fps_in": 30.0,
+                    "fps_processed": 29.6,
+                    "dropped": 12,
+                    "lag_seconds": 0.08,
+                    "latency_p50": 0.021,
+                    "latency_p99": 0.048,
+                    "events": {"loitering": 1},
+                    "recent_events": [
+                        {
+                            "time": started - 95,
+                            "kind": "loitering",
+                            "score": 0.91,
+                            "snapshot": "snapshots/entrance-1.png",
+                        }
+                    ],
+                    "last_error": None,
+                },
+                {
+                    "camera": "dock-2",
+                    "connected": True,
+                    "warming_up": False,
+                    "fps_in": 25.0,
+                    "fps_processed": 17.8,
+                    "dropped": 1440,
+                    "lag_seconds": 1.4,
+                    "latency_p50": 0.052,
+                    "latency_p99": 0.131,
+                    "events": {"intrusion": 3, "motion": 1},
+                    "recent_events": [
+                        {"time": started - 610, "kind": "motion", "score": 0.64, "snapshot": None},
+                        {
+                            "time": started - 40,
+                            "kind": "intrusion",
+                            "score": 0.97,
+                            "snapshot": "snapshots/dock-2-7.png",
+                        },
+                    ],
+                    "last_error": None,
+                },
+                {
+                    "camera": "yard",
+                    "connected": False,
+                    "warming_up": False,
+                    "fps_in": 0.0,
+                    "fps_processed": 0.0,
+                    "dropped": 0,
+                    "lag_seconds": 0.0,
+                    "latency_p50": None,
+                    "latency_p99": None,
+                    "events": {},
+                    "recent_events": [],
+                    "last_error": "rtsp://10.0.0.7/stream: connection refused, retrying",
+                },
+            ],
+        },
     )
+
+
+SNAPSHOTS = ("entrance-1.png", "dock-2-7.png")
+
+
+def write_snapshot(path: Path, seed: int) -> None:
+    """A small night-scene PNG with a red box, written with zlib alone (no imaging library)."""
+    width, height = 96, 60
+    rng = random.Random(seed)
+    x0, y0 = rng.randint(20, 55), rng.randint(10, 25)
+    rows = bytearray()
+    for y in range(height):
+        rows.append(0)
+        for x in range(width):
+            shade = 28 + (y * 40) // height + rng.randint(0, 6)
+            pixel = (shade, shade + 8, shade + 22)
+            if x0 <= x < x0 + 18 and y0 <= y < y0 + 26 and (x in (x0, x0 + 17) or y in (y0, y0 + 25)):
+                pixel = (248, 113, 113)
+            rows += bytes(pixel)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    png = (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(rows))) + chunk(b"IEND", b"")
+    )
+    path.write_bytes(png)
 
 
 @dataclass
@@ -311,11 +376,11 @@ def serving(dashboards: list, traffic: DemoTraffic):
         sock.close()
 
 
-def _dashboard(traffic: DemoTraffic, **overrides):
+def _dashboard(traffic: DemoTraffic, snapshots_dir: Path | None = None, **overrides):
     sources = demo_sources(traffic)
     for name, value in overrides.items():
         setattr(sources, name, value)
-    dashboard = create_dashboard_app(sources, refresh_ms=400, window=30.0)
+    dashboard = create_dashboard_app(sources, refresh_ms=400, window=30.0, snapshots_dir=snapshots_dir)
     dashboard.history.min_interval = 0.2
     return dashboard
 
@@ -325,10 +390,13 @@ def _alert_store_down():
 
 
 @pytest.fixture
-def live_dashboard():
-    """A uvicorn server with the dashboard mounted at /dashboard, traffic flowing."""
+def live_dashboard(tmp_path):
+    """A uvicorn server with the dashboard mounted at /dashboard, traffic flowing, and camera event
+    snapshots in a folder the dashboard serves."""
     traffic = DemoTraffic()
-    with serving([_dashboard(traffic)], traffic) as url:
+    for seed, name in enumerate(SNAPSHOTS):
+        write_snapshot(tmp_path / name, seed)
+    with serving([_dashboard(traffic, snapshots_dir=tmp_path)], traffic) as url:
         yield LiveDashboard(url=url, traffic=traffic)
 
 

@@ -160,3 +160,26 @@ def test_prefix_dispatch_without_root_path():
     assert bare.status_code == 307 and bare.headers["location"] == "/dashboard/"
     assert api.json()["metrics"] == {"status": "not configured"}
     assert static.status_code == 200 and static.headers["content-type"].startswith("text/css")
+
+
+def test_event_snapshots_are_served_by_name_only(tmp_path):
+    (tmp_path / "dock-1.jpg").write_bytes(b"\xff\xd8fake jpeg")
+    (tmp_path / "notes.txt").write_text("not an image")
+    outside = tmp_path.parent / "secret.jpg"
+    outside.write_bytes(b"secret")
+    app = create_dashboard_app(DashboardSources(), snapshots_dir=tmp_path)
+    ok, other_type, traversal, missing = run(
+        fetch(
+            app,
+            ("GET", "/snapshots/dock-1.jpg", None),
+            ("GET", "/snapshots/notes.txt", None),
+            ("GET", "/snapshots/..%2Fsecret.jpg", None),
+            ("GET", "/snapshots/nope.jpg", None),
+        )
+    )
+    assert ok.status_code == 200 and ok.content == b"\xff\xd8fake jpeg"
+    assert ok.headers["content-type"] == "image/jpeg"
+    for response in (other_type, traversal, missing):
+        assert response.status_code == 404 and "error" in response.json()
+    without = get(create_dashboard_app(DashboardSources()), "/snapshots/dock-1.jpg")
+    assert without.status_code == 404

@@ -113,7 +113,14 @@ def test_page_draws_the_registry_data_without_errors(live_dashboard):
             drift = page.evaluate("() => document.getElementById('drift-chart-0-0').data.map(t => t.y)")
             assert len(drift) == 2 and sum(drift[0]) == pytest.approx(1.0) and sum(drift[1]) == pytest.approx(1.0)
             assert page.inner_text("#table-alerts tbody").splitlines()[0].startswith("firing")
-            assert page.locator("#cameras .camera").count() == 2
+            assert page.locator("#cameras .camera").count() == 3
+            assert "offline" in page.inner_text("#cameras .camera >> nth=2")
+            assert "connection refused" in page.inner_text("#cameras .camera >> nth=2")
+            # Event snapshots come from the events folder through the dashboard and really decode.
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('#cameras img')].every((i) => i.complete && i.naturalWidth === 96)"
+            )
+            assert page.locator("#cameras img").count() == 2
             assert page.inner_text("#stat-models .value") == "2 / 3"
             assert page.inner_text("#status-text").startswith("live")
 

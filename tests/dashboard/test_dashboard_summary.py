@@ -308,3 +308,31 @@ def test_caching_parser_rejects_a_bad_value_for_a_known_series():
     parser.parse('mlscale_inflight_requests{model="m"} 3\n', 1.0)
     with pytest.raises(ValueError, match="invalid sample value"):
         parser.parse('mlscale_inflight_requests{model="m"} three\n', 2.0)
+
+
+def test_cameras_panel_reads_the_vision_status_shape():
+    from mlscale.monitoring.dashboard.panels import cameras_panel
+
+    status = {
+        "running": True,
+        "cameras": [
+            {
+                "camera": "dock",
+                "fps_in": 25.0,
+                "fps_processed": 12.5,
+                "events": {"intrusion": 2},
+                "recent_events": [
+                    {"time": 10.0, "kind": "intrusion", "score": 0.9, "snapshot": "snapshots/dock-1.jpg"},
+                    {"time": 20.0, "kind": "intrusion", "score": 0.8, "snapshot": None},
+                ],
+            }
+        ],
+    }
+    (served,) = cameras_panel(status, snapshots=True)
+    assert served["input_fps"] == 25.0 and served["processed_fps"] == 12.5
+    assert served["event_counts"] == {"intrusion": 2}
+    assert [e["time"] for e in served["events"]] == [20.0, 10.0]  # newest first
+    assert served["events"][1]["snapshot_url"] == "snapshots/dock-1.jpg"
+    assert served["events"][1]["label"] == "intrusion"
+    (unserved,) = cameras_panel(status, snapshots=False)
+    assert unserved["events"][1]["snapshot_url"] is None  # no broken image when nothing serves it

@@ -13,15 +13,18 @@ import gzip
 import hashlib
 import logging
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from importlib import resources
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
 import msgspec
 
-from mlscale.monitoring.dashboard.panels import alerts_panel, drift_panel
+from mlscale.monitoring.dashboard.panels import alerts_panel, cameras_panel, drift_panel
 from mlscale.monitoring.dashboard.sources import DashboardSources
 from mlscale.monitoring.dashboard.summary import MetricsHistory
 
@@ -35,6 +38,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 _JSON = msgspec.json.Encoder(enc_hook=str)
 _STATIC = resources.files("mlscale.monitoring.dashboard") / "static"
 _TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
+_SNAPSHOT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\.(jpe?g|png)")
+_IMAGE_TYPES = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png"}
 # Plotly's URL carries its version, so browsers may keep it for a year without asking again.
 _IMMUTABLE = "public, max-age=31536000, immutable"
 
@@ -95,8 +100,10 @@ class DashboardApp:
         history: MetricsHistory | None = None,
         title: str = "mlscale",
         prefix: str = "",
+        snapshots_dir: str | Path | None = None,
     ) -> None:
         self.sources = sources
+        self.snapshots_dir = Path(snapshots_dir) if snapshots_dir is not None else None
         self.prefix = "/" + prefix.strip("/") if prefix.strip("/") else ""
         self.window = window
         self.refresh_ms = refresh_ms
@@ -141,6 +148,8 @@ class DashboardApp:
             await self._summary(scope, send)
         elif route.startswith("/static/") and route[len("/static/") :] in self.assets:
             await self._asset(scope, send, self.assets[route[len("/static/") :]])
+        elif route.startswith("/snapshots/") and self.snapshots_dir is not None:
+            await self._snapshot(send, route[len("/snapshots/") :])
         else:
             await _json(send, 404, {"error": f"no dashboard resource at {route}"})
 
@@ -171,6 +180,18 @@ class DashboardApp:
             body = await asyncio.to_thread(asset.gzipped)
             extra["content-encoding"] = "gzip"
         await _respond(send, 200, body, asset.content_type, extra)
+
+    async def _snapshot(self, send: Send, name: str) -> None:
+        """An anomaly event's picture from the events folder; only plain image names, never a path."""
+        match = _SNAPSHOT_NAME.fullmatch(name)
+        path = self.snapshots_dir / name if match else None
+        if path is None or not path.is_file():
+            await _json(send, 404, {"error": f"no snapshot named {name!r}"})
+            return
+        body = await asyncio.to_thread(path.read_bytes)
+        # Event snapshots are written once under a unique name and never change.
+        extra = {"cache-control": "public, max-age=86400"}
+        await _respond(send, 200, body, _IMAGE_TYPES[match.group(1).lower()], extra)
 
     def _window(self, scope: Scope) -> float:
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
@@ -206,7 +227,9 @@ class DashboardApp:
             "models": await self._panel(self.sources.models, None),
             "drift": await self._panel(self.sources.drift, drift_panel),
             "alerts": await self._panel(self.sources.alerts, alerts_panel),
-            "cameras": await self._panel(self.sources.cameras, None),
+            "cameras": await self._panel(
+                self.sources.cameras, partial(cameras_panel, snapshots=self.snapshots_dir is not None)
+            ),
         }
 
     async def _metrics(self, window: float) -> dict[str, Any]:
@@ -251,14 +274,18 @@ def create_dashboard_app(
     refresh_ms: int = 1000,
     title: str = "mlscale",
     prefix: str = "",
+    snapshots_dir: str | Path | None = None,
 ) -> DashboardApp:
     """Build the dashboard ASGI app.
 
     Mount it with :func:`mount_dashboard`, or under any router that sets ``root_path``; a router
     that passes the full path without ``root_path`` (a plain prefix dispatch) needs ``prefix`` set to
-    the same prefix.
+    the same prefix. ``snapshots_dir`` is the vision events' ``snapshots`` folder, served at
+    ``snapshots/<name>`` so camera events show their pictures.
     """
-    return DashboardApp(sources, window=window, refresh_ms=refresh_ms, title=title, prefix=prefix)
+    return DashboardApp(
+        sources, window=window, refresh_ms=refresh_ms, title=title, prefix=prefix, snapshots_dir=snapshots_dir
+    )
 
 
 def mount_dashboard(app: ASGIApp, dashboard: ASGIApp, prefix: str = "/dashboard") -> ASGIApp:

@@ -145,3 +145,47 @@ def alerts_panel(alerts: Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> lis
         row["message"] = _alert_message(row)
     rows.sort(key=lambda a: (ALERT_ORDER.get(str(a.get("state")), 3), -since(a)))
     return rows
+
+
+def _event(event: Mapping[str, Any], snapshots: bool) -> dict[str, Any]:
+    url = event.get("snapshot_url")
+    path = event.get("snapshot")
+    if url is None and path and snapshots:
+        # The events folder's snapshots are served by the dashboard at the same relative path.
+        url = "snapshots/" + str(path).replace("\\", "/").rsplit("/", 1)[-1]
+    return {
+        "time": event.get("time"),
+        "label": _first(event, "label", "kind", default="anomaly"),
+        "score": event.get("score"),
+        "snapshot_url": url,
+    }
+
+
+def cameras_panel(data: Sequence[Mapping[str, Any]] | Mapping[str, Any], snapshots: bool = False) -> list[dict]:
+    """Normalise camera feeds: a list of cameras, or the vision pipeline's ``status()`` as it is
+    (``fps_in``/``fps_processed``, ``events`` counted per kind, ``recent_events`` with snapshot paths).
+    Event snapshots become URLs only when the dashboard serves the snapshots folder (``snapshots``)."""
+    cameras = data.get("cameras", []) if isinstance(data, Mapping) else data
+    out = []
+    for camera in cameras:
+        events = camera.get("events")
+        counts = events if isinstance(events, Mapping) else None
+        recent = events if isinstance(events, list) else camera.get("recent_events", [])
+        rows = sorted((_event(e, snapshots) for e in recent), key=lambda e: -(e["time"] or 0))
+        out.append(
+            {
+                "camera": str(_first(camera, "camera", "name", default="camera")),
+                "connected": camera.get("connected", True),
+                "warming_up": bool(camera.get("warming_up", False)),
+                "input_fps": _first(camera, "input_fps", "fps_in"),
+                "processed_fps": _first(camera, "processed_fps", "fps_processed"),
+                "dropped": camera.get("dropped"),
+                "lag_seconds": camera.get("lag_seconds"),
+                "latency_p50": camera.get("latency_p50"),
+                "latency_p99": camera.get("latency_p99"),
+                "last_error": camera.get("last_error"),
+                "event_counts": dict(counts) if counts else None,
+                "events": rows,
+            }
+        )
+    return out

@@ -247,22 +247,30 @@
     document.querySelector("#table-alerts tbody").innerHTML = rows.join("") || `<tr><td colspan="5" class="muted">all quiet</td></tr>`;
   }
 
+  function cameraState(c) {
+    if (c.connected === false) return ["firing", "offline"];
+    if (c.warming_up) return ["pending", "warming up"];
+    if (isNum(c.lag_seconds) && c.lag_seconds > 1) return ["warn", "lagging"];
+    return ["ok", "live"];
+  }
+
   function drawCameras(d) {
     if (!setPanel("panel-cameras", d.cameras.status, d.cameras.error)) return;
     const cards = d.cameras.data.map((c) => {
-      const lagging = isNum(c.lag_seconds) && c.lag_seconds > 1;
+      const [badge, label] = cameraState(c);
       const events = (c.events || []).slice(0, 4).map((e) => `<div class="event">
         ${e.snapshot_url ? `<img src="${esc(e.snapshot_url)}" alt="">` : ""}
-        <span class="badge firing">${esc(e.label || "anomaly")}</span><span>${isNum(e.score) ? fmt(e.score, 2) : ""}</span>
+        <span class="badge firing">${esc(e.label)}</span><span>${isNum(e.score) ? fmt(e.score, 2) : ""}</span>
         <span class="muted">${ago(e.time)}</span></div>`).join("");
-      return `<div class="camera"><div class="cname"><span>${esc(c.camera || c.name)}</span>
-        <span class="badge ${lagging ? "warn" : "ok"}">${lagging ? "lagging" : "live"}</span></div>
-        <div class="kv"><span>input fps</span><span>${fmt(c.input_fps, 1)}</span>
-        <span>processed fps</span><span>${fmt(c.processed_fps, 1)}</span>
-        <span>dropped frames</span><span>${fmt(c.dropped, 0)}</span>
-        <span>lag</span><span>${ms(c.lag_seconds)}</span>
-        <span>latency p50 / p99</span><span>${ms(c.latency_p50)} / ${ms(c.latency_p99)}</span></div>
-        <div class="events">${events || '<span class="muted">no anomalies</span>'}</div></div>`;
+      const counts = Object.entries(c.event_counts || {}).map(([k, n]) => `${esc(k)} ${fmt(n, 0)}`).join(" · ");
+      return `<div class="camera"><div class="cname"><span>${esc(c.camera)}</span>
+        <span class="badge ${badge}">${label}</span></div>
+        <div class="kv"><span title="frames per second read / analysed">fps in / out</span><span>${fmt(c.input_fps, 1)} / ${fmt(c.processed_fps, 1)}</span>
+        <span title="frames replaced by a newer one before analysis">dropped</span><span>${fmt(c.dropped, 0)}</span>
+        <span title="how far verdicts trail the newest frame">lag</span><span>${ms(c.lag_seconds)}</span>
+        <span title="capture to verdict latency">p50 / p99</span><span>${ms(c.latency_p50)} / ${ms(c.latency_p99)}</span></div>
+        ${c.last_error ? `<div class="cerror">${esc(c.last_error)}</div>` : ""}
+        <div class="events">${counts ? `<div class="muted">${counts}</div>` : ""}${events || '<span class="muted">no anomalies</span>'}</div></div>`;
     });
     document.getElementById("cameras").innerHTML = cards.join("") || `<div class="muted">no cameras</div>`;
   }
