@@ -183,3 +183,39 @@ def test_event_snapshots_are_served_by_name_only(tmp_path):
         assert response.status_code == 404 and "error" in response.json()
     without = get(create_dashboard_app(DashboardSources()), "/snapshots/dock-1.jpg")
     assert without.status_code == 404
+
+
+def test_numpy_values_and_a_bad_histogram_do_not_break_the_drift_panel():
+    import numpy as np
+
+    def drift():
+        edges = np.linspace(0.0, 1.0, 3)
+        return {
+            "monitors": [
+                {
+                    "name": "m",
+                    "features": [
+                        {
+                            "feature": "ok",
+                            "value": np.float32(0.25),
+                            "drifted": np.bool_(True),
+                            "reference": {"bins": edges, "counts": np.array([3, 1])},
+                            "current": {"bins": edges, "counts": np.array([1, 1], dtype=np.int64)},
+                            "rows": np.int64(7),
+                        },
+                        {
+                            "feature": "bad",
+                            "reference": {"bins": [0, 1, 2], "counts": [1, 1]},
+                            "current": {"bins": [0, 5, 9], "counts": [1, 1]},
+                        },
+                    ],
+                }
+            ]
+        }
+
+    body = get(create_dashboard_app(DashboardSources(drift=drift)), "/api/summary").json()
+    assert body["drift"]["status"] == "ok"
+    ok, bad = body["drift"]["data"]["monitors"][0]["features"]
+    assert ok["value"] == 0.25 and ok["drifted"] is True
+    assert ok["histogram"]["reference"] == [0.75, 0.25]
+    assert bad["histogram"] is None and "bin edges" in bad["error"]

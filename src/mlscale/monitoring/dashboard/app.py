@@ -35,7 +35,15 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-_JSON = msgspec.json.Encoder(enc_hook=str)
+
+def _json_default(value: Any) -> Any:
+    """Sources hand over NumPy scalars and arrays now and then: numbers stay numbers."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+_JSON = msgspec.json.Encoder(enc_hook=_json_default)
 _STATIC = resources.files("mlscale.monitoring.dashboard") / "static"
 _TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
 _SNAPSHOT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\.(jpe?g|png)")

@@ -80,6 +80,10 @@ def drift_panel(data: Mapping[str, Any]) -> dict[str, Any]:
     for monitor in monitors:
         features = []
         for feature in _first(monitor, "features", "columns", default=[]):
+            try:
+                bars, error = histogram_bars(feature.get("reference"), feature.get("current")), None
+            except (ValueError, TypeError) as exc:  # one bad histogram must not hide the others
+                bars, error = None, str(exc)
             features.append(
                 {
                     "feature": str(_first(feature, "feature", "column", "name", default="?")),
@@ -87,7 +91,8 @@ def drift_panel(data: Mapping[str, Any]) -> dict[str, Any]:
                     "value": feature.get("value"),
                     "threshold": feature.get("threshold"),
                     "drifted": bool(feature.get("drifted", False)),
-                    "histogram": histogram_bars(feature.get("reference"), feature.get("current")),
+                    "histogram": bars,
+                    "error": error,
                 }
             )
         drifted = sum(f["drifted"] for f in features)

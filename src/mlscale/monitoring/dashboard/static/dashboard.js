@@ -229,6 +229,10 @@
         card.querySelector(".fverdict").innerHTML = `<span class="badge ${f.drifted ? "drifted" : "ok"}">${f.drifted ? "drifted" : "stable"}</span>`;
         card.querySelector(".ftest").textContent = `${f.test || "test"} = ${fmt(f.value, 3)} (threshold ${fmt(f.threshold, 3)})`;
         const h = f.histogram;
+        if (!h) {
+          document.getElementById(`drift-chart-${i}-${j}`).innerHTML = `<div class="cerror">${esc(f.error || "no histogram")}</div>`;
+          return;
+        }
         const bar = (y, name, color) => ({ x: h.x, y, name, type: "bar", width: h.width || undefined,
           marker: { color, opacity: 0.65 }, hovertemplate: name + " %{y:.1%}<extra></extra>" });
         Plotly.react(`drift-chart-${i}-${j}`, [bar(h.reference, "reference", C.muted), bar(h.current, "current", f.drifted ? C.red : C.cyan)],
