@@ -79,6 +79,8 @@ def test_reshard_resumes_after_being_killed_midway(tmp_path: Path) -> None:
     assert target.get_many(list(items)) == list(items.values())
     assert list(SQLiteKeyValue(tmp_path / "a.db").scan()) == []
     assert sum(len(list(s.scan())) for s in shards_of(tmp_path, new).values()) == len(items)
+    again = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and "already complete" in again.stdout
 
 
 def test_reshard_with_a_foreign_checkpoint_or_bad_options_exits_with_one_line(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ def _open_layout(spec: str, timeout: float) -> dict[str, KeyValue]:
 @click.option("--batch-size", default=500, show_default=True, help="Keys copied per round trip.")
 @click.option("--max-rate", type=float, help="At most this many keys moved per second.")
 @click.option("--timeout", default=5.0, show_default=True, help="Seconds each store call may take.")
+@click.option("--restart", is_flag=True, help="Ignore a finished or partial checkpoint and scan everything again.")
 def reshard(
     source_spec: str,
     target_spec: str,
@@ -38,11 +39,12 @@ def reshard(
     batch_size: int,
     max_rate: float | None,
     timeout: float,
+    restart: bool,
 ) -> None:
     """Move exactly the keys whose owners change from one shard layout to another (resumable)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from mlscale.storage.reshard import Layout, default_checkpoint
+    from mlscale.storage.reshard import Checkpoint, Layout, default_checkpoint
     from mlscale.storage.reshard import reshard as run
 
     if replicas < 1 or vnodes < 1 or batch_size < 1:
@@ -50,6 +52,11 @@ def reshard(
     source = Layout.of(_open_layout(source_spec, timeout), vnodes=vnodes, replicas=replicas)
     target = Layout.of(_open_layout(target_spec, timeout), vnodes=vnodes, replicas=replicas)
     path = checkpoint or default_checkpoint(source.ring.names, target.ring.names)
+    if restart:
+        path.unlink(missing_ok=True)
+    elif Checkpoint.load(path, source.ring.names, target.ring.names).complete:
+        click.echo(f"reshard already complete (checkpoint {path}); pass --restart to scan again")
+        return
     columns = (
         TextColumn("[bold]reshard"),
         BarColumn(),
