@@ -14,7 +14,7 @@ from mlscale.errors import MlscaleError
 COMMANDS: dict[str, str] = {
     "serve": "mlscale.serving.commands:serve",
     "storage": "mlscale.storage.commands:storage",
-
+    "up": "mlscale.up:up",
 }
 
 

@@ -56,7 +56,7 @@ def test_reshard_resumes_after_being_killed_midway(tmp_path: Path) -> None:
     checkpoint = tmp_path / "reshard.json"
     args = ["storage", "reshard", "--from", sqlite_spec(tmp_path, old), "--to", sqlite_spec(tmp_path, new)]
     args += ["--checkpoint", str(checkpoint), "--batch-size", "100"]
-    proc = subprocess.Popen([*CLI, *args, "--max-rate", "1500"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([*CLI, *args, "--max-rate", "600"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 30
     progress = {}
     while time.monotonic() < deadline:
