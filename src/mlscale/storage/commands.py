@@ -83,3 +83,33 @@ def reshard(
             on_progress=advance,
         )
     click.echo(f"reshard complete: {state.scanned} keys scanned, {state.moved} moved (checkpoint {path})")
+
+
+@storage.command()
+@click.option("--store", "spec", required=True, help="Comma-separated store URLs (name=URL), as in reshard.")
+@click.option("--prefix", default="", help="Count only keys starting with this prefix.")
+@click.option("--timeout", default=5.0, show_default=True, help="Seconds each store call may take.")
+def info(spec: str, prefix: str, timeout: float) -> None:
+    """Keys held by each shard of a store, and its share of the total (to check the balance)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from mlscale.errors import ServiceUnavailable
+
+    shards = _open_layout(spec, timeout)
+    table = Table("shard", "keys", "share")
+    counts: dict[str, int | None] = {}
+    for name, store in shards.items():
+        try:
+            counts[name] = sum(1 for _ in store.scan(prefix.encode()))
+        except ServiceUnavailable:
+            counts[name] = None
+    total = sum(c for c in counts.values() if c is not None)
+    for name, count in counts.items():
+        if count is None:
+            table.add_row(name, "unreachable", "-")
+        else:
+            table.add_row(name, str(count), f"{count / total:.1%}" if total else "-")
+    Console().print(table)
+    if any(c is None for c in counts.values()):
+        raise ServiceUnavailable(f"unreachable shards: {[n for n, c in counts.items() if c is None]}")
