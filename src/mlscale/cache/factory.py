@@ -42,6 +42,10 @@ class Caches:
             )
         return self._caches[name]
 
+    def cached(self, name: str) -> PredictionCache | None:
+        """The model's prediction cache if one was built, without building one."""
+        return self._caches.get(name)
+
     def features(self, store: KeyValue) -> CachedKeyValue:
         """The feature cache in front of an online store."""
         return CachedKeyValue(store, ttl=self.settings.feature_ttl, l1_max_bytes=self.settings.feature_l1_max_bytes)
