@@ -5,13 +5,15 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from features_data import train_driver_risk, write_driver_stats  # noqa: E402
-from models import build_repository  # noqa: E402
+from models import build_repository, write_iris_reference  # noqa: E402
+from traffic import run_traffic  # noqa: E402
 
 CURL = """
 Try it:
@@ -41,6 +43,7 @@ def main() -> None:
     if not (repository / "iris").is_dir():
         print("mlscale demo: training the demo models (iris, iris-onnx, diabetes, mlp-onnx)...", flush=True)
         build_repository(repository)
+        write_iris_reference(HERE / ".work" / "data" / "iris_reference.parquet")
     if not (repository / "driver-risk").is_dir():
         print("mlscale demo: generating driver statistics and the driver-risk model...", flush=True)
         frame = write_driver_stats(HERE / ".work" / "data" / "driver_stats.parquet")
@@ -53,8 +56,15 @@ def main() -> None:
     print("  server:    http://127.0.0.1:8000/v2")
     print(CURL, flush=True)
     command = [sys.executable, "-m", "mlscale", "up", "--config", str(HERE / "mlscale.toml")]
+    stop = threading.Event()
+    traffic = threading.Thread(target=run_traffic, args=("http://127.0.0.1:8000", stop), daemon=True)
+    traffic.start()
+    print("  traffic:   20 iris + driver-risk requests/s; iris inputs drift after 90 s (watch the alert)\n")
+    status = 0
     with contextlib.suppress(KeyboardInterrupt):
-        sys.exit(subprocess.call(command))
+        status = subprocess.call(command)
+    stop.set()
+    sys.exit(status)
 
 
 if __name__ == "__main__":
