@@ -37,6 +37,8 @@ class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     poll_interval: float = 2.0
     # Seconds SIGTERM waits for requests in flight before the process exits anyway.
     graceful_timeout: float = 30.0
+    # Serve the live dashboard at /dashboard (and redirect / there).
+    dashboard: bool = True
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
