@@ -13,6 +13,7 @@ from pathlib import Path
 import msgspec
 
 from mlscale.errors import ConfigError
+from mlscale.vision.settings import VisionSettings
 
 
 class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -38,6 +39,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """All of mlscale's settings, one section per part."""
 
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
+    vision: VisionSettings = msgspec.field(default_factory=VisionSettings)
     # Folder of the project file; relative paths in the sections are resolved against it.
     root: str = "."
 

@@ -149,8 +149,13 @@ class MotionAnalyzer:
         count, _, stats, centroids = cv2.connectedComponentsWithStats(mask, connectivity=8)
         min_px = self.min_area * w * h
         blobs = [
-            ((x / w, y / h, (x + bw) / w, (y + bh) / h), (cx / w, cy / h))
-            for (x, y, bw, bh, area), (cx, cy) in zip(stats[1:count], centroids[1:count], strict=True)
+            (
+                (float(x) / w, float(y) / h, float(x + bw) / w, float(y + bh) / h),
+                (float(cx) / w, float(cy) / h),
+            )
+            for (x, y, bw, bh, area), (cx, cy) in zip(
+                stats[1:count].tolist(), centroids[1:count].tolist(), strict=True
+            )
             if area >= min_px
         ]
         self._match(blobs, t)

@@ -187,7 +187,7 @@ class SyntheticScene:
             return [_Actor(x, y, pw, ph, color)] if -pw < x < w else []
         if episode.kind == "crowd" and 0 <= local < length:
             actors = []
-            for i in range(16):
+            for _ in range(16):
                 appear = rng.random() * 1.0
                 x0, y0 = rng.random() * (w - pw), (0.35 + 0.5 * rng.random()) * h - ph
                 vx, vy = rng.normal(0, 0.04 * w), rng.normal(0, 0.02 * h)
@@ -265,8 +265,13 @@ def labelled_suite(
     for seed in range(seeds):
         for kind in ANOMALY_KINDS:
             duration = 42.0
-            scene = SyntheticScene(size, seed=100 * seed + ANOMALY_KINDS.index(kind), scenario=kind,
-                                   warmup=warmup, duration=duration)
+            scene = SyntheticScene(
+                size,
+                seed=100 * seed + ANOMALY_KINDS.index(kind),
+                scenario=kind,
+                warmup=warmup,
+                duration=duration,
+            )
             clips.append(Clip(f"{kind}-{seed}", scene, duration))
     for seed in range(seeds * 2 if normal is None else normal):
         scene = SyntheticScene(size, seed=7000 + seed, scenario="normal", warmup=warmup, duration=42.0)
