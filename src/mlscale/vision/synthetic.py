@@ -75,6 +75,7 @@ class SyntheticScene:
         self.speed = self.width / 8.0 * (0.9 + 0.2 * rng.random())  # crossing the image takes ~8 s
         self.person = (max(4, round(self.width * 0.03)), max(8, round(self.height * 0.1)))
         self.spawn_interval = 1.3
+        self._params: dict[int, tuple | None] = {}
         self.background = self._background(rng)
         self._noise = rng.normal(0.0, 3.0, size=(8, self.height, self.width, 1)).astype(np.int16)
         self.anomalies: list[Anomaly] = []
@@ -100,18 +101,31 @@ class SyntheticScene:
             img[yy : yy + 2, x0 : x0 + w // 16] = 135
         return img.astype(np.int16)
 
+    def _walker_params(self, k: int) -> tuple[float, float, float, tuple[int, int, int]] | None:
+        """Spawn time, speed, feet height and colour of walker ``k`` (cached: drawn once per walker)."""
+        cached = self._params.get(k)
+        if cached is None and k not in self._params:
+            rng = np.random.default_rng([self.seed, 1, k + 1_000_000])  # k < 0: already walking at t=0
+            if rng.random() <= 0.8:
+                spawn = (k + rng.random() * 0.8) * self.spawn_interval
+                speed = self.speed * (0.8 + 0.45 * rng.random())
+                feet = PATH_BAND[0] + (PATH_BAND[1] - PATH_BAND[0]) * rng.random()
+                cached = (spawn, speed, feet, _color(rng))
+            if len(self._params) > 4096:
+                self._params.clear()
+            self._params[k] = cached
+        return cached
+
     def _walker(self, k: int, t: float) -> _Actor | None:
-        rng = np.random.default_rng([self.seed, 1, k + 1_000_000])  # k < 0: already walking at t=0
-        if rng.random() > 0.8:
+        params = self._walker_params(k)
+        if params is None:
             return None
-        spawn = (k + rng.random() * 0.8) * self.spawn_interval
-        speed = self.speed * (0.8 + 0.45 * rng.random())
+        spawn, speed, feet, color = params
         pw, ph = self.person
         x = -pw + speed * (t - spawn)
         if not -pw < x < self.width:
             return None
-        feet = PATH_BAND[0] + (PATH_BAND[1] - PATH_BAND[0]) * rng.random()
-        return _Actor(x, feet * self.height - ph, pw, ph, _color(rng))
+        return _Actor(x, feet * self.height - ph, pw, ph, color)
 
     def _walkers(self, t: float) -> list[_Actor]:
         lifetime = (self.width + self.person[0]) / (self.speed * 0.8) + self.spawn_interval
