@@ -25,6 +25,8 @@ _EXPORTS = {
     "SyntheticSource": "mlscale.vision.sources",
     "Verdict": "mlscale.vision.camera",
     "VisionPipeline": "mlscale.vision.pipeline",
+    "ShardedPipeline": "mlscale.vision.workers",
+    "make_pipeline": "mlscale.vision.pipeline",
     "VisionSettings": "mlscale.vision.settings",
     "ZoneSettings": "mlscale.vision.settings",
     "demo_settings": "mlscale.vision.pipeline",

@@ -35,10 +35,10 @@ def run(config_path: str, duration: float | None, metrics_port: int | None, as_j
     from rich.table import Table
 
     from mlscale.config import load_settings
-    from mlscale.vision.pipeline import VisionPipeline
+    from mlscale.vision.pipeline import make_pipeline
 
     settings = load_settings(config_path)
-    pipeline = VisionPipeline(settings.vision, root=settings.root)
+    pipeline = make_pipeline(settings.vision, root=settings.root)
     if metrics_port is not None:
         from prometheus_client import start_http_server
 

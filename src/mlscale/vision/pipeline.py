@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import msgspec
 
 from mlscale.errors import ConfigError
 from mlscale.vision.camera import CameraDetector, Verdict
@@ -299,17 +300,25 @@ def demo_settings(cameras: int = 3, events_dir: str = "vision-events") -> Vision
     return VisionSettings(feeds=feeds, events_dir=events_dir)
 
 
+def make_pipeline(settings: VisionSettings, sinks: Iterable[Sink] = (), root: str | Path | None = None):
+    """A VisionPipeline, or a ShardedPipeline over processes when ``settings.workers`` > 1."""
+    if settings.workers > 1:
+        from mlscale.vision.workers import ShardedPipeline
+
+        return ShardedPipeline(settings, sinks, root)
+    return VisionPipeline(settings, sinks, root)
+
+
 def start_vision(
     settings: VisionSettings | None = None,
     sinks: Iterable[Sink] = (),
     root: str | Path | None = None,
-    **kwargs,
-) -> VisionPipeline:
-    """Start the pipeline in background threads and return it (``.status()``, ``.stop()``).
+):
+    """Start the pipeline in the background and return it (``.status()``, ``.stop()``).
 
-    No settings, or settings without feeds, run the synthetic demo cameras.
+    No settings, or settings without feeds, run three synthetic demo cameras.
     """
     if settings is None or not settings.feeds:
-        base = settings.events_dir if settings is not None else "vision-events"
-        settings = demo_settings(events_dir=base)
-    return VisionPipeline(settings, sinks, root, **kwargs).start()
+        base = settings if settings is not None else VisionSettings()
+        settings = msgspec.structs.replace(base, feeds=demo_settings().feeds)
+    return make_pipeline(settings, sinks, root).start()

@@ -67,5 +67,7 @@ class VisionSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # A feed that drops is reopened after backoff_initial, doubling up to backoff_max seconds.
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
+    # Processes to spread the feeds over (1 = threads in this process; see docs/architecture.md).
+    workers: int = 1
     # Seconds an event kind stays quiet on a camera after it fired, so one incident is one event.
     cooldown_seconds: float = 10.0
