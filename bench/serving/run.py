@@ -82,7 +82,8 @@ def bodies() -> dict[str, dict[str, Path]]:
     iris_row = [5.1, 3.5, 1.4, 0.2]
     mlp_row = np.random.default_rng(0).normal(size=16).round(4).tolist()
     out: dict[str, dict[str, Path]] = {}
-    for model, datatype, row, output in (("iris", "FP64", iris_row, "label"), ("mlp", "FP32", mlp_row, "probabilities")):
+    cases = (("iris", "FP64", iris_row, "label"), ("mlp", "FP32", mlp_row, "probabilities"))
+    for model, datatype, row, output in cases:
         tensor = {"name": "input", "shape": [1, len(row)], "datatype": datatype, "data": row}
         ours = WORK / f"{model}-mlscale.json"
         ours.write_text(json.dumps({"inputs": [tensor], "outputs": [{"name": output}]}))

@@ -13,8 +13,9 @@ from mlscale.errors import MlscaleError
 # name -> "module:attribute" of a click command or group.
 COMMANDS: dict[str, str] = {
     "serve": "mlscale.serving.commands:serve",
+    "storage": "mlscale.storage.commands:storage",
+    "up": "mlscale.up:up",
     "vision": "mlscale.vision.commands:vision",
-
 }
 
 

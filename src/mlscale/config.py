@@ -12,7 +12,9 @@ from pathlib import Path
 
 import msgspec
 
+from mlscale.cache.settings import CacheSettings
 from mlscale.errors import ConfigError
+from mlscale.storage.settings import StorageSettings
 from mlscale.vision.settings import VisionSettings
 
 
@@ -39,6 +41,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """All of mlscale's settings, one section per part."""
 
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
+    storage: StorageSettings = msgspec.field(default_factory=StorageSettings)
+    cache: CacheSettings = msgspec.field(default_factory=CacheSettings)
     vision: VisionSettings = msgspec.field(default_factory=VisionSettings)
     # Folder of the project file; relative paths in the sections are resolved against it.
     root: str = "."

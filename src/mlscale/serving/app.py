@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 
 import mlscale
+from mlscale.cache.keys import prediction_key
 from mlscale.config import ServerSettings
 from mlscale.errors import (
     DeadlineExceeded,
@@ -30,9 +31,10 @@ from mlscale.errors import (
     PayloadTooLarge,
 )
 from mlscale.serving import metrics
+from mlscale.serving.cached import pack_outputs, unpack_outputs
 from mlscale.serving.control import WorkerControl
 from mlscale.serving.protocol import decode_request, encode_json, encode_response
-from mlscale.serving.repository import ModelRepository
+from mlscale.serving.repository import ModelRepository, ModelVersion
 
 log = logging.getLogger("mlscale.serving")
 
@@ -82,6 +84,7 @@ class InferenceApp:
         self.on_shutdown = on_shutdown or []
         self.ready = False
         self._tasks: list[asyncio.Task] = []
+        self._purges_seen: dict[str, int] = {}
 
     # --- ASGI entry --------------------------------------------------------------------------
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
@@ -135,6 +138,7 @@ class InferenceApp:
         if self.control is not None:
             generation, unloaded = self.control.current()
             self.repository.unloaded = set(unloaded)
+            self._purges_seen = self.control.purges()
         await self.repository.sync()
         if self.control is not None:
             self.control.ack(generation)
@@ -152,6 +156,8 @@ class InferenceApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.repository.close()
+        if self.repository.caches is not None:
+            self.repository.caches.close()
         for callback in self.on_shutdown:
             result = callback()
             if asyncio.iscoroutine(result):
@@ -169,6 +175,17 @@ class InferenceApp:
             except Exception:
                 log.exception("rescanning the model repository failed")
 
+    async def _apply_purges(self) -> None:
+        assert self.control is not None
+        purges = self.control.purges()
+        caches = self.repository.caches
+        for name, count in purges.items():
+            if count > self._purges_seen.get(name, 0) and caches is not None:
+                cache = caches.cached(name)
+                if cache is not None:
+                    cache.l1.purge_prefix(name.encode() + b"\0")
+        self._purges_seen = purges
+
     async def _follow_control(self) -> None:
         assert self.control is not None
         while True:
@@ -177,6 +194,7 @@ class InferenceApp:
             if change is None:
                 continue
             generation, unloaded = change
+            await self._apply_purges()
             for name in unloaded - self.repository.unloaded:
                 with contextlib.suppress(MlscaleError):
                     await self.repository.unload(name)
@@ -248,6 +266,9 @@ class InferenceApp:
             if count == 4 and parts[1] == "models" and method == "POST" and parts[3] in ("load", "unload"):
                 await self._read_body(scope, receive)
                 return await self._load_or_unload(parts[2], parts[3])
+            if parts[1:2] == ["models"] and parts[3:] == ["cache", "purge"] and method == "POST":
+                await self._read_body(scope, receive)
+                return await self._purge(parts[2])
         raise NotFound(f"no route {method} /v2/{'/'.join(parts)}")
 
     async def _load_or_unload(self, name: str, action: str) -> Response:
@@ -261,6 +282,22 @@ class InferenceApp:
             if not await self.control.wait_applied(generation):
                 log.warning("not every worker applied %s of model %s in time", action, name)
         return json_response({})
+
+    async def _purge(self, name: str) -> Response:
+        """Drop every cached answer of a model, in this worker, the shared tier and (through the
+        control folder) every other worker's in-process tier."""
+        caches = self.repository.caches
+        cache = caches.cached(name) if caches is not None else None
+        if cache is None:
+            self.repository.resolve(name)  # 404 for an unknown model
+            raise InvalidInput(f"model {name!r} has no prediction cache (enable it with [cache] in model.toml)")
+        removed = await cache.apurge(name)
+        if self.control is not None:
+            generation = self.control.publish(self.repository.unloaded, purge=name)
+            self._purges_seen = self.control.purges()
+            self.control.ack(generation)
+            await self.control.wait_applied(generation)
+        return json_response({"model": name, "purged": removed})
 
     # --- inference ---------------------------------------------------------------------------
     async def _read_body(self, scope: dict, receive: Callable) -> bytes:
@@ -299,14 +336,11 @@ class InferenceApp:
                 header_length = _int_header(key, value)
             elif key == b"x-request-timeout":
                 timeout = _float_header(key, value)
-        resolved_version = ""
-        outcome = "error"
-        metrics.INFLIGHT.labels(name).inc()
+        model = None
         try:
             body = await self._read_body(scope, receive)
             request = decode_request(body, header_length)
             model = self.repository.resolve(name, version)
-            resolved_version = model.version
             requested = tuple(o.name for o in request.outputs) if request.outputs else None
             model.validate(request.inputs, requested)
             parameter_timeout = request.parameters.get("timeout")
@@ -315,28 +349,47 @@ class InferenceApp:
                     raise InvalidInput("parameter 'timeout' must be a non-negative number of microseconds")
                 timeout = parameter_timeout / 1e6
             deadline = time.monotonic() + timeout if timeout else None
-            outputs = await model.batcher.submit(request.inputs, deadline, requested)
+            model.meters.inflight.inc()
+            try:
+                if model.cache is None:
+                    outputs = await model.batcher.submit(request.inputs, deadline, requested)
+                    parameters = None
+                else:
+                    outputs, parameters = await _cached_predict(model, request.inputs, deadline, requested)
+            finally:
+                model.meters.inflight.dec()
             if requested:
                 outputs = {n: outputs[n] for n in requested if n in outputs}
-            payload, json_length = encode_response(model.model, model.version, request, outputs)
-            outcome = "success"
-        except Overloaded:
-            outcome = "rejected"
+            payload, json_length = encode_response(model.model, model.version, request, outputs, parameters)
+        except MlscaleError as exc:
+            outcome = _OUTCOMES.get(type(exc), "error")
+            if model is not None:
+                model.meters.outcome(outcome).inc()
+            else:
+                metrics.REQUESTS.labels(name, "", outcome).inc()
             raise
-        except DeadlineExceeded:
-            outcome = "timeout"
-            raise
-        except ModelNotFound:
-            outcome = "not_found"
-            raise
-        finally:
-            metrics.INFLIGHT.labels(name).dec()
-            metrics.REQUESTS.labels(name, resolved_version, outcome).inc()
-        metrics.REQUEST_DURATION.labels(name, resolved_version).observe(time.perf_counter() - started)
+        model.meters.success.inc()
+        model.meters.duration.observe(time.perf_counter() - started)
         if json_length is None:
             return Response(200, payload)
         return Response(200, payload, b"application/octet-stream",
                         [(b"inference-header-content-length", str(json_length).encode())])
+
+
+async def _cached_predict(model: ModelVersion, inputs: dict, deadline: float | None,
+                          requested: tuple[str, ...] | None) -> tuple[dict, dict]:
+    """Through the model's prediction cache; the response parameter ``cache`` says where the answer
+    came from: l1, l2, shared (waited on an identical request) or miss."""
+    key = prediction_key(model.model, model.version, inputs, requested)
+
+    async def compute() -> bytes:
+        return pack_outputs(await model.batcher.submit(inputs, deadline, requested))
+
+    packed, source = await model.cache.get_or_compute(key, compute)
+    return unpack_outputs(packed), {"cache": "miss" if source == "computed" else source}
+
+
+_OUTCOMES = {Overloaded: "rejected", DeadlineExceeded: "timeout", ModelNotFound: "not_found"}
 
 
 def _int_header(key: bytes, value: bytes) -> int:

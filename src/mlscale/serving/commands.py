@@ -34,4 +34,4 @@ def serve(model_repository: Path | None, host: str | None, port: int | None, wor
         server = msgspec.structs.replace(server, model_repository=str(settings.resolve(server.model_repository)))
     click.echo(f"mlscale: serving {server.model_repository} on http://{server.host}:{server.port} "
                f"with {server.workers} worker(s)")
-    run_server(server)
+    run_server(msgspec.structs.replace(settings, server=server))

@@ -27,22 +27,33 @@ class WorkerControl:
         self._state_file = self.state_dir / "desired.json"
         self._seen_mtime = -1
 
-    def publish(self, unloaded: set[str]) -> int:
-        """Record a new desired state; returns its generation."""
+    def publish(self, unloaded: set[str], purge: str | None = None) -> int:
+        """Record a new desired state (and count a cache purge of model ``purge``); returns its generation."""
         with open(self.state_dir / "lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            generation = self._read()[0] + 1
+            data = self._data()
+            purges = data.get("purges", {})
+            if purge is not None:
+                purges[purge] = purges.get(purge, 0) + 1
+            generation = int(data.get("generation", 0)) + 1
             tmp = self._state_file.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"generation": generation, "unloaded": sorted(unloaded)}))
+            tmp.write_text(json.dumps({"generation": generation, "unloaded": sorted(unloaded), "purges": purges}))
             tmp.replace(self._state_file)
         return generation
 
-    def _read(self) -> tuple[int, set[str]]:
+    def _data(self) -> dict:
         try:
-            data = json.loads(self._state_file.read_text())
+            return json.loads(self._state_file.read_text())
         except (FileNotFoundError, ValueError):
-            return 0, set()
-        return int(data["generation"]), set(data["unloaded"])
+            return {}
+
+    def _read(self) -> tuple[int, set[str]]:
+        data = self._data()
+        return int(data.get("generation", 0)), set(data.get("unloaded", []))
+
+    def purges(self) -> dict[str, int]:
+        """How many cache purges each model has had; workers clear their L1 when a count grows."""
+        return dict(self._data().get("purges", {}))
 
     def changed(self) -> tuple[int, set[str]] | None:
         """The desired state when the file changed since the last call, else None (one stat call)."""

@@ -53,6 +53,32 @@ MODEL_LOAD = Histogram(
 )
 
 
+class ModelMeters:
+    """One model version's labelled metric children, resolved once at load time: ``labels()``
+    costs microseconds per call, too much to pay several times on every request."""
+
+    def __init__(self, model: str, version: str) -> None:
+        self._labels = (model, version)
+        self.success = REQUESTS.labels(model, version, "success")
+        self.duration = REQUEST_DURATION.labels(model, version)
+        self.batch_size = BATCH_SIZE.labels(model, version)
+        self.queue_wait = QUEUE_WAIT.labels(model, version)
+        self.inflight = INFLIGHT.labels(model)
+        self._outcomes: dict[str, Counter] = {}
+
+    def outcome(self, outcome: str):
+        child = self._outcomes.get(outcome)
+        if child is None:
+            child = self._outcomes[outcome] = REQUESTS.labels(*self._labels, outcome)
+        return child
+
+    def on_batch(self, rows: int, waits: list[float]) -> None:
+        """The batcher's callback: one batch of ``rows`` ran after its requests waited ``waits``."""
+        self.batch_size.observe(rows)
+        for wait in waits:
+            self.queue_wait.observe(wait)
+
+
 def render_metrics() -> tuple[bytes, str]:
     """The exposition text of every metric of this process, or of all workers in multiprocess mode."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from mlscale.cache.settings import ModelCacheSettings
 from mlscale.errors import ConfigError
 from mlscale.serving.datatypes import V2_TO_NUMPY
 
@@ -25,14 +26,6 @@ class TensorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     name: str
     datatype: str
     shape: list[int]
-
-
-class CacheConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Prediction cache for one model (opt-in)."""
-
-    enabled: bool = False
-    ttl: float = 300.0
-    l1_max_bytes: int = 64 * 1024 * 1024
 
 
 class ModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -53,7 +46,8 @@ class ModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Model-level only: alias -> version, and target (alias or version) -> weight for unversioned calls.
     aliases: dict[str, str] = msgspec.field(default_factory=dict)
     traffic: dict[str, float] = msgspec.field(default_factory=dict)
-    cache: CacheConfig = msgspec.field(default_factory=CacheConfig)
+    # Prediction cache for this model (opt-in); unset fields inherit [cache] of mlscale.toml.
+    cache: ModelCacheSettings | None = None
     # Free-form settings for the runtime (e.g. the Python class name, ONNX thread counts).
     parameters: dict[str, Any] = msgspec.field(default_factory=dict)
 

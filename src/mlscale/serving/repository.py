@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mlscale.cache.factory import Caches
+from mlscale.cache.tiered import PredictionCache
 from mlscale.errors import ConfigError, InvalidInput, ModelNotFound, ModelNotReady
 from mlscale.serving import metrics
 from mlscale.serving.batching import AdaptiveBatcher
@@ -61,6 +63,9 @@ class ModelVersion:
     batcher: AdaptiveBatcher
     fingerprint: tuple
     load_seconds: float
+    meters: metrics.ModelMeters
+    # The model's prediction cache (shared by its versions; keys include the version), or None.
+    cache: PredictionCache | None = None
 
     def metadata(self, versions: list[str]) -> dict:
         return {
@@ -147,8 +152,9 @@ class ModelEntry:
 class ModelRepository:
     """Every model under ``root``, kept in step with the folder and with load/unload calls."""
 
-    def __init__(self, root: Path, *, max_queue_size: int = 1024) -> None:
+    def __init__(self, root: Path, *, max_queue_size: int = 1024, caches: Caches | None = None) -> None:
         self.root = Path(root)
+        self.caches = caches
         self.max_queue_size = max_queue_size
         self.models: dict[str, ModelEntry] = {}
         # Models unloaded through the API stay unloaded until loaded through the API.
@@ -279,27 +285,21 @@ class ModelRepository:
         inline = config.execution == "inline"
         if config.execution == "auto":
             inline = await asyncio.to_thread(_runs_fast, runtime)
-        labels = (name, version)
-
-        def on_batch(rows: int, waits: list[float]) -> None:
-            metrics.BATCH_SIZE.labels(*labels).observe(rows)
-            wait_metric = metrics.QUEUE_WAIT.labels(*labels)
-            for wait in waits:
-                wait_metric.observe(wait)
-
+        meters = metrics.ModelMeters(name, version)
         batcher = AdaptiveBatcher(
             runtime.predict,
             max_batch_size=config.max_batch_size,
             max_delay=config.max_delay,
             max_queue_size=config.max_queue_size or self.max_queue_size,
             inline=inline,
-            on_batch=on_batch,
+            on_batch=meters.on_batch,
         )
         seconds = time.perf_counter() - started
-        metrics.MODEL_LOAD.labels(*labels).observe(seconds)
+        metrics.MODEL_LOAD.labels(name, version).observe(seconds)
         log.info("loaded model %s version %s (%s, %.3fs, %s)", name, version, runtime.platform, seconds,
                  "inline" if inline else "thread")
-        return ModelVersion(name, version, path, config, runtime, batcher, fingerprint, seconds)
+        cache = self.caches.for_model(name, config.cache) if self.caches is not None else None
+        return ModelVersion(name, version, path, config, runtime, batcher, fingerprint, seconds, meters, cache)
 
     async def _drop_model(self, name: str) -> None:
         entry = self.models.pop(name, None)

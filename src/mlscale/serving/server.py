@@ -15,43 +15,42 @@ from pathlib import Path
 
 import msgspec
 
-from mlscale.config import ServerSettings
+from mlscale.config import Settings
 
 SETTINGS_ENV = "MLSCALE_SERVER_SETTINGS"
 STATE_ENV = "MLSCALE_STATE_DIR"
 WORKERS_ENV = "MLSCALE_WORKERS"
 
 
-def build_app(settings: ServerSettings, repository_dir: Path, *, control_dir: Path | None = None,
-              workers: int = 1):
+def build_app(settings: Settings, *, control_dir: Path | None = None, workers: int = 1):
     """The ASGI app for one worker process (also what tests embed)."""
+    from mlscale.cache.factory import Caches
     from mlscale.serving.app import InferenceApp
     from mlscale.serving.control import WorkerControl
     from mlscale.serving.repository import ModelRepository
 
-    repository = ModelRepository(repository_dir, max_queue_size=settings.max_queue_size)
+    caches = Caches(settings.cache, root=settings.root)
+    repository = ModelRepository(settings.resolve(settings.server.model_repository),
+                                 max_queue_size=settings.server.max_queue_size, caches=caches)
     control = WorkerControl(control_dir, workers) if control_dir is not None else None
-    return InferenceApp(repository, settings, control=control)
+    return InferenceApp(repository, settings.server, control=control)
 
 
 def app_from_environment():
     """uvicorn's factory in each worker: rebuild the app from what the parent put in the environment."""
-    settings = msgspec.json.decode(os.environ[SETTINGS_ENV], type=ServerSettings)
-    return build_app(
-        settings,
-        Path(settings.model_repository),
-        control_dir=Path(os.environ[STATE_ENV]),
-        workers=int(os.environ[WORKERS_ENV]),
-    )
+    settings = msgspec.json.decode(os.environ[SETTINGS_ENV], type=Settings)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return build_app(settings, control_dir=Path(os.environ[STATE_ENV]), workers=int(os.environ[WORKERS_ENV]))
 
 
-def run_server(settings: ServerSettings) -> None:
+def run_server(project: Settings) -> None:
     """Serve until SIGINT/SIGTERM; in-flight requests are drained before workers exit."""
     import uvicorn
 
     from mlscale.errors import ConfigError
 
-    repository = Path(settings.model_repository)
+    settings = project.server
+    repository = project.resolve(settings.model_repository)
     if not repository.is_dir():
         raise ConfigError(f"{repository}: the model repository folder does not exist")
     if settings.workers < 1:
@@ -61,7 +60,7 @@ def run_server(settings: ServerSettings) -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(scratch / "metrics")
     os.environ[STATE_ENV] = str(scratch / "control")
     os.environ[WORKERS_ENV] = str(settings.workers)
-    os.environ[SETTINGS_ENV] = msgspec.json.encode(settings).decode()
+    os.environ[SETTINGS_ENV] = msgspec.json.encode(project).decode()
     # One process per core already; BLAS threads on top would oversubscribe the cores.
     for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(variable, "1")
