@@ -177,4 +177,4 @@ def test_cli_run_processes_a_file_feed_and_reports_status(normal_clip, tmp_path)
     last = json.loads(result.stdout.strip().splitlines()[-2])
     assert last["cameras"][0]["camera"] == "gate"
     assert last["cameras"][0]["frames_processed"] > 0
-    assert (tmp_path / "ev").is_dir()
+    assert json.loads((tmp_path / "ev" / "status.json").read_text())["cameras"][0]["camera"] == "gate"

@@ -29,7 +29,8 @@ def vision() -> None:
 @click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port.")
 @click.option("--json", "as_json", is_flag=True, help="Print status snapshots as JSON lines.")
 def run(config_path: str, duration: float | None, metrics_port: int | None, as_json: bool) -> None:
-    """Run every feed of [vision] until Ctrl-C or --duration; events go to the events folder."""
+    """Run every feed of [vision] until Ctrl-C or --duration; events go to the events folder,
+    and a status snapshot to status.json beside them every second."""
     from rich.console import Console
     from rich.live import Live
     from rich.table import Table
@@ -75,17 +76,29 @@ def run(config_path: str, duration: float | None, metrics_port: int | None, as_j
             )
         return t
 
+    status_file = pipeline.events.folder / "status.json"
+
+    def publish() -> dict:
+        # Another process (the dashboard under `mlscale up`) reads the latest snapshot from this file;
+        # written aside and renamed so a reader never sees half of it.
+        status = pipeline.status()
+        tmp = status_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(status))
+        tmp.replace(status_file)
+        return status
+
     deadline = math.inf if duration is None else time.monotonic() + duration
     pipeline.start()
     try:
         if as_json:
             while time.monotonic() < deadline:
                 time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-                click.echo(json.dumps(pipeline.status()))
+                click.echo(json.dumps(publish()))
         else:
             with Live(table(), refresh_per_second=2, console=Console()) as live:
                 while time.monotonic() < deadline:
-                    time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+                    time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+                    publish()
                     live.update(table())
     except KeyboardInterrupt:
         pass
