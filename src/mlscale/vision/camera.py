@@ -69,7 +69,10 @@ class CameraDetector:
     ):
         self.feed = feed
         self.warmup_seconds = warmup_seconds
-        self.analyzer = MotionAnalyzer(tuple(feed.resolution))
+        # The background forgets over ~5 minutes whatever the detection rate: someone standing still
+        # must stay foreground long enough to be seen loitering.
+        history = max(200, round(300 * feed.detect_fps))
+        self.analyzer = MotionAnalyzer(tuple(feed.resolution), history=history)
         self.rules = RuleDetector(feed.zones, feed.rules)
         self._model_factory = model_factory
         self._debouncer = _Debouncer(feed.rules.threshold, min_frames, cooldown)

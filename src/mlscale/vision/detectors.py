@@ -104,8 +104,10 @@ class ActivityModel:
             return findings  # motion means nothing while the view itself is broken
         objects = len(_moving(frame.tracks, 1))
         crowd = max(
-            (objects - self.objects_mean_) / max(4.0 * self.objects_std_, 4.0, self.objects_mean_),
-            (frame.fg_fraction - self.fg_mean_) / max(5.0 * self.fg_std_, 0.02, self.fg_mean_),
+            # A crowd is well beyond the usual spread and at least 2.5x the usual count: busy
+            # moments of normal traffic reach twice the mean.
+            (objects - self.objects_mean_) / max(4.0 * self.objects_std_, 5.0, 1.5 * self.objects_mean_),
+            (frame.fg_fraction - self.fg_mean_) / max(5.0 * self.fg_std_, 0.02, 1.5 * self.fg_mean_),
         )
         if crowd > 0.3:
             findings.append(Finding("crowd", crowd))

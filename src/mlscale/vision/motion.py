@@ -84,16 +84,18 @@ class MotionAnalyzer:
     def __init__(
         self,
         resolution: tuple[int, int] = (160, 120),
-        history: int = 600,
+        history: int = 1500,
         var_threshold: float = 25.0,
         min_area: float = 0.001,
         dwell_radius: float = 0.06,
+        keep_seconds: float = 1.5,
     ) -> None:
         self.resolution = resolution
         self.history = history
         self.var_threshold = var_threshold
         self.min_area = min_area
         self.dwell_radius = dwell_radius
+        self.keep_seconds = keep_seconds
         self._kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
         self.reset()
 
@@ -206,7 +208,9 @@ class MotionAnalyzer:
         for ti, track in enumerate(self._tracks):
             if ti not in used_tracks:
                 track.misses += 1
-        self._tracks = [tr for tr in self._tracks if tr.misses <= 2]
+        # A track survives a short absence: someone standing still is hidden whenever a passer-by
+        # merges with their blob, and must come back as the same track or their dwell time resets.
+        self._tracks = [tr for tr in self._tracks if t - tr.history[-1][0] <= self.keep_seconds]
         for bi, (box, (cx, cy)) in enumerate(blobs):
             if bi not in used_blobs:
                 track = _Track(self._next_id, box, t)

@@ -178,8 +178,9 @@ class SyntheticScene:
             zx0, zy0, zx1, zy1 = RESTRICTED_ZONE
             path = (0.5 * w, PATH_BAND[0] * h + 4 - ph)
             inside = ((zx0 + zx1) / 2 * w, (zy0 + zy1) / 2 * h - ph / 2)
-            if local < 0:
-                return [_Actor(path[0] + self.speed * local, path[1], pw, ph, color)]
+            if local < 0 or local > length:  # walking along the path before and after
+                x = path[0] + self.speed * (local if local < 0 else local - length)
+                return [_Actor(x, path[1], pw, ph, color)] if x < w else []
             frac = min(1.0, local / 3.0, max(0.0, (length - local) / 3.0))
             wobble = 0.04 * w * math.sin(local * 1.3)
             x = path[0] + (inside[0] - path[0]) * frac + wobble * frac
