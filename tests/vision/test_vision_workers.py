@@ -18,8 +18,10 @@ def test_feeds_spread_over_two_processes_all_report_status(tmp_path):
     assert isinstance(pipeline, ShardedPipeline)
     with pipeline:
         assert wait_for(
-            lambda: len(pipeline.status()["cameras"]) == 3
-            and all(c["frames_processed"] >= 5 for c in pipeline.status()["cameras"]),
+            lambda: (
+                len(pipeline.status()["cameras"]) == 3
+                and all(c["frames_processed"] >= 5 for c in pipeline.status()["cameras"])
+            ),
             timeout=30,
         )
         status = pipeline.status()

@@ -79,9 +79,7 @@ class ActivityModel:
         n = np.maximum(pooled_n, 1)[..., None]
         self.cell_counts_ = pooled_n
         self.cell_mean_ = pooled_s / n
-        self.cell_cov_ = pooled_o / n[..., None] - np.einsum(
-            "...i,...j->...ij", self.cell_mean_, self.cell_mean_
-        )
+        self.cell_cov_ = pooled_o / n[..., None] - np.einsum("...i,...j->...ij", self.cell_mean_, self.cell_mean_)
         total = max(1, counts.sum())
         self.global_mean_ = sums.sum(axis=(0, 1)) / total
         objects = np.array([len(_moving(f.tracks, 1)) for f in frames], float)

@@ -91,9 +91,7 @@ def summarize(results: list[ClipResult], slack: float = 2.0) -> dict:
     }
 
 
-def evaluate(
-    seeds: int = 3, detect_fps: float = 5.0, size: tuple[int, int] = (320, 240)
-) -> tuple[dict, list]:
+def evaluate(seeds: int = 3, detect_fps: float = 5.0, size: tuple[int, int] = (320, 240)) -> tuple[dict, list]:
     """Run the whole labelled suite; returns the summary and the per-clip results."""
     results = [run_clip(clip, detect_fps) for clip in labelled_suite(seeds, size)]
     return summarize(results), results

@@ -155,9 +155,7 @@ class MotionAnalyzer:
                 (float(x) / w, float(y) / h, float(x + bw) / w, float(y + bh) / h),
                 (float(cx) / w, float(cy) / h),
             )
-            for (x, y, bw, bh, area), (cx, cy) in zip(
-                stats[1:count].tolist(), centroids[1:count].tolist(), strict=True
-            )
+            for (x, y, bw, bh, area), (cx, cy) in zip(stats[1:count].tolist(), centroids[1:count].tolist(), strict=True)
             if area >= min_px
         ]
         self._match(blobs, t)

@@ -20,6 +20,7 @@ from typing import Any
 
 import cv2
 import msgspec
+import numpy as np
 
 from mlscale.errors import ConfigError
 from mlscale.vision.camera import CameraDetector, Verdict
@@ -125,9 +126,7 @@ class VisionPipeline:
                 target=self._read_loop, args=(feed,), name=f"vision-{feed.settings.name}", daemon=True
             )
             feed.thread.start()
-        self._detector_thread = threading.Thread(
-            target=self._detect_loop, name="vision-detector", daemon=True
-        )
+        self._detector_thread = threading.Thread(target=self._detect_loop, name="vision-detector", daemon=True)
         self._detector_thread.start()
         return self
 
@@ -215,8 +214,6 @@ class VisionPipeline:
         for indices in by_scorer.values():
             # One model call for every camera using the model (same resolution per model assumed).
             scorer = batch[indices[0]][0].scorer
-            import numpy as np
-
             stacked = np.stack([grays[i] for i in indices])[:, None].astype(np.float32) / 255.0
             for i, score in zip(indices, scorer(stacked), strict=True):
                 extras[i].append(Finding("model", float(score)))
@@ -225,11 +222,7 @@ class VisionPipeline:
             feed, item = batch[i]
             return feed.detector.process(grays[i], item.captured, extras[i])
 
-        verdicts = (
-            list(self._pool.map(run, range(len(batch))))
-            if self._pool
-            else [run(i) for i in range(len(batch))]
-        )
+        verdicts = list(self._pool.map(run, range(len(batch)))) if self._pool else [run(i) for i in range(len(batch))]
         done = time.time()
         for (feed, item), verdict in zip(batch, verdicts, strict=True):
             feed.stats.frame_processed(item.captured, done)

@@ -123,12 +123,8 @@ class VisionCollector:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
         fps_in = GaugeMetricFamily("mlscale_vision_input_fps", "Frames per second read", labels=["camera"])
-        fps_done = GaugeMetricFamily(
-            "mlscale_vision_processed_fps", "Frames per second analysed", labels=["camera"]
-        )
-        lag = GaugeMetricFamily(
-            "mlscale_vision_lag_seconds", "Verdicts behind newest frame", labels=["camera"]
-        )
+        fps_done = GaugeMetricFamily("mlscale_vision_processed_fps", "Frames per second analysed", labels=["camera"])
+        lag = GaugeMetricFamily("mlscale_vision_lag_seconds", "Verdicts behind newest frame", labels=["camera"])
         dropped = CounterMetricFamily(
             "mlscale_vision_dropped_frames", "Frames replaced before analysis", labels=["camera"]
         )

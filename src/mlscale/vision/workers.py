@@ -137,8 +137,9 @@ class ShardedPipeline:
 
     def status(self) -> dict:
         order = {f.name: i for i, f in enumerate(self.settings.feeds)}
-        cameras = sorted((c for shard in list(self._cameras.values()) for c in shard),
-                         key=lambda c: order.get(c["camera"], 0))
+        cameras = sorted(
+            (c for shard in list(self._cameras.values()) for c in shard), key=lambda c: order.get(c["camera"], 0)
+        )
         now = time.time()
         return {
             "running": self._running,
