@@ -4,6 +4,7 @@ events (one event per incident, not one per frame).
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -72,7 +73,9 @@ class CameraDetector:
         # The background forgets over ~5 minutes whatever the detection rate: someone standing still
         # must stay foreground long enough to be seen loitering.
         history = max(200, round(300 * feed.detect_fps))
-        self.analyzer = MotionAnalyzer(tuple(feed.resolution), history=history)
+        # Pixel persistence reaches 0.8 after loiter_seconds of standing still: 1 - exp(-s/T) = 0.8.
+        persistence = max(0.5, feed.rules.loiter_seconds / math.log(5.0))
+        self.analyzer = MotionAnalyzer(tuple(feed.resolution), history=history, persistence_seconds=persistence)
         self.rules = RuleDetector(feed.zones, feed.rules)
         self._model_factory = model_factory
         self._debouncer = _Debouncer(feed.rules.threshold, min_frames, cooldown)

@@ -153,6 +153,11 @@ class RuleDetector:
                 cos = (tr.velocity[0] * flow[0] + tr.velocity[1] * flow[1]) / (norm * max(speed, 1e-9))
                 if speed > 0.08 and cos < -0.5:
                     findings.append(Finding("wrong_way", 1.5, tr.box))
+        if self.rules.loiter_seconds > 0:
+            for box, level in frame.stationary:
+                # Persistence level back to seconds of presence: level = 1 - exp(-s / T), T = L / ln 5.
+                seconds = -math.log(max(1e-3, 1.0 - min(level, 0.999))) * self.rules.loiter_seconds / math.log(5.0)
+                findings.append(Finding("loitering", seconds / self.rules.loiter_seconds, box))
         if self.rules.max_objects and len(tracks) > self.rules.max_objects:
             findings.append(Finding("crowd", 1.5))
         return findings

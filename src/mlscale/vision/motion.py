@@ -38,6 +38,8 @@ class MotionFrame:
     brightness: float
     tracks: tuple[TrackView, ...]
     shift: float | None = None  # global image shift against the reference (camera moved), if checked
+    # Regions that have been foreground nearly all the time lately: (box, persistence 0..1).
+    stationary: tuple[tuple[tuple[float, float, float, float], float], ...] = ()
 
 
 @dataclass
@@ -85,10 +87,11 @@ class MotionAnalyzer:
         self,
         resolution: tuple[int, int] = (160, 120),
         history: int = 1500,
-        var_threshold: float = 25.0,
+        var_threshold: float = 16.0,
         min_area: float = 0.001,
         dwell_radius: float = 0.06,
         keep_seconds: float = 1.5,
+        persistence_seconds: float = 5.0,
     ) -> None:
         self.resolution = resolution
         self.history = history
@@ -96,7 +99,9 @@ class MotionAnalyzer:
         self.min_area = min_area
         self.dwell_radius = dwell_radius
         self.keep_seconds = keep_seconds
+        self.persistence_seconds = persistence_seconds
         self._kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
+        self._sway = cv2.getStructuringElement(cv2.MORPH_RECT, (5, 5))
         self.reset()
 
     def reset(self) -> None:
@@ -109,6 +114,7 @@ class MotionAnalyzer:
         self._frames = 0
         self._last_t: float | None = None
         self.reference: np.ndarray | None = None
+        self._persist: np.ndarray | None = None
         self._window: np.ndarray | None = None
 
     def prepare(self, frame: np.ndarray) -> np.ndarray:
@@ -158,7 +164,9 @@ class MotionAnalyzer:
             for (x, y, bw, bh, area), (cx, cy) in zip(stats[1:count].tolist(), centroids[1:count].tolist(), strict=True)
             if area >= min_px
         ]
+        dt = 0.2 if self._last_t is None else max(1e-3, t - self._last_t)
         self._match(blobs, t)
+        stationary = self._stationary(mask, dt) if learn else ()
         shift = None
         if self.reference is not None and fg_fraction > 0.2:
             (dx, dy), _ = cv2.phaseCorrelate(self.reference, normalized.astype(np.float32), self._window)
@@ -176,7 +184,30 @@ class MotionAnalyzer:
             for tr in self._tracks
             if tr.misses == 0
         )
-        return MotionFrame(t, fg_fraction, texture, brightness, views, shift)
+        return MotionFrame(t, fg_fraction, texture, brightness, views, shift, stationary)
+
+    def _stationary(self, mask: np.ndarray, dt: float) -> tuple:
+        """Foreground persistence per pixel, an exponential average over ``persistence_seconds``.
+
+        Why not only track dwell: a person standing still fragments into pieces and merges with
+        every passer-by, so track identities churn; the pixels they cover stay foreground regardless.
+        """
+        if self._persist is None:
+            self._persist = np.zeros(mask.shape, np.float32)
+        alpha = 1.0 - math.exp(-dt / self.persistence_seconds)
+        # Widened first: someone shifting their weight sways a few pixels, and each pixel at their
+        # edge would otherwise be foreground only part of the time.
+        cv2.accumulateWeighted(cv2.dilate(mask, self._sway), self._persist, alpha)
+        level = self._persist  # mask is 0/255, so full persistence is 255
+        hot = cv2.compare(level, 0.8 * 255.0, cv2.CMP_GT)
+        count, _, stats, _ = cv2.connectedComponentsWithStats(hot, connectivity=8)
+        w, h = self.resolution
+        found = []
+        for x, y, bw, bh, area in stats[1:count].tolist():
+            if area >= self.min_area * w * h:
+                peak = float(level[y : y + bh, x : x + bw].max()) / 255.0
+                found.append(((x / w, y / h, (x + bw) / w, (y + bh) / h), peak))
+        return tuple(found)
 
     def _match(self, blobs: list, t: float) -> None:
         """Greedy nearest-centroid association of blobs to tracks (cheap, and enough at 5 fps)."""
