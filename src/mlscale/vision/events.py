@@ -17,7 +17,7 @@ import msgspec
 log = logging.getLogger("mlscale.vision")
 
 
-class Event(msgspec.Struct, kw_only=True):
+class Event(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One anomaly on one camera."""
 
     camera: str
