@@ -169,8 +169,15 @@ class MotionAnalyzer:
         stationary = self._stationary(mask, dt) if learn else ()
         shift = None
         if self.reference is not None and fg_fraction > 0.2:
-            (dx, dy), _ = cv2.phaseCorrelate(self.reference, normalized.astype(np.float32), self._window)
-            shift = math.hypot(dx / w, dy / h)
+            # Against the view at the end of the warm-up and against the background as learned now
+            # (lighting and parked objects drift); either one seeing the image shifted is enough.
+            current = normalized.astype(np.float32)
+            background = self._subtractor.getBackgroundImage()
+            shift = 0.0
+            for reference in (self.reference, None if background is None else background.astype(np.float32)):
+                if reference is not None:
+                    (dx, dy), _ = cv2.phaseCorrelate(reference, current, self._window)
+                    shift = max(shift, math.hypot(dx / w, dy / h))
         views = tuple(
             TrackView(
                 id=tr.id,
