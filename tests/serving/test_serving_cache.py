@@ -10,8 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-
-from conftest import RunningServer, write_python_model
+from serving_support import RunningServer, write_python_model
 
 COUNTED_MODEL = '''
 import os, time

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from serving_support import RunningServer, build_test_repository, demo_models
 
-from conftest import RunningServer, build_test_repository, demo_models
 from mlscale.serving.model_config import ModelConfig
 from mlscale.serving.repository import ModelEntry
 

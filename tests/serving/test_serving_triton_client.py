@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tritonclient.http as triton
+from serving_support import DATATYPES
 from sklearn.datasets import load_iris
 from tritonclient.utils import InferenceServerException
-
-from conftest import DATATYPES
 
 IRIS = load_iris().data[:7]
 

@@ -28,6 +28,19 @@ class TensorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     shape: list[int]
 
 
+class FeaturesConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Online features joined into the model's input: the request carries entity ids only."""
+
+    # Feature service (or list of "view:feature") whose values, in order, make the model input.
+    service: str | list[str]
+    # The request input holding the entity ids (a 1-D INT64 or BYTES tensor), e.g. "driver_id".
+    entity_key: str
+    # The model input the features fill; defaults to the model's first input.
+    input: str = ""
+    # Missing or stale entities: None is an error (400); a number or {feature: number} fills them.
+    defaults: float | dict[str, float] | None = None
+
+
 class ModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Everything a user can set for a model or one of its versions."""
 
@@ -48,6 +61,7 @@ class ModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     traffic: dict[str, float] = msgspec.field(default_factory=dict)
     # Prediction cache for this model (opt-in); unset fields inherit [cache] of mlscale.toml.
     cache: ModelCacheSettings | None = None
+    features: FeaturesConfig | None = None
     # Free-form settings for the runtime (e.g. the Python class name, ONNX thread counts).
     parameters: dict[str, Any] = msgspec.field(default_factory=dict)
 

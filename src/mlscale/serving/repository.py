@@ -14,6 +14,7 @@ import bisect
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import accumulate
 from pathlib import Path
@@ -26,6 +27,7 @@ from mlscale.errors import ConfigError, InvalidInput, ModelNotFound, ModelNotRea
 from mlscale.serving import metrics
 from mlscale.serving.batching import AdaptiveBatcher
 from mlscale.serving.datatypes import V2_TO_NUMPY, v2_datatype
+from mlscale.serving.features import FeatureJoin, OnlineStore
 from mlscale.serving.model_config import CONFIG_FILE, ModelConfig, model_config
 from mlscale.serving.runtimes import Runtime, load_runtime
 
@@ -66,13 +68,19 @@ class ModelVersion:
     meters: metrics.ModelMeters
     # The model's prediction cache (shared by its versions; keys include the version), or None.
     cache: PredictionCache | None = None
+    # Joins online features into the input when the model declares [features], else None.
+    enricher: FeatureJoin | None = None
 
     def metadata(self, versions: list[str]) -> dict:
+        inputs = [s.describe() for s in self.runtime.inputs]
+        if self.enricher is not None:  # clients send entity ids; the server fills the features
+            inputs = [s for s in inputs if s["name"] != self.enricher.input]
+            inputs.insert(0, {"name": self.enricher.entity_key, "datatype": "INT64|BYTES", "shape": [-1]})
         return {
             "name": self.model,
             "versions": versions,
             "platform": self.runtime.platform,
-            "inputs": [s.describe() for s in self.runtime.inputs],
+            "inputs": inputs,
             "outputs": [s.describe() for s in self.runtime.outputs],
         }
 
@@ -152,9 +160,12 @@ class ModelEntry:
 class ModelRepository:
     """Every model under ``root``, kept in step with the folder and with load/unload calls."""
 
-    def __init__(self, root: Path, *, max_queue_size: int = 1024, caches: Caches | None = None) -> None:
+    def __init__(self, root: Path, *, max_queue_size: int = 1024, caches: Caches | None = None,
+                 features: Callable[[], OnlineStore] | None = None) -> None:
         self.root = Path(root)
         self.caches = caches
+        # Opens the online feature store on first need (models declaring [features]).
+        self.features = features
         self.max_queue_size = max_queue_size
         self.models: dict[str, ModelEntry] = {}
         # Models unloaded through the API stay unloaded until loaded through the API.
@@ -299,7 +310,13 @@ class ModelRepository:
         log.info("loaded model %s version %s (%s, %.3fs, %s)", name, version, runtime.platform, seconds,
                  "inline" if inline else "thread")
         cache = self.caches.for_model(name, config.cache) if self.caches is not None else None
-        return ModelVersion(name, version, path, config, runtime, batcher, fingerprint, seconds, meters, cache)
+        enricher = None
+        if config.features is not None:
+            if self.features is None:
+                raise ConfigError(f"{path}: the model declares [features] but the server has no feature store")
+            enricher = FeatureJoin(config.features, runtime, await asyncio.to_thread(self.features))
+        return ModelVersion(name, version, path, config, runtime, batcher, fingerprint, seconds, meters, cache,
+                            enricher)
 
     async def _drop_model(self, name: str) -> None:
         entry = self.models.pop(name, None)

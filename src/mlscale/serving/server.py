@@ -30,10 +30,50 @@ def build_app(settings: Settings, *, control_dir: Path | None = None, workers: i
     from mlscale.serving.repository import ModelRepository
 
     caches = Caches(settings.cache, root=settings.root)
+    feature_store = LazyFeatureStore(settings, caches)
     repository = ModelRepository(settings.resolve(settings.server.model_repository),
-                                 max_queue_size=settings.server.max_queue_size, caches=caches)
+                                 max_queue_size=settings.server.max_queue_size, caches=caches,
+                                 features=feature_store.online)
     control = WorkerControl(control_dir, workers) if control_dir is not None else None
-    return InferenceApp(repository, settings.server, control=control)
+    json_routes = {("POST", "/v1/features"): feature_store.handle_request}
+    payload_log = None
+    if settings.monitoring.payload_log.enabled:
+        from mlscale.monitoring.payload_log import payload_log_from_settings
+
+        payload_log = payload_log_from_settings(settings.monitoring.payload_log, settings.resolve)
+    return InferenceApp(repository, settings.server, control=control, json_routes=json_routes,
+                        payload_log=payload_log)
+
+
+class LazyFeatureStore:
+    """The project's online feature store behind the feature cache, opened on first use: a server
+    without features never imports DuckDB or opens the registry."""
+
+    def __init__(self, settings: Settings, caches) -> None:
+        self.settings = settings
+        self.caches = caches
+        self._online = None
+
+    def online(self):
+        if self._online is None:
+            from mlscale.errors import ConfigError
+            from mlscale.features.store import FeatureStore, open_online_kv
+
+            store = FeatureStore(self.settings, kv=self.caches.features(open_online_kv(self.settings)))
+            online = store.online
+            if not online.repo.views:
+                raise ConfigError("no feature definitions are applied: run `mlscale features apply`")
+            self._online = online
+        return self._online
+
+    async def handle_request(self, body, _tail):
+        """``POST /v1/features``: online feature values for entity keys."""
+        import asyncio
+
+        from mlscale.features.serving import afeatures_request
+
+        online = self._online or await asyncio.to_thread(self.online)
+        return await afeatures_request(online, body)
 
 
 def app_from_environment():
