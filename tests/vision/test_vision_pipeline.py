@@ -94,3 +94,19 @@ def test_start_vision_without_feeds_runs_the_synthetic_demo_cameras(tmp_path):
     finally:
         pipeline.stop()
     assert not pipeline.status()["running"]
+
+
+def test_events_reach_the_alerting_channels_through_alert_sink(covered_clip, tmp_path):
+    from mlscale.monitoring.alerts.channels import FileChannel
+    from mlscale.monitoring.alerts.manager import AlertManager
+    from mlscale.vision.events import alert_sink
+
+    alerts_file = tmp_path / "alerts.jsonl"
+    manager = AlertManager(channels=[FileChannel(alerts_file)])
+    feed = FeedSettings(name="door", source=str(covered_clip), fps=60.0, detect_fps=10.0, loop=False)
+    settings = VisionSettings(feeds=[feed], events_dir=str(tmp_path / "events"), warmup_seconds=1.0)
+    with VisionPipeline(settings, sinks=[alert_sink(manager)]):
+        assert wait_for(lambda: alerts_file.exists() and "vision.camera_covered" in alerts_file.read_text(), 20)
+    note = next(json.loads(line) for line in alerts_file.read_text().splitlines() if "camera_covered" in line)
+    assert note["labels"] == {"camera": "door", "kind": "camera_covered"}
+    assert note["data"]["snapshot"].startswith("snapshots/")

@@ -27,6 +27,7 @@ _EXPORTS = {
     "VisionPipeline": "mlscale.vision.pipeline",
     "ShardedPipeline": "mlscale.vision.workers",
     "make_pipeline": "mlscale.vision.pipeline",
+    "alert_sink": "mlscale.vision.events",
     "VisionSettings": "mlscale.vision.settings",
     "ZoneSettings": "mlscale.vision.settings",
     "demo_settings": "mlscale.vision.pipeline",

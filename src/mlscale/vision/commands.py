@@ -28,7 +28,8 @@ def vision() -> None:
 @click.option("--duration", type=float, default=None, help="Stop after this many seconds (default: Ctrl-C).")
 @click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port.")
 @click.option("--json", "as_json", is_flag=True, help="Print status snapshots as JSON lines.")
-def run(config_path: str, duration: float | None, metrics_port: int | None, as_json: bool) -> None:
+@click.option("--quiet", is_flag=True, help="No live table (under `mlscale up`): logs and status.json only.")
+def run(config_path: str, duration: float | None, metrics_port: int | None, as_json: bool, quiet: bool) -> None:
     """Run every feed of [vision] until Ctrl-C or --duration; events go to the events folder,
     and a status snapshot to status.json beside them every second."""
     from rich.console import Console
@@ -38,6 +39,10 @@ def run(config_path: str, duration: float | None, metrics_port: int | None, as_j
     from mlscale.config import load_settings
     from mlscale.vision.pipeline import make_pipeline
 
+    if quiet:
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = load_settings(config_path)
     pipeline = make_pipeline(settings.vision, root=settings.root)
     if metrics_port is not None:
@@ -90,10 +95,12 @@ def run(config_path: str, duration: float | None, metrics_port: int | None, as_j
     deadline = math.inf if duration is None else time.monotonic() + duration
     pipeline.start()
     try:
-        if as_json:
+        if as_json or quiet:
             while time.monotonic() < deadline:
                 time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-                click.echo(json.dumps(publish()))
+                status = publish()
+                if as_json:
+                    click.echo(json.dumps(status))
         else:
             with Live(table(), refresh_per_second=2, console=Console()) as live:
                 while time.monotonic() < deadline:

@@ -71,3 +71,19 @@ def deliver(event: Event, sinks: list[Sink]) -> None:
             sink(event)
         except Exception:
             log.exception("vision event sink %r failed", sink)
+
+
+def alert_sink(manager, severity: str = "warning") -> Sink:
+    """A sink that hands each event to an alert manager's ``notify_event`` (mlscale.monitoring's
+    AlertManager, or anything with that method), so anomalies reach the alerting channels."""
+
+    def send(event: Event) -> None:
+        manager.notify_event(
+            f"vision.{event.kind}",
+            f"{event.kind.replace('_', ' ')} on camera {event.camera} (score {event.score:.2f})",
+            labels={"camera": event.camera, "kind": event.kind},
+            severity=severity,
+            data={"time": event.time, "score": event.score, "box": event.box, "snapshot": event.snapshot},
+        )
+
+    return send
