@@ -67,14 +67,14 @@ def run_mlscale(feeds: int, clip: Path, seconds: float, warmup: float, workers: 
         while time.monotonic() - start < seconds:
             time.sleep(1.0)
             max_lag = max(max_lag, max(c["lag_seconds"] for c in pipeline.status()["cameras"]))
-        elapsed = time.monotonic() - start
         after = pipeline.status()["cameras"]
     finally:
         pipeline.stop()
-    fps_in = min((a["frames_in"] - b["frames_in"]) / elapsed for a, b in zip(after, before, strict=True))
-    fps_done = min(
-        (a["frames_processed"] - b["frames_processed"]) / elapsed for a, b in zip(after, before, strict=True)
-    )
+    # Rates from each camera's own snapshot times: worker processes report twice a second, so the
+    # wall-clock window of the parent would misstate them.
+    pairs = list(zip(after, before, strict=True))
+    fps_in = min((a["frames_in"] - b["frames_in"]) / (a["at"] - b["at"]) for a, b in pairs)
+    fps_done = min((a["frames_processed"] - b["frames_processed"]) / (a["at"] - b["at"]) for a, b in pairs)
     p99 = max(c["latency_p99"] or 0.0 for c in after)
     ok = fps_in >= 0.95 * FPS and fps_done >= 0.9 * DETECT_FPS and max_lag < 1.0
     return {"ok": ok, "fps_in": fps_in, "fps_done": fps_done, "lag": max_lag, "p99": p99}

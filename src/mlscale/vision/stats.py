@@ -94,6 +94,7 @@ class FeedStats:
             lat = np.array(self.latencies) if self.latencies else None
             return {
                 "camera": self.camera,
+                "at": now,  # when this snapshot was taken (snapshots from worker processes lag a little)
                 "connected": self.connected,
                 "fps_in": round(self.input.rate(now), 2),
                 "fps_processed": round(self.processed.rate(now), 2),
