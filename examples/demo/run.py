@@ -54,6 +54,7 @@ def main() -> None:
     print("mlscale demo: models in", repository.relative_to(Path.cwd()) if repository.is_relative_to(Path.cwd())
           else repository)
     print("  server:    http://127.0.0.1:8000/v2")
+    print("  dashboard: http://127.0.0.1:8000/dashboard/  (requests, latency, batches, cache, drift, alerts, cameras)")
     print(CURL, flush=True)
     command = [sys.executable, "-m", "mlscale", "up", "--config", str(HERE / "mlscale.toml")]
     stop = threading.Event()

@@ -32,6 +32,7 @@ def extra_parts(settings: Settings) -> dict[str, list[str] | None]:
     """Parts beyond the server, keyed by name, with their sub-command when enabled in the project."""
     return {
         "monitor": ["monitor", "run"] if settings.monitoring.monitors else None,
+        "vision": ["vision", "run", "--quiet"] if settings.vision.feeds else None,
     }
 
 

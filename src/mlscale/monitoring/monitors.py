@@ -112,13 +112,8 @@ class MonitorService:
         reader = PayloadReader(resolve(settings.payload_log.directory))
         monitors = [Monitor(m, reader, load_reference(resolve(m.reference))) for m in settings.monitors]
         rules = [rule_from_settings(msgspec_to_dict(r)) for r in settings.alerts]
-        channels = []
-        for spec in settings.channels:
-            data = msgspec_to_dict(spec)
-            if data.get("path"):
-                data["path"] = str(resolve(data["path"]))
-            channels.append(channel_from_settings(data))
-        return cls(monitors, AlertManager(rules, channels), resolve(settings.state_file))
+        return cls(monitors, AlertManager(rules, channels_from_settings(settings, resolve)),
+                   resolve(settings.state_file))
 
     def run_once(self, now: float | None = None) -> dict[str, Any]:
         """Run every monitor, export metrics, evaluate alerts, store and return the latest results."""
@@ -181,6 +176,18 @@ def _jsonable(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()
     return str(value)
+
+
+def channels_from_settings(settings: MonitoringSettings, resolve) -> list:
+    """The alert channels of ``[[monitoring.channels]]``, file paths made absolute; other parts (the
+    video pipeline's anomaly events) send to the same channels through an AlertManager over them."""
+    channels = []
+    for spec in settings.channels:
+        data = msgspec_to_dict(spec)
+        if data.get("path"):
+            data["path"] = str(resolve(data["path"]))
+        channels.append(channel_from_settings(data))
+    return channels
 
 
 def load_latest(path: str | Path) -> dict[str, Any]:

@@ -54,11 +54,10 @@ def with_dashboard(app, repository: ModelRepository, settings: Settings):
 
     cameras = None
     snapshots = None
-    vision = getattr(settings, "vision", None)
-    if vision is not None and getattr(vision, "feeds", None):
-        status_file = settings.resolve(vision.status_file)
-        cameras = _json_file(status_file)
-        snapshots = settings.resolve(vision.events_dir) / "snapshots"
+    if settings.vision.feeds:  # `mlscale vision run` publishes status.json beside its events
+        events = settings.resolve(settings.vision.events_dir)
+        cameras = _json_file(events / "status.json")
+        snapshots = events / "snapshots"
     sources = DashboardSources(
         metrics_text=lambda: metrics.render_metrics()[0].decode(),
         models=lambda: models_panel(repository),

@@ -44,7 +44,14 @@ def run(config_path: str, duration: float | None, metrics_port: int | None, as_j
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = load_settings(config_path)
-    pipeline = make_pipeline(settings.vision, root=settings.root)
+    sinks = []
+    if settings.monitoring.channels:  # anomaly events go to the project's alert channels too
+        from mlscale.monitoring.alerts import AlertManager
+        from mlscale.monitoring.monitors import channels_from_settings
+        from mlscale.vision.events import alert_sink
+
+        sinks.append(alert_sink(AlertManager([], channels_from_settings(settings.monitoring, settings.resolve))))
+    pipeline = make_pipeline(settings.vision, sinks=sinks, root=settings.root)
     if metrics_port is not None:
         from prometheus_client import start_http_server
 
