@@ -45,7 +45,7 @@ def broker_factory(request, tmp_path):
     make.kind = kind
     yield make
     if kind in ("redis", "nats") and made:
-        cleanup = made[0]
+        cleanup = make()
         for topic in getattr(request.node, "topics_used", ["events"]):
             try:
                 cleanup.delete_topic(topic)

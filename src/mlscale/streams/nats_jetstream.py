@@ -63,6 +63,9 @@ class NatsBroker(Broker):
 
     # -- plumbing ------------------------------------------------------------------------------
     def _run(self, coro, timeout: float = 30.0):
+        if not self._loop.is_running():
+            coro.close()
+            raise ServiceUnavailable("the NATS broker is closed")
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     def _stop_loop(self) -> None:
@@ -280,6 +283,8 @@ class NatsBroker(Broker):
         self._run(go())
 
     def close(self) -> None:
+        if not self._loop.is_running():
+            return
         try:
             self._run(self._nc.close(), timeout=5)
         finally:
