@@ -13,7 +13,7 @@ from mlscale.errors import MlscaleError
 # name -> "module:attribute" of a click command or group.
 COMMANDS: dict[str, str] = {
     "serve": "mlscale.serving.commands:serve",
-    
+
 }
 
 

@@ -196,6 +196,10 @@ class Broker(ABC):
     def _heartbeat(self, topic: str, group: str, consumer: str) -> list[str]:
         """Record that ``consumer`` is alive for ``member_ttl`` seconds; return the live members."""
 
+    def resume(self, topic: str, group: str, consumer: str, partition: int) -> None:
+        """Deliver a partition again from the group's committed offset (after a processor lost it)."""
+        self._acquire(topic, group, consumer, partition)
+
     def _acquire(self, topic: str, group: str, consumer: str, partition: int) -> None:  # noqa: B027
         """Called when this consumer gains a partition: resume from the committed offset."""
 

@@ -128,8 +128,7 @@ class EmbeddedBroker(Broker):
             return
         with self._lock:
             self._db.executemany(
-                "INSERT INTO committed VALUES (?,?,?,?) "
-                "ON CONFLICT DO UPDATE SET off=max(off, excluded.off)",
+                "INSERT INTO committed VALUES (?,?,?,?) ON CONFLICT DO UPDATE SET off=max(off, excluded.off)",
                 [(topic, group, p, off) for p, off in top.items()],
             )
 

@@ -194,7 +194,7 @@ class NatsBroker(Broker):
             sub = self._subs[(topic, group, p)]
             try:
                 msgs = await sub.fetch(batch=share, timeout=0.05)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, nats.errors.TimeoutError):
                 return []
             inflight = self._inflight[(topic, group, p)]
             out = []

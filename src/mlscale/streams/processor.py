@@ -1,0 +1,269 @@
+"""The stream processor: broker records -> windowed aggregations -> online store, exactly-once in effect.
+
+One loop per batch (see checkpoint.py for why the order below gives exactly-once effect):
+  1. read a batch from the partitions this instance owns in its consumer group;
+  2. skip records at or below each partition's checkpointed offset (replays after a crash);
+  3. decode per feature into columns; malformed and late records go to the dead-letter topic with the
+     reason and the source position (dead letters are at-least-once: a replay may repeat one, with
+     the same topic/partition/offset so a reader can deduplicate);
+  4. update window state (vectorised) and write the changed windows to the online store;
+  5. every ``checkpoint_interval`` seconds, commit state + offsets in one transaction, then ack.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+import numpy as np
+
+from mlscale.storage.base import KeyValue
+from mlscale.streams import metrics
+from mlscale.streams.broker import Broker, Message
+from mlscale.streams.checkpoint import CheckpointStore
+from mlscale.streams.decode import Columns, FeatureDecoder
+from mlscale.streams.definitions import CompiledFeature, WindowedFeature
+from mlscale.streams.windows import new_state
+
+_encode = msgspec.json.Encoder().encode
+
+
+def dead_letter_topic(topic: str) -> str:
+    return f"{topic}-dead-letters"
+
+
+@dataclass
+class _Partition:
+    epoch: int
+    offset: int
+    states: dict
+    pending: list[Message] = field(default_factory=list)
+    changed: bool = False
+
+
+@dataclass
+class StepResult:
+    processed: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    written: int = 0
+
+
+class StreamProcessor:
+    """Computes windowed features from their source topics into a KeyValue online store.
+
+    Several instances with the same ``group`` (and checkpoint store) share the partitions; each must
+    have its own ``consumer`` name (default: host-pid-random).
+    """
+
+    def __init__(
+        self,
+        broker: Broker,
+        features: Sequence[WindowedFeature | CompiledFeature],
+        sink: KeyValue,
+        checkpoints: CheckpointStore | str | Path,
+        group: str = "mlscale-features",
+        consumer: str | None = None,
+        batch_size: int = 20_000,
+        checkpoint_interval: float = 1.0,
+    ) -> None:
+        self.broker = broker
+        self.features = [f.compile() if isinstance(f, WindowedFeature) else f for f in features]
+        self.sink = sink
+        self.checkpoints = (
+            checkpoints if isinstance(checkpoints, CheckpointStore) else CheckpointStore(checkpoints)
+        )
+        self.group = group
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.batch_size = batch_size
+        self.checkpoint_interval = checkpoint_interval
+        self.by_topic: dict[str, list[CompiledFeature]] = defaultdict(list)
+        for f in self.features:
+            self.by_topic[f.source].append(f)
+        self.decoders = {f.name: FeatureDecoder(f) for f in self.features}
+        self.parts: dict[str, dict[int, _Partition]] = {t: {} for t in self.by_topic}
+        self._last_checkpoint = time.monotonic()
+
+    def _name(self, topic: str) -> str:
+        return f"{self.group}/{topic}"
+
+    # -- ownership -------------------------------------------------------------------------------
+    def _sync_assignment(self, topic: str) -> None:
+        owned = set(self.broker.assignment(topic, self.group, self.consumer))
+        parts = self.parts[topic]
+        for p in list(parts):
+            if p not in owned:
+                del parts[p]  # another member owns it now; its checkpoint is the truth
+        for p in owned - set(parts):
+            epoch, offset, blobs = self.checkpoints.acquire(self._name(topic), p)
+            states = {}
+            for f in self.by_topic[topic]:
+                state = new_state(f)
+                if f.name in blobs:
+                    state.restore(blobs[f.name])
+                states[f.name] = state
+            parts[p] = _Partition(epoch, offset, states)
+
+    # -- one batch -------------------------------------------------------------------------------
+    def step(self, timeout: float = 0.5) -> StepResult:
+        """Read and process one batch of each topic; checkpoint when the interval has passed."""
+        result = StepResult()
+        for topic in self.by_topic:
+            self._sync_assignment(topic)
+            msgs = self.broker.read(topic, self.group, self.consumer, self.batch_size, timeout)
+            if msgs:
+                self._process(topic, msgs, result)
+        if time.monotonic() - self._last_checkpoint >= self.checkpoint_interval:
+            self.checkpoint()
+        return result
+
+    def _process(self, topic: str, msgs: list[Message], result: StepResult) -> None:
+        parts = self.parts[topic]
+        by_part: dict[int, list[Message]] = defaultdict(list)
+        for m in msgs:
+            by_part[m.partition].append(m)
+        puts_by_ttl: dict[float | None, dict[bytes, bytes]] = defaultdict(dict)
+        deletes: list[bytes] = []
+        dead: list[bytes] = []
+        for p, ms in by_part.items():
+            part = parts.get(p)
+            if part is None:
+                continue  # lost in a rebalance between assignment and read: the new owner reads it
+            part.pending.extend(ms)
+            fresh = [m for m in ms if m.offset > part.offset] if ms[0].offset <= part.offset else ms
+            result.duplicates += len(ms) - len(fresh)
+            if not fresh:
+                continue
+            values = [m.value for m in fresh]
+            for f in self.by_topic[topic]:
+                state = part.states[f.name]
+                cols, bad = self.decoders[f.name].decode(values)
+                on_time = state.admit(cols.ts_ms)
+                wm = state.watermark
+                for i, reason in bad:
+                    dead.append(self._dead(fresh[i], f, "malformed", reason))
+                if not on_time.all():
+                    for j in np.flatnonzero(~on_time).tolist():
+                        msg = fresh[int(cols.index[j])]
+                        dead.append(
+                            self._dead(
+                                msg,
+                                f,
+                                "late",
+                                f"late: event time {int(cols.ts_ms[j])} ms is before the watermark {wm} ms",
+                            )
+                        )
+                    cols = _take(cols, on_time)
+                state.update(cols)
+                put, delete = state.drain()
+                puts_by_ttl[f.ttl_s].update(put)
+                deletes.extend(delete)
+            part.offset = fresh[-1].offset
+            part.changed = True
+            result.processed += len(fresh)
+        for ttl, puts in puts_by_ttl.items():
+            if puts:
+                self.sink.set_many(puts, ttl=ttl)
+                result.written += len(puts)
+        if deletes:
+            self.sink.delete(deletes)
+        if dead:
+            self.broker.append(dead_letter_topic(topic), dead, keys=[b""] * len(dead))
+        result.dead_letters += len(dead)
+        metrics.EVENTS.labels(topic, "processed").inc(result.processed)
+        if result.duplicates:
+            metrics.EVENTS.labels(topic, "duplicate").inc(result.duplicates)
+
+    def _dead(self, msg: Message, f: CompiledFeature, kind: str, reason: str) -> bytes:
+        metrics.DEAD_LETTERS.labels(msg.topic, kind).inc()
+        metrics.EVENTS.labels(msg.topic, kind).inc()
+        try:
+            record = msgspec.json.decode(msg.value)
+        except msgspec.DecodeError:
+            record = msg.value.decode("utf-8", "replace")
+        return _encode(
+            {
+                "topic": msg.topic,
+                "partition": msg.partition,
+                "offset": msg.offset,
+                "feature": f.name,
+                "reason": reason,
+                "kind": kind,
+                "record": record,
+            }
+        )
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def checkpoint(self) -> None:
+        """Commit state + offsets of changed partitions in one transaction, then acknowledge."""
+        self._last_checkpoint = time.monotonic()
+        for topic, parts in self.parts.items():
+            updates = {
+                p: (part.epoch, part.offset, {n: s.snapshot() for n, s in part.states.items()})
+                for p, part in parts.items()
+                if part.changed
+            }
+            if not updates:
+                # replays only (nothing new): acknowledging them is safe, their effect is checkpointed
+                acked = [m for part in parts.values() for m in part.pending]
+            else:
+                fenced = self.checkpoints.commit(self._name(topic), updates)
+                for p in fenced:
+                    parts.pop(p, None)
+                    self.broker.resume(topic, self.group, self.consumer, p)
+                acked = [m for part in parts.values() for m in part.pending]
+            for part in parts.values():
+                part.pending = []
+                part.changed = False
+            if acked:
+                self.broker.ack(topic, self.group, acked)
+
+    def lag(self) -> dict[str, int]:
+        out = {}
+        for topic in self.by_topic:
+            out[topic] = self.broker.lag(topic, self.group)
+            metrics.LAG.labels(topic, self.group).set(out[topic])
+        return out
+
+    def run(
+        self,
+        stop: Callable[[], bool] = lambda: False,
+        on_step: Callable[[StepResult], None] | None = None,
+        idle_exit: float | None = None,
+    ) -> None:
+        """Process until ``stop()`` is true (or nothing arrived for ``idle_exit`` seconds); then leave."""
+        idle_since = time.monotonic()
+        try:
+            while not stop():
+                res = self.step()
+                if on_step:
+                    on_step(res)
+                if res.processed or res.duplicates:
+                    idle_since = time.monotonic()
+                elif idle_exit is not None and time.monotonic() - idle_since >= idle_exit:
+                    break
+        finally:
+            self.checkpoint()
+            for topic in self.by_topic:
+                self.broker.leave(topic, self.group, self.consumer)
+
+    def close(self) -> None:
+        self.checkpoints.close()
+
+
+def _take(cols: Columns, mask: np.ndarray) -> Columns:
+    idx = np.flatnonzero(mask).tolist()
+    return Columns(
+        index=cols.index[mask],
+        entities=[cols.entities[i] for i in idx],
+        ts_ms=cols.ts_ms[mask],
+        numeric={k: v[mask] for k, v in cols.numeric.items()},
+        distinct={k: [v[i] for i in idx] for k, v in cols.distinct.items()},
+    )
