@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 
 import pytest
@@ -47,12 +48,8 @@ def broker_factory(request, tmp_path):
     if kind in ("redis", "nats") and made:
         cleanup = make()
         for topic in getattr(request.node, "topics_used", ["events"]):
-            try:
+            with contextlib.suppress(Exception):
                 cleanup.delete_topic(topic)
-            except Exception:
-                pass
     for b in made:
-        try:
+        with contextlib.suppress(Exception):
             b.close()
-        except Exception:
-            pass

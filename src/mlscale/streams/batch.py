@@ -52,7 +52,8 @@ def feature_sql(feature: WindowedFeature | CompiledFeature, source: str = "event
     value_cols = "".join(f", {_q(name)} AS v_{i}" for i, name in enumerate(fields))
     not_null = "".join(f" AND {_q(name)} IS NOT NULL" for name in fields)
     ev = (
-        f"SELECT {_q(f.entity_key)} AS e, CAST(floor(CAST({_q(f.event_time)} AS DOUBLE) * 1000) AS BIGINT) AS t"
+        f"SELECT {_q(f.entity_key)} AS e, "
+        f"CAST(floor(CAST({_q(f.event_time)} AS DOUBLE) * 1000) AS BIGINT) AS t"
         f"{value_cols} FROM {source} WHERE {_q(f.entity_key)} IS NOT NULL"
         f" AND {_q(f.event_time)} IS NOT NULL{not_null}"
     )

@@ -33,11 +33,11 @@ _AGG = re.compile(r"^\s*([a-z_]+)\s*(?:\(\s*([^()]*?)\s*\))?\s*$")
 def parse_duration(text: str | int | float, what: str = "duration") -> int:
     """Milliseconds in ``text``: "500ms", "10s", "1m", "2h", "1d", or a number of seconds."""
     if isinstance(text, int | float) and not isinstance(text, bool):
-        return int(round(float(text) * 1000))
+        return round(float(text) * 1000)
     match = _DURATION.match(str(text))
     if not match:
         raise ConfigError(f"{what} {text!r}: expected a number with a unit such as 500ms, 10s, 1m, 2h")
-    return int(round(float(match.group(1)) * _UNIT_MS[match.group(2) or "s"]))
+    return round(float(match.group(1)) * _UNIT_MS[match.group(2) or "s"])
 
 
 class WindowedFeature(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -130,9 +130,8 @@ def compile_feature(feature: WindowedFeature) -> CompiledFeature:
     gap = parse_duration(feature.gap, f"{where}: gap") if feature.gap else 0
     if feature.window in ("tumbling", "hopping") and size <= 0:
         raise ConfigError(f"{where}: size must be positive")
-    if feature.window == "hopping":
-        if not feature.slide or slide <= 0 or size % slide:
-            raise ConfigError(f"{where}: a hopping window needs a positive slide that divides size")
+    if feature.window == "hopping" and (not feature.slide or slide <= 0 or size % slide):
+        raise ConfigError(f"{where}: a hopping window needs a positive slide that divides size")
     if feature.window == "session" and gap <= 0:
         raise ConfigError(f'{where}: a session window needs a positive gap, as in gap = "30s"')
     numeric = tuple(dict.fromkeys(a.field for a in aggs if a.fn in ("sum", "mean", "min", "max", "last")))

@@ -13,6 +13,7 @@ blocking interface as the other brokers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import threading
 import time
@@ -274,10 +275,8 @@ class NatsBroker(Broker):
         """Remove a topic's stream (tests and demos start clean)."""
 
         async def go() -> None:
-            try:
+            with contextlib.suppress(NotFoundError):
                 await self._js.delete_stream(self._stream_name(topic))
-            except NotFoundError:
-                pass
             self._streams.discard(self._stream_name(topic))
 
         self._run(go())
