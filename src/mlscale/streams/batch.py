@@ -94,7 +94,7 @@ def compute(feature: WindowedFeature | CompiledFeature, events: str | Path, con=
     con = con or duckdb.connect()
     scan = "read_parquet(" + "'" + pattern.replace("'", "''") + "'" + ", union_by_name=true)"
     try:
-        return con.sql(feature_sql(f, scan) + " ORDER BY e, window_start").fetch_arrow_table()
+        return con.sql(feature_sql(f, scan) + " ORDER BY e, window_start").to_arrow_table()
     except duckdb.Error as exc:
         raise InvalidInput(f"backfill of {f.name}: {exc}".splitlines()[0]) from None
 

@@ -171,6 +171,24 @@ class Broker(ABC):
         """Block until new records may be there (backends with push notification override this)."""
         time.sleep(min(seconds, 0.02))
 
+    # -- consumer-managed offsets (what the exactly-once processor uses) -------------------------
+    @abstractmethod
+    def fetch(self, topic: str, positions: Mapping[int, int], max_records: int) -> list[Message]:
+        """Records of the partitions in ``positions`` with offsets above each one's position, in order
+        within a partition, up to ``max_records`` in all, without waiting (more than a poll).
+
+        Unlike ``read``, this ignores the group's delivery state: a processor that keeps its offsets
+        in its own checkpoint reads exactly from there, so two members that briefly both believe they
+        own a partition each see all of it, and neither skips records the other was handed.
+        """
+
+    def commit(self, topic: str, group: str, offsets: Mapping[int, int]) -> None:
+        """Record the group's progress per partition (for lag, and for ``read`` users that resume)."""
+        self._commit(topic, group, {p: o for p, o in offsets.items() if o >= 0})
+
+    @abstractmethod
+    def _commit(self, topic: str, group: str, offsets: dict[int, int]) -> None: ...
+
     @abstractmethod
     def ack(self, topic: str, group: str, messages: Sequence[Message]) -> None:
         """Acknowledge records: the group's committed offset moves past them."""

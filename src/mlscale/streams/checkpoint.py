@@ -90,6 +90,12 @@ class CheckpointStore:
                 raise
         return fenced
 
+    def epochs(self, name: str) -> dict[int, int]:
+        """Current epoch per partition: a processor holding an older one has been taken over."""
+        with self._lock:
+            rows = self._db.execute("SELECT part, epoch FROM partitions WHERE name=?", (name,)).fetchall()
+        return dict(rows)
+
     def offsets(self, name: str) -> dict[int, int]:
         with self._lock:
             return dict(self._db.execute("SELECT part, off FROM partitions WHERE name=?", (name,)).fetchall())

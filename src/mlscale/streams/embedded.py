@@ -120,6 +120,28 @@ class EmbeddedBroker(Broker):
                     out.extend(Message(topic, p, off, value) for off, value in rows)
         return out
 
+    def fetch(self, topic: str, positions: Mapping[int, int], max_records: int) -> list[Message]:
+        out: list[Message] = []
+        items = list(positions.items())
+        self._rotate = (self._rotate + 1) % max(1, len(items))
+        with self._lock:
+            for p, after in items[self._rotate :] + items[: self._rotate]:
+                if len(out) >= max_records:
+                    break
+                rows = self._db.execute(
+                    "SELECT off, value FROM log WHERE topic=? AND part=? AND off>? ORDER BY off LIMIT ?",
+                    (topic, p, after, max_records - len(out)),
+                ).fetchall()
+                out.extend(Message(topic, p, off, value) for off, value in rows)
+        return out
+
+    def _commit(self, topic: str, group: str, offsets: dict[int, int]) -> None:
+        with self._lock:
+            self._db.executemany(
+                "INSERT INTO committed VALUES (?,?,?,?) ON CONFLICT DO UPDATE SET off=max(off, excluded.off)",
+                [(topic, group, p, off) for p, off in offsets.items()],
+            )
+
     def ack(self, topic: str, group: str, messages: Sequence[Message]) -> None:
         top: dict[int, int] = defaultdict(lambda: -1)
         for m in messages:

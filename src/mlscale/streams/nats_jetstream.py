@@ -61,6 +61,8 @@ class NatsBroker(Broker):
         # Unacknowledged JetStream messages by (topic, group, partition, offset), to ack by offset.
         self._inflight: dict[tuple[str, str, int], dict[int, object]] = {}
         self._kv = None
+        self._offsets = None
+        self._readers: dict[tuple[str, int], list] = {}
 
     # -- plumbing ------------------------------------------------------------------------------
     def _run(self, coro, timeout: float = 30.0):
@@ -214,6 +216,74 @@ class NatsBroker(Broker):
     def _wait(self, topic: str, seconds: float) -> None:
         """The fetches already waited."""
 
+    # -- consumer-managed offsets -----------------------------------------------------------------
+    async def _reader(self, topic: str, p: int, after: int):
+        """An ephemeral pull consumer positioned after ``after``; re-created when asked elsewhere."""
+        key = (topic, p)
+        cached = self._readers.get(key)
+        if cached is not None and cached[1] == after:
+            return cached[0]
+        if cached is not None:
+            with contextlib.suppress(Exception):
+                await cached[0].unsubscribe()
+        await self._ensure_stream(topic)
+        config = api.ConsumerConfig(
+            ack_policy=api.AckPolicy.ALL,
+            ack_wait=86_400,
+            max_ack_pending=-1,
+            filter_subject=self._subject(topic, p),
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE if after >= 0 else api.DeliverPolicy.ALL,
+            opt_start_seq=after + 1 if after >= 0 else None,
+            inactive_threshold=60.0,
+            mem_storage=True,
+        )
+        sub = await self._js.pull_subscribe(
+            self._subject(topic, p), stream=self._stream_name(topic), config=config
+        )
+        self._readers[key] = [sub, after]
+        return sub
+
+    def fetch(self, topic: str, positions: Mapping[int, int], max_records: int) -> list[Message]:
+        if not positions:
+            return []
+        share = max(1, max_records // len(positions))
+
+        async def one(p: int, after: int) -> list[Message]:
+            sub = await self._reader(topic, p, after)
+            try:
+                msgs = await sub.fetch(batch=share, timeout=0.05)
+            except (TimeoutError, nats.errors.TimeoutError):
+                return []
+            if not msgs:
+                return []
+            await msgs[-1].ack()  # AckAll: keeps the ephemeral consumer from redelivering
+            out = [Message(topic, p, m.metadata.sequence.stream, m.data) for m in msgs]
+            self._readers[(topic, p)][1] = out[-1].offset
+            return out
+
+        async def go() -> list[Message]:
+            parts = await asyncio.gather(*[one(p, a) for p, a in positions.items()])
+            return [m for part in parts for m in part]
+
+        return self._run(go())
+
+    def _commit(self, topic: str, group: str, offsets: dict[int, int]) -> None:
+        async def go() -> None:
+            kv = await self._offsets_bucket()
+            for p, off in offsets.items():
+                await kv.put(f"{_safe(topic)}.{_safe(group)}.{p}", str(off).encode())
+
+        self._run(go())
+
+    async def _offsets_bucket(self):
+        if self._offsets is None:
+            bucket = f"{self.prefix}_offsets"
+            try:
+                self._offsets = await self._js.key_value(bucket)
+            except Exception:
+                self._offsets = await self._js.create_key_value(bucket=bucket)
+        return self._offsets
+
     def ack(self, topic: str, group: str, messages: Sequence[Message]) -> None:
         top: dict[int, int] = {}
         for m in messages:
@@ -234,13 +304,19 @@ class NatsBroker(Broker):
     def committed(self, topic: str, group: str) -> dict[int, int]:
         async def go() -> dict[int, int]:
             out = {}
+            kv = await self._offsets_bucket()
+            for p in range(self.partitions):
+                with contextlib.suppress(Exception):
+                    entry = await kv.get(f"{_safe(topic)}.{_safe(group)}.{p}")
+                    if entry.value:
+                        out[p] = int(entry.value)
             for p in range(self.partitions):
                 try:
                     info = await self._js.consumer_info(self._stream_name(topic), self._durable(group, p))
                 except NotFoundError:
                     continue
                 if info.ack_floor.stream_seq:
-                    out[p] = info.ack_floor.stream_seq
+                    out[p] = max(out.get(p, 0), info.ack_floor.stream_seq)
             return out
 
         return self._run(go())
@@ -259,15 +335,30 @@ class NatsBroker(Broker):
         return self._run(go())
 
     def lag(self, topic: str, group: str) -> int:
+        """Records after the group's committed offsets. JetStream counts pending records per consumer,
+        so a short-lived consumer positioned at each committed offset does the counting."""
+        committed = self.committed(topic, group)
+
+        async def count_after(p: int, after: int) -> int:
+            config = api.ConsumerConfig(
+                ack_policy=api.AckPolicy.ALL,
+                filter_subject=self._subject(topic, p),
+                deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE if after > 0 else api.DeliverPolicy.ALL,
+                opt_start_seq=after + 1 if after > 0 else None,
+                inactive_threshold=5.0,
+                mem_storage=True,
+            )
+            info = await self._js.add_consumer(self._stream_name(topic), config)
+            with contextlib.suppress(Exception):
+                await self._js.delete_consumer(self._stream_name(topic), info.name)
+            return info.num_pending or 0
+
         async def go() -> int:
-            total = 0
-            for p in range(self.partitions):
-                try:
-                    info = await self._js.consumer_info(self._stream_name(topic), self._durable(group, p))
-                except NotFoundError:
-                    continue
-                total += (info.num_pending or 0) + (info.num_ack_pending or 0)
-            return total
+            await self._ensure_stream(topic)
+            counts = await asyncio.gather(
+                *[count_after(p, committed.get(p, 0)) for p in range(self.partitions)]
+            )
+            return sum(counts)
 
         return self._run(go())
 

@@ -1,13 +1,16 @@
 """The stream processor: broker records -> windowed aggregations -> online store, exactly-once in effect.
 
 One loop per batch (see checkpoint.py for why the order below gives exactly-once effect):
-  1. read a batch from the partitions this instance owns in its consumer group;
-  2. skip records at or below each partition's checkpointed offset (replays after a crash);
+  1. fetch a batch from the partitions this instance owns in its consumer group, each from the
+     offset in its own checkpoint (consumer-managed offsets, as Kafka Streams does: the group's
+     delivery state could hand some records to a member that is about to lose the partition);
+  2. skip records at or below each partition's offset (defensive; fetch starts after it);
   3. decode per feature into columns; malformed and late records go to the dead-letter topic with the
      reason and the source position (dead letters are at-least-once: a replay may repeat one, with
      the same topic/partition/offset so a reader can deduplicate);
   4. update window state (vectorised) and write the changed windows to the online store;
-  5. every ``checkpoint_interval`` seconds, commit state + offsets in one transaction, then ack.
+  5. every ``checkpoint_interval`` seconds, commit state + offsets in one transaction, then record
+     the offsets in the broker's group (for lag).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
@@ -44,7 +47,6 @@ class _Partition:
     epoch: int
     offset: int
     states: dict
-    pending: list[Message] = field(default_factory=list)
     changed: bool = False
 
 
@@ -115,11 +117,17 @@ class StreamProcessor:
     def step(self, timeout: float = 0.5) -> StepResult:
         """Read and process one batch of each topic; checkpoint when the interval has passed."""
         result = StepResult()
-        for topic in self.by_topic:
-            self._sync_assignment(topic)
-            msgs = self.broker.read(topic, self.group, self.consumer, self.batch_size, timeout)
-            if msgs:
-                self._process(topic, msgs, result)
+        deadline = time.monotonic() + timeout
+        while True:
+            for topic in self.by_topic:
+                self._sync_assignment(topic)
+                positions = {p: part.offset for p, part in self.parts[topic].items()}
+                msgs = self.broker.fetch(topic, positions, self.batch_size)
+                if msgs:
+                    self._process(topic, msgs, result)
+            if result.processed or result.dead_letters or time.monotonic() >= deadline:
+                break
+            time.sleep(0.005)
         if time.monotonic() - self._last_checkpoint >= self.checkpoint_interval:
             self.checkpoint()
         return result
@@ -129,14 +137,19 @@ class StreamProcessor:
         by_part: dict[int, list[Message]] = defaultdict(list)
         for m in msgs:
             by_part[m.partition].append(m)
+        # Fencing before computing: a partition another instance has taken over since this one loaded
+        # it is dropped, so a slow instance does not overwrite the new owner's values.
+        epochs = self.checkpoints.epochs(self._name(topic))
+        for p in [p for p in by_part if p in parts and epochs.get(p) != parts[p].epoch]:
+            del parts[p]
+            del by_part[p]
         puts_by_ttl: dict[float | None, dict[bytes, bytes]] = defaultdict(dict)
         deletes: list[bytes] = []
         dead: list[bytes] = []
         for p, ms in by_part.items():
             part = parts.get(p)
             if part is None:
-                continue  # lost in a rebalance between assignment and read: the new owner reads it
-            part.pending.extend(ms)
+                continue
             fresh = [m for m in ms if m.offset > part.offset] if ms[0].offset <= part.offset else ms
             result.duplicates += len(ms) - len(fresh)
             if not fresh:
@@ -211,19 +224,13 @@ class StreamProcessor:
                 if part.changed
             }
             if not updates:
-                # replays only (nothing new): acknowledging them is safe, their effect is checkpointed
-                acked = [m for part in parts.values() for m in part.pending]
-            else:
-                fenced = self.checkpoints.commit(self._name(topic), updates)
-                for p in fenced:
-                    parts.pop(p, None)
-                    self.broker.resume(topic, self.group, self.consumer, p)
-                acked = [m for part in parts.values() for m in part.pending]
+                continue
+            for p in self.checkpoints.commit(self._name(topic), updates):
+                parts.pop(p, None)  # fenced: another instance owns it now
             for part in parts.values():
-                part.pending = []
                 part.changed = False
-            if acked:
-                self.broker.ack(topic, self.group, acked)
+            # The group's committed offsets only feed lag and monitoring: the checkpoint is the truth.
+            self.broker.commit(topic, self.group, {p: u[1] for p, u in updates.items() if p in parts})
 
     def lag(self) -> dict[str, int]:
         out = {}
@@ -237,12 +244,15 @@ class StreamProcessor:
         stop: Callable[[], bool] = lambda: False,
         on_step: Callable[[StepResult], None] | None = None,
         idle_exit: float | None = None,
+        poll_timeout: float = 0.5,
     ) -> None:
         """Process until ``stop()`` is true (or nothing arrived for ``idle_exit`` seconds); then leave."""
         idle_since = time.monotonic()
+        if idle_exit is not None:
+            poll_timeout = min(poll_timeout, max(idle_exit / 2, 0.01))
         try:
             while not stop():
-                res = self.step()
+                res = self.step(timeout=poll_timeout)
                 if on_step:
                     on_step(res)
                 if res.processed or res.duplicates:

@@ -17,10 +17,14 @@ import redis
 from mlscale.streams.broker import Broker, Message
 
 _SEQ_BITS = 20
-# Committed offsets only move forward, whatever order acknowledgements arrive in.
+# Committed offsets only move forward, whatever order acknowledgements arrive in. Offsets exceed 2^53,
+# so Lua (doubles) compares them as decimal strings: longer is larger, else lexicographic.
 _MAX_SCRIPT = """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if (not cur) or tonumber(cur) < tonumber(ARGV[2]) then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+local new = ARGV[2]
+if (not cur) or #cur < #new or (#cur == #new and cur < new) then
+  redis.call('HSET', KEYS[1], ARGV[1], new)
+end
 return 0
 """
 
@@ -117,6 +121,26 @@ class RedisStreamsBroker(Broker):
             out.extend(Message(topic, p, id_to_offset(i), f[b"v"]) for i, f in entries if f)
         return out
 
+    def fetch(self, topic: str, positions: Mapping[int, int], max_records: int) -> list[Message]:
+        if not positions:
+            return []
+        share = max(1, max_records // len(positions))
+        pipe = self._r.pipeline(transaction=False)
+        for p, after in positions.items():
+            start = "-" if after < 0 else "(" + offset_to_id(after)
+            pipe.xrange(self._stream(topic, p), min=start, max="+", count=share)
+        out: list[Message] = []
+        for p, entries in zip(positions, pipe.execute(), strict=True):
+            out.extend(Message(topic, p, id_to_offset(i), f[b"v"]) for i, f in entries if f)
+        return out
+
+    def _commit(self, topic: str, group: str, offsets: dict[int, int]) -> None:
+        key = f"{self.prefix}committed:{topic}:{group}"
+        pipe = self._r.pipeline(transaction=False)
+        for p, off in offsets.items():
+            self._max(keys=[key], args=[p, off], client=pipe)
+        pipe.execute()
+
     def ack(self, topic: str, group: str, messages: Sequence[Message]) -> None:
         ids: dict[int, list[str]] = defaultdict(list)
         for m in messages:
@@ -139,7 +163,16 @@ class RedisStreamsBroker(Broker):
         return {p: id_to_offset(r[0][0]) for p, r in enumerate(pipe.execute()) if r}
 
     def lag(self, topic: str, group: str) -> int:
-        """Entries not yet delivered to the group plus those delivered but not acknowledged."""
+        """Entries after the committed offsets (counted up to 10,000 per partition), or, for a group
+        that consumes with XREADGROUP, entries not yet delivered plus those not yet acknowledged."""
+        committed = self.committed(topic, group)
+        if committed:
+            pipe = self._r.pipeline(transaction=False)
+            for p in range(self.partitions):
+                after = committed.get(p, -1)
+                start = "-" if after < 0 else "(" + offset_to_id(after)
+                pipe.xrange(self._stream(topic, p), min=start, max="+", count=10_000)
+            return sum(len(r) for r in pipe.execute())
         total = 0
         for p in range(self.partitions):
             try:
