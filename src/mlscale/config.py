@@ -12,7 +12,11 @@ from pathlib import Path
 
 import msgspec
 
+from mlscale.cache.settings import CacheSettings
 from mlscale.errors import ConfigError
+from mlscale.features.settings import FeaturesSettings
+from mlscale.gateway.settings import GatewaySettings
+from mlscale.storage.settings import StorageSettings
 
 
 class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -38,6 +42,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """All of mlscale's settings, one section per part."""
 
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
+    features: FeaturesSettings = msgspec.field(default_factory=FeaturesSettings)
+    storage: StorageSettings = msgspec.field(default_factory=StorageSettings)
+    cache: CacheSettings = msgspec.field(default_factory=CacheSettings)
+    gateway: GatewaySettings = msgspec.field(default_factory=GatewaySettings)
     # Folder of the project file; relative paths in the sections are resolved against it.
     root: str = "."
 
@@ -51,7 +59,7 @@ def parse_settings(data: dict, root: Path | str = ".", source: str = "mlscale.to
     """Validate a mapping (a parsed TOML document) into Settings, naming the bad field on error."""
     try:
         settings = msgspec.convert({**data, "root": str(root)}, Settings, strict=True)
-    except msgspec.ValidationError as exc:
+    except (msgspec.ValidationError, ValueError) as exc:
         raise ConfigError(f"{source}: {exc}") from None
     return settings
 

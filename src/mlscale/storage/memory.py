@@ -39,3 +39,21 @@ class MemoryKeyValue(KeyValue):
     def scan(self, prefix: bytes = b"") -> Iterator[bytes]:
         now = time.monotonic()
         return iter([k for k, (_, exp) in self._data.items() if k.startswith(prefix) and exp > now])
+
+    def ttl_many(self, keys: Sequence[bytes]) -> list[float | None]:
+        now = time.monotonic()
+        out: list[float | None] = []
+        for key in keys:
+            entry = self._data.get(key)
+            out.append(None if entry is None or entry[1] == float("inf") else max(entry[1] - now, 0.001))
+        return out
+
+    async def aget_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        # A dict lookup is faster than a thread hop; it never blocks the loop.
+        return self.get_many(keys)
+
+    async def aset_many(self, items: Mapping[bytes, bytes], ttl: float | None = None) -> None:
+        self.set_many(items, ttl)
+
+    async def adelete(self, keys: Sequence[bytes]) -> int:
+        return self.delete(keys)

@@ -1,0 +1,190 @@
+"""Feature store benchmark: mlscale side by side with Feast 0.67 on the same generated data.
+
+Data: N entities x 10 float32 features, R feature rows (timestamps spread over 30 days), and an
+entity frame of M rows. Both sides use an embedded SQLite online store and files offline (mlscale:
+DuckDB over Parquet, 4 SQLite shards; Feast: file offline store, sqlite online store). Measured:
+online reads of 1 and 100 entities (p50, p99, in-process), materialization (source rows/s), the
+point-in-time training set (s), and whether the two training sets agree value for value.
+Feast runs in its own venv (.cache/bench-venvs/feast, created here when missing) in a subprocess.
+
+Run: `.venv/bin/python bench/features/run.py` (full: 10,000 entities, 1,000,000 rows, 1,000,000-row
+entity frame) or `--quick` for a small check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parents[2]
+CACHE = ROOT / ".cache"
+FEAST_VENV = CACHE / "bench-venvs" / "feast"
+N_FEATURES = 10
+START = datetime(2024, 1, 1, tzinfo=UTC)
+TTL = timedelta(days=7)
+
+
+def ensure_feast() -> Path:
+    python = FEAST_VENV / "bin" / "python"
+    if not python.exists() or subprocess.run([str(python), "-c", "import feast"], capture_output=True).returncode:
+        print("creating the Feast venv (one time)...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(FEAST_VENV)], check=True)
+        subprocess.run([str(FEAST_VENV / "bin" / "pip"), "install", "-q", "feast==0.67.*"], check=True)
+    return python
+
+
+def generate(folder: Path, n_entities: int, n_rows: int, n_frame: int) -> None:
+    rng = np.random.default_rng(0)
+    seconds = 30 * 86400
+    frame = pd.DataFrame(
+        {
+            "driver_id": rng.integers(0, n_entities, n_rows).astype("int64"),
+            # Distinct timestamps keep "the latest row" unambiguous for both stores.
+            "event_timestamp": pd.Timestamp(START)
+            + pd.to_timedelta(rng.choice(seconds * 1000, n_rows, replace=False), unit="ms"),
+        }
+    )
+    for j in range(N_FEATURES):
+        frame[f"f{j}"] = rng.random(n_rows).astype("float32")
+    frame.to_parquet(folder / "driver_stats.parquet")
+    entities = pd.DataFrame(
+        {
+            "row_id": np.arange(n_frame),
+            "driver_id": rng.integers(0, n_entities, n_frame).astype("int64"),
+            "event_timestamp": pd.Timestamp(START)
+            + pd.to_timedelta(rng.integers(0, seconds + 86400, n_frame), unit="s"),
+        }
+    )
+    entities.to_parquet(folder / "entity_frame.parquet")
+
+
+def run_mlscale(folder: Path, n_entities: int, reads: int, end: datetime) -> tuple[dict, pd.DataFrame]:
+    from mlscale.features import Entity, FeatureRepo, FeatureView, OfflineStore, OnlineStore
+    from mlscale.features.materialize import materialize
+    from mlscale.storage import open_store
+
+    driver = Entity(name="driver", join_key="driver_id")
+    view = FeatureView(
+        name="driver_stats",
+        entities=[driver],
+        source=str(folder / "driver_stats.parquet"),
+        ttl=TTL,
+        features={f"f{j}": "float32" for j in range(N_FEATURES)},
+    )
+    repo = FeatureRepo([driver], [view])
+    shards = folder / "mlscale_online"
+    shutil.rmtree(shards, ignore_errors=True)
+    kv = open_store([f"sqlite:///{shards}/shard-{i}.db" for i in range(4)])
+    online = OnlineStore(kv, repo, clock=lambda: end.timestamp())
+    out: dict = {}
+    start = time.perf_counter()
+    materialize(repo, OfflineStore(repo), online, end=end)
+    out["materialize_s"] = time.perf_counter() - start
+    rng = np.random.default_rng(1)
+    for batch in (1, 100):
+        times = []
+        for _ in range(reads):
+            ids = rng.integers(0, n_entities, batch).tolist()
+            t = time.perf_counter()
+            online.read(["driver_stats:*"], ids)
+            times.append(time.perf_counter() - t)
+        out[f"online_{batch}"] = times
+    start = time.perf_counter()
+    training = OfflineStore(repo).get_historical_features(folder / "entity_frame.parquet", ["driver_stats:*"])
+    out["training_s"] = time.perf_counter() - start
+    kv.close()
+    return out, training.to_pandas()
+
+
+def compare(ours: pd.DataFrame, theirs: pd.DataFrame) -> tuple[bool, float]:
+    """Whether every feature value agrees (NaN/null equal); and the fraction of agreeing cells."""
+    theirs = theirs.sort_values("row_id").reset_index(drop=True)
+    cells = agree = 0
+    for j in range(N_FEATURES):
+        a = ours[f"f{j}"].to_numpy("float64")
+        b = theirs[f"f{j}"].to_numpy("float64")
+        same = (a == b) | (np.isnan(a) & np.isnan(b))
+        cells += len(same)
+        agree += int(same.sum())
+    return agree == cells and len(ours) == len(theirs), agree / max(cells, 1)
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small data, few reads (a check, not a measure)")
+    parser.add_argument("--entities", type=int)
+    parser.add_argument("--rows", type=int, help="feature rows to materialize")
+    parser.add_argument("--frame", type=int, help="rows of the entity frame")
+    parser.add_argument("--reads", type=int)
+    parser.add_argument("--skip-feast", action="store_true")
+    args = parser.parse_args()
+    n_entities = args.entities or (1_000 if args.quick else 10_000)
+    n_rows = args.rows or (20_000 if args.quick else 1_000_000)
+    n_frame = args.frame or (20_000 if args.quick else 1_000_000)
+    reads = args.reads or (200 if args.quick else 2_000)
+    folder = CACHE / "bench-features"
+    folder.mkdir(parents=True, exist_ok=True)
+    generate(folder, n_entities, n_rows, n_frame)
+    end = START + timedelta(days=31)
+    print(
+        f"data: {n_entities} entities x {N_FEATURES} features, {n_rows} rows, entity frame {n_frame} rows", flush=True
+    )
+    ours, our_training = run_mlscale(folder, n_entities, reads, end)
+    theirs = None
+    if not args.skip_feast:
+        python = ensure_feast()
+        opts = {
+            "n_features": N_FEATURES,
+            "n_entities": n_entities,
+            "reads": reads,
+            "ttl_seconds": TTL.total_seconds(),
+            "start": START.isoformat(),
+            "end": end.isoformat(),
+        }
+        done = subprocess.run(
+            [str(python), str(Path(__file__).with_name("feast_side.py")), str(folder), json.dumps(opts)],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode:
+            print(done.stderr[-3000:], file=sys.stderr)
+            raise SystemExit("the Feast side failed")
+        theirs = json.loads(done.stdout.strip().splitlines()[-1])
+
+    rows = [
+        ("online, 1 entity, p50 (ms)", pct(ours["online_1"], 50), theirs and pct(theirs["online_1"], 50)),
+        ("online, 1 entity, p99 (ms)", pct(ours["online_1"], 99), theirs and pct(theirs["online_1"], 99)),
+        ("online, 100 entities, p50 (ms)", pct(ours["online_100"], 50), theirs and pct(theirs["online_100"], 50)),
+        ("online, 100 entities, p99 (ms)", pct(ours["online_100"], 99), theirs and pct(theirs["online_100"], 99)),
+        ("materialize (rows/s)", n_rows / ours["materialize_s"], theirs and n_rows / theirs["materialize_s"]),
+        (f"training set, {n_frame} rows (s)", ours["training_s"], theirs and theirs["training_s"]),
+    ]
+    print("\n| measure | mlscale | Feast 0.67 | mlscale advantage |\n|---|---:|---:|---:|")
+    for name, mine, other in rows:
+        if other is None:
+            print(f"| {name} | {mine:,.3f} | - | - |")
+            continue
+        better = mine / other if "rows/s" in name else other / mine
+        print(f"| {name} | {mine:,.3f} | {other:,.3f} | {better:,.1f}x |")
+    if theirs is not None:
+        feast_training = pq.read_table(folder / "feast_training.parquet").to_pandas()
+        same, fraction = compare(our_training, feast_training)
+        print(f"\ntraining sets agree: {'yes' if same else 'no'} ({fraction:.4%} of feature values equal)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""L1: an in-process LRU cache bounded by bytes, with a time-to-live per entry.
+
+Lives inside one worker process, so a hit costs a dict lookup and no I/O. Entries are charged their
+key and value length plus a fixed overhead, which keeps the bound honest for many small values.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+
+from mlscale.cache.metrics import BYTES, EVICTIONS, REQUESTS
+
+# Rough per-entry cost of the OrderedDict node, the tuple and two bytes objects' headers.
+ENTRY_OVERHEAD = 160
+
+
+class LRUCache:
+    """Least-recently-used eviction past ``max_bytes``; entries expire ``ttl`` seconds after they are set."""
+
+    def __init__(self, max_bytes: int, *, ttl: float | None = None, name: str = "default", tier: str = "l1") -> None:
+        if max_bytes < 0:
+            raise ValueError("max_bytes must be >= 0")
+        self.max_bytes = max_bytes
+        self.ttl = ttl
+        self.bytes = 0
+        self._data: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
+        self._lock = threading.Lock()
+        # Labelled children bound once: the hit path must stay in the microseconds.
+        self._hit = REQUESTS.labels(name, tier, "hit")
+        self._miss = REQUESTS.labels(name, tier, "miss")
+        self._evicted = EVICTIONS.labels(name, tier)
+        self._gauge = BYTES.labels(name, tier)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def get(self, key: bytes) -> bytes | None:
+        with self._lock:
+            entry = self._data.get(key)
+            if entry is not None:
+                if entry[1] > time.monotonic():
+                    self._data.move_to_end(key)
+                    self._hit.inc()
+                    return entry[0]
+                self._drop(key, entry[0])
+        self._miss.inc()
+        return None
+
+    def put(self, key: bytes, value: bytes, ttl: float | None = None) -> bool:
+        """Store ``value``; False when it alone is larger than the whole cache (it is not stored)."""
+        size = len(key) + len(value) + ENTRY_OVERHEAD
+        if size > self.max_bytes:
+            return False
+        ttl = self.ttl if ttl is None else ttl
+        expires = time.monotonic() + ttl if ttl is not None else float("inf")
+        with self._lock:
+            old = self._data.pop(key, None)
+            if old is not None:
+                self.bytes -= len(key) + len(old[0]) + ENTRY_OVERHEAD
+            self._data[key] = (value, expires)
+            self.bytes += size
+            evicted = 0
+            while self.bytes > self.max_bytes:
+                old_key, (old_value, _) = self._data.popitem(last=False)
+                self.bytes -= len(old_key) + len(old_value) + ENTRY_OVERHEAD
+                evicted += 1
+            self._gauge.set(self.bytes)
+        if evicted:
+            self._evicted.inc(evicted)
+        return True
+
+    def _drop(self, key: bytes, value: bytes) -> None:
+        del self._data[key]
+        self.bytes -= len(key) + len(value) + ENTRY_OVERHEAD
+        self._gauge.set(self.bytes)
+
+    def delete(self, key: bytes) -> bool:
+        with self._lock:
+            entry = self._data.get(key)
+            if entry is None:
+                return False
+            self._drop(key, entry[0])
+            return True
+
+    def purge_prefix(self, prefix: bytes) -> int:
+        """Drop every entry whose key starts with ``prefix``; returns how many."""
+        with self._lock:
+            doomed = [k for k in self._data if k.startswith(prefix)]
+            for key in doomed:
+                self._drop(key, self._data[key][0])
+        return len(doomed)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+            self.bytes = 0
+            self._gauge.set(0)

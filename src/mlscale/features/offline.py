@@ -1,0 +1,289 @@
+"""Offline store: DuckDB over the views' sources (Parquet, CSV or a query), for training sets and
+for materialization.
+
+Point-in-time joins are DuckDB ASOF LEFT JOINs: for each entity-frame row, the latest source row of
+the same entity at or before the row's timestamp (never after), then blanked when older than the
+view's TTL. Since the ASOF match is already the latest row, if it is too old every earlier one is
+too, so the TTL check after the join is exact. Entity-frame rows are numbered before the join and
+the result is ordered by that number: every row is kept, duplicates included, in input order.
+All timestamps are compared in UTC (timezone-aware ones are converted, naive ones taken as UTC).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mlscale.errors import ConfigError, InvalidInput
+from mlscale.features.definitions import FeatureRepo, FeatureService, FeatureView
+
+_SQL_TYPES = {"float32": "FLOAT", "float64": "DOUBLE", "int32": "INTEGER", "int64": "BIGINT", "bool": "BOOLEAN"}
+_ROW = "__mlscale_row"
+_ETS = "__mlscale_ts"
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def arrow_table(relation: duckdb.DuckDBPyRelation) -> pa.Table:
+    """A query's result as an Arrow table (the method's name changed in DuckDB 1.4)."""
+    method = getattr(relation, "to_arrow_table", None) or relation.arrow
+    return method()
+
+
+def arrow_reader(relation: duckdb.DuckDBPyRelation, rows: int) -> pa.RecordBatchReader:
+    """A query's result as a stream of Arrow batches of up to ``rows`` rows."""
+    method = getattr(relation, "to_arrow_reader", None) or relation.fetch_arrow_reader
+    return method(rows)
+
+
+def _utc_naive(when: datetime) -> datetime:
+    return when.astimezone(UTC).replace(tzinfo=None) if when.tzinfo else when
+
+
+class OfflineStore:
+    """Runs the SQL that definitions compile to; ``root`` resolves relative source paths."""
+
+    def __init__(self, repo: FeatureRepo, root: str | Path = ".") -> None:
+        self.repo = repo
+        self.root = Path(root).resolve()
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        conn = duckdb.connect()
+        conn.execute("SET TimeZone = 'UTC'")
+        # Relative paths in sources and in user queries resolve against the project folder.
+        conn.execute(f"SET file_search_path = {_literal(str(self.root))}")
+        return conn
+
+    # --- sources ------------------------------------------------------------------------------
+
+    def source_sql(self, view: FeatureView) -> str:
+        """A FROM-clause item reading the view's source."""
+        if view.query:
+            return f"({view.query})"
+        path = Path(view.source)
+        path = path if path.is_absolute() else self.root / path
+        reader = "read_csv" if ".csv" in path.name.lower() else "read_parquet"
+        return f"{reader}({_literal(str(path))})"
+
+    def source_columns(self, view: FeatureView, conn: duckdb.DuckDBPyConnection | None = None) -> dict[str, str]:
+        conn = conn or self.connect()
+        try:
+            rows = conn.execute(f"DESCRIBE SELECT * FROM {self.source_sql(view)}").fetchall()
+        except duckdb.Error as exc:
+            raise ConfigError(f"feature view {view.name!r}: cannot read its source: {exc}") from None
+        return {row[0]: row[1] for row in rows}
+
+    def validate_source(self, view: FeatureView, conn: duckdb.DuckDBPyConnection | None = None) -> None:
+        """Check the source has the join keys, timestamp and features, with usable types."""
+        columns = self.source_columns(view, conn)
+        what = f"feature view {view.name!r}"
+        src = view.source or "its query"
+
+        def need(column: str, role: str) -> str:
+            if column not in columns:
+                raise ConfigError(
+                    f"{what}: {role} column {column!r} not found in {src} (columns: {', '.join(columns)})"
+                )
+            return columns[column]
+
+        ts_type = need(view.timestamp_field, "timestamp")
+        if not (ts_type.startswith("TIMESTAMP") or ts_type == "DATE"):
+            raise ConfigError(f"{what}: timestamp column {view.timestamp_field!r} is {ts_type}, not a timestamp")
+        for entity_name in view.entities:
+            entity = self.repo.entities[entity_name]
+            key_type = need(entity.join_key, "join key")
+            if not _compatible_key(entity.dtype, key_type):
+                raise ConfigError(
+                    f"{what}: join key {entity.join_key!r} is {key_type} but entity {entity.name!r} is {entity.dtype}"
+                )
+        for feature in view.features:
+            sql_type = need(feature.name, "feature")
+            if not _numeric(sql_type):
+                raise ConfigError(f"{what}: feature {feature.name!r} is {sql_type} in {src}, cannot be {feature.dtype}")
+
+    def view_sql(self, view: FeatureView, features: Sequence[str] | None = None) -> str:
+        """The view's rows: join keys, ``__mlscale_ts`` (UTC TIMESTAMP) and typed features."""
+        by_name = {f.name: f for f in view.features}
+        chosen = [by_name[n] for n in (features if features is not None else by_name)]
+        keys = [self.repo.entities[e].join_key for e in view.entities]
+        cols = [_ident(k) for k in keys]
+        cols.append(f"CAST({_ident(view.timestamp_field)} AS TIMESTAMP) AS {_ETS}")
+        cols += [f"CAST({_ident(f.name)} AS {_SQL_TYPES[f.dtype]}) AS {_ident(f.name)}" for f in chosen]
+        return f"SELECT {', '.join(cols)} FROM {self.source_sql(view)}"
+
+    # --- training sets ------------------------------------------------------------------------
+
+    def get_historical_features(
+        self,
+        entity_df: Any,
+        features: str | FeatureService | Sequence[str],
+        *,
+        timestamp_field: str = "event_timestamp",
+        full_feature_names: bool = False,
+    ) -> pa.Table:
+        """Point-in-time-correct training set: the entity frame's columns, then the features.
+
+        ``entity_df`` is a pandas DataFrame, an Arrow table or a Parquet/CSV path with the join keys
+        and ``timestamp_field``. Rows come back in input order, duplicates kept; a feature is null
+        where no row of its view is at or before the timestamp within the TTL.
+        """
+        table = _as_table(entity_df)
+        resolved = self.repo.resolve(features)
+        out_names = self.repo.output_names(resolved, full_feature_names)
+        clash = set(out_names) & set(table.column_names)
+        if clash:
+            raise InvalidInput(f"entity frame already has columns named like features: {sorted(clash)}")
+        self._check_entity_frame(table, resolved, timestamp_field)
+        table = table.append_column(_ROW, pa.array(range(table.num_rows), pa.int64()))
+
+        selects = [f"e.* EXCLUDE ({_ROW}, {_ETS})"]
+        joins = []
+        names = iter(out_names)
+        for i, (view_name, feats) in enumerate(resolved):
+            view = self.repo.views[view_name]
+            alias = f"v{i}"
+            keys = [self.repo.entities[e].join_key for e in view.entities]
+            on = " AND ".join(f"e.{_ident(k)} = {alias}.{_ident(k)}" for k in keys)
+            joins.append(
+                f"ASOF LEFT JOIN ({self.view_sql(view, feats)}) {alias} ON {on} AND e.{_ETS} >= {alias}.{_ETS}"
+            )
+            ttl_us = round(view.ttl * 1_000_000)
+            for feat in feats:
+                value = f"{alias}.{_ident(feat)}"
+                if ttl_us:
+                    value = f"CASE WHEN {alias}.{_ETS} >= e.{_ETS} - INTERVAL '{ttl_us} microseconds' THEN {value} END"
+                selects.append(f"{value} AS {_ident(next(names))}")
+        sql = (
+            f"SELECT {', '.join(selects)} FROM "
+            f"(SELECT *, CAST({_ident(timestamp_field)} AS TIMESTAMP) AS {_ETS} FROM entity_df) e "
+            f"{' '.join(joins)} ORDER BY e.{_ROW}"
+        )
+        conn = self.connect()
+        try:
+            conn.register("entity_df", table)
+            try:
+                return arrow_table(conn.sql(sql))
+            except duckdb.Error as exc:
+                raise InvalidInput(f"cannot build the training set: {exc}") from None
+        finally:
+            conn.close()
+
+    def _check_entity_frame(self, table: pa.Table, resolved: list, timestamp_field: str) -> None:
+        columns = dict(zip(table.column_names, table.schema.types, strict=True))
+        if timestamp_field not in columns:
+            raise InvalidInput(f"entity frame has no timestamp column {timestamp_field!r} (columns: {list(columns)})")
+        ts_type = columns[timestamp_field]
+        if not (pa.types.is_timestamp(ts_type) or pa.types.is_date(ts_type)):
+            raise InvalidInput(f"entity frame column {timestamp_field!r} is {ts_type}, not a timestamp")
+        if table.column(timestamp_field).null_count:
+            raise InvalidInput(f"entity frame column {timestamp_field!r} has null timestamps")
+        for view_name, _ in resolved:
+            for entity_name in self.repo.views[view_name].entities:
+                entity = self.repo.entities[entity_name]
+                key = entity.join_key
+                if key not in columns:
+                    raise InvalidInput(
+                        f"entity frame has no join key column {key!r} needed by view {view_name!r} "
+                        f"(columns: {list(columns)})"
+                    )
+                is_int = pa.types.is_integer(columns[key])
+                is_str = pa.types.is_string(columns[key]) or pa.types.is_large_string(columns[key])
+                if (entity.dtype == "int64" and not is_int) or (entity.dtype == "string" and not is_str):
+                    raise InvalidInput(
+                        f"entity frame column {key!r} is {columns[key]} but entity {entity.name!r} is {entity.dtype}"
+                    )
+
+    # --- materialization ----------------------------------------------------------------------
+
+    def latest_rows(
+        self,
+        conn: duckdb.DuckDBPyConnection,
+        view: FeatureView,
+        start: datetime | None,
+        end: datetime,
+    ) -> int:
+        """Fill temp table ``latest`` with the newest row per entity in (start, end]; row count.
+
+        Ties on the same timestamp go to the largest feature tuple, so reruns pick the same row.
+        """
+        keys = [_ident(self.repo.entities[e].join_key) for e in view.entities]
+        where = [f"{_ETS} <= {_literal(_utc_naive(end).isoformat())}::TIMESTAMP"]
+        if start is not None:
+            where.append(f"{_ETS} > {_literal(_utc_naive(start).isoformat())}::TIMESTAMP")
+        order = ", ".join([f"{_ETS} DESC"] + [f"{_ident(f.name)} DESC" for f in view.features])
+        conn.execute(
+            f"CREATE OR REPLACE TEMP TABLE latest AS SELECT * FROM ({self.view_sql(view)}) "
+            f"WHERE {' AND '.join(where)} "
+            f"QUALIFY row_number() OVER (PARTITION BY {', '.join(keys)} ORDER BY {order}) = 1"
+        )
+        return conn.execute("SELECT count(*) FROM latest").fetchall()[0][0]
+
+
+def _compatible_key(entity_dtype: str, sql_type: str) -> bool:
+    if entity_dtype == "int64":
+        return sql_type in (
+            "TINYINT",
+            "SMALLINT",
+            "INTEGER",
+            "BIGINT",
+            "UTINYINT",
+            "USMALLINT",
+            "UINTEGER",
+            "UBIGINT",
+            "HUGEINT",
+        )
+    return sql_type == "VARCHAR"
+
+
+def _numeric(sql_type: str) -> bool:
+    return sql_type in (
+        "BOOLEAN",
+        "TINYINT",
+        "SMALLINT",
+        "INTEGER",
+        "BIGINT",
+        "UTINYINT",
+        "USMALLINT",
+        "UINTEGER",
+        "UBIGINT",
+        "HUGEINT",
+        "FLOAT",
+        "DOUBLE",
+    ) or sql_type.startswith("DECIMAL")
+
+
+def _as_table(entity_df: Any) -> pa.Table:
+    if isinstance(entity_df, pa.Table):
+        return entity_df
+    if isinstance(entity_df, str | Path):
+        path = Path(entity_df)
+        if not path.exists():
+            raise InvalidInput(f"entity frame file {path} does not exist")
+        if path.suffix.lower() in (".parquet", ".pq"):
+            return pq.read_table(path)
+        if ".csv" in path.name.lower():
+            conn = duckdb.connect()
+            try:
+                return arrow_table(conn.sql(f"SELECT * FROM read_csv({_literal(str(path))})"))
+            finally:
+                conn.close()
+        raise InvalidInput(f"entity frame {path} must be a .parquet or .csv file")
+    try:
+        import pandas as pd
+    except ImportError:  # pragma: no cover - pandas is a dependency
+        pd = None
+    if pd is not None and isinstance(entity_df, pd.DataFrame):
+        return pa.Table.from_pandas(entity_df, preserve_index=False)
+    raise InvalidInput(f"entity frame must be a pandas DataFrame, an Arrow table or a file, not {type(entity_df)}")

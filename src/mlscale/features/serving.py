@@ -1,0 +1,212 @@
+"""Serving glue: ``POST /v1/features`` semantics and model-input enrichment, free of any web framework.
+
+The server mounts ``features_request`` (JSON body in, JSON-ready dict out; InvalidInput / NotFound
+on bad requests) and calls a ``FeatureEnricher`` for models that declare a feature service: the
+request then carries only entity ids and the enricher returns the float32 [n, k] model input.
+The response has Feast's shape (metadata.feature_names and one result per column, with values,
+statuses and event timestamps) so Feast clients and habits carry over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from mlscale.errors import InvalidInput
+from mlscale.features.online import PRESENT, STATUS_NAMES, OnlineResult, OnlineStore
+
+_MAX_ENTITIES = 10_000
+
+
+def _parse_body(store: OnlineStore, body: Any) -> tuple[Any, dict[str, list], bool]:
+    if not isinstance(body, Mapping):
+        raise InvalidInput("the request body must be a JSON object")
+    unknown = set(body) - {"features", "feature_service", "entities", "full_feature_names"}
+    if unknown:
+        raise InvalidInput(f"unknown fields in request: {sorted(unknown)}")
+    if ("features" in body) == ("feature_service" in body):
+        raise InvalidInput('give exactly one of "features" (a list of "view:feature") or "feature_service"')
+    if "features" in body:
+        features = body["features"]
+        if not isinstance(features, list) or not features or not all(isinstance(f, str) for f in features):
+            raise InvalidInput('"features" must be a non-empty list of "view:feature" strings')
+        features = tuple(features)
+    else:
+        features = body["feature_service"]
+        if not isinstance(features, str):
+            raise InvalidInput('"feature_service" must be a string')
+    full = body.get("full_feature_names", False)
+    if not isinstance(full, bool):
+        raise InvalidInput('"full_feature_names" must be true or false')
+    entities = body.get("entities")
+    if not isinstance(entities, Mapping) or not entities:
+        raise InvalidInput('"entities" must be an object of join key -> list of ids, e.g. {"driver_id": [1]}')
+    plan = store.plan(features, full)
+    types = _join_key_types(store)
+    columns: dict[str, list] = {}
+    for key, ids in entities.items():
+        if key not in plan.join_keys:
+            raise InvalidInput(f"entity key {key!r} is not used by these features (they need {plan.join_keys})")
+        if not isinstance(ids, list):
+            raise InvalidInput(f"entities.{key} must be a list of ids")
+        if len(ids) > _MAX_ENTITIES:
+            raise InvalidInput(f"at most {_MAX_ENTITIES} entities per request")
+        want = types.get(key, "int64")
+        for value in ids:
+            ok = (
+                isinstance(value, str) if want == "string" else (isinstance(value, int) and not isinstance(value, bool))
+            )
+            if not ok:
+                kind = "strings" if want == "string" else "integers"
+                raise InvalidInput(f"entities.{key} must hold {kind}, got {value!r}")
+        columns[key] = ids
+    missing = [k for k in plan.join_keys if k not in columns]
+    if missing:
+        raise InvalidInput(f"entities lack join key(s) {missing}")
+    return features, columns, full
+
+
+def _join_key_types(store: OnlineStore) -> dict[str, str]:
+    return {e.join_key: e.dtype for e in store.repo.entities.values()}
+
+
+def _iso(ts: np.ndarray, status: np.ndarray) -> list[str | None]:
+    stamps = np.datetime_as_string(ts.view("datetime64[us]"), unit="s", timezone="UTC")
+    return [s if code == PRESENT else None for s, code in zip(stamps.tolist(), status.tolist(), strict=True)]
+
+
+def render_result(result: OnlineResult, columns: Mapping[str, list]) -> dict:
+    """The Feast-shaped JSON response for a read."""
+    names = list(columns)
+    results = [
+        {"values": ids, "statuses": ["PRESENT"] * len(ids), "event_timestamps": [None] * len(ids)}
+        for ids in columns.values()
+    ]
+    plan = result._plan
+    for view in plan.views:
+        view_name = view.layout.view
+        stamps = _iso(result.event_ts[view_name], result.statuses[view_name])
+        for name in view.names:
+            status = result.status(name)
+            values = result.values[name]
+            good = status == PRESENT
+            listed = values.tolist()
+            if not good.all():
+                listed = [v if ok else None for v, ok in zip(listed, good.tolist(), strict=True)]
+            names.append(name)
+            results.append(
+                {
+                    "values": listed,
+                    "statuses": [STATUS_NAMES[c] for c in status.tolist()],
+                    "event_timestamps": stamps,
+                }
+            )
+    return {"metadata": {"feature_names": names}, "results": results}
+
+
+def features_request(store: OnlineStore, body: Any) -> dict:
+    """``POST /v1/features``: {"features" | "feature_service", "entities": {key: [ids]}} -> values.
+
+    Unknown services, views or features raise NotFound; malformed bodies raise InvalidInput.
+    """
+    features, columns, full = _parse_body(store, body)
+    return render_result(store.read(features, columns, full_names=full), columns)
+
+
+async def afeatures_request(store: OnlineStore, body: Any) -> dict:
+    """``features_request`` for the event loop (non-blocking store reads)."""
+    features, columns, full = _parse_body(store, body)
+    return render_result(await store.aread(features, columns, full_names=full), columns)
+
+
+class FeatureEnricher:
+    """Turns entity ids into a model's float32 [n, k] input from its declared feature service.
+
+    ``defaults``: None (a missing or stale entity is an error), one number for every feature, or a
+    {feature: number} mapping (features not named in it stay required).
+    """
+
+    def __init__(
+        self,
+        store: OnlineStore,
+        feature_service: str | Sequence[str],
+        entity_key: str,
+        defaults: float | Mapping[str, float] | None = None,
+    ) -> None:
+        self.store = store
+        self.features = feature_service if isinstance(feature_service, str) else tuple(feature_service)
+        self.entity_key = entity_key
+        plan = store.plan(self.features)
+        if plan.join_keys != [entity_key]:
+            raise InvalidInput(f"feature service {feature_service!r} is keyed by {plan.join_keys}, not {entity_key!r}")
+        self.names = plan.names
+        if isinstance(defaults, Mapping):
+            unknown = set(defaults) - set(self.names)
+            if unknown:
+                raise InvalidInput(f"defaults name unknown features {sorted(unknown)} (features: {self.names})")
+            self.defaults = np.array([defaults.get(n, np.nan) for n in self.names], np.float32)
+            self.required = np.array([n not in defaults for n in self.names])
+        elif defaults is None:
+            self.defaults, self.required = None, np.ones(len(self.names), bool)
+        else:
+            self.defaults = np.full(len(self.names), defaults, np.float32)
+            self.required = np.zeros(len(self.names), bool)
+
+    def __call__(self, entity_ids: Sequence | np.ndarray) -> np.ndarray:
+        return self.assemble(self.store.read(self.features, self._ids(entity_ids)), entity_ids)
+
+    async def acall(self, entity_ids: Sequence | np.ndarray) -> np.ndarray:
+        return self.assemble(await self.store.aread(self.features, self._ids(entity_ids)), entity_ids)
+
+    def _ids(self, entity_ids: Sequence | np.ndarray) -> Sequence | np.ndarray:
+        if isinstance(entity_ids, np.ndarray):
+            if entity_ids.ndim == 2 and entity_ids.shape[1] == 1:
+                entity_ids = entity_ids[:, 0]
+            if entity_ids.ndim != 1:
+                raise InvalidInput(f"{self.entity_key} must be a 1-d list of ids, got shape {entity_ids.shape}")
+        return entity_ids
+
+    def assemble(self, result: OnlineResult, entity_ids: Sequence | np.ndarray) -> np.ndarray:
+        """Stack the read into [n, k] float32, applying defaults or raising for missing entities."""
+        plan = result._plan
+        parts = []
+        for view in plan.views:
+            matrix = result.matrices.get(view.layout.view)
+            if matrix is None:
+                matrix = np.stack([result.values[n] for n in view.names], axis=1)
+            parts.append(matrix)
+        out = parts[0].astype(np.float32) if len(parts) == 1 else np.hstack(parts).astype(np.float32)
+        # Fast path: every entity present and fresh, no null stored.
+        if not any(s.any() for s in result.statuses.values()) and not any(m.any() for m in result.nulls.values()):
+            return out
+        ok_parts = []
+        for view in plan.views:
+            name = view.layout.view
+            good = result.statuses[name] == PRESENT
+            nulls = result.nulls[name]
+            cols = [good & ((nulls & np.uint64(1 << view.layout.features.index(f))) == 0) for f in view.features]
+            ok_parts.append(np.stack(cols, axis=1))
+        ok = ok_parts[0] if len(ok_parts) == 1 else np.hstack(ok_parts)
+        bad = ~ok & self.required
+        if bad.any():
+            rows = np.flatnonzero(bad.any(axis=1))
+            ids = [np.asarray(entity_ids).ravel()[r].item() for r in rows[:5]]
+            missing = sorted({self.names[c] for c in np.flatnonzero(bad.any(axis=0))})
+            raise InvalidInput(
+                f"no online features for {self.entity_key}={ids}{' ...' if len(rows) > 5 else ''} "
+                f"(missing or stale: {missing}); materialize them or declare defaults"
+            )
+        return np.where(ok, out, self.defaults)
+
+
+def enrich(
+    store: OnlineStore,
+    feature_service: str | Sequence[str],
+    entity_key: str,
+    entity_ids: Sequence | np.ndarray,
+    defaults: float | Mapping[str, float] | None = None,
+) -> np.ndarray:
+    """One-shot ``FeatureEnricher``: float32 [n, k] model input for ``entity_ids``."""
+    return FeatureEnricher(store, feature_service, entity_key, defaults)(entity_ids)

@@ -1,0 +1,61 @@
+"""Choosing a replica: power of two choices on in-flight requests, or consistent hashing by key.
+
+Power of two choices (pick two healthy replicas at random, send to the one with fewer requests in
+flight) spreads load almost as well as "least loaded" without herding every gateway onto the same
+replica. Consistent hashing keeps each model on the same replica while the set of replicas is
+stable, so its caches stay warm, and moves only ~1/N of the models when a replica leaves.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from mlscale.storage.hashring import HashRing
+
+
+class Backend:
+    """One replica as the gateway sees it."""
+
+    __slots__ = ("failures", "healthy", "inflight", "served", "url")
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+        self.inflight = 0
+        self.healthy = True
+        self.failures = 0
+        self.served = 0
+
+    def __repr__(self) -> str:
+        return f"Backend({self.url!r}, healthy={self.healthy}, inflight={self.inflight})"
+
+
+class PowerOfTwo:
+    """Two random healthy candidates; the one with fewer requests in flight wins."""
+
+    def __init__(self, seed: int | None = None) -> None:
+        self._random = random.Random(seed)
+
+    def order(self, backends: Sequence[Backend], key: str) -> list[Backend]:
+        healthy = [b for b in backends if b.healthy]
+        if len(healthy) >= 2:
+            first, second = self._random.sample(healthy, 2)
+            best = first if first.inflight <= second.inflight else second
+        elif healthy:
+            best = healthy[0]
+        else:
+            best = None
+        rest = sorted((b for b in backends if b is not best), key=lambda b: (not b.healthy, b.inflight))
+        return ([best] if best is not None else []) + rest
+
+
+class ConsistentHash:
+    """The key's owner first, then the next replicas on the ring (the retry order)."""
+
+    def __init__(self, backends: Sequence[Backend]) -> None:
+        self._by_url = {b.url: b for b in backends}
+        self._ring = HashRing(self._by_url, replicas=len(backends))
+
+    def order(self, backends: Sequence[Backend], key: str) -> list[Backend]:
+        owners = [self._by_url[name] for name in self._ring.owners(key.encode())]
+        return [b for b in owners if b.healthy] + [b for b in owners if not b.healthy]

@@ -1,0 +1,32 @@
+"""``mlscale gateway``: a load balancer in front of server replicas."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import msgspec
+
+
+@click.command()
+@click.option("--backend", "backends", multiple=True, help="Base URL of a replica (repeat for each).")
+@click.option("--strategy", type=click.Choice(["p2c", "hash"]), help="Balancing strategy (default p2c).")
+@click.option("--host", help="Address to listen on.")
+@click.option("--port", type=int, help="Port to listen on (default 9000).")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="Project file mlscale.toml.")
+def gateway(backends: tuple[str, ...], strategy: str | None, host: str | None, port: int | None,
+            config_path: Path | None) -> None:
+    """Balance requests over server replicas, with health checks and retries."""
+    import uvicorn
+
+    from mlscale.config import load_settings
+    from mlscale.gateway.proxy import Gateway
+
+    settings = load_settings(config_path).gateway
+    overrides = {"backends": list(backends) or None, "strategy": strategy, "host": host, "port": port}
+    settings = msgspec.structs.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+    app = Gateway(settings)
+    click.echo(f"mlscale gateway: http://{settings.host}:{settings.port} -> {', '.join(settings.backends)} "
+               f"({settings.strategy})")
+    uvicorn.run(app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
+                access_log=False, log_level="warning", lifespan="on")

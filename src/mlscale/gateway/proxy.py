@@ -1,0 +1,163 @@
+"""The gateway: an ASGI reverse proxy over replicas with health checks and retries.
+
+The body is read once and kept, so a request refused by one replica (connection error, or 503
+from a full queue or a draining replica) is sent to the next one; the client sees an error only
+when every candidate refused. Answers pass through unchanged (status, headers, body), binary
+tensors included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+import httpx
+import msgspec
+
+from mlscale.gateway.balancing import Backend, ConsistentHash, PowerOfTwo
+from mlscale.gateway.settings import GatewaySettings
+
+log = logging.getLogger("mlscale.gateway")
+
+_HOP_BY_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"host", b"content-length", b"upgrade"}
+
+
+def _error(status: int, message: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    body = msgspec.json.encode({"error": message})
+    return status, [(b"content-type", b"application/json")], body
+
+
+def route_key(path: str) -> str:
+    """What consistent hashing hashes: the model name of /v2/models/<name>/..., else the path."""
+    parts = path.split("/")
+    if len(parts) > 3 and parts[1] == "v2" and parts[2] == "models":
+        return parts[3]
+    return path
+
+
+class Gateway:
+    """ASGI app; ``backends`` and health are shared by all requests of this process."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        if not settings.backends:
+            from mlscale.errors import ConfigError
+
+            raise ConfigError("the gateway needs at least one backend (--backend URL or gateway.backends)")
+        self.settings = settings
+        self.backends = [Backend(url) for url in settings.backends]
+        self.strategy = ConsistentHash(self.backends) if settings.strategy == "hash" else PowerOfTwo()
+        self._client: httpx.AsyncClient | None = None
+        self._health_task: asyncio.Task | None = None
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/gateway/backends":
+            status, headers, body = 200, [(b"content-type", b"application/json")], msgspec.json.encode(
+                [{"url": b.url, "healthy": b.healthy, "inflight": b.inflight, "served": b.served}
+                 for b in self.backends])
+        else:
+            status, headers, body = await self._forward(scope, receive)
+        headers = [*headers, (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _lifespan(self, receive: Callable, send: Callable) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.start()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def start(self) -> None:
+        limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
+        self._client = httpx.AsyncClient(timeout=self.settings.timeout, limits=limits)
+        await self.check_health()
+        self._health_task = asyncio.create_task(self._health_loop())
+
+    async def stop(self) -> None:
+        if self._health_task is not None:
+            self._health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_task
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.health_interval)
+            await self.check_health()
+
+    async def check_health(self) -> None:
+        """Ask every replica /v2/health/ready; take out those that failed ``unhealthy_after`` times."""
+        assert self._client is not None
+
+        async def probe(backend: Backend) -> None:
+            try:
+                response = await self._client.get(backend.url + "/v2/health/ready", timeout=2.0)
+                ok = response.status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            if ok:
+                if not backend.healthy:
+                    log.info("backend %s is healthy again", backend.url)
+                backend.failures, backend.healthy = 0, True
+            else:
+                backend.failures += 1
+                if backend.healthy and backend.failures >= self.settings.unhealthy_after:
+                    log.warning("backend %s is unhealthy", backend.url)
+                    backend.healthy = False
+
+        await asyncio.gather(*(probe(b) for b in self.backends))
+
+    async def _read_body(self, receive: Callable) -> bytes | None:
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.settings.max_body_bytes:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    async def _forward(self, scope: dict, receive: Callable) -> tuple[int, list, bytes]:
+        assert self._client is not None
+        body = await self._read_body(receive)
+        if body is None:
+            return _error(413, f"the body exceeds the gateway's limit of {self.settings.max_body_bytes} bytes")
+        path = scope["path"] + (("?" + scope["query_string"].decode()) if scope.get("query_string") else "")
+        headers = [(k, v) for k, v in scope["headers"] if k not in _HOP_BY_HOP]
+        candidates = self.strategy.order(self.backends, route_key(scope["path"]))[: self.settings.retries + 1]
+        last_error = "no healthy backend"
+        for backend in candidates:
+            backend.inflight += 1
+            try:
+                response = await self._client.request(scope["method"], backend.url + path, content=body,
+                                                      headers=headers)
+            except httpx.HTTPError as exc:
+                last_error = f"{backend.url}: {exc!r}"
+                backend.failures += 1
+                if backend.failures >= self.settings.unhealthy_after:
+                    backend.healthy = False
+                continue
+            finally:
+                backend.inflight -= 1
+            if response.status_code == 503 and backend is not candidates[-1]:
+                last_error = f"{backend.url}: 503"
+                continue
+            backend.served += 1
+            out_headers = [(k.encode(), v.encode()) for k, v in response.headers.items()
+                           if k.encode() not in _HOP_BY_HOP and k != "content-encoding"]
+            return response.status_code, out_headers, response.content
+        return _error(502, f"every backend refused the request (last: {last_error})")

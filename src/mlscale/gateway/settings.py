@@ -1,0 +1,30 @@
+"""Settings of the gateway (``[gateway]`` in mlscale.toml); imports nothing heavy."""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class GatewaySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A load balancer in front of server replicas on one or many hosts."""
+
+    host: str = "127.0.0.1"
+    port: int = 9000
+    # Base URLs of the replicas, e.g. ["http://10.0.0.5:8000", "http://10.0.0.6:8000"].
+    backends: list[str] = msgspec.field(default_factory=list)
+    # p2c: power of two choices on in-flight requests (the default; good for mixed latencies);
+    # hash: consistent hashing on the model name, so each model's caches stay warm on few replicas.
+    strategy: str = "p2c"
+    health_interval: float = 1.0
+    # Consecutive failed checks before a replica is taken out; one success brings it back.
+    unhealthy_after: int = 2
+    # Other replicas tried when one refuses (connection error or 503) before the client sees an error.
+    retries: int = 2
+    timeout: float = 30.0
+    max_body_bytes: int = 64 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.strategy not in ("p2c", "hash"):
+            raise ValueError("gateway.strategy must be p2c or hash")
+        if self.retries < 0 or self.unhealthy_after < 1:
+            raise ValueError("gateway.retries must be >= 0 and unhealthy_after >= 1")

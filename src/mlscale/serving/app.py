@@ -1,0 +1,423 @@
+"""The server's ASGI application: Open Inference Protocol routes, repository API and /metrics.
+
+Plain ASGI rather than a framework: the infer path is the hot path, and keeping it to a few
+visible steps (read body, decode, resolve model, batch, encode) is what makes it fast. Errors
+users can cause are typed (mlscale.errors) and turned into ``{"error": ...}`` here, in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import zlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+
+import mlscale
+from mlscale.cache.keys import prediction_key
+from mlscale.config import ServerSettings
+from mlscale.errors import (
+    DeadlineExceeded,
+    InvalidInput,
+    MlscaleError,
+    ModelNotFound,
+    NotFound,
+    Overloaded,
+    PayloadTooLarge,
+)
+from mlscale.serving import metrics
+from mlscale.serving.cached import pack_outputs, unpack_outputs
+from mlscale.serving.control import WorkerControl
+from mlscale.serving.protocol import decode_request, encode_json, encode_response
+from mlscale.serving.repository import ModelRepository, ModelVersion
+
+log = logging.getLogger("mlscale.serving")
+
+ASGIApp = Callable[[dict, Callable, Callable], Awaitable[None]]
+# A JSON route: (decoded body or None, the path segment matched by a trailing "/*") -> JSON value.
+JsonHandler = Callable[[Any, str | None], Awaitable[Any]]
+
+JSON = b"application/json"
+EXTENSIONS = ["binary_tensor_data", "model_repository", "parameters", "metrics"]
+
+
+class Response:
+    """A status, a body and extra headers; built by handlers, sent by the app."""
+
+    __slots__ = ("body", "content_type", "headers", "status")
+
+    def __init__(self, status: int, body: bytes, content_type: bytes = JSON,
+                 headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+        self.headers = headers or []
+
+
+def json_response(value: Any, status: int = 200) -> Response:
+    return Response(status, encode_json(value))
+
+
+class InferenceApp:
+    """Routes requests; owns the repository's lifecycle through ASGI lifespan events."""
+
+    def __init__(
+        self,
+        repository: ModelRepository,
+        settings: ServerSettings | None = None,
+        *,
+        control: WorkerControl | None = None,
+        mounts: dict[str, ASGIApp] | None = None,
+        json_routes: dict[tuple[str, str], JsonHandler] | None = None,
+        on_shutdown: list[Callable[[], Any]] | None = None,
+    ) -> None:
+        self.repository = repository
+        self.settings = settings or ServerSettings()
+        self.control = control
+        self.mounts = mounts or {}
+        self.json_routes = json_routes or {}
+        self.on_shutdown = on_shutdown or []
+        self.ready = False
+        self._tasks: list[asyncio.Task] = []
+        self._purges_seen: dict[str, int] = {}
+
+    # --- ASGI entry --------------------------------------------------------------------------
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _http(self, scope: dict, receive: Callable, send: Callable) -> None:
+        path: str = scope["path"]
+        for prefix, app in self.mounts.items():
+            if path == prefix or path.startswith(prefix + "/"):
+                await app(scope, receive, send)
+                return
+        try:
+            response = await self._route(scope["method"], path, scope, receive)
+        except MlscaleError as exc:
+            response = json_response({"error": str(exc)}, exc.status)
+            if isinstance(exc, Overloaded):
+                response.headers.append((b"retry-after", b"1"))
+        except Exception:
+            log.exception("unhandled error on %s %s", scope["method"], path)
+            response = json_response({"error": "internal server error"}, 500)
+        headers = [
+            (b"content-type", response.content_type),
+            (b"content-length", str(len(response.body)).encode()),
+            *response.headers,
+        ]
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        await send({"type": "http.response.body", "body": response.body})
+
+    async def _lifespan(self, receive: Callable, send: Callable) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    log.exception("startup failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def startup(self) -> None:
+        """Load every model on disk (respecting API unloads other workers made), start watchers."""
+        if self.control is not None:
+            generation, unloaded = self.control.current()
+            self.repository.unloaded = set(unloaded)
+            self._purges_seen = self.control.purges()
+        await self.repository.sync()
+        if self.control is not None:
+            self.control.ack(generation)
+            self._tasks.append(asyncio.create_task(self._follow_control()))
+        if self.settings.poll_interval > 0:
+            self._tasks.append(asyncio.create_task(self._poll_disk()))
+        self.ready = True
+
+    async def shutdown(self) -> None:
+        """Stop watchers, then let queued requests finish before models are released."""
+        self.ready = False
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.repository.close()
+        if self.repository.caches is not None:
+            self.repository.caches.close()
+        for callback in self.on_shutdown:
+            result = callback()
+            if asyncio.iscoroutine(result):
+                await result
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid())
+
+    async def _poll_disk(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.poll_interval)
+            try:
+                await self.repository.sync()
+            except Exception:
+                log.exception("rescanning the model repository failed")
+
+    async def _apply_purges(self) -> None:
+        assert self.control is not None
+        purges = self.control.purges()
+        caches = self.repository.caches
+        for name, count in purges.items():
+            if count > self._purges_seen.get(name, 0) and caches is not None:
+                cache = caches.cached(name)
+                if cache is not None:
+                    cache.l1.purge_prefix(name.encode() + b"\0")
+        self._purges_seen = purges
+
+    async def _follow_control(self) -> None:
+        assert self.control is not None
+        while True:
+            await asyncio.sleep(0.05)
+            change = self.control.changed()
+            if change is None:
+                continue
+            generation, unloaded = change
+            await self._apply_purges()
+            for name in unloaded - self.repository.unloaded:
+                with contextlib.suppress(MlscaleError):
+                    await self.repository.unload(name)
+            for name in self.repository.unloaded - unloaded:
+                try:
+                    await self.repository.load(name)
+                except MlscaleError as exc:
+                    log.error("%s", exc)
+            self.control.ack(generation)
+
+    # --- routing -----------------------------------------------------------------------------
+    async def _route(self, method: str, path: str, scope: dict, receive: Callable) -> Response:
+        parts = path.strip("/").split("/")
+        if parts[0] == "v2":
+            return await self._v2(method, parts[1:], scope, receive)
+        if path == "/metrics" and method == "GET":
+            body, content_type = metrics.render_metrics()
+            return Response(200, body, content_type.encode())
+        handler, tail = self._json_handler(method, path)
+        if handler is not None:
+            body = await self._read_body(scope, receive)
+            try:
+                payload = msgspec.json.decode(body) if body else None
+            except msgspec.DecodeError as exc:
+                raise InvalidInput(f"malformed JSON: {exc}") from None
+            return json_response(await handler(payload, tail))
+        raise NotFound(f"no route {method} {path}")
+
+    def _json_handler(self, method: str, path: str) -> tuple[JsonHandler | None, str | None]:
+        """An exact route, or one ending in ``/*`` whose last segment is handed to the handler."""
+        handler = self.json_routes.get((method, path))
+        if handler is not None:
+            return handler, None
+        head, _, tail = path.rpartition("/")
+        handler = self.json_routes.get((method, head + "/*"))
+        return (handler, tail) if handler is not None and tail else (None, None)
+
+    async def _v2(self, method: str, parts: list[str], scope: dict, receive: Callable) -> Response:
+        count = len(parts)
+        if count == 0 or parts == [""]:
+            return json_response({"name": "mlscale", "version": mlscale.__version__, "extensions": EXTENSIONS})
+        head = parts[0]
+        if head == "models" and count >= 2:
+            name = parts[1]
+            rest = parts[2:]
+            version = None
+            if len(rest) >= 2 and rest[0] == "versions":
+                version = rest[1]
+                rest = rest[2:]
+            action = rest[0] if rest else ""
+            if action == "infer" and method == "POST" and len(rest) == 1:
+                return await self._infer(name, version, scope, receive)
+            if action == "" and method == "GET":
+                model = self.repository.resolve(name, version)
+                return json_response(model.metadata(self.repository.versions_of(name)))
+            if action == "ready" and method == "GET" and len(rest) == 1:
+                self.repository.resolve(name, version)
+                return json_response({"name": name, "ready": True})
+        elif head == "health" and count == 2 and method == "GET":
+            if parts[1] == "live":
+                return json_response({"live": True})
+            if parts[1] == "ready":
+                ready = self.ready and self.repository.all_ready()
+                return json_response({"ready": ready}, 200 if ready else 503)
+        elif head == "repository":
+            if parts[1:] == ["index"] and method in ("GET", "POST"):
+                await self._read_body(scope, receive)
+                return json_response(self.repository.index())
+            if count == 4 and parts[1] == "models" and method == "POST" and parts[3] in ("load", "unload"):
+                await self._read_body(scope, receive)
+                return await self._load_or_unload(parts[2], parts[3])
+            if parts[1:2] == ["models"] and parts[3:] == ["cache", "purge"] and method == "POST":
+                await self._read_body(scope, receive)
+                return await self._purge(parts[2])
+        raise NotFound(f"no route {method} /v2/{'/'.join(parts)}")
+
+    async def _load_or_unload(self, name: str, action: str) -> Response:
+        if action == "load":
+            await self.repository.load(name)
+        else:
+            await self.repository.unload(name)
+        if self.control is not None:
+            generation = self.control.publish(self.repository.unloaded)
+            self.control.ack(generation)
+            if not await self.control.wait_applied(generation):
+                log.warning("not every worker applied %s of model %s in time", action, name)
+        return json_response({})
+
+    async def _purge(self, name: str) -> Response:
+        """Drop every cached answer of a model, in this worker, the shared tier and (through the
+        control folder) every other worker's in-process tier."""
+        caches = self.repository.caches
+        cache = caches.cached(name) if caches is not None else None
+        if cache is None:
+            self.repository.resolve(name)  # 404 for an unknown model
+            raise InvalidInput(f"model {name!r} has no prediction cache (enable it with [cache] in model.toml)")
+        removed = await cache.apurge(name)
+        if self.control is not None:
+            generation = self.control.publish(self.repository.unloaded, purge=name)
+            self._purges_seen = self.control.purges()
+            self.control.ack(generation)
+            await self.control.wait_applied(generation)
+        return json_response({"model": name, "purged": removed})
+
+    # --- inference ---------------------------------------------------------------------------
+    async def _read_body(self, scope: dict, receive: Callable) -> bytes:
+        limit = self.settings.max_body_bytes
+        encoding = None
+        for key, value in scope["headers"]:
+            if key == b"content-length" and int(value) > limit:
+                raise PayloadTooLarge(f"the body of {int(value)} bytes exceeds the limit of {limit} bytes")
+            if key == b"content-encoding":
+                encoding = value.lower()
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise InvalidInput("the client disconnected")
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"the body exceeds the limit of {limit} bytes")
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if encoding in (b"gzip", b"deflate"):
+            body = _decompress(body, encoding, limit)
+        return body
+
+    async def _infer(self, name: str, version: str | None, scope: dict, receive: Callable) -> Response:
+        started = time.perf_counter()
+        header_length = None
+        timeout = self.settings.request_timeout
+        for key, value in scope["headers"]:
+            if key == b"inference-header-content-length":
+                header_length = _int_header(key, value)
+            elif key == b"x-request-timeout":
+                timeout = _float_header(key, value)
+        model = None
+        try:
+            body = await self._read_body(scope, receive)
+            request = decode_request(body, header_length)
+            model = self.repository.resolve(name, version)
+            if model.enricher is not None:
+                request.inputs = await model.enricher.join(request.inputs)
+            requested = tuple(o.name for o in request.outputs) if request.outputs else None
+            model.validate(request.inputs, requested)
+            parameter_timeout = request.parameters.get("timeout")
+            if parameter_timeout is not None:  # tritonclient sends microseconds
+                if not isinstance(parameter_timeout, (int, float)) or parameter_timeout < 0:
+                    raise InvalidInput("parameter 'timeout' must be a non-negative number of microseconds")
+                timeout = parameter_timeout / 1e6
+            deadline = time.monotonic() + timeout if timeout else None
+            model.meters.inflight.inc()
+            try:
+                if model.cache is None:
+                    outputs = await model.batcher.submit(request.inputs, deadline, requested)
+                    parameters = None
+                else:
+                    outputs, parameters = await _cached_predict(model, request.inputs, deadline, requested)
+            finally:
+                model.meters.inflight.dec()
+            if requested:
+                outputs = {n: outputs[n] for n in requested if n in outputs}
+            payload, json_length = encode_response(model.model, model.version, request, outputs, parameters)
+        except MlscaleError as exc:
+            outcome = _OUTCOMES.get(type(exc), "error")
+            if model is not None:
+                model.meters.outcome(outcome).inc()
+            else:
+                metrics.REQUESTS.labels(name, "", outcome).inc()
+            raise
+        model.meters.success.inc()
+        model.meters.duration.observe(time.perf_counter() - started)
+        if json_length is None:
+            return Response(200, payload)
+        return Response(200, payload, b"application/octet-stream",
+                        [(b"inference-header-content-length", str(json_length).encode())])
+
+
+async def _cached_predict(model: ModelVersion, inputs: dict, deadline: float | None,
+                          requested: tuple[str, ...] | None) -> tuple[dict, dict]:
+    """Through the model's prediction cache; the response parameter ``cache`` says where the answer
+    came from: l1, l2, shared (waited on an identical request) or miss."""
+    key = prediction_key(model.model, model.version, inputs, requested)
+
+    async def compute() -> bytes:
+        return pack_outputs(await model.batcher.submit(inputs, deadline, requested))
+
+    packed, source = await model.cache.get_or_compute(key, compute)
+    return unpack_outputs(packed), {"cache": "miss" if source == "computed" else source}
+
+
+_OUTCOMES = {Overloaded: "rejected", DeadlineExceeded: "timeout", ModelNotFound: "not_found"}
+
+
+def _int_header(key: bytes, value: bytes) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidInput(f"header {key.decode()} must be an integer, got {value.decode()!r}") from None
+
+
+def _float_header(key: bytes, value: bytes) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise InvalidInput(f"header {key.decode()} must be a non-negative number of seconds")
+    return number
+
+
+def _decompress(body: bytes, encoding: bytes, limit: int) -> bytes:
+    wbits = 16 + zlib.MAX_WBITS if encoding == b"gzip" else zlib.MAX_WBITS
+    decompressor = zlib.decompressobj(wbits)
+    try:
+        out = decompressor.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise InvalidInput(f"the body is not valid {encoding.decode()}: {exc}") from None
+    if len(out) > limit:
+        raise PayloadTooLarge(f"the decompressed body exceeds the limit of {limit} bytes")
+    return out

@@ -1,0 +1,217 @@
+"""Adaptive batching: concurrent requests for one model version joined on axis 0 and run once.
+
+Under light load a request runs alone and at once (no waiting unless ``max_delay`` asks for it);
+under heavy load, requests that arrive while a batch runs form the next batch, so batch size
+grows with load by itself. The queue is bounded: when full, callers are refused immediately
+(503) instead of waiting without end. A request whose batch fails is retried alone, so one bad
+request never fails its batch-mates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from mlscale.errors import DeadlineExceeded, InvalidInput, MlscaleError, Overloaded
+
+Arrays = dict[str, np.ndarray]
+# predict(inputs, wanted outputs or None for all) -> outputs
+Predict = Callable[[Arrays, tuple[str, ...] | None], Arrays]
+
+
+class InferenceFailed(InvalidInput):
+    """The model raised on this request's input."""
+
+
+class _Item:
+    __slots__ = ("deadline", "enqueued", "future", "inputs", "outputs", "rows", "signature")
+
+    def __init__(self, inputs: Arrays, outputs: tuple[str, ...] | None, rows: int, signature: tuple,
+                 deadline: float | None, future: asyncio.Future) -> None:
+        self.inputs = inputs
+        self.outputs = outputs
+        self.rows = rows
+        self.signature = signature
+        self.deadline = deadline
+        self.future = future
+        self.enqueued = time.perf_counter()
+
+
+def _signature(inputs: Arrays, outputs: tuple[str, ...] | None) -> tuple | None:
+    """What must agree for requests to share a batch: names, dtypes, non-batch dimensions and
+    the outputs asked for (so a model computes only what its batch needs)."""
+    parts: list = [outputs]
+    for name in sorted(inputs):
+        array = inputs[name]
+        if array.ndim == 0:
+            return None
+        parts.append((name, array.dtype.str, array.shape[1:]))
+    return tuple(parts)
+
+
+class AdaptiveBatcher:
+    """One queue and one runner task per model version."""
+
+    def __init__(
+        self,
+        predict: Predict,
+        *,
+        max_batch_size: int = 64,
+        max_delay: float = 0.0,
+        max_queue_size: int = 1024,
+        inline: bool = False,
+        on_batch: Callable[[int, list[float]], None] | None = None,
+    ) -> None:
+        self._predict = predict
+        self.max_batch_size = max_batch_size
+        self.max_delay = max_delay
+        self.max_queue_size = max_queue_size
+        self.inline = inline
+        self._on_batch = on_batch
+        self._pending: deque[_Item] = deque()
+        self._wakeup = asyncio.Event()
+        self._executor = None if inline else ThreadPoolExecutor(1, thread_name_prefix="mlscale-model")
+        self._closing = False
+        self._runner = asyncio.get_running_loop().create_task(self._run())
+
+    @property
+    def queued(self) -> int:
+        return len(self._pending)
+
+    async def submit(self, inputs: Arrays, deadline: float | None = None,
+                     outputs: tuple[str, ...] | None = None) -> Arrays:
+        """Outputs for one request's inputs; ``deadline`` is a time.monotonic() instant; ``outputs``
+        names the outputs wanted (None: all)."""
+        if self._closing:
+            raise Overloaded("the model version is being unloaded")
+        if len(self._pending) >= self.max_queue_size:
+            raise Overloaded(f"the model's queue is full ({self.max_queue_size} requests waiting)")
+        signature = _signature(inputs, outputs)
+        rows = next(iter(inputs.values())).shape[0] if signature is not None else 0
+        if signature is not None and any(a.shape[0] != rows for a in inputs.values()):
+            raise InvalidInput("all inputs must have the same size on axis 0 (the batch axis)")
+        future = asyncio.get_running_loop().create_future()
+        item = _Item(inputs, outputs, rows, signature or (id(inputs),), deadline, future)
+        self._pending.append(item)
+        self._wakeup.set()
+        if deadline is None:
+            return await future
+        try:
+            return await asyncio.wait_for(future, max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            raise DeadlineExceeded("the request's deadline passed before its answer was ready") from None
+
+    async def close(self) -> None:
+        """Stop taking requests, finish the queued ones, then stop the runner."""
+        self._closing = True
+        self._wakeup.set()
+        await self._runner
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    async def _run(self) -> None:
+        while True:
+            if not self._pending:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if self.max_delay > 0:
+                await self._wait_to_fill()
+            else:
+                # One turn of the loop lets requests already on the sockets join this batch.
+                await asyncio.sleep(0)
+            batch = self._take_batch()
+            if batch:
+                await self._execute(batch)
+
+    async def _wait_to_fill(self) -> None:
+        until = self._pending[0].enqueued + self.max_delay
+        while sum(i.rows for i in self._pending) < self.max_batch_size:
+            remaining = until - time.perf_counter()
+            if remaining <= 0 or self._closing:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _take_batch(self) -> list[_Item]:
+        """The oldest request plus queued ones of the same signature, up to max_batch_size rows."""
+        now = time.monotonic()
+        batch: list[_Item] = []
+        rows = 0
+        kept: deque[_Item] = deque()
+        signature = None
+        while self._pending:
+            item = self._pending.popleft()
+            if item.future.done():  # its caller gave up (deadline or disconnect)
+                continue
+            if item.deadline is not None and item.deadline <= now:
+                item.future.set_exception(DeadlineExceeded("the deadline passed while queued"))
+                continue
+            if signature is None:
+                signature = item.signature
+            if item.signature == signature and (not batch or rows + item.rows <= self.max_batch_size):
+                batch.append(item)
+                rows += item.rows
+            else:
+                kept.append(item)
+            if rows >= self.max_batch_size:
+                break
+        kept.extend(self._pending)
+        self._pending = kept
+        return batch
+
+    async def _call(self, inputs: Arrays, outputs: tuple[str, ...] | None) -> Arrays:
+        if self._executor is None:
+            return self._predict(inputs, outputs)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._predict, inputs, outputs)
+
+    async def _execute(self, batch: list[_Item]) -> None:
+        started = time.perf_counter()
+        if self._on_batch is not None:
+            self._on_batch(sum(i.rows for i in batch) or 1, [started - i.enqueued for i in batch])
+        if len(batch) == 1:
+            await self._execute_alone(batch[0])
+            return
+        names = list(batch[0].inputs)
+        joined = {n: np.concatenate([i.inputs[n] for i in batch]) for n in names}
+        try:
+            outputs = await self._call(joined, batch[0].outputs)
+            total = sum(i.rows for i in batch)
+            for name, value in outputs.items():
+                if np.ndim(value) == 0 or len(value) != total:
+                    raise InferenceFailed(f"output {name!r} does not keep the batch axis")
+        except Exception:
+            # Find the culprit: every request runs alone, so only a bad one fails.
+            for item in batch:
+                await self._execute_alone(item)
+            return
+        start = 0
+        for item in batch:
+            end = start + item.rows
+            if not item.future.done():
+                item.future.set_result({n: v[start:end] for n, v in outputs.items()})
+            start = end
+
+    async def _execute_alone(self, item: _Item) -> None:
+        try:
+            result = await self._call(item.inputs, item.outputs)
+        except MlscaleError as exc:
+            if not item.future.done():
+                item.future.set_exception(exc)
+            return
+        except Exception as exc:
+            if not item.future.done():
+                item.future.set_exception(InferenceFailed(f"the model failed on this input: {exc}"))
+            return
+        if not item.future.done():
+            item.future.set_result(result)

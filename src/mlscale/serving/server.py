@@ -1,0 +1,119 @@
+"""Running the server: uvicorn with N worker processes on one port, metrics summed over them.
+
+The parent process prepares what workers share (the metrics folder, the control folder, the
+settings) through environment variables before any worker starts, because prometheus_client
+chooses its multiprocess mode when it is first imported.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import msgspec
+
+from mlscale.config import Settings
+
+SETTINGS_ENV = "MLSCALE_SERVER_SETTINGS"
+STATE_ENV = "MLSCALE_STATE_DIR"
+WORKERS_ENV = "MLSCALE_WORKERS"
+
+
+def build_app(settings: Settings, *, control_dir: Path | None = None, workers: int = 1):
+    """The ASGI app for one worker process (also what tests embed)."""
+    from mlscale.cache.factory import Caches
+    from mlscale.serving.app import InferenceApp
+    from mlscale.serving.control import WorkerControl
+    from mlscale.serving.repository import ModelRepository
+
+    caches = Caches(settings.cache, root=settings.root)
+    feature_store = LazyFeatureStore(settings, caches)
+    repository = ModelRepository(settings.resolve(settings.server.model_repository),
+                                 max_queue_size=settings.server.max_queue_size, caches=caches,
+                                 features=feature_store.online)
+    control = WorkerControl(control_dir, workers) if control_dir is not None else None
+    json_routes = {("POST", "/v1/features"): feature_store.handle_request}
+    return InferenceApp(repository, settings.server, control=control, json_routes=json_routes)
+
+
+class LazyFeatureStore:
+    """The project's online feature store behind the feature cache, opened on first use: a server
+    without features never imports DuckDB or opens the registry."""
+
+    def __init__(self, settings: Settings, caches) -> None:
+        self.settings = settings
+        self.caches = caches
+        self._online = None
+
+    def online(self):
+        if self._online is None:
+            from mlscale.errors import ConfigError
+            from mlscale.features.store import FeatureStore, open_online_kv
+
+            store = FeatureStore(self.settings, kv=self.caches.features(open_online_kv(self.settings)))
+            online = store.online
+            if not online.repo.views:
+                raise ConfigError("no feature definitions are applied: run `mlscale features apply`")
+            self._online = online
+        return self._online
+
+    async def handle_request(self, body, _tail):
+        """``POST /v1/features``: online feature values for entity keys."""
+        import asyncio
+
+        from mlscale.features.serving import afeatures_request
+
+        online = self._online or await asyncio.to_thread(self.online)
+        return await afeatures_request(online, body)
+
+
+def app_from_environment():
+    """uvicorn's factory in each worker: rebuild the app from what the parent put in the environment."""
+    settings = msgspec.json.decode(os.environ[SETTINGS_ENV], type=Settings)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return build_app(settings, control_dir=Path(os.environ[STATE_ENV]), workers=int(os.environ[WORKERS_ENV]))
+
+
+def run_server(project: Settings) -> None:
+    """Serve until SIGINT/SIGTERM; in-flight requests are drained before workers exit."""
+    import uvicorn
+
+    from mlscale.errors import ConfigError
+
+    settings = project.server
+    repository = project.resolve(settings.model_repository)
+    if not repository.is_dir():
+        raise ConfigError(f"{repository}: the model repository folder does not exist")
+    if settings.workers < 1:
+        raise ConfigError("--workers must be at least 1")
+    scratch = Path(tempfile.mkdtemp(prefix="mlscale-serve-"))
+    (scratch / "metrics").mkdir()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(scratch / "metrics")
+    os.environ[STATE_ENV] = str(scratch / "control")
+    os.environ[WORKERS_ENV] = str(settings.workers)
+    os.environ[SETTINGS_ENV] = msgspec.json.encode(project).decode()
+    # One process per core already; BLAS threads on top would oversubscribe the cores.
+    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(variable, "1")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        uvicorn.run(
+            "mlscale.serving.server:app_from_environment",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            loop="uvloop",
+            http="httptools",
+            lifespan="on",
+            access_log=False,
+            log_level="warning",
+            backlog=4096,
+            timeout_keep_alive=30,
+            timeout_graceful_shutdown=int(settings.graceful_timeout),
+        )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -1,0 +1,235 @@
+"""Redis and Redis Cluster key-value stores (redis-py with hiredis).
+
+Every call has a socket timeout, so a dead or stalled Redis turns into ServiceUnavailable within
+``timeout`` seconds instead of a hung request. Batch calls are one MGET or one pipeline: one round trip.
+An optional ``prefix`` namespaces the keys, so several stores (or test runs) share one Redis safely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis
+import redis.asyncio
+from redis.exceptions import RedisClusterException, RedisError
+
+from mlscale.errors import ConfigError, ServiceUnavailable
+from mlscale.storage.base import KeyValue
+
+# Errors of a call that reached (or failed to reach) the server; mapped to ServiceUnavailable.
+_ERRORS = (RedisError, RedisClusterException)
+_GLOB_SPECIALS = b"*?[]\\"
+
+
+def _glob_escape(raw: bytes) -> bytes:
+    return b"".join(b"\\" + bytes([c]) if c in _GLOB_SPECIALS else bytes([c]) for c in raw)
+
+
+def split_prefix(url: str) -> tuple[str, bytes]:
+    """Remove mlscale's own ``prefix=`` query argument from a Redis URL (redis-py would reject it)."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    prefix = b"".join(v.encode() for k, v in query if k == "prefix")
+    rest = urlencode([(k, v) for k, v in query if k != "prefix"])
+    return urlunsplit(parts._replace(query=rest)), prefix
+
+
+def _ms(ttl: float) -> int:
+    return max(int(ttl * 1000), 1)
+
+
+class RedisKeyValue(KeyValue):
+    """One Redis server (or a Sentinel-less primary): ``RedisKeyValue("redis://host:6379/0")``."""
+
+    def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, timeout: float = 1.0, prefix: bytes = b"") -> None:
+        self.url, url_prefix = split_prefix(url)
+        self.prefix = prefix or url_prefix
+        self.timeout = timeout
+        self._options = {
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            "retry_on_timeout": False,
+            "health_check_interval": 30,
+        }
+        try:
+            self.client = self._make_client()
+        except (ValueError, RedisClusterException) as exc:
+            raise ConfigError(f"bad Redis URL {url!r}: {exc}") from None
+        self._async: dict[int, redis.asyncio.Redis] = {}
+
+    def _make_client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url, **self._options)
+
+    def _where(self) -> str:
+        return urlsplit(self.url).netloc.rsplit("@", 1)[-1] or self.url
+
+    def _unavailable(self, exc: Exception) -> ServiceUnavailable:
+        return ServiceUnavailable(f"Redis at {self._where()} is unavailable: {exc}")
+
+    def _k(self, key: bytes) -> bytes:
+        return self.prefix + key if self.prefix else key
+
+    def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        if not keys:
+            return []
+        try:
+            return self._mget([self._k(k) for k in keys])
+        except _ERRORS as exc:
+            raise self._unavailable(exc) from exc
+
+    def _mget(self, keys: list[bytes]) -> list[bytes | None]:
+        return self.client.mget(keys)
+
+    def set_many(self, items: Mapping[bytes, bytes], ttl: float | None = None) -> None:
+        if not items:
+            return
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for key, value in items.items():
+                pipe.set(self._k(key), value, px=_ms(ttl) if ttl is not None else None)
+            pipe.execute()
+        except _ERRORS as exc:
+            raise self._unavailable(exc) from exc
+
+    def set_many_with_ttls(self, items: Mapping[bytes, tuple[bytes, float | None]]) -> None:
+        if not items:
+            return
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for key, (value, ttl) in items.items():
+                pipe.set(self._k(key), value, px=_ms(ttl) if ttl is not None else None)
+            pipe.execute()
+        except _ERRORS as exc:
+            raise self._unavailable(exc) from exc
+
+    def delete(self, keys: Sequence[bytes]) -> int:
+        if not keys:
+            return 0
+        try:
+            return int(self.client.delete(*[self._k(k) for k in keys]))
+        except _ERRORS as exc:
+            raise self._unavailable(exc) from exc
+
+    def scan(self, prefix: bytes = b"") -> Iterator[bytes]:
+        pattern = _glob_escape(self.prefix + prefix) + b"*"
+        cut = len(self.prefix)
+        try:
+            keys = [k[cut:] for k in self.client.scan_iter(match=pattern, count=1000)]
+        except _ERRORS as exc:
+            raise self._unavailable(exc) from exc
+        # SCAN may return a key twice (during a rehash); callers expect each key once.
+        return iter(dict.fromkeys(keys))
+
+    def ttl_many(self, keys: Sequence[bytes]) -> list[float | None]:
+        if not keys:
+            return []
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys:
+                pipe.pttl(self._k(key))
+            answers = pipe.execute()
+        except _ERRORS as exc:
+            raise self._unavailable(exc) from exc
+        # PTTL: -1 no expiry, -2 missing.
+        return [ms / 1000 if ms >= 0 else None for ms in answers]
+
+    def ping(self) -> bool:
+        """True when the server answers within the timeout."""
+        try:
+            return bool(self.client.ping())
+        except RedisError:
+            return False
+
+    # Native asyncio path: one client per event loop, because a redis.asyncio connection pool is
+    # bound to the loop that created it.
+    def _aclient(self) -> redis.asyncio.Redis:
+        loop_id = id(asyncio.get_running_loop())
+        client = self._async.get(loop_id)
+        if client is None:
+            client = self._async[loop_id] = redis.asyncio.Redis.from_url(self.url, **self._options)
+        return client
+
+    async def aget_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        if not keys:
+            return []
+        try:
+            return await self._aclient().mget([self._k(k) for k in keys])
+        except _ERRORS as exc:
+            raise self._unavailable(exc) from exc
+
+    async def aset_many(self, items: Mapping[bytes, bytes], ttl: float | None = None) -> None:
+        if not items:
+            return
+        try:
+            async with self._aclient().pipeline(transaction=False) as pipe:
+                for key, value in items.items():
+                    pipe.set(self._k(key), value, px=_ms(ttl) if ttl is not None else None)
+                await pipe.execute()
+        except _ERRORS as exc:
+            raise self._unavailable(exc) from exc
+
+    async def adelete(self, keys: Sequence[bytes]) -> int:
+        if not keys:
+            return 0
+        try:
+            return int(await self._aclient().delete(*[self._k(k) for k in keys]))
+        except _ERRORS as exc:
+            raise self._unavailable(exc) from exc
+
+    async def aclose(self) -> None:
+        """Close the async client of the running loop (call before the loop ends)."""
+        client = self._async.pop(id(asyncio.get_running_loop()), None)
+        if client is not None:
+            await client.aclose()
+
+    def close(self) -> None:
+        with contextlib.suppress(*_ERRORS):
+            self.client.close()
+        self._async.clear()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"
+
+
+class RedisClusterKeyValue(RedisKeyValue):
+    """A Redis Cluster; batch reads are split per hash slot by redis-py (``mget_nonatomic``).
+
+    The cluster's topology is discovered at construction, so an unreachable cluster fails here with
+    ServiceUnavailable rather than on the first request.
+    """
+
+    def __init__(self, url: str, *, timeout: float = 1.0, prefix: bytes = b"") -> None:
+        # redis+cluster://host:port is the mlscale spelling; redis-py wants redis://.
+        url = url.replace("redis+cluster://", "redis://", 1).replace("rediss+cluster://", "rediss://", 1)
+        try:
+            super().__init__(url, timeout=timeout, prefix=prefix)
+        except _ERRORS as exc:
+            raise self._unavailable(exc) from exc
+
+    def _make_client(self) -> redis.Redis:
+        try:
+            return redis.cluster.RedisCluster.from_url(self.url, **self._options)  # type: ignore[return-value]
+        except RedisClusterException as exc:
+            raise ServiceUnavailable(f"Redis Cluster at {self._where()} is unavailable: {exc}") from exc
+
+    def _mget(self, keys: list[bytes]) -> list[bytes | None]:
+        return self.client.mget_nonatomic(keys)  # type: ignore[attr-defined]
+
+    def _aclient(self) -> redis.asyncio.Redis:
+        loop_id = id(asyncio.get_running_loop())
+        client = self._async.get(loop_id)
+        if client is None:
+            client = redis.asyncio.RedisCluster.from_url(self.url, **self._options)
+            self._async[loop_id] = client  # type: ignore[assignment]
+        return client
+
+    async def aget_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        if not keys:
+            return []
+        try:
+            return await self._aclient().mget_nonatomic([self._k(k) for k in keys])  # type: ignore[attr-defined]
+        except _ERRORS as exc:
+            raise self._unavailable(exc) from exc

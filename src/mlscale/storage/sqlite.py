@@ -1,0 +1,217 @@
+"""SQLite key-value store: the embedded default, shared safely by several processes on one host.
+
+WAL mode lets readers run while one process writes; a busy timeout makes writers queue instead of
+failing at once; expiry uses wall-clock time (not monotonic) because every process must agree on it.
+Each thread gets its own connection, so ``asyncio.to_thread`` callers never share a cursor.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+from mlscale.errors import ServiceUnavailable
+from mlscale.storage.base import KeyValue
+
+# Well under SQLite's limit on host parameters (32766 since 3.32, 999 before).
+_CHUNK = 500
+# Every this many writes, expired rows are removed in one statement (reads already hide them).
+_SWEEP_EVERY = 10_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (
+    key BLOB PRIMARY KEY,
+    value BLOB NOT NULL,
+    expires REAL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS kv_expires ON kv (expires) WHERE expires IS NOT NULL;
+"""
+
+
+def prefix_upper_bound(prefix: bytes) -> bytes | None:
+    """The smallest byte string greater than every string starting with ``prefix`` (None: no bound)."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return None
+    return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
+class SQLiteKeyValue(KeyValue):
+    """A table ``kv(key, value, expires)`` in one SQLite file (or ``:memory:``)."""
+
+    def __init__(self, path: str | Path, *, timeout: float = 5.0) -> None:
+        self.path = str(path)
+        self.timeout = timeout
+        self._memory = self.path == ":memory:"
+        if not self._memory:
+            try:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ServiceUnavailable(f"SQLite store {self.path}: {exc}") from exc
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._writes = 0
+        # An in-memory database exists per connection, so it gets exactly one (guarded by a lock).
+        self._shared = self._open() if self._memory else None
+        self._connection()  # create the schema now, so a bad path fails at construction
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise ServiceUnavailable(f"SQLite store {self.path}: {exc}") from exc
+        with self._lock:
+            self._connections.append(conn)
+        return conn
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._shared is not None:
+            return self._shared
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._open()
+        return conn
+
+    def _run(self, fn):  # type: ignore[no-untyped-def]
+        """Call ``fn(conn)``; a locked or broken database becomes ServiceUnavailable."""
+        try:
+            if self._shared is not None:
+                with self._lock:
+                    return fn(self._shared)
+            return fn(self._connection())
+        except sqlite3.Error as exc:
+            raise ServiceUnavailable(f"SQLite store {self.path}: {exc}") from exc
+
+    def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        if not keys:
+            return []
+
+        def read(conn: sqlite3.Connection) -> dict[bytes, bytes]:
+            found: dict[bytes, bytes] = {}
+            now = time.time()
+            for start in range(0, len(keys), _CHUNK):
+                chunk = keys[start : start + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                rows = conn.execute(
+                    f"SELECT key, value FROM kv WHERE key IN ({marks}) AND (expires IS NULL OR expires > ?)",
+                    (*chunk, now),
+                )
+                found.update(rows)
+            return found
+
+        found = self._run(read)
+        return [found.get(bytes(key)) for key in keys]
+
+    def set_many(self, items: Mapping[bytes, bytes], ttl: float | None = None) -> None:
+        if not items:
+            return
+        expires = time.time() + ttl if ttl is not None else None
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO kv (key, value, expires) VALUES (?, ?, ?)",
+                    [(bytes(k), bytes(v), expires) for k, v in items.items()],
+                )
+                self._writes += len(items)
+                if self._writes >= _SWEEP_EVERY:
+                    self._writes = 0
+                    conn.execute("DELETE FROM kv WHERE expires <= ?", (time.time(),))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+        self._run(write)
+
+    def set_many_with_ttls(self, items: Mapping[bytes, tuple[bytes, float | None]]) -> None:
+        """Write items each with its own ttl (used by resharding to carry expiries over)."""
+        now = time.time()
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO kv (key, value, expires) VALUES (?, ?, ?)",
+                    [(k, v, None if t is None else now + t) for k, (v, t) in items.items()],
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+        if items:
+            self._run(write)
+
+    def delete(self, keys: Sequence[bytes]) -> int:
+        if not keys:
+            return 0
+
+        def remove(conn: sqlite3.Connection) -> int:
+            removed = 0
+            now = time.time()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for start in range(0, len(keys), _CHUNK):
+                    chunk = keys[start : start + _CHUNK]
+                    marks = ",".join("?" * len(chunk))
+                    # Count only live keys as existing, like Redis (expired ones are gone there).
+                    removed += conn.execute(
+                        f"SELECT count(*) FROM kv WHERE key IN ({marks}) AND (expires IS NULL OR expires > ?)",
+                        (*chunk, now),
+                    ).fetchone()[0]
+                    conn.execute(f"DELETE FROM kv WHERE key IN ({marks})", chunk)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return removed
+
+        return self._run(remove)
+
+    def scan(self, prefix: bytes = b"") -> Iterator[bytes]:
+        upper = prefix_upper_bound(prefix)
+
+        def keys(conn: sqlite3.Connection) -> list[bytes]:
+            sql = "SELECT key FROM kv WHERE key >= ? AND (expires IS NULL OR expires > ?)"
+            args: tuple = (prefix, time.time())
+            if upper is not None:
+                sql += " AND key < ?"
+                args = (*args, upper)
+            return [row[0] for row in conn.execute(sql, args)]
+
+        return iter(self._run(keys))
+
+    def ttl_many(self, keys: Sequence[bytes]) -> list[float | None]:
+        """Seconds left for each key (None: no expiry or missing)."""
+
+        def read(conn: sqlite3.Connection) -> dict[bytes, float | None]:
+            found: dict[bytes, float | None] = {}
+            for start in range(0, len(keys), _CHUNK):
+                chunk = keys[start : start + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                found.update(conn.execute(f"SELECT key, expires FROM kv WHERE key IN ({marks})", chunk))
+            return found
+
+        found = self._run(read)
+        now = time.time()
+        return [None if found.get(k) is None else max(found[k] - now, 0.001) for k in keys]
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+        self._local = threading.local()
+        self._shared = None
+
+    def __repr__(self) -> str:
+        return f"SQLiteKeyValue({self.path!r})"

@@ -1,0 +1,104 @@
+"""The gateway over real server replicas: spread, stickiness, and a replica dying mid-traffic."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serving"))
+
+from serving_support import RunningServer, build_test_repository, free_port
+
+from mlscale.gateway.balancing import Backend, ConsistentHash, PowerOfTwo
+
+ROW = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP64", "data": [5.1, 3.5, 1.4, 0.2]}]}
+
+
+def test_power_of_two_prefers_the_less_busy_and_skips_the_unhealthy():
+    a, b, c = Backend("http://a"), Backend("http://b"), Backend("http://c")
+    a.inflight, b.inflight, c.inflight = 5, 0, 0
+    c.healthy = False
+    strategy = PowerOfTwo(seed=1)
+    picks = Counter(strategy.order([a, b, c], "m")[0].url for _ in range(200))
+    assert picks == {"http://b": 200}
+
+
+def test_consistent_hash_is_sticky_and_orders_the_rest_for_retries():
+    backends = [Backend(f"http://h{i}") for i in range(4)]
+    strategy = ConsistentHash(backends)
+    first = strategy.order(backends, "iris")
+    assert [b.url for b in strategy.order(backends, "iris")] == [b.url for b in first]
+    assert len({b.url for b in first}) == 4
+    first[0].healthy = False
+    assert strategy.order(backends, "iris")[0] is first[1]
+
+
+class RunningGateway:
+    def __init__(self, backends: list[str], strategy: str = "p2c") -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [str(Path(sys.executable).parent / "mlscale"), "gateway", "--port", str(self.port),
+                   "--strategy", strategy]
+        for backend in backends:
+            command += ["--backend", backend]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        until = time.monotonic() + 30
+        while time.monotonic() < until:
+            try:
+                httpx.get(self.url + "/gateway/backends", timeout=1)
+                return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError("gateway did not start")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def replicas(tmp_path_factory):
+    repository = build_test_repository(tmp_path_factory.mktemp("models"))
+    servers = [RunningServer(repository, workers=1) for _ in range(2)]
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+def test_requests_spread_over_replicas_and_survive_one_dying(replicas):
+    gateway = RunningGateway([s.url for s in replicas])
+    try:
+        with httpx.Client(base_url=gateway.url) as client:
+            for _ in range(40):
+                assert client.post("/v2/models/iris/infer", json=ROW).status_code == 200
+            served = [b["served"] for b in client.get("/gateway/backends").json()]
+            assert min(served) >= 5, served
+            replicas[1].stop()
+            statuses = [client.post("/v2/models/iris/infer", json=ROW).status_code for _ in range(30)]
+            assert statuses == [200] * 30
+            states = {b["url"]: b["healthy"] for b in client.get("/gateway/backends").json()}
+            assert states[replicas[1].url] is False
+    finally:
+        gateway.stop()
+
+
+def test_unknown_routes_and_errors_pass_through_unchanged(replicas):
+    gateway = RunningGateway([replicas[0].url], strategy="hash")
+    try:
+        response = httpx.post(gateway.url + "/v2/models/nope/infer", json=ROW)
+        assert response.status_code == 404
+        assert "unknown model" in response.json()["error"]
+    finally:
+        gateway.stop()
+
+
+def test_gateway_without_backends_exits_with_one_line():
+    result = subprocess.run([sys.executable, "-m", "mlscale", "gateway"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "needs at least one backend" in result.stderr

@@ -1,0 +1,145 @@
+"""Adaptive batching: joined requests give exactly the unbatched answers; a bad one fails alone."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from mlscale.errors import DeadlineExceeded, Overloaded
+from mlscale.serving.batching import AdaptiveBatcher, InferenceFailed
+
+
+class RecordingModel:
+    """Doubles its input after a short pause, remembering the batch sizes it saw."""
+
+    def __init__(self, pause: float = 0.005) -> None:
+        self.batches: list[int] = []
+        self.pause = pause
+
+    def __call__(self, inputs, outputs=None):
+        x = inputs["x"]
+        self.batches.append(len(x))
+        if (x < 0).any():
+            raise ValueError("negative values are not allowed")
+        time.sleep(self.pause)
+        return {"y": x * 2.0 + 1.0, "rows": np.arange(len(x))}
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_concurrent_requests_are_joined_and_split_back_exactly():
+    model = RecordingModel()
+
+    async def scenario():
+        batcher = AdaptiveBatcher(model, max_batch_size=64, max_delay=0.01)
+        rng = np.random.default_rng(1)
+        requests = [rng.uniform(0, 10, size=(int(rng.integers(1, 4)), 3)) for _ in range(40)]
+        results = await asyncio.gather(*(batcher.submit({"x": r}) for r in requests))
+        await batcher.close()
+        return requests, results
+
+    requests, results = run(scenario())
+    for request, result in zip(requests, results, strict=True):
+        np.testing.assert_array_equal(result["y"], request * 2.0 + 1.0)
+        assert len(result["rows"]) == len(request)
+    assert max(model.batches) > 1, "no requests were joined"
+    assert sum(model.batches) == sum(len(r) for r in requests)
+    assert all(size <= 64 for size in model.batches)
+
+
+def test_one_bad_request_fails_alone():
+    model = RecordingModel()
+
+    async def scenario():
+        batcher = AdaptiveBatcher(model, max_batch_size=64, max_delay=0.02)
+        inputs = [np.full((1, 2), float(i)) for i in range(10)]
+        inputs[4] = -inputs[4] - 1
+        results = await asyncio.gather(*(batcher.submit({"x": x}) for x in inputs), return_exceptions=True)
+        await batcher.close()
+        return inputs, results
+
+    inputs, results = run(scenario())
+    assert isinstance(results[4], InferenceFailed)
+    assert "negative values" in str(results[4])
+    for i, result in enumerate(results):
+        if i != 4:
+            np.testing.assert_array_equal(result["y"], inputs[i] * 2.0 + 1.0)
+
+
+def test_requests_with_different_feature_shapes_never_share_a_batch():
+    model = RecordingModel(pause=0)
+
+    async def scenario():
+        batcher = AdaptiveBatcher(model, max_batch_size=64, max_delay=0.01, inline=True)
+        a = batcher.submit({"x": np.ones((1, 2))})
+        b = batcher.submit({"x": np.ones((1, 5))})
+        results = await asyncio.gather(a, b)
+        await batcher.close()
+        return results
+
+    first, second = run(scenario())
+    assert first["y"].shape == (1, 2)
+    assert second["y"].shape == (1, 5)
+
+
+def test_full_queue_refuses_at_once():
+    release, entered = threading.Event(), threading.Event()
+
+    def blocked(inputs, outputs=None):
+        entered.set()
+        release.wait(5)
+        return {"y": inputs["x"]}
+
+    async def scenario():
+        batcher = AdaptiveBatcher(blocked, max_batch_size=1, max_queue_size=2)
+        running = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 1))}))
+        while not entered.is_set():  # the first request is running, so the queue is empty
+            await asyncio.sleep(0.001)
+        queued = [asyncio.ensure_future(batcher.submit({"x": np.ones((1, 1))})) for _ in range(2)]
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded):
+            await batcher.submit({"x": np.ones((1, 1))})
+        release.set()
+        await asyncio.gather(running, *queued)
+        await batcher.close()
+
+    run(scenario())
+
+
+def test_deadline_passing_while_queued_answers_deadline_exceeded():
+    release = threading.Event()
+
+    def blocked(inputs, outputs=None):
+        release.wait(5)
+        return {"y": inputs["x"]}
+
+    async def scenario():
+        batcher = AdaptiveBatcher(blocked, max_batch_size=1)
+        first = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 1))}))
+        with pytest.raises(DeadlineExceeded):
+            await batcher.submit({"x": np.ones((1, 1))}, deadline=time.monotonic() + 0.05)
+        release.set()
+        await first
+        await batcher.close()
+
+    run(scenario())
+
+
+def test_close_finishes_queued_requests():
+    model = RecordingModel()
+
+    async def scenario():
+        batcher = AdaptiveBatcher(model, max_batch_size=1)
+        pending = [asyncio.ensure_future(batcher.submit({"x": np.full((1, 1), i)})) for i in range(5)]
+        await asyncio.sleep(0)
+        await batcher.close()
+        return await asyncio.gather(*pending)
+
+    results = run(scenario())
+    assert [float(r["y"][0, 0]) for r in results] == [i * 2.0 + 1.0 for i in range(5)]
