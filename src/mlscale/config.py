@@ -17,6 +17,7 @@ from mlscale.errors import ConfigError
 from mlscale.features.settings import FeaturesSettings
 from mlscale.gateway.settings import GatewaySettings
 from mlscale.storage.settings import StorageSettings
+from mlscale.streams.settings import StreamSettings
 
 
 class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -46,6 +47,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     storage: StorageSettings = msgspec.field(default_factory=StorageSettings)
     cache: CacheSettings = msgspec.field(default_factory=CacheSettings)
     gateway: GatewaySettings = msgspec.field(default_factory=GatewaySettings)
+    streams: StreamSettings = msgspec.field(default_factory=StreamSettings)
     # Folder of the project file; relative paths in the sections are resolved against it.
     root: str = "."
 

@@ -162,9 +162,7 @@ class Broker(ABC):
             self._wait(topic, min(remaining, self.member_ttl / 3))
 
     @abstractmethod
-    def _read(
-        self, topic: str, group: str, consumer: str, partitions: list[int], max_records: int
-    ) -> list[Message]:
+    def _read(self, topic: str, group: str, consumer: str, partitions: list[int], max_records: int) -> list[Message]:
         """Next records of these partitions without waiting."""
 
     def _wait(self, topic: str, seconds: float) -> None:

@@ -56,9 +56,7 @@ class CheckpointStore:
                     (name, part, epoch, off),
                 )
                 blobs = dict(
-                    self._db.execute(
-                        "SELECT feature, blob FROM state WHERE name=? AND part=?", (name, part)
-                    ).fetchall()
+                    self._db.execute("SELECT feature, blob FROM state WHERE name=? AND part=?", (name, part)).fetchall()
                 )
                 self._db.execute("COMMIT")
             except BaseException:

@@ -34,3 +34,11 @@ def open_broker(
     if str(path) != ":memory:" and not path.is_absolute():
         path = Path(root) / path
     return EmbeddedBroker(path, **kwargs)
+
+
+def broker_from_settings(settings) -> Broker:
+    """The broker of a project's ``[streams]`` section (``settings`` is mlscale.config.Settings)."""
+    s = settings.streams
+    return open_broker(
+        s.broker, partitions=s.partitions, key_fields=s.topic_keys(), member_ttl=s.member_ttl, root=settings.root
+    )

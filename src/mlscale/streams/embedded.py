@@ -60,9 +60,7 @@ class EmbeddedBroker(Broker):
             try:
                 nxt: dict[int, int] = {}
                 for p in set(partitions):
-                    row = self._db.execute(
-                        "SELECT max(off) FROM log WHERE topic=? AND part=?", (topic, p)
-                    ).fetchone()
+                    row = self._db.execute("SELECT max(off) FROM log WHERE topic=? AND part=?", (topic, p)).fetchone()
                     nxt[p] = -1 if row[0] is None else row[0]
                 rows = []
                 for i, (payload, p) in enumerate(zip(payloads, partitions, strict=True)):
@@ -90,17 +88,13 @@ class EmbeddedBroker(Broker):
 
     def leave(self, topic: str, group: str, consumer: str) -> None:
         with self._lock:
-            self._db.execute(
-                "DELETE FROM members WHERE topic=? AND grp=? AND consumer=?", (topic, group, consumer)
-            )
+            self._db.execute("DELETE FROM members WHERE topic=? AND grp=? AND consumer=?", (topic, group, consumer))
         self._owned.pop((topic, group, consumer), None)
 
     def _acquire(self, topic: str, group: str, consumer: str, partition: int) -> None:
         self._position[(topic, group, consumer, partition)] = self.committed(topic, group).get(partition, -1)
 
-    def _read(
-        self, topic: str, group: str, consumer: str, partitions: list[int], max_records: int
-    ) -> list[Message]:
+    def _read(self, topic: str, group: str, consumer: str, partitions: list[int], max_records: int) -> list[Message]:
         out: list[Message] = []
         # Start at a rotating partition so one busy partition cannot starve the others.
         self._rotate = (self._rotate + 1) % len(partitions)

@@ -9,9 +9,7 @@ EVENTS = Counter(
     "Records seen by the stream processor, by outcome (processed, duplicate, late, malformed).",
     ["topic", "outcome"],
 )
-LAG = Gauge(
-    "mlscale_stream_lag", "Records appended but not yet acknowledged by the group.", ["topic", "group"]
-)
+LAG = Gauge("mlscale_stream_lag", "Records appended but not yet acknowledged by the group.", ["topic", "group"])
 DEAD_LETTERS = Counter(
     "mlscale_stream_dead_letters_total",
     "Records sent to the dead-letter topic, by reason.",

@@ -188,9 +188,7 @@ class NatsBroker(Broker):
 
         self._run(go())
 
-    def _read(
-        self, topic: str, group: str, consumer: str, partitions: list[int], max_records: int
-    ) -> list[Message]:
+    def _read(self, topic: str, group: str, consumer: str, partitions: list[int], max_records: int) -> list[Message]:
         share = max(1, max_records // len(partitions))
 
         async def one(p: int) -> list[Message]:
@@ -237,9 +235,7 @@ class NatsBroker(Broker):
             inactive_threshold=60.0,
             mem_storage=True,
         )
-        sub = await self._js.pull_subscribe(
-            self._subject(topic, p), stream=self._stream_name(topic), config=config
-        )
+        sub = await self._js.pull_subscribe(self._subject(topic, p), stream=self._stream_name(topic), config=config)
         self._readers[key] = [sub, after]
         return sub
 
@@ -355,9 +351,7 @@ class NatsBroker(Broker):
 
         async def go() -> int:
             await self._ensure_stream(topic)
-            counts = await asyncio.gather(
-                *[count_after(p, committed.get(p, 0)) for p in range(self.partitions)]
-            )
+            counts = await asyncio.gather(*[count_after(p, committed.get(p, 0)) for p in range(self.partitions)])
             return sum(counts)
 
         return self._run(go())

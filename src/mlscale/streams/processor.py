@@ -79,9 +79,7 @@ class StreamProcessor:
         self.broker = broker
         self.features = [f.compile() if isinstance(f, WindowedFeature) else f for f in features]
         self.sink = sink
-        self.checkpoints = (
-            checkpoints if isinstance(checkpoints, CheckpointStore) else CheckpointStore(checkpoints)
-        )
+        self.checkpoints = checkpoints if isinstance(checkpoints, CheckpointStore) else CheckpointStore(checkpoints)
         self.group = group
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.batch_size = batch_size

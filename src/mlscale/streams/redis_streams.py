@@ -90,9 +90,7 @@ class RedisStreamsBroker(Broker):
         self._ensure_group(topic, group, partition)
         self._claim[(topic, group, consumer, partition)] = "0-0"
 
-    def _read(
-        self, topic: str, group: str, consumer: str, partitions: list[int], max_records: int
-    ) -> list[Message]:
+    def _read(self, topic: str, group: str, consumer: str, partitions: list[int], max_records: int) -> list[Message]:
         out: list[Message] = []
         for p in partitions:
             key = (topic, group, consumer, p)
@@ -108,14 +106,10 @@ class RedisStreamsBroker(Broker):
                     del self._claim[key]
         if len(out) >= max_records:
             return out
-        streams = {
-            self._stream(topic, p): ">" for p in partitions if (topic, group, consumer, p) not in self._claim
-        }
+        streams = {self._stream(topic, p): ">" for p in partitions if (topic, group, consumer, p) not in self._claim}
         if not streams:
             return out
-        reply = self._r.xreadgroup(
-            group, consumer, streams, count=max(1, (max_records - len(out)) // len(streams))
-        )
+        reply = self._r.xreadgroup(group, consumer, streams, count=max(1, (max_records - len(out)) // len(streams)))
         for name, entries in reply or []:
             p = int((name.decode() if isinstance(name, bytes) else name).rsplit(":", 1)[1])
             out.extend(Message(topic, p, id_to_offset(i), f[b"v"]) for i, f in entries if f)

@@ -210,9 +210,7 @@ class TimeWindowState(_Base):
             "keys": [list(self.keys[s]) for s in live.tolist()],
             "count": self.count[live].tobytes(),
             "num": {
-                f: [
-                    a[f][live].tobytes() for a in (self.sums, self.mins, self.maxs, self.last_ts, self.last_v)
-                ]
+                f: [a[f][live].tobytes() for a in (self.sums, self.mins, self.maxs, self.last_ts, self.last_v)]
                 for f in self.f.numeric_fields
             },
             "sets": {f: [sorted(self.sets[f][s], key=repr) for s in live.tolist()] for f in self.sets},
@@ -238,9 +236,7 @@ class TimeWindowState(_Base):
                 self.sets[f][s] = set(values)
 
 
-def _render(
-    f: CompiledFeature, slots: np.ndarray, keys: list, column: Callable[..., list]
-) -> dict[bytes, bytes]:
+def _render(f: CompiledFeature, slots: np.ndarray, keys: list, column: Callable[..., list]) -> dict[bytes, bytes]:
     """JSON values ``{"window_start", "window_end", <outputs>}`` keyed ``name|entity|start``."""
     if len(slots) == 0:
         return {}
