@@ -23,8 +23,7 @@ from mlscale.streams.embedded import EmbeddedBroker
 from mlscale.streams.processor import StreamProcessor, dead_letter_topic
 
 HERE = Path(__file__).parent
-AGGS = ["count", "sum(amount)", "mean(amount)", "min(amount)", "max(amount)", "last(amount)",
-        "distinct_count(item)"]
+AGGS = ["count", "sum(amount)", "mean(amount)", "min(amount)", "max(amount)", "last(amount)", "distinct_count(item)"]
 
 
 def _assert_online_equals_batch(feature, kv, events, folder):
@@ -68,8 +67,15 @@ events_strategy = st.lists(
 def test_stream_values_equal_the_duckdb_backfill_over_the_accepted_events(tmp_path, raw, window, batch_size):
     folder = Path(tempfile.mkdtemp(dir=tmp_path))
     feature = WindowedFeature(
-        name="f", source="ev", entity_key="user", window=window, size="10s", slide="2500ms",
-        gap="3s", allowed_lateness="20s", aggregations=AGGS,
+        name="f",
+        source="ev",
+        entity_key="user",
+        window=window,
+        size="10s",
+        slide="2500ms",
+        gap="3s",
+        allowed_lateness="20s",
+        aggregations=AGGS,
     )
     if window != "hopping":
         feature = msgspec.structs.replace(feature, slide=None)
@@ -89,16 +95,26 @@ def test_stream_values_equal_the_duckdb_backfill_over_the_accepted_events(tmp_pa
 
 def test_late_and_malformed_records_reach_the_dead_letter_topic_with_a_reason():
     broker = EmbeddedBroker(":memory:", partitions=2, key_fields={"ev": "user"})
-    feature = WindowedFeature(name="f", source="ev", entity_key="user", size="1m",
-                              allowed_lateness="10s", aggregations=["count", "sum(amount)"])
+    feature = WindowedFeature(
+        name="f",
+        source="ev",
+        entity_key="user",
+        size="1m",
+        allowed_lateness="10s",
+        aggregations=["count", "sum(amount)"],
+    )
     broker.append("ev", [{"user": "a", "ts": 1000.0, "amount": 1}, {"user": "a", "ts": 1100.0, "amount": 2}])
-    broker.append("ev", [
-        {"user": "a", "ts": 1095.0, "amount": 3},  # 5 s late: within the allowed lateness, counted
-        {"user": "a", "ts": 1080.0, "amount": 4},  # 20 s late: dead letter
-        b"{not json",
-        {"user": "a", "ts": 1101.0},  # no amount
-        {"user": "a", "ts": "yesterday", "amount": 1},
-    ], keys=["a"] * 5)
+    broker.append(
+        "ev",
+        [
+            {"user": "a", "ts": 1095.0, "amount": 3},  # 5 s late: within the allowed lateness, counted
+            {"user": "a", "ts": 1080.0, "amount": 4},  # 20 s late: dead letter
+            b"{not json",
+            {"user": "a", "ts": 1101.0},  # no amount
+            {"user": "a", "ts": "yesterday", "amount": 1},
+        ],
+        keys=["a"] * 5,
+    )
     kv = MemoryKeyValue()
     StreamProcessor(broker, [feature], kv, ":memory:").run(idle_exit=0.0)
     dead = _dead_letters(broker, "ev")
@@ -121,8 +137,13 @@ def test_a_processor_killed_at_random_points_neither_loses_nor_double_counts(tmp
     rng = random.Random(7)
     broker = EmbeddedBroker(tmp_path / "log.db", partitions=4, key_fields={"orders": "user"})
     events = [
-        {"id": i, "user": f"u{rng.randrange(40)}", "ts": 1_700_000_000 + i * 0.05 - rng.random() * 2,
-         "amount": float(rng.randrange(100)), "item": rng.randrange(5)}
+        {
+            "id": i,
+            "user": f"u{rng.randrange(40)}",
+            "ts": 1_700_000_000 + i * 0.05 - rng.random() * 2,
+            "amount": float(rng.randrange(100)),
+            "item": rng.randrange(5),
+        }
         for i in range(3000)
     ]
     broker.append("orders", events)
@@ -149,8 +170,9 @@ def test_a_processor_killed_at_random_points_neither_loses_nor_double_counts(tmp
 
 
 def test_a_second_processor_takes_over_the_partitions_of_a_dead_one(broker_factory, tmp_path):
-    feature = WindowedFeature(name="g", source="events", entity_key="user", size="5s",
-                              aggregations=["count", "sum(amount)"])
+    feature = WindowedFeature(
+        name="g", source="events", entity_key="user", size="5s", aggregations=["count", "sum(amount)"]
+    )
     make = lambda: broker_factory(partitions=4, key_fields={"events": "user"}, member_ttl=0.6)  # noqa: E731
     a_broker, b_broker = make(), make()
     events = [{"user": f"u{i % 13}", "ts": 1000 + i * 0.1, "amount": float(i % 7)} for i in range(800)]
