@@ -8,6 +8,7 @@ to one record at a time, to name the malformed records and why.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import attrgetter
 
 import msgspec
 import numpy as np
@@ -62,7 +63,7 @@ class FeatureDecoder:
                 except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                     bad.append((i, f"malformed: {exc}"))
             index = np.asarray(keep, dtype=np.int64)
-        times = np.fromiter((ev.t for ev in events), dtype=np.float64, count=len(events))
+        times = np.fromiter(map(attrgetter("t"), events), dtype=np.float64, count=len(events))
         finite = np.isfinite(times) & (np.abs(times) < 1e14)
         if not finite.all():
             for j in np.nonzero(~finite)[0]:
@@ -71,10 +72,10 @@ class FeatureDecoder:
             index, times = index[finite], times[finite]
         cols = Columns(
             index=index,
-            entities=[ev.e for ev in events],
+            entities=list(map(attrgetter("e"), events)),
             ts_ms=np.floor(times * 1000).astype(np.int64),
             numeric={
-                name: np.fromiter((getattr(ev, f"n{i}") for ev in events), np.float64, len(events))
+                name: np.fromiter(map(attrgetter(f"n{i}"), events), np.float64, len(events))
                 for i, name in enumerate(self._numeric)
             },
             distinct={name: [getattr(ev, f"d{i}") for ev in events] for i, name in enumerate(self._distinct)},

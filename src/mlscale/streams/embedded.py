@@ -129,6 +129,26 @@ class EmbeddedBroker(Broker):
                 out.extend(Message(topic, p, off, value) for off, value in rows)
         return out
 
+    def fetch_columns(
+        self, topic: str, positions: Mapping[int, int], max_records: int
+    ) -> list[tuple[int, list[int], list[bytes]]]:
+        out: list[tuple[int, list[int], list[bytes]]] = []
+        items = list(positions.items())
+        self._rotate = (self._rotate + 1) % max(1, len(items))
+        got = 0
+        with self._lock:
+            for p, after in items[self._rotate :] + items[: self._rotate]:
+                if got >= max_records:
+                    break
+                rows = self._db.execute(
+                    "SELECT off, value FROM log WHERE topic=? AND part=? AND off>? ORDER BY off LIMIT ?",
+                    (topic, p, after, max_records - got),
+                ).fetchall()
+                if rows:
+                    out.append((p, [r[0] for r in rows], [r[1] for r in rows]))
+                    got += len(rows)
+        return out
+
     def _commit(self, topic: str, group: str, offsets: dict[int, int]) -> None:
         with self._lock:
             self._db.executemany(

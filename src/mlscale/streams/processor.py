@@ -120,9 +120,9 @@ class StreamProcessor:
             for topic in self.by_topic:
                 self._sync_assignment(topic)
                 positions = {p: part.offset for p, part in self.parts[topic].items()}
-                msgs = self.broker.fetch(topic, positions, self.batch_size)
-                if msgs:
-                    self._process(topic, msgs, result)
+                batches = self.broker.fetch_columns(topic, positions, self.batch_size)
+                if batches:
+                    self._process(topic, batches, result)
             if result.processed or result.dead_letters or time.monotonic() >= deadline:
                 break
             time.sleep(0.005)
@@ -130,11 +130,9 @@ class StreamProcessor:
             self.checkpoint()
         return result
 
-    def _process(self, topic: str, msgs: list[Message], result: StepResult) -> None:
+    def _process(self, topic: str, batches: list[tuple[int, list[int], list[bytes]]], result: StepResult) -> None:
         parts = self.parts[topic]
-        by_part: dict[int, list[Message]] = defaultdict(list)
-        for m in msgs:
-            by_part[m.partition].append(m)
+        by_part = {p: (offs, vals) for p, offs, vals in batches}
         # Fencing before computing: a partition another instance has taken over since this one loaded
         # it is dropped, so a slow instance does not overwrite the new owner's values.
         epochs = self.checkpoints.epochs(self._name(topic))
@@ -144,15 +142,17 @@ class StreamProcessor:
         puts_by_ttl: dict[float | None, dict[bytes, bytes]] = defaultdict(dict)
         deletes: list[bytes] = []
         dead: list[bytes] = []
-        for p, ms in by_part.items():
+        for p, (offsets, values) in by_part.items():
             part = parts.get(p)
             if part is None:
                 continue
-            fresh = [m for m in ms if m.offset > part.offset] if ms[0].offset <= part.offset else ms
-            result.duplicates += len(ms) - len(fresh)
-            if not fresh:
+            if offsets[0] <= part.offset:  # defensive: fetch starts after the checkpoint already
+                keep = [i for i, off in enumerate(offsets) if off > part.offset]
+                result.duplicates += len(offsets) - len(keep)
+                offsets, values = [offsets[i] for i in keep], [values[i] for i in keep]
+            if not offsets:
                 continue
-            values = [m.value for m in fresh]
+            fresh = _Records(topic, p, offsets, values)
             for f in self.by_topic[topic]:
                 state = part.states[f.name]
                 cols, bad = self.decoders[f.name].decode(values)
@@ -176,9 +176,9 @@ class StreamProcessor:
                 put, delete = state.drain()
                 puts_by_ttl[f.ttl_s].update(put)
                 deletes.extend(delete)
-            part.offset = fresh[-1].offset
+            part.offset = offsets[-1]
             part.changed = True
-            result.processed += len(fresh)
+            result.processed += len(offsets)
         for ttl, puts in puts_by_ttl.items():
             if puts:
                 self.sink.set_many(puts, ttl=ttl)
@@ -264,6 +264,16 @@ class StreamProcessor:
 
     def close(self) -> None:
         self.checkpoints.close()
+
+
+class _Records:
+    """Records of one partition as two lists; indexing gives a Message (only dead letters need one)."""
+
+    def __init__(self, topic: str, partition: int, offsets: list[int], values: list[bytes]) -> None:
+        self.topic, self.partition, self.offsets, self.values = topic, partition, offsets, values
+
+    def __getitem__(self, i: int) -> Message:
+        return Message(self.topic, self.partition, self.offsets[i], self.values[i])
 
 
 def _take(cols: Columns, mask: np.ndarray) -> Columns:

@@ -104,6 +104,22 @@ class TimeWindowState(_Base):
             self.sets[f][slot] = set()
         return slot
 
+    def _alloc_many(self, missing: list[tuple]) -> None:
+        new_keys = list(dict.fromkeys(missing))
+        while len(self.free) < len(new_keys):
+            self._grow(self.cap * 2)
+        new_slots = self.free[len(self.free) - len(new_keys) :]
+        del self.free[len(self.free) - len(new_keys) :]
+        self.slots.update(zip(new_keys, new_slots, strict=True))
+        keys = self.keys
+        for s, k in zip(new_slots, new_keys, strict=True):
+            keys[s] = k
+        self.start[new_slots] = [k[1] for k in new_keys]
+        for f in self.sets:
+            sets = self.sets[f]
+            for s in new_slots:
+                sets[s] = set()
+
     def _release(self, slots: np.ndarray) -> None:
         for s in slots.tolist():
             del self.slots[self.keys[s]]
@@ -139,10 +155,8 @@ class TimeWindowState(_Base):
         keys = list(zip(ents, starts.tolist(), strict=True))
         slot_list = [get(key, -1) for key in keys]
         if -1 in slot_list:
-            for i, s in enumerate(slot_list):
-                if s == -1:
-                    s = get(keys[i])
-                    slot_list[i] = s if s is not None else self._alloc(keys[i])
+            self._alloc_many([k for k, s in zip(keys, slot_list, strict=True) if s == -1])
+            slot_list = [get(key) for key in keys]
         sl = np.asarray(slot_list, dtype=np.int64)
         touched, inv = np.unique(sl, return_inverse=True)
         self.count[touched] += np.bincount(inv, minlength=len(touched))
@@ -237,19 +251,35 @@ class TimeWindowState(_Base):
 
 
 def _render(f: CompiledFeature, slots: np.ndarray, keys: list, column: Callable[..., list]) -> dict[bytes, bytes]:
-    """JSON values ``{"window_start", "window_end", <outputs>}`` keyed ``name|entity|start``."""
+    """JSON values ``{"window_start", "window_end", <outputs>}`` keyed ``name|entity|start``.
+
+    A msgspec Struct per feature instead of a dict per window: this runs once per changed window,
+    about once per event, and a Struct encodes several times faster than a dict.
+    """
     if len(slots) == 0:
         return {}
-    names = ["window_start", "window_end", *f.outputs]
     key_list = [keys[s] for s in slots.tolist()]
     starts = [k[1] for k in key_list]
     size = f.size_ms
     cols = [starts, [s + size for s in starts], *(column(a, slots) for a in f.aggregations)]
-    prefix = f.name
+    value = _value_type(f.name, tuple(f.outputs))
+    key_template = f.name.replace("%", "%%") + "|%s|%d"
     return {
-        f"{prefix}|{k[0]}|{k[1]}".encode(): _encode(dict(zip(names, row, strict=True)))
+        (key_template % k).encode(): _encode(value(*row))
         for k, row in zip(key_list, zip(*cols, strict=True), strict=True)
     }
+
+
+_VALUE_TYPES: dict[tuple, type] = {}
+
+
+def _value_type(name: str, outputs: tuple[str, ...]) -> type:
+    key = (name, outputs)
+    if key not in _VALUE_TYPES:
+        fields = ["window_start", "window_end", *(f"o{i}" for i in range(len(outputs)))]
+        rename = {f"o{i}": out for i, out in enumerate(outputs)}
+        _VALUE_TYPES[key] = msgspec.defstruct("WindowValue", fields, rename=rename)
+    return _VALUE_TYPES[key]
 
 
 class _Session:
