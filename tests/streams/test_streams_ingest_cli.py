@@ -84,9 +84,10 @@ def test_cli_produce_run_and_backfill_give_the_same_online_values(tmp_path):
     lag = _mlscale("stream", "lag", cwd=tmp_path)
     assert lag.stdout.strip() == b"orders\t0"
 
-    from mlscale.streams.batch import write_events
-
-    write_events(events, tmp_path / "history" / "orders.parquet")
+    archived = _mlscale("stream", "archive", "orders", "--out", "history", cwd=tmp_path)
+    assert archived.returncode == 0 and b"archived 60 records" in archived.stdout, archived.stderr
+    again = _mlscale("stream", "archive", "orders", "--out", "history", cwd=tmp_path)
+    assert b"archived 0 records" in again.stdout  # resumes after its committed offsets
     filled = _mlscale("stream", "backfill", "--events", "history", cwd=tmp_path)
     assert filled.returncode == 0, filled.stderr
     import pyarrow.parquet as pq

@@ -30,6 +30,7 @@ _EXPORTS = {
     "compute": "mlscale.streams.batch",
     "backfill": "mlscale.streams.batch",
     "StreamSettings": "mlscale.streams.settings",
+    "archive_topic": "mlscale.streams.archive",
 }
 
 

@@ -189,6 +189,25 @@ def backfill(config_path, events_path, names, online) -> None:
 
 @stream.command()
 @config_option
+@click.argument("topic")
+@click.option("--out", "out_dir", default=None, help="Folder (default: <offline_dir>/events).")
+def archive(config_path, topic, out_dir) -> None:
+    """Copy TOPIC's new records to Parquet files (the offline events that backfill reads)."""
+    from mlscale.streams.archive import archive_topic
+    from mlscale.streams.connect import broker_from_settings
+
+    settings = _settings(config_path)
+    folder = Path(out_dir) if out_dir else settings.resolve(settings.streams.offline_dir) / "events"
+    broker = broker_from_settings(settings)
+    try:
+        n = archive_topic(broker, topic, folder)
+    finally:
+        broker.close()
+    click.echo(f"archived {n} records of {topic} to {folder / topic}")
+
+
+@stream.command()
+@config_option
 @click.argument("topics", nargs=-1)
 def lag(config_path, topics) -> None:
     """Records not yet processed by the group, per topic (all feature sources by default)."""
