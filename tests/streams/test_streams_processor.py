@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import msgspec
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -195,3 +196,36 @@ def test_a_second_processor_takes_over_the_partitions_of_a_dead_one(broker_facto
     assert set(b.parts["events"]) == set(range(4)) or b_broker.lag("events", "mlscale-features") == 0
     _assert_online_equals_batch(feature, kv, events, tmp_path)
     assert b_broker.lag("events", "mlscale-features") == 0
+
+
+class _FlakyStore(MemoryKeyValue):
+    """An online store that goes down after a few writes (as a Redis that dies would)."""
+
+    def __init__(self, writes_before_failure: int) -> None:
+        super().__init__()
+        self.left = writes_before_failure
+
+    def set_many(self, items, ttl=None):
+        if self.left <= 0:
+            raise ConnectionError("online store is down")
+        self.left -= 1
+        super().set_many(items, ttl)
+
+
+def test_a_store_failure_mid_run_loses_and_double_counts_nothing_after_restart(tmp_path):
+    feature = WindowedFeature(
+        name="h", source="ev", entity_key="user", size="10s", aggregations=["count", "sum(amount)"]
+    )
+    broker = EmbeddedBroker(tmp_path / "log.db", partitions=2, key_fields={"ev": "user"})
+    events = [{"user": f"u{i % 9}", "ts": 1000 + i * 0.05, "amount": float(i % 4)} for i in range(2000)]
+    broker.append("ev", events)
+    flaky = _FlakyStore(writes_before_failure=7)
+    first = StreamProcessor(broker, [feature], flaky, tmp_path / "ck.db", batch_size=100, checkpoint_interval=0.0)
+    with pytest.raises(ConnectionError):
+        first.run(idle_exit=1.0)
+    first.close()
+    # the store comes back (with what was written before the failure); a new processor finishes
+    healthy = MemoryKeyValue()
+    healthy._data.update(flaky._data)
+    StreamProcessor(broker, [feature], healthy, tmp_path / "ck.db", batch_size=100).run(idle_exit=0.2)
+    _assert_online_equals_batch(feature, healthy, events, tmp_path)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import random
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -102,15 +104,17 @@ def run(config_path, consumer, idle_exit, metrics_port, quiet) -> None:
                 live.update(table())
 
     live = None
+    # Ctrl-C / SIGTERM stop the loop between batches, so the last checkpoint is a consistent one.
+    stopping = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
     try:
         if quiet:
-            proc.run(on_step=on_step, idle_exit=idle_exit)
+            proc.run(stop=stopping.is_set, on_step=on_step, idle_exit=idle_exit)
         else:
             with Live(table(), console=console, refresh_per_second=2) as live:
-                proc.run(on_step=on_step, idle_exit=idle_exit)
+                proc.run(stop=stopping.is_set, on_step=on_step, idle_exit=idle_exit)
                 live.update(table())
-    except KeyboardInterrupt:
-        pass
     finally:
         proc.close()
         broker.close()

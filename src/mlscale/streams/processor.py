@@ -15,6 +15,7 @@ One loop per batch (see checkpoint.py for why the order below gives exactly-once
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -244,7 +245,12 @@ class StreamProcessor:
         idle_exit: float | None = None,
         poll_timeout: float = 0.5,
     ) -> None:
-        """Process until ``stop()`` is true (or nothing arrived for ``idle_exit`` seconds); then leave."""
+        """Process until ``stop()`` is true (or nothing arrived for ``idle_exit`` seconds); then leave.
+
+        A clean stop checkpoints first. An exception (a store down, Ctrl-C mid-batch) does NOT: the
+        state may hold half a batch, so the next run replays from the last checkpoint instead. After
+        an exception, make a new processor rather than stepping this one again.
+        """
         idle_since = time.monotonic()
         if idle_exit is not None:
             poll_timeout = min(poll_timeout, max(idle_exit / 2, 0.01))
@@ -257,10 +263,11 @@ class StreamProcessor:
                     idle_since = time.monotonic()
                 elif idle_exit is not None and time.monotonic() - idle_since >= idle_exit:
                     break
-        finally:
             self.checkpoint()
+        finally:
             for topic in self.by_topic:
-                self.broker.leave(topic, self.group, self.consumer)
+                with contextlib.suppress(Exception):
+                    self.broker.leave(topic, self.group, self.consumer)
 
     def close(self) -> None:
         self.checkpoints.close()
