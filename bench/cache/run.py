@@ -2,8 +2,9 @@
 
 Part 1, one run on the same data: get_many of 100 keys (100-byte values, 20,000 keys loaded) on
 one SQLite file vs 4 SQLite shards, and on one Redis vs 4 Redis instances (private redis-servers
-started here on free ports), blocking (shards asked one after another) and asyncio (shards asked
-concurrently). Part 2: the prediction cache's own cost per call: an L1 hit, an L2 hit over Redis
+started here on free ports): blocking with the shards asked in turn, blocking with the shards asked
+from a thread pool (the default), and asyncio (shards asked concurrently). Part 2: the prediction
+cache's own cost per call: an L1 hit, an L2 hit over Redis
 through redis.asyncio vs through asyncio.to_thread, and an L2 hit over SQLite, next to a bare
 ``await compute()``.
 Run: `.venv/bin/python bench/cache/run.py` (add --quick for a short check on a busy machine).
@@ -85,16 +86,22 @@ def bench_stores(args: argparse.Namespace, folder: Path, servers: list[LocalRedi
         ("Redis, 4 shards", four_redis),
     ):
         load(store, keys)
-        it = iter(batches * 2)
+        it = iter(batches * 4)
         store.get_many(next(it))  # warm connections
+        if isinstance(store, ShardedKeyValue):
+            store.parallel = False
         blocking = summary(timed(lambda s=store, it=it: s.get_many(next(it)), args.repeats))
+        threads = (float("nan"), float("nan"))
+        if isinstance(store, ShardedKeyValue):
+            store.parallel = True
+            threads = summary(timed(lambda s=store, it=it: s.get_many(next(it)), args.repeats))
 
         async def run_async(s: KeyValue = store) -> tuple[float, float]:
             it2 = iter(batches * 2)
             await s.aget_many(next(it2))
             return summary(await atimed(lambda: s.aget_many(next(it2)), args.repeats))
 
-        rows.append((label, *blocking, *asyncio.run(run_async())))
+        rows.append((label, *blocking, *threads, *asyncio.run(run_async())))
         store.close()
     return rows
 
@@ -143,14 +150,14 @@ def main() -> None:
         for server in servers:
             server.stop()
     print(f"\n### get_many of 100 keys ({args.keys} keys loaded, {args.repeats} calls; microseconds)\n")
-    print("| store | blocking p50 | blocking p99 | asyncio p50 | asyncio p99 |")
-    print("|---|---:|---:|---:|---:|")
+    print("| store | in turn p50 | in turn p99 | threads p50 | threads p99 | asyncio p50 | asyncio p99 |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for label, *cells in stores:
-        print(f"| {label} | " + " | ".join(f"{c:.0f}" for c in cells) + " |")
+        print(f"| {label} | " + " | ".join("-" if c != c else f"{c:.0f}" for c in cells) + " |")
     for kind, one, four in (("SQLite", stores[0], stores[1]), ("Redis", stores[2], stores[3])):
         print(
-            f"\n{kind}: 4 shards / 1 backend, p50 ratio: blocking {four[1] / one[1]:.2f}x, "
-            f"asyncio {four[3] / one[3]:.2f}x"
+            f"\n{kind}: 4 shards / 1 backend, p50 ratio: shards in turn {four[1] / one[1]:.2f}x, "
+            f"from threads {four[3] / one[1]:.2f}x, asyncio {four[5] / one[5]:.2f}x"
         )
     print("\n### Prediction cache cost per call (microseconds)\n")
     print("| path | p50 | p99 |")

@@ -167,6 +167,7 @@ def main() -> None:
     parser.add_argument("--url", help="drive this running server instead of starting one per configuration")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=20.0, help="per cell, after a warm-up of the same length")
+    parser.add_argument("--warmup", type=float, help="seconds of warm-up per cell (default: --seconds)")
     parser.add_argument("--distinct", type=int, default=100_000)
     parser.add_argument("--workers", type=int, default=1, help="server worker processes")
     args = parser.parse_args()
@@ -188,7 +189,7 @@ def main() -> None:
                 for model in ("iris", "slow"):
                     url = f"{base}/v2/models/{model}/infer"
                     # Warm-up fills the caches the way a long-running server's would be.
-                    asyncio.run(drive(url, ranks, args.connections, args.seconds))
+                    asyncio.run(drive(url, ranks, args.connections, args.warmup or args.seconds))
                     result = asyncio.run(drive(url, ranks[len(ranks) // 2 :], args.connections, args.seconds))
                     rows.append((model, label, result))
                     print(f"{model:5} {label:14} {result}", file=sys.stderr)

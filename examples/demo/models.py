@@ -78,3 +78,12 @@ def build_repository(repository: Path) -> Path:
     train_diabetes(repository)
     train_mlp_onnx(repository)
     return repository
+
+
+def write_iris_reference(path: Path) -> None:
+    """The iris training inputs as the drift reference, named as the payload log names them."""
+    import pandas as pd
+
+    x, _ = load_iris(return_X_y=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({f"input_{j}": x[:, j] for j in range(x.shape[1])}).to_parquet(path)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from models import build_repository  # noqa: E402
+from features_data import train_driver_risk, write_driver_stats  # noqa: E402
+from models import build_repository, write_iris_reference  # noqa: E402
+from traffic import run_traffic  # noqa: E402
 
 CURL = """
 Try it:
@@ -19,10 +22,20 @@ Try it:
        -d '{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP64","data":[5.1,3.5,1.4,0.2]}]}'
   curl -s -X POST localhost:8000/v2/models/iris/versions/canary/infer \\
        -d '{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP64","data":[6.7,3.0,5.2,2.3]}]}'
+  curl -s -X POST localhost:8000/v1/features \\
+       -d '{"feature_service":"driver_risk","entities":{"driver_id":[1001,1002]}}'
+  curl -s -X POST localhost:8000/v2/models/driver-risk/infer \\
+       -d '{"inputs":[{"name":"driver_id","shape":[2],"datatype":"INT64","data":[1001,1002]}]}'
   curl -s localhost:8000/v2/repository/index
   curl -s localhost:8000/metrics | grep mlscale_requests_total
 Stop with Ctrl-C.
 """
+
+
+def mlscale(*args: str) -> None:
+    """Run one mlscale command of the demo project; stop the demo if it fails."""
+    subprocess.run([sys.executable, "-m", "mlscale", *args, "--config", str(HERE / "mlscale.toml")],
+                   check=True, cwd=HERE)
 
 
 def main() -> None:
@@ -30,13 +43,28 @@ def main() -> None:
     if not (repository / "iris").is_dir():
         print("mlscale demo: training the demo models (iris, iris-onnx, diabetes, mlp-onnx)...", flush=True)
         build_repository(repository)
+        write_iris_reference(HERE / ".work" / "data" / "iris_reference.parquet")
+    if not (repository / "driver-risk").is_dir():
+        print("mlscale demo: generating driver statistics and the driver-risk model...", flush=True)
+        frame = write_driver_stats(HERE / ".work" / "data" / "driver_stats.parquet")
+        train_driver_risk(repository, frame)
+    print("mlscale demo: applying feature definitions and materializing them online...", flush=True)
+    mlscale("features", "apply")
+    mlscale("features", "materialize")
     print("mlscale demo: models in", repository.relative_to(Path.cwd()) if repository.is_relative_to(Path.cwd())
           else repository)
     print("  server:    http://127.0.0.1:8000/v2")
     print(CURL, flush=True)
     command = [sys.executable, "-m", "mlscale", "up", "--config", str(HERE / "mlscale.toml")]
+    stop = threading.Event()
+    traffic = threading.Thread(target=run_traffic, args=("http://127.0.0.1:8000", stop), daemon=True)
+    traffic.start()
+    print("  traffic:   20 iris + driver-risk requests/s; iris inputs drift after 90 s (watch the alert)\n")
+    status = 0
     with contextlib.suppress(KeyboardInterrupt):
-        sys.exit(subprocess.call(command))
+        status = subprocess.call(command)
+    stop.set()
+    sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,12 @@ from mlscale.errors import MlscaleError
 
 # name -> "module:attribute" of a click command or group.
 COMMANDS: dict[str, str] = {
+    "features": "mlscale.features.commands:features",
     "gateway": "mlscale.gateway.commands:gateway",
+    "monitor": "mlscale.monitoring.commands:monitor",
     "serve": "mlscale.serving.commands:serve",
     "storage": "mlscale.storage.commands:storage",
     "up": "mlscale.up:up",
-    "features": "mlscale.features.commands:features",
     "stream": "mlscale.streams.commands:stream",
 
 }

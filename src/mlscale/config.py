@@ -16,6 +16,7 @@ from mlscale.cache.settings import CacheSettings
 from mlscale.errors import ConfigError
 from mlscale.features.settings import FeaturesSettings
 from mlscale.gateway.settings import GatewaySettings
+from mlscale.monitoring.settings import MonitoringSettings
 from mlscale.storage.settings import StorageSettings
 from mlscale.streams.settings import StreamSettings
 
@@ -48,6 +49,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     cache: CacheSettings = msgspec.field(default_factory=CacheSettings)
     gateway: GatewaySettings = msgspec.field(default_factory=GatewaySettings)
     streams: StreamSettings = msgspec.field(default_factory=StreamSettings)
+    monitoring: MonitoringSettings = msgspec.field(default_factory=MonitoringSettings)
     # Folder of the project file; relative paths in the sections are resolved against it.
     root: str = "."
 

@@ -30,7 +30,9 @@ def part_commands(settings: Settings, config: Path) -> dict[str, list[str]]:
 
 def extra_parts(settings: Settings) -> dict[str, list[str] | None]:
     """Parts beyond the server, keyed by name, with their sub-command when enabled in the project."""
-    return {}
+    return {
+        "monitor": ["monitor", "run"] if settings.monitoring.monitors else None,
+    }
 
 
 @click.command()

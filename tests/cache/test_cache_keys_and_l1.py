@@ -93,3 +93,21 @@ def test_l1_entries_expire_after_their_ttl() -> None:
         time.sleep(0.01)
     assert cache.get(b"a") is None and cache.get(b"b") == b"2"
     assert cache.bytes == 1 + 1 + ENTRY_OVERHEAD
+
+
+def test_packed_outputs_come_back_equal_in_dtype_shape_and_values() -> None:
+    from mlscale.cache import pack_arrays, unpack_arrays
+
+    outputs = {
+        "probabilities": np.random.default_rng(0).random((3, 4)).astype(np.float32),
+        "label": np.array([2, 0, 1], dtype=">i8"),
+        "names": np.array([[b"setosa"], [b"virginica"]], dtype=object),
+        "scalar": np.float64(1.5),
+    }
+    back = unpack_arrays(pack_arrays(outputs))
+    assert list(back) == list(outputs)
+    for name, value in outputs.items():
+        expected = np.asarray(value)
+        assert back[name].shape == expected.shape
+        assert back[name].dtype == (expected.dtype if expected.dtype.kind == "O" else expected.dtype.newbyteorder("<"))
+        assert (back[name] == expected).all()

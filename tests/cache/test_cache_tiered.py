@@ -214,28 +214,67 @@ def test_requests_keep_being_answered_when_redis_dies_mid_traffic(start_redis) -
     server = start_redis()
     name = unique()
 
-    async def scenario() -> tuple[list[str], float]:
+    async def scenario() -> tuple[list[str], float, int]:
         l2 = RedisKeyValue(server.url, timeout=0.2)
         cache = PredictionCache(l1_max_bytes=1 << 20, ttl=60, l2=l2, name=name, l2_timeout=0.3, l2_retry_after=30)
-        model = Model()
+        model = Model(delay=0.002)
         sources: list[str] = []
+        completed = asyncio.Event()
+        killed = asyncio.Event()
 
         async def request(i: int) -> None:
-            value, source = await cache.get_or_compute(key("m", "1", float(i)), model(b"%d" % i))
-            assert value == b"%d" % i
+            if i >= 150:
+                await killed.wait()  # the rest of the traffic certainly meets a dead Redis
+            value, source = await cache.get_or_compute(key("m", "1", float(i % 150)), model(b"%d" % (i % 150)))
+            assert value == b"%d" % (i % 150)
             sources.append(source)
+            if len(sources) == 100:
+                completed.set()
 
-        await asyncio.gather(*(request(i) for i in range(50)))
-        await cache.drain()
-        server.stop()
+        async def killer() -> None:
+            await completed.wait()
+            await asyncio.to_thread(server.stop)  # Redis dies while requests are in flight
+            killed.set()
+
         started = time.monotonic()
-        await asyncio.gather(*(request(i) for i in range(25, 125)))  # old and new keys
-        await cache.drain()
-        return sources, time.monotonic() - started
+        clients = [request(i) for i in range(400)]
+        sem = asyncio.Semaphore(32)
 
-    sources, elapsed = asyncio.run(scenario())
-    assert len(sources) == 150 and sources.count("computed") == 50 + 75
-    assert sources.count("l1") == 25
-    assert elapsed < 2
+        async def limited(coro) -> None:
+            async with sem:
+                await coro
+
+        await asyncio.gather(killer(), *(limited(c) for c in clients))
+        await cache.drain()
+        return sources, time.monotonic() - started, model.calls
+
+    sources, elapsed, calls = asyncio.run(scenario())
+    assert len(sources) == 400  # every request answered, none failed
+    assert set(sources) <= {"l1", "l2", "computed", "shared"}
+    assert calls == 150  # L1 and single-flight keep working: each distinct input computed once
+    assert elapsed < 5
     errors = REGISTRY.get_sample_value("mlscale_cache_requests_total", {"cache": name, "tier": "l2", "result": "error"})
     assert errors and errors >= 1
+
+
+def test_l2_is_used_again_once_redis_comes_back(start_redis) -> None:
+    server = start_redis()
+
+    async def scenario() -> list[str]:
+        l2 = RedisKeyValue(server.url, timeout=0.2)
+        writer = PredictionCache(l1_max_bytes=1 << 20, ttl=60, l2=l2, name=unique(), l2_retry_after=0.2)
+        server.stop()
+        assert (await writer.get_or_compute(b"m\x001\x00a", Model()(b"a")))[1] == "computed"
+        await writer.drain()
+        assert not writer.l2.available
+        server.start()  # same port, empty
+        while not writer.l2.available:
+            await asyncio.sleep(0.02)
+        await writer.get_or_compute(b"m\x001\x00b", Model()(b"b"))
+        await writer.drain()
+        reader = PredictionCache(l1_max_bytes=1 << 20, ttl=60, l2=l2, name=unique())
+        got = [(await reader.get_or_compute(b"m\x001\x00b", Model()(b"x")))[1]]
+        await l2.aclose()
+        return got
+
+    assert asyncio.run(scenario()) == ["l2"]

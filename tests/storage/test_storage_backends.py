@@ -176,3 +176,19 @@ def test_open_store_rejects_bad_specs_with_a_message() -> None:
         open_store("a=memory://,a=memory://")
     with pytest.raises(ConfigError, match="bad Redis URL"):
         open_store("redis://host:notaport/0")
+
+
+def test_open_store_from_project_settings_resolves_paths_against_the_project(tmp_path: Path) -> None:
+    from mlscale.config import parse_settings
+
+    settings = parse_settings(
+        {"storage": {"shards": ["a=sqlite:///data/a.db", "b=sqlite:///data/b.db"], "replicas": 2}}, root=tmp_path
+    )
+    store = open_store(settings.storage, root=settings.root)
+    assert isinstance(store, ShardedKeyValue) and store.replicas == 2
+    store.set_many({b"k": b"v"})
+    assert (tmp_path / "data" / "a.db").exists() and (tmp_path / "data" / "b.db").exists()
+    assert isinstance(open_store(parse_settings({}, root=tmp_path).storage, root=tmp_path), SQLiteKeyValue)
+    assert (tmp_path / ".mlscale" / "store.db").exists()
+    with pytest.raises(ConfigError, match="storage"):
+        parse_settings({"storage": {"replica": 2}})

@@ -79,6 +79,8 @@ def test_reshard_resumes_after_being_killed_midway(tmp_path: Path) -> None:
     assert target.get_many(list(items)) == list(items.values())
     assert list(SQLiteKeyValue(tmp_path / "a.db").scan()) == []
     assert sum(len(list(s.scan())) for s in shards_of(tmp_path, new).values()) == len(items)
+    again = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and "already complete" in again.stdout
 
 
 def test_reshard_with_a_foreign_checkpoint_or_bad_options_exits_with_one_line(tmp_path: Path) -> None:
@@ -96,3 +98,21 @@ def test_reshard_with_a_foreign_checkpoint_or_bad_options_exits_with_one_line(tm
         [*CLI, "storage", "reshard", "--from", "ftp://x", "--to", spec], capture_output=True, text=True
     )
     assert run.returncode == 2 and "scheme must be one of" in run.stderr
+
+
+def test_storage_info_counts_keys_per_shard_and_names_dead_ones(tmp_path: Path, start_redis) -> None:
+    names = ["a", "b"]
+    ShardedKeyValue(shards_of(tmp_path, names)).set_many({f"k{i}".encode(): b"v" for i in range(400)})
+    run = subprocess.run(
+        [*CLI, "storage", "info", "--store", sqlite_spec(tmp_path, names)], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    counts = {
+        line.split()[1]: int(line.split()[3]) for line in run.stdout.splitlines() if line.split()[1:2] in (["a"], ["b"])
+    }
+    assert sum(counts.values()) == 400 and min(counts.values()) > 100
+    dead = start_redis()
+    dead.stop()
+    spec = sqlite_spec(tmp_path, names) + f",c={dead.url}"
+    run = subprocess.run([*CLI, "storage", "info", "--store", spec, "--timeout", "0.5"], capture_output=True, text=True)
+    assert run.returncode == 2 and "unreachable shards: ['c']" in run.stderr

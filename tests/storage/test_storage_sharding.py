@@ -8,9 +8,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mlscale.errors import ServiceUnavailable
-from mlscale.storage import HashRing
+from mlscale.storage import HashRing, MemoryKeyValue
 from mlscale.storage.redis_store import RedisKeyValue
 from mlscale.storage.sharded import ShardedKeyValue
 from mlscale.storage.sqlite import SQLiteKeyValue
@@ -98,3 +100,29 @@ def test_replicated_sqlite_shard_deleted_from_disk_loses_no_reads(tmp_path: Path
     # Wipe one shard's data, as if its disk were replaced: its replicas still answer.
     shards["s0"].delete(list(shards["s0"].scan()))
     assert store.get_many(list(items)) == list(items.values())
+
+
+keys_st = st.binary(min_size=0, max_size=6)
+ops_st = st.lists(
+    st.one_of(
+        st.tuples(st.just("set"), st.dictionaries(keys_st, st.binary(max_size=8), max_size=8)),
+        st.tuples(st.just("delete"), st.lists(keys_st, max_size=8)),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops=ops_st, probe=st.lists(keys_st, max_size=20))
+def test_sharded_store_behaves_like_one_store(ops, probe) -> None:
+    single = MemoryKeyValue()
+    sharded = ShardedKeyValue({n: MemoryKeyValue() for n in "abc"}, replicas=2, vnodes=16)
+    for op, arg in ops:
+        if op == "set":
+            single.set_many(arg)
+            sharded.set_many(arg)
+        else:
+            assert sharded.delete(arg) == single.delete(list(dict.fromkeys(arg)))
+            single.delete(arg)
+    assert sharded.get_many(probe) == single.get_many(probe)
+    assert set(sharded.scan()) == set(single.scan())

@@ -13,6 +13,8 @@ import importlib
 _EXPORTS = {
     "Caches": "mlscale.cache.factory",
     "CachedKeyValue": "mlscale.cache.features",
+    "pack_arrays": "mlscale.cache.codec",
+    "unpack_arrays": "mlscale.cache.codec",
     "inputs_digest": "mlscale.cache.keys",
     "model_prefix": "mlscale.cache.keys",
     "prediction_key": "mlscale.cache.keys",

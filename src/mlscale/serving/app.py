@@ -75,6 +75,7 @@ class InferenceApp:
         mounts: dict[str, ASGIApp] | None = None,
         json_routes: dict[tuple[str, str], JsonHandler] | None = None,
         on_shutdown: list[Callable[[], Any]] | None = None,
+        payload_log: Any = None,
     ) -> None:
         self.repository = repository
         self.settings = settings or ServerSettings()
@@ -82,6 +83,10 @@ class InferenceApp:
         self.mounts = mounts or {}
         self.json_routes = json_routes or {}
         self.on_shutdown = on_shutdown or []
+        # Sampled requests and responses for drift monitoring (mlscale.monitoring.PayloadLog), or None.
+        self.payload_log = payload_log
+        if payload_log is not None:
+            self.on_shutdown.append(payload_log.close)
         self.ready = False
         self._tasks: list[asyncio.Task] = []
         self._purges_seen: dict[str, int] = {}
@@ -372,6 +377,8 @@ class InferenceApp:
             raise
         model.meters.success.inc()
         model.meters.duration.observe(time.perf_counter() - started)
+        if self.payload_log is not None:  # never blocks: a full buffer drops and counts
+            self.payload_log.record(model.model, model.version, request.inputs, outputs)
         if json_length is None:
             return Response(200, payload)
         return Response(200, payload, b"application/octet-stream",

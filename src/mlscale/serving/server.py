@@ -36,7 +36,13 @@ def build_app(settings: Settings, *, control_dir: Path | None = None, workers: i
                                  features=feature_store.online)
     control = WorkerControl(control_dir, workers) if control_dir is not None else None
     json_routes = {("POST", "/v1/features"): feature_store.handle_request}
-    return InferenceApp(repository, settings.server, control=control, json_routes=json_routes)
+    payload_log = None
+    if settings.monitoring.payload_log.enabled:
+        from mlscale.monitoring.payload_log import payload_log_from_settings
+
+        payload_log = payload_log_from_settings(settings.monitoring.payload_log, settings.resolve)
+    return InferenceApp(repository, settings.server, control=control, json_routes=json_routes,
+                        payload_log=payload_log)
 
 
 class LazyFeatureStore:

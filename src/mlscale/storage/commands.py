@@ -29,6 +29,7 @@ def _open_layout(spec: str, timeout: float) -> dict[str, KeyValue]:
 @click.option("--batch-size", default=500, show_default=True, help="Keys copied per round trip.")
 @click.option("--max-rate", type=float, help="At most this many keys moved per second.")
 @click.option("--timeout", default=5.0, show_default=True, help="Seconds each store call may take.")
+@click.option("--restart", is_flag=True, help="Ignore a finished or partial checkpoint and scan everything again.")
 def reshard(
     source_spec: str,
     target_spec: str,
@@ -38,11 +39,12 @@ def reshard(
     batch_size: int,
     max_rate: float | None,
     timeout: float,
+    restart: bool,
 ) -> None:
     """Move exactly the keys whose owners change from one shard layout to another (resumable)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from mlscale.storage.reshard import Layout, default_checkpoint
+    from mlscale.storage.reshard import Checkpoint, Layout, default_checkpoint
     from mlscale.storage.reshard import reshard as run
 
     if replicas < 1 or vnodes < 1 or batch_size < 1:
@@ -50,6 +52,11 @@ def reshard(
     source = Layout.of(_open_layout(source_spec, timeout), vnodes=vnodes, replicas=replicas)
     target = Layout.of(_open_layout(target_spec, timeout), vnodes=vnodes, replicas=replicas)
     path = checkpoint or default_checkpoint(source.ring.names, target.ring.names)
+    if restart:
+        path.unlink(missing_ok=True)
+    elif Checkpoint.load(path, source.ring.names, target.ring.names).complete:
+        click.echo(f"reshard already complete (checkpoint {path}); pass --restart to scan again")
+        return
     columns = (
         TextColumn("[bold]reshard"),
         BarColumn(),
@@ -76,3 +83,33 @@ def reshard(
             on_progress=advance,
         )
     click.echo(f"reshard complete: {state.scanned} keys scanned, {state.moved} moved (checkpoint {path})")
+
+
+@storage.command()
+@click.option("--store", "spec", required=True, help="Comma-separated store URLs (name=URL), as in reshard.")
+@click.option("--prefix", default="", help="Count only keys starting with this prefix.")
+@click.option("--timeout", default=5.0, show_default=True, help="Seconds each store call may take.")
+def info(spec: str, prefix: str, timeout: float) -> None:
+    """Keys held by each shard of a store, and its share of the total (to check the balance)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from mlscale.errors import ServiceUnavailable
+
+    shards = _open_layout(spec, timeout)
+    table = Table("shard", "keys", "share")
+    counts: dict[str, int | None] = {}
+    for name, store in shards.items():
+        try:
+            counts[name] = sum(1 for _ in store.scan(prefix.encode()))
+        except ServiceUnavailable:
+            counts[name] = None
+    total = sum(c for c in counts.values() if c is not None)
+    for name, count in counts.items():
+        if count is None:
+            table.add_row(name, "unreachable", "-")
+        else:
+            table.add_row(name, str(count), f"{count / total:.1%}" if total else "-")
+    Console().print(table)
+    if any(c is None for c in counts.values()):
+        raise ServiceUnavailable(f"unreachable shards: {[n for n, c in counts.items() if c is None]}")

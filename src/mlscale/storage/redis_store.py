@@ -58,7 +58,7 @@ class RedisKeyValue(KeyValue):
             self.client = self._make_client()
         except (ValueError, RedisClusterException) as exc:
             raise ConfigError(f"bad Redis URL {url!r}: {exc}") from None
-        self._async: dict[int, redis.asyncio.Redis] = {}
+        self._async: dict[int, tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis]] = {}
 
     def _make_client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url, **self._options)
@@ -146,11 +146,15 @@ class RedisKeyValue(KeyValue):
     # Native asyncio path: one client per event loop, because a redis.asyncio connection pool is
     # bound to the loop that created it.
     def _aclient(self) -> redis.asyncio.Redis:
-        loop_id = id(asyncio.get_running_loop())
-        client = self._async.get(loop_id)
-        if client is None:
-            client = self._async[loop_id] = redis.asyncio.Redis.from_url(self.url, **self._options)
-        return client
+        loop = asyncio.get_running_loop()
+        entry = self._async.get(id(loop))
+        # The loop is kept in the entry, so its id cannot be reused by a later loop while we hold it.
+        if entry is None or entry[0] is not loop:
+            entry = self._async[id(loop)] = (loop, self._make_async_client())
+        return entry[1]
+
+    def _make_async_client(self) -> redis.asyncio.Redis:
+        return redis.asyncio.Redis.from_url(self.url, **self._options)
 
     async def aget_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         if not keys:
@@ -181,9 +185,9 @@ class RedisKeyValue(KeyValue):
 
     async def aclose(self) -> None:
         """Close the async client of the running loop (call before the loop ends)."""
-        client = self._async.pop(id(asyncio.get_running_loop()), None)
-        if client is not None:
-            await client.aclose()
+        entry = self._async.pop(id(asyncio.get_running_loop()), None)
+        if entry is not None:
+            await entry[1].aclose()
 
     def close(self) -> None:
         with contextlib.suppress(*_ERRORS):
@@ -218,13 +222,8 @@ class RedisClusterKeyValue(RedisKeyValue):
     def _mget(self, keys: list[bytes]) -> list[bytes | None]:
         return self.client.mget_nonatomic(keys)  # type: ignore[attr-defined]
 
-    def _aclient(self) -> redis.asyncio.Redis:
-        loop_id = id(asyncio.get_running_loop())
-        client = self._async.get(loop_id)
-        if client is None:
-            client = redis.asyncio.RedisCluster.from_url(self.url, **self._options)
-            self._async[loop_id] = client  # type: ignore[assignment]
-        return client
+    def _make_async_client(self) -> redis.asyncio.Redis:
+        return redis.asyncio.RedisCluster.from_url(self.url, **self._options)  # type: ignore[return-value]
 
     async def aget_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         if not keys:

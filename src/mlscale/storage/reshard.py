@@ -7,7 +7,7 @@ atomically after every batch) records finished shards and counts, so a rerun ski
 and reports totals across runs.
 
 Writes that arrive during a reshard should go to the new layout; keys written to the old layout
-after their shard was scanned are not moved (run the reshard again to catch them).
+after their shard was scanned are not moved (run it again with ``--restart`` to catch them).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -32,8 +33,13 @@ class ShardedKeyValue(KeyValue):
         vnodes: int = 160,
         replicas: int = 1,
         retry_after: float = 1.0,
+        parallel: bool = True,
     ) -> None:
         self.shards = dict(shards)
+        # Blocking reads ask the shards of one batch from a thread pool, so a batch costs about one
+        # round trip instead of one per shard (sockets and SQLite release the GIL while waiting).
+        self.parallel = parallel
+        self._pool: ThreadPoolExecutor | None = None
         self.ring = HashRing(self.shards, vnodes=vnodes, replicas=replicas)
         self.replicas = self.ring.replicas
         self.retry_after = retry_after
@@ -69,17 +75,18 @@ class ShardedKeyValue(KeyValue):
             if not len(pending):
                 break
             retry: list[np.ndarray] = []
-            for shard, positions in self._groups(owners[pending, col], pending):
-                if not self._usable(shard):
+            groups = list(self._groups(owners[pending, col], pending))
+            usable = [(s, p) for s, p in groups if self._usable(s)]
+            retry.extend(p for s, p in groups if not self._usable(s))
+            results = self._fan_out(usable, lambda s, p: call(self._stores[s], [keys[i] for i in p]))
+            for (shard, positions), values in zip(usable, results, strict=True):
+                if isinstance(values, ServiceUnavailable):
+                    self._failed(shard, values)
+                    last_error = values
                     retry.append(positions)
                     continue
-                try:
-                    values = call(self._stores[shard], [keys[p] for p in positions])
-                except ServiceUnavailable as exc:
-                    self._failed(shard, exc)
-                    last_error = exc
-                    retry.append(positions)
-                    continue
+                if isinstance(values, BaseException):
+                    raise values
                 answered[positions] = True
                 missing = []
                 for p, value in zip(positions.tolist(), values, strict=True):
@@ -95,6 +102,21 @@ class ShardedKeyValue(KeyValue):
                 f"no owner of {int((~answered).sum())} keys answered (shards {down}): {last_error}"
             )
         return out
+
+    def _fan_out(self, groups: list[tuple[int, np.ndarray]], fn: Callable[[int, np.ndarray], list]) -> list:
+        """``fn`` on every group, concurrently when there are several; exceptions are returned."""
+
+        def guarded(group: tuple[int, np.ndarray]) -> object:
+            try:
+                return fn(*group)
+            except Exception as exc:
+                return exc
+
+        if not self.parallel or len(groups) < 2:
+            return [guarded(g) for g in groups]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=len(self._stores), thread_name_prefix="shard")
+        return list(self._pool.map(guarded, groups))
 
     def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         return self._read(keys, lambda store, ks: store.get_many(ks))
@@ -204,6 +226,9 @@ class ShardedKeyValue(KeyValue):
         return iter(seen)
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
         for store in self._stores:
             store.close()
 

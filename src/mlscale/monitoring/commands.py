@@ -1,0 +1,134 @@
+"""``mlscale monitor``: drift reports, reference profiles, and the scheduled monitor loop."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+
+import click
+
+from mlscale.errors import InvalidInput
+
+
+@click.group()
+def monitor() -> None:
+    """Drift reports and monitors over the payload log."""
+
+
+def _split(value: str | None) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else []
+
+
+@monitor.command()
+@click.argument("reference", type=click.Path(path_type=Path))
+@click.argument("current", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("report.html"), show_default=True)
+@click.option("--categorical", help="Comma-separated columns to treat as categorical.")
+@click.option("--columns", help="Comma-separated columns to compare (default: all of the reference).")
+@click.option("--test", "test_name", help="One test for every column (ks, wasserstein, psi, ...).")
+@click.option("--threshold", type=float, help="One threshold for every column.")
+@click.option("--drift-share", type=float, default=0.5, show_default=True)
+def report(
+    reference: Path,
+    current: Path,
+    output: Path,
+    categorical: str | None,
+    columns: str | None,
+    test_name: str | None,
+    threshold: float | None,
+    drift_share: float,
+) -> None:
+    """Write a self-contained HTML drift report of CURRENT against REFERENCE (Parquet or CSV)."""
+    from mlscale.monitoring.drift import DriftDetector, as_columns
+    from mlscale.monitoring.monitors import load_reference
+    from mlscale.monitoring.report import render_report
+    from mlscale.monitoring.tables import read_table
+
+    ref = load_reference(reference)
+    cur = as_columns(read_table(current))
+    detector = DriftDetector(
+        columns=_split(columns) or None,
+        categorical=_split(categorical),
+        test=test_name,
+        threshold=threshold,
+        drift_share=drift_share,
+    )
+    try:
+        result = detector.fit(ref).score(cur)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{current}: {exc}") from None
+    output.write_text(render_report(result, reference.name, current.name))
+    click.echo(
+        f"{result.drifted_columns}/{len(result.columns)} columns drifted"
+        f"{' (dataset drift)' if result.drifted else ''}; report written to {output}"
+    )
+
+
+@monitor.command()
+@click.argument("reference", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Profile file (.npz).")
+@click.option("--categorical", help="Comma-separated columns to treat as categorical.")
+@click.option(
+    "--max-sample",
+    type=int,
+    default=100_000,
+    show_default=True,
+    help="Columns longer than this keep a quantile sketch of this size (approximate tests).",
+)
+def profile(reference: Path, output: Path, categorical: str | None, max_sample: int) -> None:
+    """Compute a reference profile from training data once, so monitors need not keep the rows."""
+    from mlscale.monitoring.drift import ReferenceProfile, as_columns
+    from mlscale.monitoring.tables import read_table
+
+    if output.suffix != ".npz":
+        raise InvalidInput(f"{output}: a profile file must end in .npz")
+    prof = ReferenceProfile.fit(as_columns(read_table(reference)), _split(categorical), max_sample)
+    prof.save(output)
+    exact = sum(c.exact for c in prof.columns.values())
+    click.echo(f"profiled {len(prof.columns)} columns ({exact} exact) into {output}")
+
+
+@monitor.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Project file (default: ./mlscale.toml when present).",
+)
+@click.option("--once", is_flag=True, help="Run every monitor once, print the results and exit.")
+def run(config_path: Path | None, once: bool) -> None:
+    """Evaluate the configured monitors on a schedule and export the results as Prometheus metrics."""
+    from mlscale.config import load_settings
+    from mlscale.monitoring.monitors import MonitorService
+
+    if config_path is None and Path("mlscale.toml").is_file():
+        config_path = Path("mlscale.toml")
+    settings = load_settings(config_path)
+    service = MonitorService.from_settings(settings.monitoring, settings.resolve)
+    if once:
+        state = service.run_once()
+        for name, result in state["monitors"].items():
+            if "share" in result:
+                drifted = [c["column"] for c in result["columns"] if c["drifted"]]
+                click.echo(
+                    f"{name}: {result['drifted_columns']}/{len(result['columns'])} drifted "
+                    f"(share {result['share']:.2f}) {', '.join(drifted)}"
+                )
+            else:
+                click.echo(f"{name}: {result.get('error') or 'no rows in the window yet'}")
+        service.close()
+        return
+    port = settings.monitoring.metrics_port
+    if port:
+        from prometheus_client import start_http_server
+
+        start_http_server(port, addr="127.0.0.1")
+        click.echo(f"metrics on http://127.0.0.1:{port}/metrics")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    click.echo(f"running {len(service.monitors)} monitors every {settings.monitoring.interval}s")
+    service.serve(settings.monitoring.interval, stop)
+    service.close()

@@ -1,0 +1,280 @@
+"""The payload log: sampled requests and responses written to Parquet without slowing inference.
+
+``record`` only samples, checks a bound and appends a reference to the arrays under a lock held for
+a few instructions; it never waits on disk and never raises. When the bounded buffer is full the
+batch is dropped and counted. A background thread turns the buffer into Arrow tables and appends
+them to one Parquet file per model and process, rolled by size and age.
+
+Layout: ``<directory>/<model>/<model>-<start ms>-<pid>-<seq>.parquet``. A file is written as
+``.parquet.tmp`` and renamed when rolled or closed, so readers only see complete files; the pid in
+the name lets several server workers share one directory. Data in the open file becomes visible
+when the file rolls (``roll_seconds``) and is lost only on a hard kill (SIGTERM → ``close()``).
+
+Columns, one row per batch item: ``model``, ``version``, ``timestamp`` (UTC), then each input by
+name, and each output prefixed ``out_``. An input of shape [n] is one column; of shape [n, k] (or
+more dimensions, flattened per row) becomes columns ``<name>_0 .. <name>_{k-1}``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import re
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mlscale.monitoring.metrics import PAYLOAD_RECORDS
+
+log = logging.getLogger(__name__)
+
+OUTPUT_PREFIX = "out_"
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def flatten(prefix: str, tensors: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+    """One 1-D column per feature: [n] stays, [n, k, ...] becomes ``<name>_<j>`` for each j."""
+    columns: dict[str, np.ndarray] = {}
+    for name, value in tensors.items():
+        array = np.asarray(value)
+        if array.ndim <= 1:
+            columns[prefix + name] = array.reshape(rows)
+            continue
+        flat = array.reshape(rows, -1)
+        for j in range(flat.shape[1]):
+            columns[f"{prefix}{name}_{j}"] = flat[:, j]
+    return columns
+
+
+@dataclass
+class _Entry:
+    model: str
+    version: str
+    timestamp: float
+    rows: int
+    inputs: Mapping[str, np.ndarray]
+    outputs: Mapping[str, np.ndarray]
+
+
+class _ModelFile:
+    """The open Parquet file of one model in this process."""
+
+    def __init__(self, folder: Path, model: str, schema: pa.Schema, seq: int) -> None:
+        self.started = time.time()
+        stem = f"{_UNSAFE.sub('_', model)}-{int(self.started * 1000)}-{os.getpid()}-{seq}"
+        self.final = folder / f"{stem}.parquet"
+        self.temp = folder / f"{stem}.parquet.tmp"
+        self.schema = schema
+        self.writer = pq.ParquetWriter(self.temp, schema)
+
+    def write(self, table: pa.Table) -> None:
+        self.writer.write_table(table)
+
+    def size(self) -> int:
+        return self.temp.stat().st_size
+
+    def close(self) -> None:
+        self.writer.close()
+        os.replace(self.temp, self.final)
+
+
+class PayloadLog:
+    """Samples batches into a bounded buffer that a background thread writes to Parquet.
+
+    sample_rate: a share in [0, 1] for every model, or model -> share (``default_rate`` for others).
+    max_buffer_records: batch items held in memory at most; beyond it records are dropped, counted.
+    roll_bytes / roll_seconds: a model's file is closed and a new one started past either bound.
+    flush_interval: seconds between the writer's passes over the buffer.
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        sample_rate: float | Mapping[str, float] = 1.0,
+        *,
+        default_rate: float = 1.0,
+        max_buffer_records: int = 100_000,
+        roll_bytes: int = 64 * 1024 * 1024,
+        roll_seconds: float = 60.0,
+        flush_interval: float = 1.0,
+    ) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if isinstance(sample_rate, Mapping):
+            self._rates = dict(sample_rate)
+            self._default_rate = default_rate
+        else:
+            self._rates, self._default_rate = {}, float(sample_rate)
+        self.max_buffer_records = max_buffer_records
+        self.roll_bytes = roll_bytes
+        self.roll_seconds = roll_seconds
+        self.flush_interval = flush_interval
+        self.counts = {"logged": 0, "dropped": 0, "sampled_out": 0}
+        self._buffer: list[_Entry] = []
+        self._children: dict[tuple[str, str], object] = {}
+        self._buffered = 0
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()  # one writer pass at a time (thread, flush(), close())
+        self._files: dict[str, _ModelFile] = {}
+        self._seq = 0
+        self._closed = False
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="payload-log", daemon=True)
+        self._thread.start()
+
+    # --- the hot path ---------------------------------------------------------------------------
+
+    def record(
+        self, model: str, version: str, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]
+    ) -> None:
+        """Offer one batch; returns at once. The arrays are kept by reference: do not mutate them."""
+        try:
+            rate = self._rates.get(model, self._default_rate)
+            shape = getattr(next(iter(inputs.values()), None), "shape", ())
+            rows = int(shape[0]) if shape else 1
+            if rate < 1.0 and random.random() >= rate:
+                self._count(model, "sampled_out", rows)
+                return
+            with self._lock:
+                if self._closed or self._buffered + rows > self.max_buffer_records:
+                    outcome = "dropped"
+                else:
+                    self._buffer.append(_Entry(model, version, time.time(), rows, inputs, outputs))
+                    self._buffered += rows
+                    outcome = "logged"
+            self._count(model, outcome, rows)
+        except Exception:  # never let logging fail a request
+            log.debug("payload record rejected", exc_info=True)
+            with contextlib.suppress(Exception):
+                self._count(str(model), "dropped", 1)
+
+    def _count(self, model: str, outcome: str, rows: int) -> None:
+        self.counts[outcome] += rows
+        child = self._children.get((model, outcome))
+        if child is None:  # labels() costs microseconds; look each child up once
+            child = self._children[(model, outcome)] = PAYLOAD_RECORDS.labels(model, outcome)
+        child.inc(rows)
+
+    # --- the writer -------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._closed:
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
+            try:
+                self._write_pass()
+            except Exception:
+                log.exception("payload log write failed")
+
+    def _write_pass(self, close_all: bool = False) -> None:
+        with self._write_lock:
+            with self._lock:
+                entries, self._buffer, self._buffered = self._buffer, [], 0
+            by_model: dict[str, list[_Entry]] = {}
+            for entry in entries:
+                by_model.setdefault(entry.model, []).append(entry)
+            for model, items in by_model.items():
+                self._write_model(model, items)
+            now = time.time()
+            for model, handle in list(self._files.items()):
+                if close_all or now - handle.started >= self.roll_seconds or handle.size() >= self.roll_bytes:
+                    handle.close()
+                    del self._files[model]
+
+    def _write_model(self, model: str, items: list[_Entry]) -> None:
+        # Consecutive entries with the same columns form one table (a new version may change them).
+        run: list[_Entry] = []
+        for entry in items:
+            if run and self._names(run[0]) != self._names(entry):
+                self._append(model, run)
+                run = []
+            run.append(entry)
+        if run:
+            self._append(model, run)
+
+    @staticmethod
+    def _names(entry: _Entry) -> tuple:
+        return (*tuple(entry.inputs), "|", *tuple(entry.outputs))
+
+    def _append(self, model: str, run: list[_Entry]) -> None:
+        try:
+            table = self._to_table(run)
+        except Exception as exc:  # a malformed batch is dropped, the rest still written
+            log.warning("payload log: cannot convert batches of %s: %s", model, exc)
+            self._count(model, "dropped", sum(e.rows for e in run))
+            return
+        handle = self._files.get(model)
+        if handle is not None and (handle.schema != table.schema or handle.size() >= self.roll_bytes):
+            handle.close()
+            handle = None
+        if handle is None:
+            folder = self.directory / _UNSAFE.sub("_", model)
+            folder.mkdir(parents=True, exist_ok=True)
+            self._seq += 1
+            handle = self._files[model] = _ModelFile(folder, model, table.schema, self._seq)
+        handle.write(table)
+
+    @staticmethod
+    def _to_table(run: list[_Entry]) -> pa.Table:
+        parts: dict[str, list[np.ndarray]] = {}
+        for entry in run:
+            cols = flatten("", entry.inputs, entry.rows) | flatten(OUTPUT_PREFIX, entry.outputs, entry.rows)
+            for name, values in cols.items():
+                parts.setdefault(name, []).append(values)
+        rows = [e.rows for e in run]
+        stamps = np.repeat(np.array([e.timestamp for e in run]) * 1e6, rows).astype("datetime64[us]")
+        arrays = {
+            "model": pa.array(np.repeat([e.model for e in run], rows).astype(object), pa.string()),
+            "version": pa.array(np.repeat([e.version for e in run], rows).astype(object), pa.string()),
+            "timestamp": pa.array(stamps, pa.timestamp("us", tz="UTC")),
+        }
+        for name, values in parts.items():
+            joined = np.concatenate(values)
+            arrays[name] = pa.array(joined.astype(object) if joined.dtype.kind in "SUO" else joined)
+        return pa.table(arrays)
+
+    # --- control ---------------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Write the buffer now and close every open file, so readers see all records so far."""
+        self._write_pass(close_all=True)
+
+    def close(self) -> None:
+        """Stop taking records, write everything buffered, close the files (call on SIGTERM)."""
+        with self._lock:
+            self._closed = True
+        self._wake.set()
+        self._thread.join(timeout=30)
+        self._write_pass(close_all=True)
+
+    def __enter__(self) -> PayloadLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def payload_log_from_settings(settings, resolve) -> PayloadLog | None:
+    """The server's payload log from ``[monitoring.payload_log]``, or None when disabled.
+
+    ``settings`` is a PayloadLogSettings, ``resolve`` makes its directory absolute
+    (``Settings.resolve``). Call once per worker process, after it starts.
+    """
+    if not settings.enabled:
+        return None
+    return PayloadLog(
+        resolve(settings.directory),
+        settings.sample_rates or settings.sample_rate,
+        default_rate=settings.sample_rate,
+        max_buffer_records=settings.max_buffer_records,
+        roll_bytes=settings.roll_bytes,
+        roll_seconds=settings.roll_seconds,
+    )
