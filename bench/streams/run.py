@@ -62,6 +62,20 @@ def listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def bench_broker(url: str, tmp: Path):
+    """A broker in a private namespace on shared services, so the run can clean up after itself."""
+    tag = uuid.uuid4().hex[:8]
+    if url.startswith("redis://"):
+        from mlscale.streams.redis_streams import RedisStreamsBroker
+
+        return RedisStreamsBroker(url, partitions=8, prefix=f"mlscale-bench-{tag}:")
+    if url.startswith("nats://"):
+        from mlscale.streams.nats_jetstream import NatsBroker
+
+        return NatsBroker(url, partitions=8, prefix=f"bench{tag}")
+    return open_broker(url, partitions=8, root=tmp)
+
+
 def fill(broker, topic, values, users) -> float:
     start = time.perf_counter()
     for i in range(0, len(values), 20_000):
@@ -244,7 +258,7 @@ def main() -> None:
             rows.append((name, "mlscale processor (exactly-once)", "-", "service not running"))
             continue
         topic = f"bench-{uuid.uuid4().hex[:6]}"
-        broker = open_broker(url, partitions=8, root=tmp)
+        broker = bench_broker(url, tmp)
         produce = fill(broker, topic, values, users)
         rate = run_processor(broker, topic, args.online, tmp, n)
         rows.append((name, "mlscale processor (exactly-once)", f"{rate:,.0f}", f"append {produce:,.0f}/s"))
@@ -252,8 +266,8 @@ def main() -> None:
             embedded_rate = rate
             plain = plain_loop(broker, topic, args.online, tmp, n)
             rows.append((name, "plain Python loop (no guarantees)", f"{plain:,.0f}", "json.loads + dict per event"))
-        if hasattr(broker, "delete_topic"):
-            broker.delete_topic(topic)
+        if hasattr(broker, "delete_namespace"):
+            broker.delete_namespace()  # a private prefix: only this run's streams and keys
         broker.close()
     if not args.no_bytewax:
         rate, note = bytewax_rate(values, tmp)

@@ -47,9 +47,8 @@ def broker_factory(request, tmp_path):
     yield make
     if kind in ("redis", "nats") and made:
         cleanup = make()
-        for topic in getattr(request.node, "topics_used", ["events"]):
-            with contextlib.suppress(Exception):
-                cleanup.delete_topic(topic)
+        with contextlib.suppress(Exception):
+            cleanup.delete_namespace()
     for b in made:
         with contextlib.suppress(Exception):
             b.close()

@@ -366,6 +366,20 @@ class NatsBroker(Broker):
 
         self._run(go())
 
+    def delete_namespace(self) -> None:
+        """Remove every stream and bucket under this broker's prefix (tests and demos clean up)."""
+
+        async def go() -> None:
+            for info in await self._js.streams_info():
+                name = info.config.name
+                if name.startswith((f"{self.prefix}_", f"KV_{self.prefix}_")):
+                    with contextlib.suppress(Exception):
+                        await self._js.delete_stream(name)
+            self._streams.clear()
+            self._kv = self._offsets = None
+
+        self._run(go())
+
     def close(self) -> None:
         if not self._loop.is_running():
             return

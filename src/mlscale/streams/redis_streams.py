@@ -182,5 +182,11 @@ class RedisStreamsBroker(Broker):
         """Remove a topic's streams (tests and demos start clean)."""
         self._r.delete(*[self._stream(topic, p) for p in range(self.partitions)])
 
+    def delete_namespace(self) -> None:
+        """Remove every key under this broker's prefix (tests and demos clean up)."""
+        keys = list(self._r.scan_iter(match=self.prefix + "*", count=1000))
+        for i in range(0, len(keys), 500):
+            self._r.delete(*keys[i : i + 500])
+
     def close(self) -> None:
         self._r.close()
