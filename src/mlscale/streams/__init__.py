@@ -31,6 +31,8 @@ _EXPORTS = {
     "backfill": "mlscale.streams.batch",
     "StreamSettings": "mlscale.streams.settings",
     "archive_topic": "mlscale.streams.archive",
+    "online_values": "mlscale.streams.online",
+    "sessions": "mlscale.streams.online",
 }
 
 
