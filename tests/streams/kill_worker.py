@@ -8,8 +8,8 @@ from __future__ import annotations
 import sys
 
 from mlscale.storage.sqlite import SQLiteKeyValue
+from mlscale.streams.connect import open_broker
 from mlscale.streams.definitions import WindowedFeature
-from mlscale.streams.embedded import EmbeddedBroker
 from mlscale.streams.processor import StreamProcessor
 
 FEATURES = [
@@ -37,8 +37,8 @@ def FileKeyValue(path: str):
     return SQLiteKeyValue(path)
 
 
-def main(folder: str, idle_exit: str) -> None:
-    broker = EmbeddedBroker(f"{folder}/log.db", partitions=4, key_fields={"orders": "user"}, member_ttl=0.5)
+def main(folder: str, idle_exit: str, url: str, prefix: str) -> None:
+    broker = open_broker(url, partitions=4, key_fields={"orders": "user"}, member_ttl=0.5, prefix=prefix)
     proc = StreamProcessor(
         broker,
         FEATURES,
@@ -53,4 +53,4 @@ def main(folder: str, idle_exit: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:5])

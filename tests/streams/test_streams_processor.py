@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import msgspec
@@ -131,12 +132,23 @@ def test_late_and_malformed_records_reach_the_dead_letter_topic_with_a_reason():
     assert value["count"] == 2 and value["sum_amount"] == 5.0
 
 
-def test_a_processor_killed_at_random_points_neither_loses_nor_double_counts(tmp_path):
+@pytest.mark.parametrize("backend", ["embedded", "redis", "nats"])
+def test_a_processor_killed_at_random_points_neither_loses_nor_double_counts(tmp_path, backend, request):
     sys.path.insert(0, str(HERE))
     from kill_worker import FEATURES, FileKeyValue
 
+    from mlscale.streams.connect import open_broker
+
+    url = {
+        "embedded": f"embedded:{tmp_path}/log.db",
+        "redis": "redis_url",
+        "nats": "nats_url",
+    }[backend]
+    if backend != "embedded":
+        url = request.getfixturevalue(url)
+    prefix = f"kill{uuid.uuid4().hex[:8]}" + (":" if backend == "redis" else "")
     rng = random.Random(7)
-    broker = EmbeddedBroker(tmp_path / "log.db", partitions=4, key_fields={"orders": "user"})
+    broker = open_broker(url, partitions=4, key_fields={"orders": "user"}, prefix=prefix)
     events = [
         {
             "id": i,
@@ -149,25 +161,33 @@ def test_a_processor_killed_at_random_points_neither_loses_nor_double_counts(tmp
     ]
     broker.append("orders", events)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path])}
-    cmd = [sys.executable, str(HERE / "kill_worker.py"), str(tmp_path)]
-    kills = 0
-    for _ in range(5):
-        worker = subprocess.Popen([*cmd, "30"], stdout=subprocess.PIPE, env=env)
-        assert worker.stdout.readline().strip() == b"ready"
-        time.sleep(rng.uniform(0.05, 0.4))
-        if worker.poll() is None:
-            worker.send_signal(signal.SIGKILL)
-            kills += 1
-        worker.wait()
-    assert kills >= 3
-    final = subprocess.run([*cmd, "0.5"], env=env, capture_output=True, timeout=60)
-    assert final.returncode == 0, final.stderr.decode()[-2000:]
-    assert broker.lag("orders", "mlscale-features") == 0
-    late = {d["record"]["id"] for d in _dead_letters(broker, "orders")}
-    accepted = [e for e in events if e["id"] not in late]
-    kv = FileKeyValue(str(tmp_path / "online.db"))
-    for feature in FEATURES:
-        _assert_online_equals_batch(feature, kv, accepted, tmp_path)
+
+    def worker_cmd(idle: str) -> list[str]:
+        return [sys.executable, str(HERE / "kill_worker.py"), str(tmp_path), idle, url, prefix]
+
+    try:
+        kills = 0
+        for _ in range(5):
+            worker = subprocess.Popen(worker_cmd("30"), stdout=subprocess.PIPE, env=env)
+            assert worker.stdout.readline().strip() == b"ready"
+            time.sleep(rng.uniform(0.05, 0.4))
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGKILL)
+                kills += 1
+            worker.wait()
+        assert kills >= 3
+        final = subprocess.run(worker_cmd("1.0"), env=env, capture_output=True, timeout=60)
+        assert final.returncode == 0, final.stderr.decode()[-2000:]
+        assert broker.lag("orders", "mlscale-features") == 0
+        late = {d["record"]["id"] for d in _dead_letters(broker, "orders")}
+        accepted = [e for e in events if e["id"] not in late]
+        kv = FileKeyValue(str(tmp_path / "online.db"))
+        for feature in FEATURES:
+            _assert_online_equals_batch(feature, kv, accepted, tmp_path)
+    finally:
+        if hasattr(broker, "delete_namespace"):
+            broker.delete_namespace()
+        broker.close()
 
 
 def test_a_second_processor_takes_over_the_partitions_of_a_dead_one(broker_factory, tmp_path):

@@ -15,17 +15,21 @@ def open_broker(
     key_fields: Mapping[str, str] | None = None,
     member_ttl: float = 3.0,
     root: Path | str = ".",
+    prefix: str | None = None,
 ) -> Broker:
-    """``embedded:PATH`` (or a bare path), ``redis://...`` or ``nats://...``; relative paths use ``root``."""
+    """``embedded:PATH`` (or a bare path), ``redis://...`` or ``nats://...``; relative paths use ``root``.
+
+    ``prefix`` namespaces the keys/streams on a shared Redis or NATS (ignored by the embedded log).
+    """
     kwargs = {"partitions": partitions, "key_fields": key_fields, "member_ttl": member_ttl}
     if url.startswith(("redis://", "rediss://", "unix://")):
         from mlscale.streams.redis_streams import RedisStreamsBroker
 
-        return RedisStreamsBroker(url, **kwargs)
+        return RedisStreamsBroker(url, **kwargs, **({"prefix": prefix} if prefix else {}))
     if url.startswith(("nats://", "tls://")):
         from mlscale.streams.nats_jetstream import NatsBroker
 
-        return NatsBroker(url, **kwargs)
+        return NatsBroker(url, **kwargs, **({"prefix": prefix} if prefix else {}))
     if "://" in url and not url.startswith("embedded:"):
         raise ConfigError(f"broker URL {url!r}: expected embedded:PATH, redis://... or nats://...")
     from mlscale.streams.embedded import EmbeddedBroker
