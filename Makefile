@@ -17,6 +17,7 @@ demo: $(STAMP)
 
 services:
 	bash scripts/services.sh
+	bash scripts/ensure-chromium.sh
 
 test: $(STAMP) services
 	$(VENV)/bin/ruff check src tests bench examples

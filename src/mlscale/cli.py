@@ -19,7 +19,7 @@ COMMANDS: dict[str, str] = {
     "storage": "mlscale.storage.commands:storage",
     "up": "mlscale.up:up",
     "stream": "mlscale.streams.commands:stream",
-
+    "vision": "mlscale.vision.commands:vision",
 }
 
 

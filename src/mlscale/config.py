@@ -19,6 +19,7 @@ from mlscale.gateway.settings import GatewaySettings
 from mlscale.monitoring.settings import MonitoringSettings
 from mlscale.storage.settings import StorageSettings
 from mlscale.streams.settings import StreamSettings
+from mlscale.vision.settings import VisionSettings
 
 
 class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -38,6 +39,8 @@ class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     poll_interval: float = 2.0
     # Seconds SIGTERM waits for requests in flight before the process exits anyway.
     graceful_timeout: float = 30.0
+    # Serve the live dashboard at /dashboard (and redirect / there).
+    dashboard: bool = True
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -50,6 +53,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     gateway: GatewaySettings = msgspec.field(default_factory=GatewaySettings)
     streams: StreamSettings = msgspec.field(default_factory=StreamSettings)
     monitoring: MonitoringSettings = msgspec.field(default_factory=MonitoringSettings)
+    vision: VisionSettings = msgspec.field(default_factory=VisionSettings)
     # Folder of the project file; relative paths in the sections are resolved against it.
     root: str = "."
 

@@ -41,8 +41,13 @@ def build_app(settings: Settings, *, control_dir: Path | None = None, workers: i
         from mlscale.monitoring.payload_log import payload_log_from_settings
 
         payload_log = payload_log_from_settings(settings.monitoring.payload_log, settings.resolve)
-    return InferenceApp(repository, settings.server, control=control, json_routes=json_routes,
-                        payload_log=payload_log)
+    app = InferenceApp(repository, settings.server, control=control, json_routes=json_routes,
+                       payload_log=payload_log)
+    if not settings.server.dashboard:
+        return app
+    from mlscale.serving.dashboard import with_dashboard
+
+    return with_dashboard(app, repository, settings)
 
 
 class LazyFeatureStore:

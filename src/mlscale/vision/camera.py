@@ -1,0 +1,124 @@
+"""One camera's detector: motion analysis, warm-up, the detectors, and turning per-frame findings into
+events (one event per incident, not one per frame).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mlscale.vision.detectors import ActivityModel, Finding, RuleDetector
+from mlscale.vision.motion import MotionAnalyzer, MotionFrame
+from mlscale.vision.settings import FeedSettings
+
+
+@dataclass
+class Verdict:
+    """The detector's answer for one frame."""
+
+    t: float
+    score: float
+    warming_up: bool
+    findings: list[Finding] = field(default_factory=list)
+    fired: list[Finding] = field(default_factory=list)  # findings that open a new event
+
+
+class _Debouncer:
+    """A kind fires when it is above threshold in ``min_frames`` of the last ``min_frames + 1``
+    frames (one missed frame, an occlusion say, does not reset it), then stays silent until it has
+    been below threshold for ``cooldown`` seconds: one incident, one event."""
+
+    def __init__(self, threshold: float, min_frames: int, cooldown: float):
+        self.threshold, self.min_frames, self.cooldown = threshold, min_frames, cooldown
+        self.recent: dict[str, deque] = {}
+        self.active: dict[str, bool] = {}
+        self.last_above: dict[str, float] = {}
+
+    def update(self, t: float, findings: list[Finding]) -> list[Finding]:
+        best: dict[str, Finding] = {}
+        for f in findings:
+            if f.score >= self.threshold and (f.kind not in best or f.score > best[f.kind].score):
+                best[f.kind] = f
+        fired = []
+        for kind in best.keys() | self.recent.keys():
+            recent = self.recent.setdefault(kind, deque(maxlen=self.min_frames + 1))
+            recent.append(kind in best)
+            if kind in best:
+                self.last_above[kind] = t
+                if sum(recent) >= self.min_frames and not self.active.get(kind):
+                    self.active[kind] = True
+                    fired.append(best[kind])
+            elif self.active.get(kind) and t - self.last_above[kind] >= self.cooldown:
+                self.active[kind] = False
+        return fired
+
+
+class CameraDetector:
+    """Warm-up then score, for one feed. Not thread-safe: one feed's frames are processed in order."""
+
+    def __init__(
+        self,
+        feed: FeedSettings,
+        warmup_seconds: float = 10.0,
+        cooldown: float = 10.0,
+        min_frames: int = 2,
+        model_factory: Callable[[], ActivityModel] = ActivityModel,
+    ):
+        self.feed = feed
+        self.warmup_seconds = warmup_seconds
+        # The background forgets over ~5 minutes whatever the detection rate: someone standing still
+        # must stay foreground long enough to be seen loitering.
+        history = max(200, round(300 * feed.detect_fps))
+        # Pixel persistence reaches 0.8 after loiter_seconds of standing still: 1 - exp(-s/T) = 0.8.
+        persistence = max(0.5, feed.rules.loiter_seconds / math.log(5.0))
+        self.analyzer = MotionAnalyzer(tuple(feed.resolution), history=history, persistence_seconds=persistence)
+        self.rules = RuleDetector(feed.zones, feed.rules)
+        self._model_factory = model_factory
+        self._debouncer = _Debouncer(feed.rules.threshold, min_frames, cooldown)
+        self._restart(None)
+
+    def _restart(self, t: float | None) -> None:
+        self.analyzer.reset()
+        self.model: ActivityModel | None = None
+        self._warm: list[MotionFrame] = []
+        self._warm_start = t
+
+    @property
+    def warming_up(self) -> bool:
+        return self.model is None
+
+    def prepare(self, frame: np.ndarray) -> np.ndarray:
+        return self.analyzer.prepare(frame)
+
+    def process(self, gray: np.ndarray, t: float, extra: list[Finding] | None = None) -> Verdict:
+        """Analyse a downscaled grey frame (from ``prepare``) captured at ``t`` seconds."""
+        if self.model is None:
+            if self._warm_start is None:
+                self._warm_start = t
+            motion = self.analyzer.update(gray, t)
+            # The first second lets the background model settle; its foreground is not "normal".
+            if t - self._warm_start >= 1.0:
+                self._warm.append(motion)
+            if t - self._warm_start >= self.warmup_seconds and self._warm:
+                self.model = self._model_factory().fit(self._warm)
+                self.rules.fit(self._warm)
+                self.analyzer.set_reference()
+                self._warm = []
+            return Verdict(t, 0.0, True)
+        # Do not learn a covered lens as the new background: look at the texture first.
+        texture = float(gray.std())
+        covered = texture < 0.35 * self.model.texture_mean_
+        motion = self.analyzer.update(gray, t, learn=not covered)
+        findings = self.model.score(motion)
+        if not any(f.kind.startswith("camera_") and f.score >= 1.0 for f in findings):
+            findings += self.rules.score(motion)
+        findings += extra or []
+        fired = self._debouncer.update(t, findings)
+        score = max((f.score for f in findings), default=0.0)
+        if any(f.kind == "camera_moved" for f in fired):
+            self._restart(t)  # a moved camera sees a new scene: learn it again
+        return Verdict(t, score, False, findings, fired)

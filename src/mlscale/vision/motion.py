@@ -1,0 +1,256 @@
+"""Motion analysis of one camera: background subtraction on a downscaled frame, blobs, and tracks with
+speed, direction and dwell time.
+
+Everything it reports is in normalized units (fractions of the frame width/height, seconds), so the
+model of normal activity and the rules do not depend on the detection resolution or the frame rate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TrackView:
+    """A tracked moving object as seen in one frame."""
+
+    id: int
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1, normalized
+    center: tuple[float, float]
+    velocity: tuple[float, float] | None  # frame widths/heights per second; None until known
+    age: float  # seconds since first seen
+    hits: int  # frames it was seen in
+    dwell: float  # seconds it has stayed within a small radius
+
+
+@dataclass(frozen=True)
+class MotionFrame:
+    """What motion analysis saw in one frame: the input of the detectors."""
+
+    t: float
+    fg_fraction: float
+    texture: float  # standard deviation of the grey image: drops when the lens is covered
+    brightness: float
+    tracks: tuple[TrackView, ...]
+    shift: float | None = None  # global image shift against the reference (camera moved), if checked
+    # Regions that have been foreground nearly all the time lately: (box, persistence 0..1).
+    stationary: tuple[tuple[tuple[float, float, float, float], float], ...] = ()
+
+
+@dataclass
+class _Track:
+    id: int
+    box: tuple[float, float, float, float]
+    first_seen: float
+    history: deque = field(default_factory=lambda: deque(maxlen=256))
+    hits: int = 0
+    misses: int = 0
+
+    def center(self) -> tuple[float, float]:
+        return self.history[-1][1], self.history[-1][2]
+
+    def predict(self, t: float) -> tuple[float, float]:
+        """Where a constant-velocity object would be at ``t``: matching against the prediction
+        keeps a runner from being handed to the walker it passes."""
+        t0, x, y = self.history[-1]
+        v = self.velocity() if len(self.history) > 1 else None
+        return (x, y) if v is None else (x + v[0] * (t - t0), y + v[1] * (t - t0))
+
+    def velocity(self, window: float = 0.8) -> tuple[float, float] | None:
+        # Measured over ~window seconds, not frame to frame: a blob's centroid jitters as it merges
+        # and splits, and a one-frame velocity would turn that jitter into "running".
+        t, x, y = self.history[-1]
+        for t0, x0, y0 in self.history:
+            if t - t0 <= window + 1e-6 and t - t0 > 0:
+                return (x - x0) / (t - t0), (y - y0) / (t - t0)
+        return None
+
+    def dwell(self, radius: float) -> float:
+        t, x, y = self.history[-1]
+        since = t
+        for t0, x0, y0 in reversed(self.history):
+            if math.hypot(x - x0, y - y0) > radius:
+                break
+            since = t0
+        return t - since
+
+
+class MotionAnalyzer:
+    """Background subtraction + blob tracking for one camera (stateful: one per feed)."""
+
+    def __init__(
+        self,
+        resolution: tuple[int, int] = (160, 120),
+        history: int = 1500,
+        var_threshold: float = 16.0,
+        min_area: float = 0.001,
+        dwell_radius: float = 0.06,
+        keep_seconds: float = 1.5,
+        persistence_seconds: float = 5.0,
+    ) -> None:
+        self.resolution = resolution
+        self.history = history
+        self.var_threshold = var_threshold
+        self.min_area = min_area
+        self.dwell_radius = dwell_radius
+        self.keep_seconds = keep_seconds
+        self.persistence_seconds = persistence_seconds
+        self._kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
+        self._sway = cv2.getStructuringElement(cv2.MORPH_RECT, (5, 5))
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the background and every track (after the camera moved, say)."""
+        self._subtractor = cv2.createBackgroundSubtractorMOG2(
+            history=self.history, varThreshold=self.var_threshold, detectShadows=False
+        )
+        self._tracks: list[_Track] = []
+        self._next_id = 1
+        self._frames = 0
+        self._last_t: float | None = None
+        self.reference: np.ndarray | None = None
+        self._persist: np.ndarray | None = None
+        self._window: np.ndarray | None = None
+
+    def prepare(self, frame: np.ndarray) -> np.ndarray:
+        """Downscale a BGR or grey frame to the detection resolution, in grey."""
+        w, h = self.resolution
+        if frame.shape[1] != w or frame.shape[0] != h:
+            frame = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA)
+        if frame.ndim == 3:
+            frame = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        return frame
+
+    def set_reference(self) -> None:
+        """Remember the learned background, against which a moved camera is measured."""
+        background = self._subtractor.getBackgroundImage()
+        if background is not None:
+            if background.ndim == 3:
+                background = cv2.cvtColor(background, cv2.COLOR_BGR2GRAY)
+            self.reference = background.astype(np.float32)
+            self._window = cv2.createHanningWindow(self.resolution, cv2.CV_32F)
+
+    def update(self, gray: np.ndarray, t: float, learn: bool = True) -> MotionFrame:
+        """Analyse one downscaled grey frame taken at ``t`` seconds.
+
+        ``learn=False`` keeps the background model as it is (while the lens is covered, so that the
+        dark image does not become "the background").
+        """
+        mean, std = cv2.meanStdDev(gray)
+        brightness, texture = float(mean[0, 0]), float(std[0, 0])
+        # Compensate global lighting so a cloud is not motion everywhere.
+        normalized = cv2.convertScaleAbs(gray, alpha=1.0, beta=128.0 - brightness)
+        # Bootstrap fast (OpenCV's automatic rate), then learn at 1/history: with the automatic rate a
+        # young model absorbs someone standing still within seconds, and loitering would go unseen.
+        self._frames += 1
+        rate = -1.0 if self._frames < 30 else 1.0 / self.history
+        mask = self._subtractor.apply(normalized, learningRate=rate if learn else 0.0)
+        mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, self._kernel)
+        mask = cv2.dilate(mask, self._kernel)
+        w, h = self.resolution
+        fg_fraction = float(cv2.countNonZero(mask)) / (w * h)
+        count, _, stats, centroids = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        min_px = self.min_area * w * h
+        blobs = [
+            (
+                (float(x) / w, float(y) / h, float(x + bw) / w, float(y + bh) / h),
+                (float(cx) / w, float(cy) / h),
+            )
+            for (x, y, bw, bh, area), (cx, cy) in zip(stats[1:count].tolist(), centroids[1:count].tolist(), strict=True)
+            if area >= min_px
+        ]
+        dt = 0.2 if self._last_t is None else max(1e-3, t - self._last_t)
+        self._match(blobs, t)
+        stationary = self._stationary(mask, dt) if learn else ()
+        shift = None
+        if self.reference is not None and fg_fraction > 0.2:
+            # Against the view at the end of the warm-up and against the background as learned now
+            # (lighting and parked objects drift); either one seeing the image shifted is enough.
+            current = normalized.astype(np.float32)
+            background = self._subtractor.getBackgroundImage()
+            shift = 0.0
+            for reference in (self.reference, None if background is None else background.astype(np.float32)):
+                if reference is not None:
+                    (dx, dy), _ = cv2.phaseCorrelate(reference, current, self._window)
+                    shift = max(shift, math.hypot(dx / w, dy / h))
+        views = tuple(
+            TrackView(
+                id=tr.id,
+                box=tr.box,
+                center=tr.center(),
+                velocity=tr.velocity(),
+                age=t - tr.first_seen,
+                hits=tr.hits,
+                dwell=tr.dwell(self.dwell_radius),
+            )
+            for tr in self._tracks
+            if tr.misses == 0
+        )
+        return MotionFrame(t, fg_fraction, texture, brightness, views, shift, stationary)
+
+    def _stationary(self, mask: np.ndarray, dt: float) -> tuple:
+        """Foreground persistence per pixel, an exponential average over ``persistence_seconds``.
+
+        Why not only track dwell: a person standing still fragments into pieces and merges with
+        every passer-by, so track identities churn; the pixels they cover stay foreground regardless.
+        """
+        if self._persist is None:
+            self._persist = np.zeros(mask.shape, np.float32)
+        alpha = 1.0 - math.exp(-dt / self.persistence_seconds)
+        # Widened first: someone shifting their weight sways a few pixels, and each pixel at their
+        # edge would otherwise be foreground only part of the time.
+        cv2.accumulateWeighted(cv2.dilate(mask, self._sway), self._persist, alpha)
+        level = self._persist  # mask is 0/255, so full persistence is 255
+        hot = cv2.compare(level, 0.8 * 255.0, cv2.CMP_GT)
+        count, _, stats, _ = cv2.connectedComponentsWithStats(hot, connectivity=8)
+        w, h = self.resolution
+        found = []
+        for x, y, bw, bh, area in stats[1:count].tolist():
+            if area >= self.min_area * w * h:
+                peak = float(level[y : y + bh, x : x + bw].max()) / 255.0
+                found.append(((x / w, y / h, (x + bw) / w, (y + bh) / h), peak))
+        return tuple(found)
+
+    def _match(self, blobs: list, t: float) -> None:
+        """Greedy nearest-centroid association of blobs to tracks (cheap, and enough at 5 fps)."""
+        dt = 0.2 if self._last_t is None else max(1e-3, t - self._last_t)
+        self._last_t = t
+        reach = max(0.06, 0.6 * dt)
+        predicted = [tr.predict(t) for tr in self._tracks]
+        pairs = sorted(
+            (math.hypot(c[0] - p[0], c[1] - p[1]), ti, bi)
+            for ti, p in enumerate(predicted)
+            for bi, (_, c) in enumerate(blobs)
+        )
+        used_tracks: set[int] = set()
+        used_blobs: set[int] = set()
+        for dist, ti, bi in pairs:
+            if dist > reach:
+                break
+            if ti in used_tracks or bi in used_blobs:
+                continue
+            used_tracks.add(ti)
+            used_blobs.add(bi)
+            track = self._tracks[ti]
+            track.box, (cx, cy) = blobs[bi]
+            track.history.append((t, cx, cy))
+            track.hits += 1
+            track.misses = 0
+        for ti, track in enumerate(self._tracks):
+            if ti not in used_tracks:
+                track.misses += 1
+        # A track survives a short absence: someone standing still is hidden whenever a passer-by
+        # merges with their blob, and must come back as the same track or their dwell time resets.
+        self._tracks = [tr for tr in self._tracks if t - tr.history[-1][0] <= self.keep_seconds]
+        for bi, (box, (cx, cy)) in enumerate(blobs):
+            if bi not in used_blobs:
+                track = _Track(self._next_id, box, t)
+                track.history.append((t, cx, cy))
+                track.hits = 1
+                self._next_id += 1
+                self._tracks.append(track)

@@ -1,0 +1,237 @@
+"""Camera sources: video files and RTSP/HTTP streams (PyAV), image folders, synthetic scenes.
+
+A source is opened, then read frame by frame; ``read`` returns ``(capture_time, frame)`` or None at
+the end. A frame is a BGR ndarray or, from PyAV, an ``av.VideoFrame`` kept undecoded to pixels until
+the detector actually wants it (most frames are skipped by the detection rate, so converting them
+all would waste most of the decoding budget). Errors a user causes (a missing or corrupt file) raise
+ConfigError at ``open``; a stream that drops raises ConnectionError from ``read`` and the pipeline
+reopens it with backoff. Corrupt frames are skipped and counted in ``corrupt``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from mlscale.errors import ConfigError
+from mlscale.vision.synthetic import SyntheticScene
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+class Source:
+    """Base of all sources. ``live`` sources (streams) set their own pace and are reconnected."""
+
+    live = False
+
+    def __init__(self, name: str):
+        self.name = name
+        self.corrupt = 0
+
+    def open(self) -> None:
+        raise NotImplementedError
+
+    def read(self) -> tuple[float, Any] | None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class _Pacer:
+    """Releases frames at ``fps`` in wall-clock time, as a camera would (files and synthetic scenes)."""
+
+    def __init__(self, fps: float):
+        self.interval = 1.0 / fps
+        self.next = time.monotonic()
+
+    def wait(self) -> float:
+        delay = self.next - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        elif delay < -1.0:  # we fell far behind (a paused process): do not burst to catch up
+            self.next = time.monotonic()
+        self.next += self.interval
+        return time.time()
+
+
+class AVSource(Source):
+    """A video file or a network stream (rtsp://, http(s)://) decoded by PyAV / FFmpeg."""
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        fps: float | None = None,
+        loop: bool = True,
+        timeout: float = 5.0,
+        decoder_threads: int = 1,
+    ):
+        super().__init__(name)
+        self.decoder_threads = decoder_threads
+        self.url = url
+        self.live = "://" in url
+        self.loop = loop and not self.live
+        self.fps = fps
+        self.timeout = timeout
+        self._container = None
+        self._frames = None
+        self._pacer: _Pacer | None = None
+
+    def open(self) -> None:
+        import av
+
+        if not self.live and not Path(self.url).exists():
+            raise ConfigError(f"camera {self.name!r}: video file {self.url!r} does not exist")
+        options = {"rtsp_transport": "tcp"} if self.url.startswith("rtsp") else {}
+        try:
+            self._container = av.open(self.url, options=options, timeout=self.timeout)
+            stream = self._container.streams.video[0]
+        except (av.error.FFmpegError, IndexError) as exc:
+            self.close()
+            if self.live:
+                raise ConnectionError(f"cannot open stream {self.url}: {exc}") from None
+            raise ConfigError(f"camera {self.name!r}: {self.url!r} is not a readable video: {exc}") from None
+        # Many feeds already keep every core busy, so one decoder thread each avoids oversubscription;
+        # deblocking is skipped because detection looks at a 4x downscaled frame where it is invisible
+        # (it is about a third of H.264 decoding time).
+        ctx = stream.codec_context
+        ctx.thread_count = self.decoder_threads
+        ctx.options = {"skip_loop_filter": "all", "flags2": "fast"}
+        rate = self.fps or float(stream.average_rate or 15)
+        self._pacer = None if self.live else _Pacer(rate)
+        self._frames = self._decode(stream)
+
+    def _decode(self, stream):
+        import av
+
+        for packet in self._container.demux(stream):
+            try:
+                frames = packet.decode()
+            except av.error.InvalidDataError:
+                self.corrupt += 1
+                continue
+            yield from frames
+
+    def read(self) -> tuple[float, Any] | None:
+        import av
+
+        try:
+            frame = next(self._frames, None)
+        except av.error.FFmpegError as exc:
+            raise ConnectionError(f"{self.url}: {exc}") from None
+        if frame is None:
+            if self.live:
+                raise ConnectionError(f"stream {self.url} ended")
+            if not self.loop:
+                return None
+            self.close()
+            self.open()
+            return self.read()
+        captured = self._pacer.wait() if self._pacer else time.time()
+        return captured, frame
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+
+
+class ImageFolderSource(Source):
+    """A folder of images read in name order at ``fps`` (a timelapse, or frames dumped by another tool)."""
+
+    def __init__(self, name: str, folder: str, fps: float = 15.0, loop: bool = True):
+        super().__init__(name)
+        self.folder = Path(folder)
+        self.fps = fps
+        self.loop = loop
+        self._files: list[Path] = []
+        self._index = 0
+
+    def open(self) -> None:
+        if not self.folder.is_dir():
+            raise ConfigError(f"camera {self.name!r}: image folder {str(self.folder)!r} does not exist")
+        self._files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self._files:
+            raise ConfigError(f"camera {self.name!r}: image folder {str(self.folder)!r} has no images")
+        self._index = 0
+        self._pacer = _Pacer(self.fps)
+
+    def read(self) -> tuple[float, Any] | None:
+        while True:
+            if self._index >= len(self._files):
+                if not self.loop:
+                    return None
+                self._index = 0
+            path = self._files[self._index]
+            self._index += 1
+            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if image is None:
+                self.corrupt += 1
+                if self.corrupt > 10 * len(self._files):
+                    raise ConfigError(f"camera {self.name!r}: no readable image in {str(self.folder)!r}")
+                continue
+            return self._pacer.wait(), image
+
+
+class SyntheticSource(Source):
+    """A synthetic scene rendered at ``fps`` in real time."""
+
+    def __init__(self, name: str, scene: SyntheticScene, fps: float = 15.0):
+        super().__init__(name)
+        self.scene = scene
+        self.fps = fps
+
+    def open(self) -> None:
+        self._pacer = _Pacer(self.fps)
+        self._index = 0
+
+    def read(self) -> tuple[float, np.ndarray] | None:
+        t = self._index / self.fps
+        if self.scene.duration is not None and t >= self.scene.duration:
+            return None
+        self._index += 1
+        frame = self.scene.render(t)
+        return self._pacer.wait(), frame
+
+
+def open_source(feed, warmup: float = 10.0, root: Path | None = None) -> Source:
+    """The source a feed's settings describe (not opened yet)."""
+    spec = feed.source
+    if spec == "synthetic":
+        try:
+            scene = SyntheticScene(tuple(feed.size), seed=feed.seed, scenario=feed.scenario, warmup=warmup)
+        except ValueError as exc:
+            raise ConfigError(f"camera {feed.name!r}: {exc}") from None
+        return SyntheticSource(feed.name, scene, feed.fps)
+    if "://" in spec:
+        return AVSource(feed.name, spec)
+    path = Path(spec) if root is None or Path(spec).is_absolute() else root / spec
+    if path.is_dir():
+        return ImageFolderSource(feed.name, str(path), feed.fps, feed.loop)
+    return AVSource(feed.name, str(path), feed.fps, feed.loop)
+
+
+def to_bgr(frame: Any) -> np.ndarray:
+    """Pixels of a frame from any source, as BGR."""
+    if isinstance(frame, np.ndarray):
+        return frame
+    return frame.to_ndarray(format="bgr24")
+
+
+def to_small_gray(frame: Any, size: tuple[int, int]) -> np.ndarray:
+    """A frame downscaled to the detection size in grey. For decoded YUV frames the luma plane already
+    is the grey image: it is read in place, no colour conversion and no full-size copy."""
+    if not isinstance(frame, np.ndarray):
+        name = frame.format.name
+        if name.startswith(("yuv", "nv")):
+            plane = frame.planes[0]
+            luma = np.frombuffer(plane, np.uint8).reshape(frame.height, plane.line_size)[:, : frame.width]
+            return cv2.resize(luma, size, interpolation=cv2.INTER_AREA)
+        frame = frame.to_ndarray(format="bgr24")
+    small = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(small, cv2.COLOR_BGR2GRAY) if small.ndim == 3 else small
