@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "serve": "mlscale.serving.commands:serve",
     "storage": "mlscale.storage.commands:storage",
     "up": "mlscale.up:up",
+    "stream": "mlscale.streams.commands:stream",
     "vision": "mlscale.vision.commands:vision",
 }
 

@@ -18,6 +18,7 @@ from mlscale.features.settings import FeaturesSettings
 from mlscale.gateway.settings import GatewaySettings
 from mlscale.monitoring.settings import MonitoringSettings
 from mlscale.storage.settings import StorageSettings
+from mlscale.streams.settings import StreamSettings
 from mlscale.vision.settings import VisionSettings
 
 
@@ -50,6 +51,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     storage: StorageSettings = msgspec.field(default_factory=StorageSettings)
     cache: CacheSettings = msgspec.field(default_factory=CacheSettings)
     gateway: GatewaySettings = msgspec.field(default_factory=GatewaySettings)
+    streams: StreamSettings = msgspec.field(default_factory=StreamSettings)
     monitoring: MonitoringSettings = msgspec.field(default_factory=MonitoringSettings)
     vision: VisionSettings = msgspec.field(default_factory=VisionSettings)
     # Folder of the project file; relative paths in the sections are resolved against it.

@@ -1,0 +1,49 @@
+"""HTTP ingestion glue: ``POST /v1/events/{topic}`` bodies validated whole, then appended in one call.
+
+The body is a JSON list of event objects or ``{"events": [...]}``. Every event is checked before any
+is appended, so a bad request (answered 400 via ``InvalidInput``) leaves nothing half-accepted.
+"""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+
+from mlscale.errors import InvalidInput
+from mlscale.streams.broker import Broker
+
+_TOPIC = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+MAX_EVENTS = 100_000
+
+
+def parse_events(body: bytes | str | list | dict) -> list[dict]:
+    """The events of a request body, or InvalidInput naming what is wrong."""
+    if isinstance(body, bytes | str):
+        try:
+            body = msgspec.json.decode(body)
+        except msgspec.DecodeError as exc:
+            raise InvalidInput(f"body is not valid JSON: {exc}") from None
+    if isinstance(body, dict):
+        if set(body) != {"events"}:
+            raise InvalidInput('expected a JSON list of events or {"events": [...]}')
+        body = body["events"]
+    if not isinstance(body, list):
+        raise InvalidInput('expected a JSON list of events or {"events": [...]}')
+    if not body:
+        raise InvalidInput("no events in the body")
+    if len(body) > MAX_EVENTS:
+        raise InvalidInput(f"{len(body)} events in one request; at most {MAX_EVENTS}")
+    for i, event in enumerate(body):
+        if not isinstance(event, dict):
+            raise InvalidInput(f"event {i} is a {type(event).__name__}, not a JSON object")
+    return body
+
+
+def ingest_events(broker: Broker, topic: str, body: bytes | str | list | dict) -> dict:
+    """Append a request's events to ``topic``; returns ``{"topic", "accepted", "offsets"}``."""
+    if not _TOPIC.match(topic):
+        raise InvalidInput(f"topic {topic!r}: use letters, digits, '_', '.', '-' (at most 128)")
+    events = parse_events(body)
+    offsets = broker.append(topic, events)
+    return {"topic": topic, "accepted": len(events), "offsets": offsets}

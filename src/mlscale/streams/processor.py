@@ -1,0 +1,294 @@
+"""The stream processor: broker records -> windowed aggregations -> online store, exactly-once in effect.
+
+One loop per batch (see checkpoint.py for why the order below gives exactly-once effect):
+  1. fetch a batch from the partitions this instance owns in its consumer group, each from the
+     offset in its own checkpoint (consumer-managed offsets, as Kafka Streams does: the group's
+     delivery state could hand some records to a member that is about to lose the partition);
+  2. skip records at or below each partition's offset (defensive; fetch starts after it);
+  3. decode per feature into columns; malformed and late records go to the dead-letter topic with the
+     reason and the source position (dead letters are at-least-once: a replay may repeat one, with
+     the same topic/partition/offset so a reader can deduplicate);
+  4. update window state (vectorised) and write the changed windows to the online store;
+  5. every ``checkpoint_interval`` seconds, commit state + offsets in one transaction, then record
+     the offsets in the broker's group (for lag).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+import numpy as np
+
+from mlscale.storage.base import KeyValue
+from mlscale.streams import metrics
+from mlscale.streams.broker import Broker, Message
+from mlscale.streams.checkpoint import CheckpointStore
+from mlscale.streams.decode import Columns, FeatureDecoder
+from mlscale.streams.definitions import CompiledFeature, WindowedFeature
+from mlscale.streams.windows import new_state
+
+_encode = msgspec.json.Encoder().encode
+
+
+def dead_letter_topic(topic: str) -> str:
+    return f"{topic}-dead-letters"
+
+
+@dataclass
+class _Partition:
+    epoch: int
+    offset: int
+    states: dict
+    changed: bool = False
+
+
+@dataclass
+class StepResult:
+    processed: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    written: int = 0
+
+
+class StreamProcessor:
+    """Computes windowed features from their source topics into a KeyValue online store.
+
+    Several instances with the same ``group`` (and checkpoint store) share the partitions; each must
+    have its own ``consumer`` name (default: host-pid-random).
+    """
+
+    def __init__(
+        self,
+        broker: Broker,
+        features: Sequence[WindowedFeature | CompiledFeature],
+        sink: KeyValue,
+        checkpoints: CheckpointStore | str | Path,
+        group: str = "mlscale-features",
+        consumer: str | None = None,
+        batch_size: int = 20_000,
+        checkpoint_interval: float = 1.0,
+    ) -> None:
+        self.broker = broker
+        self.features = [f.compile() if isinstance(f, WindowedFeature) else f for f in features]
+        self.sink = sink
+        self.checkpoints = checkpoints if isinstance(checkpoints, CheckpointStore) else CheckpointStore(checkpoints)
+        self.group = group
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.batch_size = batch_size
+        self.checkpoint_interval = checkpoint_interval
+        self.by_topic: dict[str, list[CompiledFeature]] = defaultdict(list)
+        for f in self.features:
+            self.by_topic[f.source].append(f)
+        self.decoders = {f.name: FeatureDecoder(f) for f in self.features}
+        self.parts: dict[str, dict[int, _Partition]] = {t: {} for t in self.by_topic}
+        self._last_checkpoint = time.monotonic()
+
+    def _name(self, topic: str) -> str:
+        return f"{self.group}/{topic}"
+
+    # -- ownership -------------------------------------------------------------------------------
+    def _sync_assignment(self, topic: str) -> None:
+        owned = set(self.broker.assignment(topic, self.group, self.consumer))
+        parts = self.parts[topic]
+        for p in list(parts):
+            if p not in owned:
+                del parts[p]  # another member owns it now; its checkpoint is the truth
+        for p in owned - set(parts):
+            epoch, offset, blobs = self.checkpoints.acquire(self._name(topic), p)
+            states = {}
+            for f in self.by_topic[topic]:
+                state = new_state(f)
+                if f.name in blobs:
+                    state.restore(blobs[f.name])
+                states[f.name] = state
+            parts[p] = _Partition(epoch, offset, states)
+
+    # -- one batch -------------------------------------------------------------------------------
+    def step(self, timeout: float = 0.5) -> StepResult:
+        """Read and process one batch of each topic; checkpoint when the interval has passed."""
+        result = StepResult()
+        deadline = time.monotonic() + timeout
+        while True:
+            for topic in self.by_topic:
+                self._sync_assignment(topic)
+                positions = {p: part.offset for p, part in self.parts[topic].items()}
+                batches = self.broker.fetch_columns(topic, positions, self.batch_size)
+                if batches:
+                    self._process(topic, batches, result)
+            if result.processed or result.dead_letters or time.monotonic() >= deadline:
+                break
+            time.sleep(0.005)
+        if time.monotonic() - self._last_checkpoint >= self.checkpoint_interval:
+            self.checkpoint()
+        return result
+
+    def _process(self, topic: str, batches: list[tuple[int, list[int], list[bytes]]], result: StepResult) -> None:
+        parts = self.parts[topic]
+        by_part = {p: (offs, vals) for p, offs, vals in batches}
+        # Fencing before computing: a partition another instance has taken over since this one loaded
+        # it is dropped, so a slow instance does not overwrite the new owner's values.
+        epochs = self.checkpoints.epochs(self._name(topic))
+        for p in [p for p in by_part if p in parts and epochs.get(p) != parts[p].epoch]:
+            del parts[p]
+            del by_part[p]
+        puts_by_ttl: dict[float | None, dict[bytes, bytes]] = defaultdict(dict)
+        deletes: list[bytes] = []
+        dead: list[bytes] = []
+        for p, (offsets, values) in by_part.items():
+            part = parts.get(p)
+            if part is None:
+                continue
+            if offsets[0] <= part.offset:  # defensive: fetch starts after the checkpoint already
+                keep = [i for i, off in enumerate(offsets) if off > part.offset]
+                result.duplicates += len(offsets) - len(keep)
+                offsets, values = [offsets[i] for i in keep], [values[i] for i in keep]
+            if not offsets:
+                continue
+            fresh = _Records(topic, p, offsets, values)
+            for f in self.by_topic[topic]:
+                state = part.states[f.name]
+                cols, bad = self.decoders[f.name].decode(values)
+                on_time = state.admit(cols.ts_ms)
+                wm = state.watermark
+                for i, reason in bad:
+                    dead.append(self._dead(fresh[i], f, "malformed", reason))
+                if not on_time.all():
+                    for j in np.flatnonzero(~on_time).tolist():
+                        msg = fresh[int(cols.index[j])]
+                        dead.append(
+                            self._dead(
+                                msg,
+                                f,
+                                "late",
+                                f"late: event time {int(cols.ts_ms[j])} ms is before the watermark {wm} ms",
+                            )
+                        )
+                    cols = _take(cols, on_time)
+                state.update(cols)
+                put, delete = state.drain()
+                puts_by_ttl[f.ttl_s].update(put)
+                deletes.extend(delete)
+            part.offset = offsets[-1]
+            part.changed = True
+            result.processed += len(offsets)
+        for ttl, puts in puts_by_ttl.items():
+            if puts:
+                self.sink.set_many(puts, ttl=ttl)
+                result.written += len(puts)
+        if deletes:
+            self.sink.delete(deletes)
+        if dead:
+            self.broker.append(dead_letter_topic(topic), dead, keys=[b""] * len(dead))
+        result.dead_letters += len(dead)
+        metrics.EVENTS.labels(topic, "processed").inc(result.processed)
+        if result.duplicates:
+            metrics.EVENTS.labels(topic, "duplicate").inc(result.duplicates)
+
+    def _dead(self, msg: Message, f: CompiledFeature, kind: str, reason: str) -> bytes:
+        metrics.DEAD_LETTERS.labels(msg.topic, kind).inc()
+        metrics.EVENTS.labels(msg.topic, kind).inc()
+        try:
+            record = msgspec.json.decode(msg.value)
+        except msgspec.DecodeError:
+            record = msg.value.decode("utf-8", "replace")
+        return _encode(
+            {
+                "topic": msg.topic,
+                "partition": msg.partition,
+                "offset": msg.offset,
+                "feature": f.name,
+                "reason": reason,
+                "kind": kind,
+                "record": record,
+            }
+        )
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def checkpoint(self) -> None:
+        """Commit state + offsets of changed partitions in one transaction, then acknowledge."""
+        self._last_checkpoint = time.monotonic()
+        for topic, parts in self.parts.items():
+            updates = {
+                p: (part.epoch, part.offset, {n: s.snapshot() for n, s in part.states.items()})
+                for p, part in parts.items()
+                if part.changed
+            }
+            if not updates:
+                continue
+            for p in self.checkpoints.commit(self._name(topic), updates):
+                parts.pop(p, None)  # fenced: another instance owns it now
+            for part in parts.values():
+                part.changed = False
+            # The group's committed offsets only feed lag and monitoring: the checkpoint is the truth.
+            self.broker.commit(topic, self.group, {p: u[1] for p, u in updates.items() if p in parts})
+
+    def lag(self) -> dict[str, int]:
+        out = {}
+        for topic in self.by_topic:
+            out[topic] = self.broker.lag(topic, self.group)
+            metrics.LAG.labels(topic, self.group).set(out[topic])
+        return out
+
+    def run(
+        self,
+        stop: Callable[[], bool] = lambda: False,
+        on_step: Callable[[StepResult], None] | None = None,
+        idle_exit: float | None = None,
+        poll_timeout: float = 0.5,
+    ) -> None:
+        """Process until ``stop()`` is true (or nothing arrived for ``idle_exit`` seconds); then leave.
+
+        A clean stop checkpoints first. An exception (a store down, Ctrl-C mid-batch) does NOT: the
+        state may hold half a batch, so the next run replays from the last checkpoint instead. After
+        an exception, make a new processor rather than stepping this one again.
+        """
+        idle_since = time.monotonic()
+        if idle_exit is not None:
+            poll_timeout = min(poll_timeout, max(idle_exit / 2, 0.01))
+        try:
+            while not stop():
+                res = self.step(timeout=poll_timeout)
+                if on_step:
+                    on_step(res)
+                if res.processed or res.duplicates:
+                    idle_since = time.monotonic()
+                elif idle_exit is not None and time.monotonic() - idle_since >= idle_exit:
+                    break
+            self.checkpoint()
+        finally:
+            for topic in self.by_topic:
+                with contextlib.suppress(Exception):
+                    self.broker.leave(topic, self.group, self.consumer)
+
+    def close(self) -> None:
+        self.checkpoints.close()
+
+
+class _Records:
+    """Records of one partition as two lists; indexing gives a Message (only dead letters need one)."""
+
+    def __init__(self, topic: str, partition: int, offsets: list[int], values: list[bytes]) -> None:
+        self.topic, self.partition, self.offsets, self.values = topic, partition, offsets, values
+
+    def __getitem__(self, i: int) -> Message:
+        return Message(self.topic, self.partition, self.offsets[i], self.values[i])
+
+
+def _take(cols: Columns, mask: np.ndarray) -> Columns:
+    idx = np.flatnonzero(mask).tolist()
+    return Columns(
+        index=cols.index[mask],
+        entities=[cols.entities[i] for i in idx],
+        ts_ms=cols.ts_ms[mask],
+        numeric={k: v[mask] for k, v in cols.numeric.items()},
+        distinct={k: [v[i] for i in idx] for k, v in cols.distinct.items()},
+    )

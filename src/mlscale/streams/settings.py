@@ -1,0 +1,45 @@
+"""The ``[streams]`` section of mlscale.toml (light imports only: config.py loads it everywhere).
+
+[streams]
+broker = "embedded:streams/log.db"      # or redis://127.0.0.1:6379/0, nats://127.0.0.1:4222
+online = "sqlite:///streams/online.db"   # any storage spec (memory://, redis://..., shards)
+offline_dir = "offline"
+[[streams.features]]
+name = "spend_1m"
+source = "orders"
+entity_key = "user"
+size = "1m"
+aggregations = ["count", "sum(amount)", "mean(amount)"]
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from mlscale.streams.definitions import WindowedFeature
+
+
+class StreamSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Where events live, where features go, and which windowed features to compute."""
+
+    broker: str = "embedded:streams/log.db"
+    partitions: int = 8
+    group: str = "mlscale-features"
+    checkpoint_dir: str = "streams/checkpoints"
+    online: str = "sqlite:///streams/online.db"
+    offline_dir: str = "offline"
+    # Seconds between checkpoints (state + offsets); shorter means less replay after a crash.
+    checkpoint_interval: float = 1.0
+    batch_size: int = 20_000
+    # Seconds without a heartbeat after which a processor's partitions move to the others.
+    member_ttl: float = 3.0
+    # Routing field per topic for topics no feature reads (features route by their entity_key).
+    key_fields: dict[str, str] = msgspec.field(default_factory=dict)
+    features: list[WindowedFeature] = msgspec.field(default_factory=list)
+
+    def topic_keys(self) -> dict[str, str]:
+        """Partitioning field of every topic: the entity key of the features reading it."""
+        keys = dict(self.key_fields)
+        for f in self.features:
+            keys.setdefault(f.source, f.entity_key)
+        return keys
