@@ -123,14 +123,14 @@ def start(kind: str, models: dict[str, Path], workers: int) -> tuple[subprocess.
         command = [str(ROOT / ".venv" / "bin" / "mlscale"), "serve", "--model-repository", str(models["mlscale"]),
                    "--port", str(port), "--workers", str(workers)]
         paths = {"iris": "/v2/models/iris/infer", "mlp": "/v2/models/mlp-onnx/infer"}
-        ready = "/v2/health/ready"
+        ready = ["/v2/health/ready"]
     elif kind == "mlserver":
         settings = models["mlserver"] / "settings.json"
         settings.write_text(json.dumps({"http_port": port, "grpc_port": free_port(), "metrics_port": free_port(),
                                         "debug": False}))
         command = [str(MLSERVER_VENV / "bin" / "mlserver"), "start", str(models["mlserver"])]
         paths = {"iris": "/v2/models/iris/infer", "mlp": "/v2/models/mlp/infer"}
-        ready = "/v2/models/mlp/ready"
+        ready = ["/v2/models/mlp/ready", "/v2/models/iris/ready"]
     else:
         command = [str(ROOT / ".venv" / "bin" / "python"), "-m", "uvicorn", "floor_app:app", "--app-dir", str(HERE),
                    "--port", str(port), "--workers", str(workers), "--loop", "uvloop", "--http", "httptools",
@@ -142,7 +142,8 @@ def start(kind: str, models: dict[str, Path], workers: int) -> tuple[subprocess.
         time.sleep(2)  # the floor answers only POST bodies; give it a moment, then probe by POST below
         subprocess.run(["curl", "-s", "-XPOST", base + "/", "-o", "/dev/null"], check=False)
     else:
-        wait_ready(base + ready, process)
+        for path in ready:  # every model, not just the server: MLServer loads them one by one
+            wait_ready(base + path, process)
     return process, base, paths
 
 

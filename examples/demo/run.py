@@ -26,6 +26,8 @@ Try it:
        -d '{"feature_service":"driver_risk","entities":{"driver_id":[1001,1002]}}'
   curl -s -X POST localhost:8000/v2/models/driver-risk/infer \\
        -d '{"inputs":[{"name":"driver_id","shape":[2],"datatype":"INT64","data":[1001,1002]}]}'
+  curl -s -X POST localhost:8000/v1/events/trips -d '[{"driver_id":1001,"ts":1767225600,"fare":12.5}]'
+  .venv/bin/mlscale stream lag --config examples/demo/mlscale.toml
   curl -s localhost:8000/v2/repository/index
   curl -s localhost:8000/metrics | grep mlscale_requests_total
 Stop with Ctrl-C.

@@ -33,6 +33,7 @@ def extra_parts(settings: Settings) -> dict[str, list[str] | None]:
     return {
         "monitor": ["monitor", "run"] if settings.monitoring.monitors else None,
         "vision": ["vision", "run", "--quiet"] if settings.vision.feeds else None,
+        "stream": ["stream", "run", "--quiet"] if settings.streams.features else None,
     }
 
 

@@ -35,19 +35,49 @@ def build_app(settings: Settings, *, control_dir: Path | None = None, workers: i
                                  max_queue_size=settings.server.max_queue_size, caches=caches,
                                  features=feature_store.online)
     control = WorkerControl(control_dir, workers) if control_dir is not None else None
-    json_routes = {("POST", "/v1/features"): feature_store.handle_request}
+    events = LazyBroker(settings)
+    json_routes = {
+        ("POST", "/v1/features"): feature_store.handle_request,
+        ("POST", "/v1/events/*"): events.handle_request,
+    }
     payload_log = None
     if settings.monitoring.payload_log.enabled:
         from mlscale.monitoring.payload_log import payload_log_from_settings
 
         payload_log = payload_log_from_settings(settings.monitoring.payload_log, settings.resolve)
     app = InferenceApp(repository, settings.server, control=control, json_routes=json_routes,
-                       payload_log=payload_log)
+                       payload_log=payload_log, on_shutdown=[events.close])
     if not settings.server.dashboard:
         return app
     from mlscale.serving.dashboard import with_dashboard
 
     return with_dashboard(app, repository, settings)
+
+
+class LazyBroker:
+    """The project's stream broker (``[streams] broker``), opened on the first event posted."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._broker = None
+
+    def _append(self, topic: str, body) -> dict:
+        from mlscale.streams.connect import broker_from_settings
+        from mlscale.streams.ingest import ingest_events
+
+        if self._broker is None:
+            self._broker = broker_from_settings(self.settings)
+        return ingest_events(self._broker, topic, body)
+
+    async def handle_request(self, body, topic):
+        """``POST /v1/events/{topic}``: a JSON list of events (or {"events": [...]}), all or nothing."""
+        import asyncio
+
+        return await asyncio.to_thread(self._append, topic, body)
+
+    def close(self) -> None:
+        if self._broker is not None:
+            self._broker.close()
 
 
 class LazyFeatureStore:
