@@ -118,6 +118,8 @@ class PayloadLog:
         self.roll_seconds = roll_seconds
         self.flush_interval = flush_interval
         self.counts = {"logged": 0, "dropped": 0, "sampled_out": 0}
+        self._unpublished: dict[tuple[str, str], int] = {}
+        self._count_lock = threading.Lock()
         self._buffer: list[_Entry] = []
         self._children: dict[tuple[str, str], object] = {}
         self._buffered = 0
@@ -157,11 +159,21 @@ class PayloadLog:
                 self._count(str(model), "dropped", 1)
 
     def _count(self, model: str, outcome: str, rows: int) -> None:
-        self.counts[outcome] += rows
-        child = self._children.get((model, outcome))
-        if child is None:  # labels() costs microseconds; look each child up once
-            child = self._children[(model, outcome)] = PAYLOAD_RECORDS.labels(model, outcome)
-        child.inc(rows)
+        # The Prometheus counter is bumped by the writer thread (``_publish_counts``): a counter
+        # increment costs microseconds, too much to pay on every request.
+        key = (model, outcome)
+        with self._count_lock:
+            self.counts[outcome] += rows
+            self._unpublished[key] = self._unpublished.get(key, 0) + rows
+
+    def _publish_counts(self) -> None:
+        with self._count_lock:
+            pending, self._unpublished = self._unpublished, {}
+        for (model, outcome), rows in pending.items():
+            child = self._children.get((model, outcome))
+            if child is None:
+                child = self._children[(model, outcome)] = PAYLOAD_RECORDS.labels(model, outcome)
+            child.inc(rows)
 
     # --- the writer -------------------------------------------------------------------------------
 
@@ -183,6 +195,7 @@ class PayloadLog:
                 by_model.setdefault(entry.model, []).append(entry)
             for model, items in by_model.items():
                 self._write_model(model, items)
+            self._publish_counts()
             now = time.time()
             for model, handle in list(self._files.items()):
                 if close_all or now - handle.started >= self.roll_seconds or handle.size() >= self.roll_bytes:
@@ -224,21 +237,29 @@ class PayloadLog:
 
     @staticmethod
     def _to_table(run: list[_Entry]) -> pa.Table:
-        parts: dict[str, list[np.ndarray]] = {}
-        for entry in run:
-            cols = flatten("", entry.inputs, entry.rows) | flatten(OUTPUT_PREFIX, entry.outputs, entry.rows)
-            for name, values in cols.items():
-                parts.setdefault(name, []).append(values)
+        # Join each tensor across the run first (one concatenate per tensor), then split it into
+        # columns once: per-entry work stays a list append, which keeps the writer cheap at
+        # thousands of requests per second.
         rows = [e.rows for e in run]
+        total = sum(rows)
+        first = run[0]
+        def joined(tensors_of, name: str) -> np.ndarray:
+            parts = [np.asarray(tensors_of(e)[name]) for e in run]
+            if parts[0].ndim <= 1:  # [n] stays one column named like the tensor
+                return np.concatenate([p.reshape(e.rows) for p, e in zip(parts, run, strict=True)])
+            return np.concatenate([p.reshape(e.rows, -1) for p, e in zip(parts, run, strict=True)])
+
+        inputs = {n: joined(lambda e: e.inputs, n) for n in first.inputs}
+        outputs = {n: joined(lambda e: e.outputs, n) for n in first.outputs}
+        cols = flatten("", inputs, total) | flatten(OUTPUT_PREFIX, outputs, total)
         stamps = np.repeat(np.array([e.timestamp for e in run]) * 1e6, rows).astype("datetime64[us]")
         arrays = {
             "model": pa.array(np.repeat([e.model for e in run], rows).astype(object), pa.string()),
             "version": pa.array(np.repeat([e.version for e in run], rows).astype(object), pa.string()),
             "timestamp": pa.array(stamps, pa.timestamp("us", tz="UTC")),
         }
-        for name, values in parts.items():
-            joined = np.concatenate(values)
-            arrays[name] = pa.array(joined.astype(object) if joined.dtype.kind in "SUO" else joined)
+        for name, values in cols.items():
+            arrays[name] = pa.array(values.astype(object) if values.dtype.kind in "SUO" else values)
         return pa.table(arrays)
 
     # --- control ---------------------------------------------------------------------------------
