@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 
 import mlscale
+from mlscale.cache.codec import pack_arrays, unpack_arrays
 from mlscale.cache.keys import prediction_key
 from mlscale.config import ServerSettings
 from mlscale.errors import (
@@ -31,7 +32,6 @@ from mlscale.errors import (
     PayloadTooLarge,
 )
 from mlscale.serving import metrics
-from mlscale.serving.cached import pack_outputs, unpack_outputs
 from mlscale.serving.control import WorkerControl
 from mlscale.serving.protocol import decode_request, encode_json, encode_response
 from mlscale.serving.repository import ModelRepository, ModelVersion
@@ -392,10 +392,10 @@ async def _cached_predict(model: ModelVersion, inputs: dict, deadline: float | N
     key = prediction_key(model.model, model.version, inputs, requested)
 
     async def compute() -> bytes:
-        return pack_outputs(await model.batcher.submit(inputs, deadline, requested))
+        return pack_arrays(await model.batcher.submit(inputs, deadline, requested))
 
     packed, source = await model.cache.get_or_compute(key, compute)
-    return unpack_outputs(packed), {"cache": "miss" if source == "computed" else source}
+    return unpack_arrays(packed), {"cache": "miss" if source == "computed" else source}
 
 
 _OUTCOMES = {Overloaded: "rejected", DeadlineExceeded: "timeout", ModelNotFound: "not_found"}
