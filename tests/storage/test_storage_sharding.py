@@ -126,3 +126,9 @@ def test_sharded_store_behaves_like_one_store(ops, probe) -> None:
             single.delete(arg)
     assert sharded.get_many(probe) == single.get_many(probe)
     assert set(sharded.scan()) == set(single.scan())
+
+
+def test_one_key_lookup_agrees_with_the_batch_lookup() -> None:
+    ring = HashRing(["a", "b", "c", "d"], vnodes=64)
+    keys = [f"key-{i}".encode() for i in range(5000)]
+    assert [ring.names[ring.primary_index(k)] for k in keys] == ring.primaries(keys)

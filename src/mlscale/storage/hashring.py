@@ -8,6 +8,7 @@ owners of every arc are precomputed, so a batch of keys is one ``searchsorted`` 
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -38,6 +39,9 @@ class HashRing:
         self._points = np.array([p for p, _ in points], dtype=np.uint64)
         owners = np.array([i for _, i in points], dtype=np.int32)
         self._owners = self._successors(owners)
+        # Plain-Python copies for one-key lookups, where NumPy's per-call cost would dominate.
+        self._point_list: list[int] = self._points.tolist()
+        self._primary_list: list[int] = self._owners[:, 0].tolist()
 
     def _successors(self, owners: np.ndarray) -> np.ndarray:
         """Row j: the first ``replicas`` distinct shards clockwise from ring point j."""
@@ -64,6 +68,11 @@ class HashRing:
     def owner_indices(self, keys: Sequence[bytes]) -> np.ndarray:
         """Array (len(keys), replicas) of shard indices into ``names``; column 0 is the primary."""
         return self._owners[self._rows(keys)]
+
+    def primary_index(self, key: bytes) -> int:
+        """Index into ``names`` of the primary owner of one key (bisect, no NumPy)."""
+        i = bisect.bisect_left(self._point_list, key_hash(key))
+        return self._primary_list[i if i < len(self._point_list) else 0]
 
     def owners(self, key: bytes) -> list[str]:
         """Names of the shards that own ``key``, primary first."""

@@ -66,6 +66,8 @@ class ShardedKeyValue(KeyValue):
     def _read(self, keys: Sequence[bytes], call: Callable[[KeyValue, list[bytes]], list]) -> list:
         """Answer each key from its first owner that answers with a value."""
         n = len(keys)
+        if n == 1 and self.replicas == 1:
+            return self._read_one(keys[0], call)
         out: list = [None] * n
         if not n:
             return out
@@ -119,6 +121,19 @@ class ShardedKeyValue(KeyValue):
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=len(self._stores), thread_name_prefix="shard")
         return list(self._pool.map(guarded, groups))
+
+    def _read_one(self, key: bytes, call: Callable[[KeyValue, list[bytes]], list]) -> list:
+        """``_read`` for one key without replicas: the online store's single-entity reads, where
+        grouping keys with NumPy cost six times the SQLite lookup itself (measured 69 vs 10 us)."""
+        shard = self.ring.primary_index(key)
+        error: Exception | None = None
+        if self._usable(shard):
+            try:
+                return call(self._stores[shard], [key])
+            except ServiceUnavailable as exc:
+                self._failed(shard, exc)
+                error = exc
+        raise ServiceUnavailable(f"no owner of 1 keys answered (shards {[self.ring.names[shard]]}): {error}")
 
     def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         return self._read(keys, lambda store, ks: store.get_many(ks))
