@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import socket
+import uuid
+from collections.abc import Callable, Iterator
 
 import pytest
+
+from mlscale.storage.localredis import LocalRedis
 
 
 def _listening(port: int) -> bool:
@@ -35,3 +39,24 @@ def postgres_dsn() -> str:
     if not _listening(5432):
         pytest.skip("PostgreSQL is not running on 127.0.0.1:5432")
     return "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture
+def start_redis() -> Iterator[Callable[[], LocalRedis]]:
+    """Start private redis-servers on free ports (tests may kill them); all stop when the test ends."""
+    servers: list[LocalRedis] = []
+
+    def start() -> LocalRedis:
+        server = LocalRedis().start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def prefix() -> bytes:
+    """A key prefix no other test (or engineer) uses on the shared Redis."""
+    return f"t-{uuid.uuid4().hex[:12]}:".encode()

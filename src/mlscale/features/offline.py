@@ -231,37 +231,18 @@ class OfflineStore:
         return conn.execute("SELECT count(*) FROM latest").fetchall()[0][0]
 
 
+# DuckDB's integer column types: valid int64 entity keys, and numeric features.
+_INTEGER_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "HUGEINT")
+
+
 def _compatible_key(entity_dtype: str, sql_type: str) -> bool:
     if entity_dtype == "int64":
-        return sql_type in (
-            "TINYINT",
-            "SMALLINT",
-            "INTEGER",
-            "BIGINT",
-            "UTINYINT",
-            "USMALLINT",
-            "UINTEGER",
-            "UBIGINT",
-            "HUGEINT",
-        )
+        return sql_type in _INTEGER_TYPES
     return sql_type == "VARCHAR"
 
 
 def _numeric(sql_type: str) -> bool:
-    return sql_type in (
-        "BOOLEAN",
-        "TINYINT",
-        "SMALLINT",
-        "INTEGER",
-        "BIGINT",
-        "UTINYINT",
-        "USMALLINT",
-        "UINTEGER",
-        "UBIGINT",
-        "HUGEINT",
-        "FLOAT",
-        "DOUBLE",
-    ) or sql_type.startswith("DECIMAL")
+    return sql_type in ("BOOLEAN", "FLOAT", "DOUBLE", *_INTEGER_TYPES) or sql_type.startswith("DECIMAL")
 
 
 def _as_table(entity_df: Any) -> pa.Table:
