@@ -8,8 +8,7 @@ from pathlib import Path
 
 
 def mlscale(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mlscale", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=60)
+    return subprocess.run([sys.executable, "-m", "mlscale", *args], capture_output=True, text=True, cwd=cwd, timeout=60)
 
 
 def test_help_lists_the_commands():

@@ -184,9 +184,11 @@ def main() -> None:
     if theirs is not None:
         feast_training = pq.read_table(folder / "feast_training.parquet").to_pandas()
         same, fraction, lacking = compare(our_training, feast_training)
-        print(f"\ntraining sets agree on the rows both returned: {'yes' if same else 'no'} "
-              f"({fraction:.4%} of feature values equal); Feast's answer lacks {lacking:,} of "
-              f"{len(our_training):,} entity rows")
+        print(
+            f"\ntraining sets agree on the rows both returned: {'yes' if same else 'no'} "
+            f"({fraction:.4%} of feature values equal); Feast's answer lacks {lacking:,} of "
+            f"{len(our_training):,} entity rows"
+        )
 
 
 if __name__ == "__main__":

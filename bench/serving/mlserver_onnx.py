@@ -13,8 +13,9 @@ class OnnxModel(MLModel):
     async def load(self) -> bool:
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
-        self.session = ort.InferenceSession(await get_model_uri(self.settings), options,
-                                            providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(
+            await get_model_uri(self.settings), options, providers=["CPUExecutionProvider"]
+        )
         self.output = self.session.get_outputs()[1].name
         return True
 

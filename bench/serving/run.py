@@ -48,8 +48,18 @@ def ensure_mlserver() -> Path:
     if not binary.exists():
         print("creating the MLServer venv (one time)...", flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(MLSERVER_VENV)], check=True)
-        subprocess.run([str(MLSERVER_VENV / "bin" / "pip"), "install", "-q", "mlserver==1.7.1",
-                        "mlserver-sklearn==1.7.1", "uvloop<0.22", "onnxruntime"], check=True)
+        subprocess.run(
+            [
+                str(MLSERVER_VENV / "bin" / "pip"),
+                "install",
+                "-q",
+                "mlserver==1.7.1",
+                "mlserver-sklearn==1.7.1",
+                "uvloop<0.22",
+                "onnxruntime",
+            ],
+            check=True,
+        )
     return binary
 
 
@@ -71,10 +81,14 @@ def build_models() -> tuple[Path, Path]:
     shutil.copy(ours / "iris" / "1" / "model.joblib", theirs / "iris" / "model.joblib")
     shutil.copy(ours / "mlp-onnx" / "1" / "model.onnx", theirs / "mlp" / "model.onnx")
     shutil.copy(HERE / "mlserver_onnx.py", theirs / "mlp" / "mlserver_onnx.py")
-    (theirs / "iris" / "model-settings.json").write_text(json.dumps(
-        {"name": "iris", "implementation": "mlserver_sklearn.SKLearnModel", "parameters": {"uri": "./model.joblib"}}))
-    (theirs / "mlp" / "model-settings.json").write_text(json.dumps(
-        {"name": "mlp", "implementation": "mlserver_onnx.OnnxModel", "parameters": {"uri": "./model.onnx"}}))
+    (theirs / "iris" / "model-settings.json").write_text(
+        json.dumps(
+            {"name": "iris", "implementation": "mlserver_sklearn.SKLearnModel", "parameters": {"uri": "./model.joblib"}}
+        )
+    )
+    (theirs / "mlp" / "model-settings.json").write_text(
+        json.dumps({"name": "mlp", "implementation": "mlserver_onnx.OnnxModel", "parameters": {"uri": "./model.onnx"}})
+    )
     return ours, theirs
 
 
@@ -120,21 +134,46 @@ def start(kind: str, models: dict[str, Path], workers: int) -> tuple[subprocess.
     log = open(WORK / f"{kind}.log", "w")  # noqa: SIM115 - lives as long as the server
     env = {**os.environ}
     if kind == "mlscale":
-        command = [str(ROOT / ".venv" / "bin" / "mlscale"), "serve", "--model-repository", str(models["mlscale"]),
-                   "--port", str(port), "--workers", str(workers)]
+        command = [
+            str(ROOT / ".venv" / "bin" / "mlscale"),
+            "serve",
+            "--model-repository",
+            str(models["mlscale"]),
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+        ]
         paths = {"iris": "/v2/models/iris/infer", "mlp": "/v2/models/mlp-onnx/infer"}
         ready = ["/v2/health/ready"]
     elif kind == "mlserver":
         settings = models["mlserver"] / "settings.json"
-        settings.write_text(json.dumps({"http_port": port, "grpc_port": free_port(), "metrics_port": free_port(),
-                                        "debug": False}))
+        settings.write_text(
+            json.dumps({"http_port": port, "grpc_port": free_port(), "metrics_port": free_port(), "debug": False})
+        )
         command = [str(MLSERVER_VENV / "bin" / "mlserver"), "start", str(models["mlserver"])]
         paths = {"iris": "/v2/models/iris/infer", "mlp": "/v2/models/mlp/infer"}
         ready = ["/v2/models/mlp/ready", "/v2/models/iris/ready"]
     else:
-        command = [str(ROOT / ".venv" / "bin" / "python"), "-m", "uvicorn", "floor_app:app", "--app-dir", str(HERE),
-                   "--port", str(port), "--workers", str(workers), "--loop", "uvloop", "--http", "httptools",
-                   "--no-access-log", "--log-level", "warning"]
+        command = [
+            str(ROOT / ".venv" / "bin" / "python"),
+            "-m",
+            "uvicorn",
+            "floor_app:app",
+            "--app-dir",
+            str(HERE),
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ]
         paths = {"iris": "/", "mlp": "/"}
         ready = "/"
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -168,7 +207,10 @@ def run_wrk(wrk: str, url: str, body: Path, connections: int, seconds: int) -> d
     threads = 1 if connections == 1 else 2
     result = subprocess.run(
         [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(HERE / "post.lua"), url],
-        capture_output=True, text=True, env={**os.environ, "BODY": str(body)}, check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "BODY": str(body)},
+        check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", result).group(1))
     p50 = _ms(re.search(r"\s50%\s+(\S+)", result).group(1))
@@ -206,21 +248,28 @@ def main() -> None:
                 url = base + paths[model]
                 run_wrk(wrk, url, payloads[model][kind], 16, 1)  # warm-up
                 for connections in levels:
-                    runs = [run_wrk(wrk, url, payloads[model][kind], connections, args.duration)
-                            for _ in range(args.repeats)]
+                    runs = [
+                        run_wrk(wrk, url, payloads[model][kind], connections, args.duration)
+                        for _ in range(args.repeats)
+                    ]
                     cell = {key: statistics.median(r[key] for r in runs) for key in ("rps", "p50", "p99")}
                     cell["errors"] = sum(r["errors"] for r in runs)
                     results[(kind, model, connections)] = cell
-                    print(f"{kind:9s} {model:5s} c={connections:<3d} {cell['rps']:9.0f} req/s  "
-                          f"p50 {cell['p50']:.3f} ms  p99 {cell['p99']:.3f} ms  errors {cell['errors']}", flush=True)
+                    print(
+                        f"{kind:9s} {model:5s} c={connections:<3d} {cell['rps']:9.0f} req/s  "
+                        f"p50 {cell['p50']:.3f} ms  p99 {cell['p99']:.3f} ms  errors {cell['errors']}",
+                        flush=True,
+                    )
         finally:
             stop(process)
     print()
     print("| model | connections | server | req/s | p50 ms | p99 ms | non-2xx |")
     print("|---|---|---|---|---|---|---|")
     for (kind, model, connections), cell in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][0])):
-        print(f"| {model} | {connections} | {kind} | {cell['rps']:.0f} | {cell['p50']:.3f} | {cell['p99']:.2f} "
-              f"| {cell['errors']} |")
+        print(
+            f"| {model} | {connections} | {kind} | {cell['rps']:.0f} | {cell['p50']:.3f} | {cell['p99']:.2f} "
+            f"| {cell['errors']} |"
+        )
     print()
     for model in ("iris", "mlp"):
         for connections in levels:
@@ -229,8 +278,10 @@ def main() -> None:
             floor_cell = results.get(("floor", model, connections))
             parts = []
             if ours_cell and theirs_cell:
-                parts.append(f"throughput x{ours_cell['rps'] / theirs_cell['rps']:.1f} of MLServer, "
-                             f"p99 {theirs_cell['p99'] / ours_cell['p99']:.1f}x lower")
+                parts.append(
+                    f"throughput x{ours_cell['rps'] / theirs_cell['rps']:.1f} of MLServer, "
+                    f"p99 {theirs_cell['p99'] / ours_cell['p99']:.1f}x lower"
+                )
             if ours_cell and floor_cell:
                 parts.append(f"{100 * ours_cell['rps'] / floor_cell['rps']:.0f}% of the floor")
             if parts:

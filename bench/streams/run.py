@@ -243,7 +243,13 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=100_000)
     parser.add_argument("--online", default="sqlite:///online.db", help="online store spec")
     parser.add_argument("--no-bytewax", action="store_true")
+    parser.add_argument(
+        "--cores", type=int, default=1, help="CPUs this process (and Bytewax) may use; the goal is for one core"
+    )
     args = parser.parse_args()
+    # Everything measured here runs in this process (the broker services run on their own), so pinning
+    # it holds the processor, the plain loop and Bytewax (a child inherits the mask) to the same cores.
+    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.cores])
     n = args.events or (60_000 if args.quick else 2_000_000)
     fresh_seconds = 2.0 if args.quick else 20.0
     tmp = Path(tempfile.mkdtemp(prefix="mlscale-bench-streams-"))
@@ -275,7 +281,7 @@ def main() -> None:
     p50, p99 = freshness(f"embedded:{tmp}/fresh.db", tmp, 10_000, fresh_seconds)
     print(
         f"\n{n:,} events, {args.keys:,} keys, 1-minute tumbling count/sum/mean, online store {args.online}"
-        f"{' (--quick)' if args.quick else ''}, {os.cpu_count()} cores\n"
+        f"{' (--quick)' if args.quick else ''}, pinned to {len(os.sched_getaffinity(0))} of {os.cpu_count()} cores\n"
     )
     print("| broker | consumer | events/s | note |\n|---|---|---:|---|")
     for r in rows:

@@ -38,8 +38,14 @@ def extra_parts(settings: Settings) -> dict[str, list[str] | None]:
 
 
 @click.command()
-@click.option("--config", "config_path", type=click.Path(path_type=Path, exists=True, dir_okay=False),
-              default="mlscale.toml", show_default=True, help="Project file.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default="mlscale.toml",
+    show_default=True,
+    help="Project file.",
+)
 def up(config_path: Path) -> None:
     """Run the server and every part the project file configures, until Ctrl-C."""
     settings = load_settings(config_path)

@@ -55,7 +55,10 @@ def run(folder, *args):
 
 def run_process(folder, *args):
     return subprocess.run(
-        [sys.executable, "-m", "mlscale", "features", *args], cwd=folder, capture_output=True, text=True,
+        [sys.executable, "-m", "mlscale", "features", *args],
+        cwd=folder,
+        capture_output=True,
+        text=True,
         timeout=60,
     )
 
@@ -88,8 +91,9 @@ def test_cli_apply_list_describe_materialize_get_and_training_set(tmp_path, make
 
     entities = pd.DataFrame({"driver_id": [3, 3, 4], "event_timestamp": [middle, middle, middle]})
     entities.to_parquet(tmp_path / "entities.parquet")
-    built = run(tmp_path, "training-set", "--entities", "entities.parquet", "--service", "driver_model",
-                "-o", "train.parquet")
+    built = run(
+        tmp_path, "training-set", "--entities", "entities.parquet", "--service", "driver_model", "-o", "train.parquet"
+    )
     assert built.returncode == 0, built.stderr
     table = pq.read_table(tmp_path / "train.parquet")
     assert table.column_names == ["driver_id", "event_timestamp", "conv_rate", "trips"]

@@ -43,8 +43,14 @@ class RunningGateway:
     def __init__(self, backends: list[str], strategy: str = "p2c") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        command = [str(Path(sys.executable).parent / "mlscale"), "gateway", "--port", str(self.port),
-                   "--strategy", strategy]
+        command = [
+            str(Path(sys.executable).parent / "mlscale"),
+            "gateway",
+            "--port",
+            str(self.port),
+            "--strategy",
+            strategy,
+        ]
         for backend in backends:
             command += ["--backend", backend]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

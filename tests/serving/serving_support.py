@@ -17,8 +17,21 @@ sys.path.insert(0, str(REPO_ROOT / "examples" / "demo"))
 
 import models as demo_models  # noqa: E402
 
-DATATYPES = ["BOOL", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64",
-             "FP16", "FP32", "FP64", "BYTES"]
+DATATYPES = [
+    "BOOL",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "FP16",
+    "FP32",
+    "FP64",
+    "BYTES",
+]
 
 ECHO_MODEL = '''
 class Model:
@@ -82,13 +95,17 @@ def build_test_repository(root: Path) -> Path:
     demo_models.train_iris_onnx(root)
     write_python_model(root, "echo", ECHO_MODEL, echo_toml())
     write_python_model(
-        root, "slow", SLOW_MODEL,
+        root,
+        "slow",
+        SLOW_MODEL,
         'max_batch_size = 1\nmax_queue_size = 2\nexecution = "thread"\n'
         '[[inputs]]\nname = "ms"\ndatatype = "FP32"\nshape = [-1]\n'
         '[[outputs]]\nname = "ms_out"\ndatatype = "FP32"\nshape = [-1]\n',
     )
     write_python_model(
-        root, "picky", PICKY_MODEL,
+        root,
+        "picky",
+        PICKY_MODEL,
         'max_batch_size = 256\nmax_delay = 0.02\nexecution = "thread"\n'
         '[[inputs]]\nname = "x"\ndatatype = "FP64"\nshape = [-1, 2]\n'
         '[[outputs]]\nname = "y"\ndatatype = "FP64"\nshape = [-1, 2]\n',
@@ -105,16 +122,27 @@ def free_port() -> int:
 class RunningServer:
     """A real `mlscale serve` process and its base URL."""
 
-    def __init__(self, repository: Path, workers: int = 2, extra: list[str] | None = None,
-                 config: Path | None = None) -> None:
+    def __init__(
+        self, repository: Path, workers: int = 2, extra: list[str] | None = None, config: Path | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        command = [str(Path(sys.executable).parent / "mlscale"), "serve", "--model-repository", str(repository),
-                   "--port", str(self.port), "--workers", str(workers), *(extra or [])]
+        command = [
+            str(Path(sys.executable).parent / "mlscale"),
+            "serve",
+            "--model-repository",
+            str(repository),
+            "--port",
+            str(self.port),
+            "--workers",
+            str(workers),
+            *(extra or []),
+        ]
         if config is not None:
             command += ["--config", str(config)]
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
         self.wait_ready()
 
     def wait_ready(self, timeout: float = 60.0) -> None:
@@ -139,5 +167,3 @@ class RunningServer:
                 self.process.kill()
                 self.process.wait()
         return self.process.returncode
-
-

@@ -28,7 +28,7 @@ class Model:
         return {{"y": inputs["x"] + self.offset}}
 '''
 
-TOML = '''execution = "thread"
+TOML = """execution = "thread"
 [cache]
 enabled = true
 ttl = 60
@@ -40,7 +40,7 @@ shape = [-1, 2]
 name = "y"
 datatype = "FP32"
 shape = [-1, 2]
-'''
+"""
 
 
 def _body(value: float) -> dict:

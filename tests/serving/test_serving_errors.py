@@ -61,8 +61,7 @@ def test_binary_header_longer_than_body_is_rejected(server):
 
 def test_binary_size_that_does_not_match_shape_is_rejected(server):
     header = b'{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP64","parameters":{"binary_data_size":16}}]}'
-    response = _infer(server, header + b"\0" * 16,
-                      headers={"Inference-Header-Content-Length": str(len(header))})
+    response = _infer(server, header + b"\0" * 16, headers={"Inference-Header-Content-Length": str(len(header))})
     assert response.status_code == 400
     assert "needs 32 bytes" in response.json()["error"]
 

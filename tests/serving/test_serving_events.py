@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 from serving_support import RunningServer, build_test_repository
 
-PROJECT = '''[server]
+PROJECT = """[server]
 poll_interval = 0
 
 [streams]
@@ -23,7 +23,7 @@ source = "trips"
 entity_key = "driver_id"
 size = "1m"
 aggregations = ["count", "sum(fare)"]
-'''
+"""
 
 
 def test_posted_events_are_windowed_into_the_online_store(tmp_path: Path):
@@ -42,8 +42,13 @@ def test_posted_events_are_windowed_into_the_online_store(tmp_path: Path):
         assert httpx.post(server.url + "/v1/events/bad topic!", json=events).status_code in (400, 404)
     finally:
         server.stop()
-    run = subprocess.run([sys.executable, "-m", "mlscale", "stream", "run", "--config", str(config), "--quiet",
-                          "--idle-exit", "1"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    run = subprocess.run(
+        [sys.executable, "-m", "mlscale", "stream", "run", "--config", str(config), "--quiet", "--idle-exit", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert run.returncode == 0, run.stderr
     from mlscale.config import load_settings
     from mlscale.storage import open_store

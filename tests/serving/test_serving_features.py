@@ -23,7 +23,7 @@ class Model:
         return {"score": x[:, 0] * 2.0 + x[:, 1]}
 '''
 
-MODEL_TOML = '''execution = "inline"
+MODEL_TOML = """execution = "inline"
 [features]
 service = "driver_model"
 entity_key = "driver_id"
@@ -36,9 +36,9 @@ shape = [-1, 2]
 name = "score"
 datatype = "FP64"
 shape = [-1]
-'''
+"""
 
-PROJECT = '''[server]
+PROJECT = """[server]
 poll_interval = 0
 model_repository = "models"
 
@@ -60,12 +60,13 @@ features = { conv_rate = "float32", acc_rate = "float32" }
 [[features.services]]
 name = "driver_model"
 features = ["driver_rates:conv_rate", "driver_rates:acc_rate"]
-'''
+"""
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "mlscale", *args], cwd=cwd, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "mlscale", *args], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     return result
 
@@ -75,18 +76,21 @@ def feature_project(tmp_path_factory):
     root = tmp_path_factory.mktemp("project")
     rng = np.random.default_rng(3)
     now = datetime.now(UTC)
-    frame = pd.DataFrame({
-        "driver_id": np.repeat(np.arange(1, 6), 3).astype("int64"),
-        "event_timestamp": [now - timedelta(days=d) for _ in range(5) for d in (3, 2, 1)],
-        "conv_rate": rng.random(15).astype("float32"),
-        "acc_rate": rng.random(15).astype("float32"),
-    })
+    frame = pd.DataFrame(
+        {
+            "driver_id": np.repeat(np.arange(1, 6), 3).astype("int64"),
+            "event_timestamp": [now - timedelta(days=d) for _ in range(5) for d in (3, 2, 1)],
+            "conv_rate": rng.random(15).astype("float32"),
+            "acc_rate": rng.random(15).astype("float32"),
+        }
+    )
     (root / "data").mkdir()
     frame.to_parquet(root / "data" / "drivers.parquet")
     (root / "mlscale.toml").write_text(PROJECT)
     write_python_model(root / "models", "driver-score", WEIGHTED_SUM, MODEL_TOML.format(defaults=""))
-    write_python_model(root / "models", "driver-score-defaults", WEIGHTED_SUM,
-                       MODEL_TOML.format(defaults="defaults = 0.5"))
+    write_python_model(
+        root / "models", "driver-score-defaults", WEIGHTED_SUM, MODEL_TOML.format(defaults="defaults = 0.5")
+    )
     _cli("features", "apply", "--config", "mlscale.toml", cwd=root)
     _cli("features", "materialize", "--config", "mlscale.toml", cwd=root)
     latest = frame.sort_values("event_timestamp").groupby("driver_id").last()
@@ -97,12 +101,12 @@ def feature_project(tmp_path_factory):
 
 def test_feature_endpoint_returns_the_latest_values(feature_project):
     server, latest = feature_project
-    response = httpx.post(server.url + "/v1/features",
-                          json={"feature_service": "driver_model", "entities": {"driver_id": [2, 4, 99]}})
+    response = httpx.post(
+        server.url + "/v1/features", json={"feature_service": "driver_model", "entities": {"driver_id": [2, 4, 99]}}
+    )
     assert response.status_code == 200, response.text
     body = response.json()
-    conv = next(r for r, n in zip(body["results"], body["metadata"]["feature_names"], strict=True)
-                if n == "conv_rate")
+    conv = next(r for r, n in zip(body["results"], body["metadata"]["feature_names"], strict=True) if n == "conv_rate")
     assert conv["values"][:2] == pytest.approx([latest.loc[2, "conv_rate"], latest.loc[4, "conv_rate"]])
     assert conv["statuses"] == ["PRESENT", "PRESENT", "NOT_FOUND"]
 

@@ -30,8 +30,7 @@ def _wait_for(condition, timeout: float = 20.0, message: str = "condition") -> N
 
 def test_traffic_split_follows_the_weights():
     entry = ModelEntry("m", versions={"1": "v1", "2": "v2"})  # type: ignore[dict-item]
-    entry.refresh(ModelConfig(aliases={"production": "1", "canary": "2"},
-                              traffic={"production": 90, "canary": 10}))
+    entry.refresh(ModelConfig(aliases={"production": "1", "canary": "2"}, traffic={"production": 90, "canary": 10}))
     random.seed(7)
     picks = [entry.resolve(None) for _ in range(5000)]
     share = picks.count("v2") / len(picks)
@@ -94,13 +93,19 @@ def test_load_unload_and_new_versions_under_traffic(lively_server):
             staging = repository / ".staging"
             demo_models.train_iris(staging, versions=("3",), trees=3)
             shutil.move(staging / "iris" / "3", repository / "iris" / "3")
-            _wait_for(lambda: all(
-                httpx.get(server.url + "/v2/models/iris").json()["versions"] == ["1", "2", "3"]
-                for _ in range(6)), message="version 3 on every worker")
+            _wait_for(
+                lambda: all(
+                    httpx.get(server.url + "/v2/models/iris").json()["versions"] == ["1", "2", "3"] for _ in range(6)
+                ),
+                message="version 3 on every worker",
+            )
             shutil.rmtree(repository / "iris" / "3")
-            _wait_for(lambda: all(
-                httpx.get(server.url + "/v2/models/iris").json()["versions"] == ["1", "2"]
-                for _ in range(6)), message="version 3 gone from every worker")
+            _wait_for(
+                lambda: all(
+                    httpx.get(server.url + "/v2/models/iris").json()["versions"] == ["1", "2"] for _ in range(6)
+                ),
+                message="version 3 gone from every worker",
+            )
         finally:
             stop.set()
     assert failures == []
@@ -153,8 +158,9 @@ def test_full_queue_answers_503_with_retry_after(server):
 
 
 def test_deadline_from_header_or_parameter_answers_504(server):
-    response = httpx.post(server.url + "/v2/models/slow/infer", json=_slow(400),
-                          headers={"X-Request-Timeout": "0.05"}, timeout=30)
+    response = httpx.post(
+        server.url + "/v2/models/slow/infer", json=_slow(400), headers={"X-Request-Timeout": "0.05"}, timeout=30
+    )
     assert response.status_code == 504
     assert "deadline" in response.json()["error"]
     body = {**_slow(400), "parameters": {"timeout": 50_000}}
@@ -215,7 +221,11 @@ def test_metrics_are_summed_over_workers(server):
     totals = {_requests_total(server, "iris-onnx") - before for _ in range(8)}
     assert totals == {40.0}
     text = httpx.get(server.url + "/metrics").text
-    for name in ("mlscale_request_duration_seconds_bucket", "mlscale_batch_size_bucket",
-                 "mlscale_queue_wait_seconds_bucket", "mlscale_model_load_seconds_count",
-                 "mlscale_inflight_requests"):
+    for name in (
+        "mlscale_request_duration_seconds_bucket",
+        "mlscale_batch_size_bucket",
+        "mlscale_queue_wait_seconds_bucket",
+        "mlscale_model_load_seconds_count",
+        "mlscale_inflight_requests",
+    ):
         assert name in text, name

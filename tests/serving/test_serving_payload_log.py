@@ -15,8 +15,10 @@ from mlscale.monitoring.payload_reader import PayloadReader
 def test_every_answered_request_reaches_the_payload_log_after_sigterm(tmp_path: Path):
     repository = build_test_repository(tmp_path / "models")
     config = tmp_path / "mlscale.toml"
-    config.write_text('[monitoring.payload_log]\nenabled = true\ndirectory = "payload"\nsample_rate = 1.0\n'
-                      'sample_rates = { "iris-onnx" = 0.0 }\n')
+    config.write_text(
+        '[monitoring.payload_log]\nenabled = true\ndirectory = "payload"\nsample_rate = 1.0\n'
+        'sample_rates = { "iris-onnx" = 0.0 }\n'
+    )
     server = RunningServer(repository, workers=2, config=config)
     rows = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
     try:

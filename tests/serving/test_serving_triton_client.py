@@ -42,8 +42,10 @@ def test_iris_classification_matches_local_model(client, model_repository, binar
     local = joblib.load(model_repository / "iris" / "1" / "model.joblib")
     tensor = triton.InferInput("input", list(IRIS.shape), "FP64")
     tensor.set_data_from_numpy(IRIS, binary_data=binary)
-    outputs = [triton.InferRequestedOutput("label", binary_data=binary),
-               triton.InferRequestedOutput("probabilities", binary_data=binary)]
+    outputs = [
+        triton.InferRequestedOutput("label", binary_data=binary),
+        triton.InferRequestedOutput("probabilities", binary_data=binary),
+    ]
     result = client.infer("iris", [tensor], model_version="1", outputs=outputs)
     np.testing.assert_array_equal(result.as_numpy("label"), local.predict(IRIS))
     np.testing.assert_array_equal(result.as_numpy("probabilities"), local.predict_proba(IRIS))

@@ -14,8 +14,9 @@ import msgspec
 @click.option("--host", help="Address to listen on.")
 @click.option("--port", type=int, help="Port to listen on (default 9000).")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="Project file mlscale.toml.")
-def gateway(backends: tuple[str, ...], strategy: str | None, host: str | None, port: int | None,
-            config_path: Path | None) -> None:
+def gateway(
+    backends: tuple[str, ...], strategy: str | None, host: str | None, port: int | None, config_path: Path | None
+) -> None:
     """Balance requests over server replicas, with health checks and retries."""
     import uvicorn
 
@@ -26,7 +27,17 @@ def gateway(backends: tuple[str, ...], strategy: str | None, host: str | None, p
     overrides = {"backends": list(backends) or None, "strategy": strategy, "host": host, "port": port}
     settings = msgspec.structs.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     app = Gateway(settings)
-    click.echo(f"mlscale gateway: http://{settings.host}:{settings.port} -> {', '.join(settings.backends)} "
-               f"({settings.strategy})")
-    uvicorn.run(app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
-                access_log=False, log_level="warning", lifespan="on")
+    click.echo(
+        f"mlscale gateway: http://{settings.host}:{settings.port} -> {', '.join(settings.backends)} "
+        f"({settings.strategy})"
+    )
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+        lifespan="on",
+    )

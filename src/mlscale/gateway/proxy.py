@@ -58,9 +58,16 @@ class Gateway:
         if scope["type"] != "http":
             return
         if scope["path"] == "/gateway/backends":
-            status, headers, body = 200, [(b"content-type", b"application/json")], msgspec.json.encode(
-                [{"url": b.url, "healthy": b.healthy, "inflight": b.inflight, "served": b.served}
-                 for b in self.backends])
+            status, headers, body = (
+                200,
+                [(b"content-type", b"application/json")],
+                msgspec.json.encode(
+                    [
+                        {"url": b.url, "healthy": b.healthy, "inflight": b.inflight, "served": b.served}
+                        for b in self.backends
+                    ]
+                ),
+            )
         else:
             status, headers, body = await self._forward(scope, receive)
         headers = [*headers, (b"content-length", str(len(body)).encode())]
@@ -143,8 +150,9 @@ class Gateway:
         for backend in candidates:
             backend.inflight += 1
             try:
-                response = await self._client.request(scope["method"], backend.url + path, content=body,
-                                                      headers=headers)
+                response = await self._client.request(
+                    scope["method"], backend.url + path, content=body, headers=headers
+                )
             except httpx.HTTPError as exc:
                 last_error = f"{backend.url}: {exc!r}"
                 backend.failures += 1
@@ -157,7 +165,10 @@ class Gateway:
                 last_error = f"{backend.url}: 503"
                 continue
             backend.served += 1
-            out_headers = [(k.encode(), v.encode()) for k, v in response.headers.items()
-                           if k.encode() not in _HOP_BY_HOP and k != "content-encoding"]
+            out_headers = [
+                (k.encode(), v.encode())
+                for k, v in response.headers.items()
+                if k.encode() not in _HOP_BY_HOP and k != "content-encoding"
+            ]
             return response.status_code, out_headers, response.content
         return _error(502, f"every backend refused the request (last: {last_error})")

@@ -112,8 +112,9 @@ class MonitorService:
         reader = PayloadReader(resolve(settings.payload_log.directory))
         monitors = [Monitor(m, reader, load_reference(resolve(m.reference))) for m in settings.monitors]
         rules = [rule_from_settings(msgspec_to_dict(r)) for r in settings.alerts]
-        return cls(monitors, AlertManager(rules, channels_from_settings(settings, resolve)),
-                   resolve(settings.state_file))
+        return cls(
+            monitors, AlertManager(rules, channels_from_settings(settings, resolve)), resolve(settings.state_file)
+        )
 
     def run_once(self, now: float | None = None) -> dict[str, Any]:
         """Run every monitor, export metrics, evaluate alerts, store and return the latest results."""

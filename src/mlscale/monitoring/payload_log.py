@@ -243,6 +243,7 @@ class PayloadLog:
         rows = [e.rows for e in run]
         total = sum(rows)
         first = run[0]
+
         def joined(tensors_of, name: str) -> np.ndarray:
             parts = [np.asarray(tensors_of(e)[name]) for e in run]
             if parts[0].ndim <= 1:  # [n] stays one column named like the tensor

@@ -51,8 +51,9 @@ class Response:
 
     __slots__ = ("body", "content_type", "headers", "status")
 
-    def __init__(self, status: int, body: bytes, content_type: bytes = JSON,
-                 headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    def __init__(
+        self, status: int, body: bytes, content_type: bytes = JSON, headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
         self.status = status
         self.body = body
         self.content_type = content_type
@@ -381,12 +382,14 @@ class InferenceApp:
             self.payload_log.record(model.model, model.version, request.inputs, outputs)
         if json_length is None:
             return Response(200, payload)
-        return Response(200, payload, b"application/octet-stream",
-                        [(b"inference-header-content-length", str(json_length).encode())])
+        return Response(
+            200, payload, b"application/octet-stream", [(b"inference-header-content-length", str(json_length).encode())]
+        )
 
 
-async def _cached_predict(model: ModelVersion, inputs: dict, deadline: float | None,
-                          requested: tuple[str, ...] | None) -> tuple[dict, dict]:
+async def _cached_predict(
+    model: ModelVersion, inputs: dict, deadline: float | None, requested: tuple[str, ...] | None
+) -> tuple[dict, dict]:
     """Through the model's prediction cache; the response parameter ``cache`` says where the answer
     came from: l1, l2, shared (waited on an identical request) or miss."""
     key = prediction_key(model.model, model.version, inputs, requested)

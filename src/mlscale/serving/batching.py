@@ -31,8 +31,15 @@ class InferenceFailed(InvalidInput):
 class _Item:
     __slots__ = ("deadline", "enqueued", "future", "inputs", "outputs", "rows", "signature")
 
-    def __init__(self, inputs: Arrays, outputs: tuple[str, ...] | None, rows: int, signature: tuple,
-                 deadline: float | None, future: asyncio.Future) -> None:
+    def __init__(
+        self,
+        inputs: Arrays,
+        outputs: tuple[str, ...] | None,
+        rows: int,
+        signature: tuple,
+        deadline: float | None,
+        future: asyncio.Future,
+    ) -> None:
         self.inputs = inputs
         self.outputs = outputs
         self.rows = rows
@@ -86,8 +93,9 @@ class AdaptiveBatcher:
     def queued(self) -> int:
         return len(self._pending)
 
-    async def submit(self, inputs: Arrays, deadline: float | None = None,
-                     outputs: tuple[str, ...] | None = None) -> Arrays:
+    async def submit(
+        self, inputs: Arrays, deadline: float | None = None, outputs: tuple[str, ...] | None = None
+    ) -> Arrays:
         """Outputs for one request's inputs; ``deadline`` is a time.monotonic() instant; ``outputs``
         names the outputs wanted (None: all)."""
         if self._closing:

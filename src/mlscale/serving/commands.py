@@ -9,14 +9,19 @@ import msgspec
 
 
 @click.command()
-@click.option("--model-repository", "model_repository", type=click.Path(path_type=Path),
-              help="Folder of models: <model>/<version>/model.{onnx,joblib,pt,py}.")
+@click.option(
+    "--model-repository",
+    "model_repository",
+    type=click.Path(path_type=Path),
+    help="Folder of models: <model>/<version>/model.{onnx,joblib,pt,py}.",
+)
 @click.option("--host", help="Address to listen on (default 127.0.0.1).")
 @click.option("--port", type=int, help="Port to listen on (default 8000).")
 @click.option("--workers", type=int, help="Worker processes sharing the port (default 1).")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="Project file mlscale.toml.")
-def serve(model_repository: Path | None, host: str | None, port: int | None, workers: int | None,
-          config_path: Path | None) -> None:
+def serve(
+    model_repository: Path | None, host: str | None, port: int | None, workers: int | None, config_path: Path | None
+) -> None:
     """Serve models over the Open Inference Protocol (v2) on HTTP."""
     from mlscale.config import load_settings
     from mlscale.serving.server import run_server
@@ -32,6 +37,8 @@ def serve(model_repository: Path | None, host: str | None, port: int | None, wor
     server = msgspec.structs.replace(server, **{k: v for k, v in overrides.items() if v is not None})
     if model_repository is None:
         server = msgspec.structs.replace(server, model_repository=str(settings.resolve(server.model_repository)))
-    click.echo(f"mlscale: serving {server.model_repository} on http://{server.host}:{server.port} "
-               f"with {server.workers} worker(s)")
+    click.echo(
+        f"mlscale: serving {server.model_repository} on http://{server.host}:{server.port} "
+        f"with {server.workers} worker(s)"
+    )
     run_server(msgspec.structs.replace(settings, server=server))

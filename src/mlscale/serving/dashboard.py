@@ -26,8 +26,10 @@ def models_panel(repository: ModelRepository) -> list[dict]:
         for target, weight in zip(entry.targets, weights, strict=True):
             version = entry.aliases.get(target, target)
             share[version] = share.get(version, 0.0) + weight / total
-        versions = [{"version": v, "state": "READY", **({"traffic": share[v]} if v in share else {})}
-                    for v in sorted(entry.versions, key=lambda v: (not v.isdigit(), int(v) if v.isdigit() else 0, v))]
+        versions = [
+            {"version": v, "state": "READY", **({"traffic": share[v]} if v in share else {})}
+            for v in sorted(entry.versions, key=lambda v: (not v.isdigit(), int(v) if v.isdigit() else 0, v))
+        ]
         versions += [{"version": v, "state": "UNAVAILABLE", "reason": r} for v, r in entry.failed.items()]
         rows.append({"name": name, "versions": versions, "aliases": dict(entry.aliases), "ready": bool(entry.versions)})
     return rows

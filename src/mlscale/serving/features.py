@@ -41,8 +41,9 @@ class FeatureJoin:
             raise ConfigError(f"[features]: {exc}") from None
         width = spec.shape[-1] if spec.shape else -1
         if width not in (-1, len(self.enricher.names)):
-            raise ConfigError(f"[features] gives {len(self.enricher.names)} features but input {target!r} "
-                              f"takes {width}")
+            raise ConfigError(
+                f"[features] gives {len(self.enricher.names)} features but input {target!r} takes {width}"
+            )
 
     async def join(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ids = inputs.get(self.entity_key)

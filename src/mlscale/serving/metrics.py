@@ -20,7 +20,22 @@ from prometheus_client import (
 )
 
 LATENCY_BUCKETS = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
@@ -34,7 +49,9 @@ REQUEST_DURATION = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 BATCH_SIZE = Histogram(
-    "mlscale_batch_size", "Rows per model call after adaptive batching.", ["model", "version"],
+    "mlscale_batch_size",
+    "Rows per model call after adaptive batching.",
+    ["model", "version"],
     buckets=BATCH_BUCKETS,
 )
 QUEUE_WAIT = Histogram(
@@ -44,11 +61,15 @@ QUEUE_WAIT = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 INFLIGHT = Gauge(
-    "mlscale_inflight_requests", "Inference requests being served now.", ["model"],
+    "mlscale_inflight_requests",
+    "Inference requests being served now.",
+    ["model"],
     multiprocess_mode="livesum",
 )
 MODEL_LOAD = Histogram(
-    "mlscale_model_load_seconds", "Time to load a model version.", ["model", "version"],
+    "mlscale_model_load_seconds",
+    "Time to load a model version.",
+    ["model", "version"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 

@@ -109,9 +109,7 @@ def decode_request(body: bytes, header_length: int | None = None) -> DecodedRequ
         else:
             inputs[item.name] = _array_from_json(item)
     if binary_part is not None and offset != len(binary_part):
-        raise InvalidInput(
-            f"the binary part holds {len(binary_part)} bytes but the inputs declare {offset}"
-        )
+        raise InvalidInput(f"the binary part holds {len(binary_part)} bytes but the inputs declare {offset}")
     binary_outputs = bool(parameters.get("binary_data_output", False))
     return DecodedRequest(inputs, request.id, parameters, request.outputs, binary_outputs)
 
@@ -170,9 +168,7 @@ def _flatten(data: Any, name: str) -> list:
 
 
 def _count_error(item: RequestInput, got: int, expected: int) -> InvalidInput:
-    return InvalidInput(
-        f"input {item.name!r}: shape {item.shape} needs {expected} elements but data holds {got}"
-    )
+    return InvalidInput(f"input {item.name!r}: shape {item.shape} needs {expected} elements but data holds {got}")
 
 
 def _array_from_binary(item: RequestInput, raw: memoryview) -> np.ndarray:
@@ -234,8 +230,9 @@ def encode_response(
 ) -> tuple[bytes, int | None]:
     """Serialize an answer; returns the body and the JSON header length when binary parts follow."""
     if request.outputs:
-        wanted = [(o.name, bool((o.parameters or {}).get("binary_data", request.binary_outputs)))
-                  for o in request.outputs]
+        wanted = [
+            (o.name, bool((o.parameters or {}).get("binary_data", request.binary_outputs))) for o in request.outputs
+        ]
     else:
         wanted = [(name, request.binary_outputs) for name in outputs]
     encoded_outputs: list[dict[str, Any]] = []

@@ -93,9 +93,7 @@ class ModelVersion:
         for name, array in inputs.items():
             spec = declared.get(name)
             if spec is None:
-                raise InvalidInput(
-                    f"model {self.model!r} has no input {name!r} (inputs: {sorted(declared)})"
-                )
+                raise InvalidInput(f"model {self.model!r} has no input {name!r} (inputs: {sorted(declared)})")
             datatype = v2_datatype(array.dtype) if array.dtype.kind != "b" else "BOOL"
             if datatype != spec.datatype:
                 raise InvalidInput(
@@ -106,8 +104,7 @@ class ModelVersion:
                 or any(d not in (-1, a) for d, a in zip(spec.shape, array.shape, strict=True))
             ):
                 raise InvalidInput(
-                    f"input {name!r} has shape {list(array.shape)} but model {self.model!r} "
-                    f"expects {list(spec.shape)}"
+                    f"input {name!r} has shape {list(array.shape)} but model {self.model!r} expects {list(spec.shape)}"
                 )
         if outputs:
             known = {s.name for s in self.runtime.outputs}
@@ -151,8 +148,7 @@ class ModelEntry:
         found = self.versions.get(version)
         if found is None:
             if version in self.failed:
-                raise ModelNotReady(f"model {self.name!r} version {version!r} failed to load: "
-                                    f"{self.failed[version]}")
+                raise ModelNotReady(f"model {self.name!r} version {version!r} failed to load: {self.failed[version]}")
             raise ModelNotFound(f"model {self.name!r} has no version or alias {version!r}")
         return found
 
@@ -160,8 +156,14 @@ class ModelEntry:
 class ModelRepository:
     """Every model under ``root``, kept in step with the folder and with load/unload calls."""
 
-    def __init__(self, root: Path, *, max_queue_size: int = 1024, caches: Caches | None = None,
-                 features: Callable[[], OnlineStore] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        max_queue_size: int = 1024,
+        caches: Caches | None = None,
+        features: Callable[[], OnlineStore] | None = None,
+    ) -> None:
         self.root = Path(root)
         self.caches = caches
         # Opens the online feature store on first need (models declaring [features]).
@@ -198,8 +200,9 @@ class ModelRepository:
                 if version in entry.versions:
                     rows.append({"name": name, "version": version, "state": READY, "reason": ""})
                 else:
-                    rows.append({"name": name, "version": version, "state": UNAVAILABLE,
-                                 "reason": entry.failed[version]})
+                    rows.append(
+                        {"name": name, "version": version, "state": UNAVAILABLE, "reason": entry.failed[version]}
+                    )
         return rows
 
     def all_ready(self) -> bool:
@@ -207,9 +210,7 @@ class ModelRepository:
 
     # --- changing ------------------------------------------------------------------------------
     def _names_on_disk(self) -> list[str]:
-        return sorted(
-            p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))
-        )
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
 
     def _versions_on_disk(self, name: str) -> list[Path]:
         folder = self.root / name
@@ -307,16 +308,23 @@ class ModelRepository:
         )
         seconds = time.perf_counter() - started
         metrics.MODEL_LOAD.labels(name, version).observe(seconds)
-        log.info("loaded model %s version %s (%s, %.3fs, %s)", name, version, runtime.platform, seconds,
-                 "inline" if inline else "thread")
+        log.info(
+            "loaded model %s version %s (%s, %.3fs, %s)",
+            name,
+            version,
+            runtime.platform,
+            seconds,
+            "inline" if inline else "thread",
+        )
         cache = self.caches.for_model(name, config.cache) if self.caches is not None else None
         enricher = None
         if config.features is not None:
             if self.features is None:
                 raise ConfigError(f"{path}: the model declares [features] but the server has no feature store")
             enricher = FeatureJoin(config.features, runtime, await asyncio.to_thread(self.features))
-        return ModelVersion(name, version, path, config, runtime, batcher, fingerprint, seconds, meters, cache,
-                            enricher)
+        return ModelVersion(
+            name, version, path, config, runtime, batcher, fingerprint, seconds, meters, cache, enricher
+        )
 
     async def _drop_model(self, name: str) -> None:
         entry = self.models.pop(name, None)

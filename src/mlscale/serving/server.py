@@ -31,9 +31,12 @@ def build_app(settings: Settings, *, control_dir: Path | None = None, workers: i
 
     caches = Caches(settings.cache, root=settings.root)
     feature_store = LazyFeatureStore(settings, caches)
-    repository = ModelRepository(settings.resolve(settings.server.model_repository),
-                                 max_queue_size=settings.server.max_queue_size, caches=caches,
-                                 features=feature_store.online)
+    repository = ModelRepository(
+        settings.resolve(settings.server.model_repository),
+        max_queue_size=settings.server.max_queue_size,
+        caches=caches,
+        features=feature_store.online,
+    )
     control = WorkerControl(control_dir, workers) if control_dir is not None else None
     events = LazyBroker(settings)
     json_routes = {
@@ -45,8 +48,14 @@ def build_app(settings: Settings, *, control_dir: Path | None = None, workers: i
         from mlscale.monitoring.payload_log import payload_log_from_settings
 
         payload_log = payload_log_from_settings(settings.monitoring.payload_log, settings.resolve)
-    app = InferenceApp(repository, settings.server, control=control, json_routes=json_routes,
-                       payload_log=payload_log, on_shutdown=[events.close])
+    app = InferenceApp(
+        repository,
+        settings.server,
+        control=control,
+        json_routes=json_routes,
+        payload_log=payload_log,
+        on_shutdown=[events.close],
+    )
     if not settings.server.dashboard:
         return app
     from mlscale.serving.dashboard import with_dashboard

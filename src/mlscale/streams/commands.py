@@ -70,6 +70,7 @@ def run(config_path, consumer, idle_exit, metrics_port, quiet) -> None:
         consumer=consumer,
         batch_size=s.batch_size,
         checkpoint_interval=s.checkpoint_interval,
+        flush_interval=s.flush_interval,
     )
     totals = {"processed": 0, "dead": 0, "written": 0}
     started = time.monotonic()

@@ -8,9 +8,14 @@ One loop per batch (see checkpoint.py for why the order below gives exactly-once
   3. decode per feature into columns; malformed and late records go to the dead-letter topic with the
      reason and the source position (dead letters are at-least-once: a replay may repeat one, with
      the same topic/partition/offset so a reader can deduplicate);
-  4. update window state (vectorised) and write the changed windows to the online store;
-  5. every ``checkpoint_interval`` seconds, commit state + offsets in one transaction, then record
-     the offsets in the broker's group (for lag).
+  4. update window state (vectorised);
+  5. flush: write the windows changed since the last flush to the online store, when the processor
+     has caught up with its partitions (a fetch came back short), when ``flush_interval`` has
+     passed, and always before a checkpoint. Under a backlog a window touched by many batches is
+     then written once per flush rather than once per batch (with 100,000 keys this halves the
+     writes); once caught up every batch is flushed at once, so freshness does not suffer;
+  6. every ``checkpoint_interval`` seconds, flush, commit state + offsets in one transaction, then
+     record the offsets in the broker's group (for lag).
 """
 
 from __future__ import annotations
@@ -76,6 +81,7 @@ class StreamProcessor:
         consumer: str | None = None,
         batch_size: int = 20_000,
         checkpoint_interval: float = 1.0,
+        flush_interval: float = 0.5,
     ) -> None:
         self.broker = broker
         self.features = [f.compile() if isinstance(f, WindowedFeature) else f for f in features]
@@ -85,12 +91,14 @@ class StreamProcessor:
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.batch_size = batch_size
         self.checkpoint_interval = checkpoint_interval
+        self.flush_interval = flush_interval
         self.by_topic: dict[str, list[CompiledFeature]] = defaultdict(list)
         for f in self.features:
             self.by_topic[f.source].append(f)
         self.decoders = {f.name: FeatureDecoder(f) for f in self.features}
         self.parts: dict[str, dict[int, _Partition]] = {t: {} for t in self.by_topic}
-        self._last_checkpoint = time.monotonic()
+        self._last_checkpoint = self._last_flush = time.monotonic()
+        self._unflushed = False
 
     def _name(self, topic: str) -> str:
         return f"{self.group}/{topic}"
@@ -117,6 +125,7 @@ class StreamProcessor:
         """Read and process one batch of each topic; checkpoint when the interval has passed."""
         result = StepResult()
         deadline = time.monotonic() + timeout
+        caught_up = True
         while True:
             for topic in self.by_topic:
                 self._sync_assignment(topic)
@@ -124,11 +133,15 @@ class StreamProcessor:
                 batches = self.broker.fetch_columns(topic, positions, self.batch_size)
                 if batches:
                     self._process(topic, batches, result)
+                    caught_up = caught_up and sum(len(b[1]) for b in batches) < self.batch_size
             if result.processed or result.dead_letters or time.monotonic() >= deadline:
                 break
             time.sleep(0.005)
-        if time.monotonic() - self._last_checkpoint >= self.checkpoint_interval:
-            self.checkpoint()
+        now = time.monotonic()
+        if now - self._last_checkpoint >= self.checkpoint_interval:
+            self.checkpoint(result)
+        elif self._unflushed and (caught_up or now - self._last_flush >= self.flush_interval):
+            self.flush(result)
         return result
 
     def _process(self, topic: str, batches: list[tuple[int, list[int], list[bytes]]], result: StepResult) -> None:
@@ -140,8 +153,6 @@ class StreamProcessor:
         for p in [p for p in by_part if p in parts and epochs.get(p) != parts[p].epoch]:
             del parts[p]
             del by_part[p]
-        puts_by_ttl: dict[float | None, dict[bytes, bytes]] = defaultdict(dict)
-        deletes: list[bytes] = []
         dead: list[bytes] = []
         for p, (offsets, values) in by_part.items():
             part = parts.get(p)
@@ -174,18 +185,10 @@ class StreamProcessor:
                         )
                     cols = _take(cols, on_time)
                 state.update(cols)
-                put, delete = state.drain()
-                puts_by_ttl[f.ttl_s].update(put)
-                deletes.extend(delete)
             part.offset = offsets[-1]
             part.changed = True
+            self._unflushed = True
             result.processed += len(offsets)
-        for ttl, puts in puts_by_ttl.items():
-            if puts:
-                self.sink.set_many(puts, ttl=ttl)
-                result.written += len(puts)
-        if deletes:
-            self.sink.delete(deletes)
         if dead:
             self.broker.append(dead_letter_topic(topic), dead, keys=[b""] * len(dead))
         result.dead_letters += len(dead)
@@ -212,9 +215,37 @@ class StreamProcessor:
             }
         )
 
-    # -- checkpoints -----------------------------------------------------------------------------
-    def checkpoint(self) -> None:
-        """Commit state + offsets of changed partitions in one transaction, then acknowledge."""
+    # -- online writes and checkpoints ------------------------------------------------------------
+    def flush(self, result: StepResult | None = None) -> None:
+        """Write every window changed since the last flush (and evict the ones now final).
+
+        Partitions another instance has taken over since the last batch are dropped unwritten,
+        so a slow instance does not overwrite the new owner's values with a flush it had pending.
+        """
+        self._last_flush = time.monotonic()
+        self._unflushed = False
+        puts_by_ttl: dict[float | None, dict[bytes, bytes]] = defaultdict(dict)
+        deletes: list[bytes] = []
+        for topic, parts in self.parts.items():
+            epochs = self.checkpoints.epochs(self._name(topic)) if parts else {}
+            for p in [p for p in parts if epochs.get(p) != parts[p].epoch]:
+                del parts[p]
+            for part in parts.values():
+                for f in self.by_topic[topic]:
+                    put, delete = part.states[f.name].drain()
+                    puts_by_ttl[f.ttl_s].update(put)
+                    deletes.extend(delete)
+        for ttl, puts in puts_by_ttl.items():
+            if puts:
+                self.sink.set_many(puts, ttl=ttl)
+                if result is not None:
+                    result.written += len(puts)
+        if deletes:
+            self.sink.delete(deletes)
+
+    def checkpoint(self, result: StepResult | None = None) -> None:
+        """Flush, then commit state + offsets of changed partitions in one transaction, then acknowledge."""
+        self.flush(result)
         self._last_checkpoint = time.monotonic()
         for topic, parts in self.parts.items():
             updates = {

@@ -30,6 +30,9 @@ class StreamSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     offline_dir: str = "offline"
     # Seconds between checkpoints (state + offsets); shorter means less replay after a crash.
     checkpoint_interval: float = 1.0
+    # Most seconds a changed window waits for its online write while a backlog is being worked
+    # off (a caught-up processor writes every batch at once); longer means fewer, coalesced writes.
+    flush_interval: float = 0.5
     batch_size: int = 20_000
     # Seconds without a heartbeat after which a processor's partitions move to the others.
     member_ttl: float = 3.0

@@ -13,6 +13,7 @@ before the watermark is final, written one last time and evicted from memory.
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import repeat
 
 import msgspec
 import numpy as np
@@ -49,16 +50,21 @@ class _Base:
 
 
 class TimeWindowState(_Base):
-    """Tumbling or hopping windows in growable NumPy columns, one slot per (entity, window start)."""
+    """Tumbling or hopping windows in growable NumPy columns, one slot per (entity, window start).
+
+    Slots are found through one dict per window start (entity -> slot): a batch rarely spans more
+    than two starts, so the lookup is one C-level ``map`` over the batch's entities, with no tuple
+    built per event.
+    """
 
     def __init__(self, feature: CompiledFeature, capacity: int = 1024) -> None:
         super().__init__(feature)
-        self.slots: dict[tuple, int] = {}
-        self.keys: list[tuple | None] = []
+        self.slots: dict[int, dict[object, int]] = {}
         self.free: list[int] = []
         self.cap = 0
         self.count = np.zeros(0, np.int64)
         self.start = np.zeros(0, np.int64)
+        self.entity = np.empty(0, dtype=object)
         fields = feature.numeric_fields
         self.sums = {f: np.zeros(0) for f in fields}
         self.mins = {f: np.zeros(0) for f in fields}
@@ -80,6 +86,7 @@ class TimeWindowState(_Base):
 
         self.count = ext(self.count, 0)
         self.start = ext(self.start, 0)
+        self.entity = ext(self.entity, None)
         self.dirty = ext(self.dirty, False)
         for f in self.f.numeric_fields:
             self.sums[f] = ext(self.sums[f], 0.0)
@@ -89,43 +96,62 @@ class TimeWindowState(_Base):
             self.last_v[f] = ext(self.last_v[f], -np.inf)
         for f in self.sets:
             self.sets[f].extend([None] * (cap - old))
-        self.keys.extend([None] * (cap - old))
         self.free.extend(range(cap - 1, old - 1, -1))
         self.cap = cap
 
-    def _alloc(self, key: tuple) -> int:
-        if not self.free:
+    def _alloc_many(self, start: int, entities: list) -> None:
+        """Give a slot to each of ``entities`` (duplicates allowed) in the window at ``start``."""
+        new = list(dict.fromkeys(entities))
+        while len(self.free) < len(new):
             self._grow(self.cap * 2)
-        slot = self.free.pop()
-        self.slots[key] = slot
-        self.keys[slot] = key
-        self.start[slot] = key[1]
-        for f in self.sets:
-            self.sets[f][slot] = set()
-        return slot
-
-    def _alloc_many(self, missing: list[tuple]) -> None:
-        new_keys = list(dict.fromkeys(missing))
-        while len(self.free) < len(new_keys):
-            self._grow(self.cap * 2)
-        new_slots = self.free[len(self.free) - len(new_keys) :]
-        del self.free[len(self.free) - len(new_keys) :]
-        self.slots.update(zip(new_keys, new_slots, strict=True))
-        keys = self.keys
-        for s, k in zip(new_slots, new_keys, strict=True):
-            keys[s] = k
-        self.start[new_slots] = [k[1] for k in new_keys]
+        new_slots = self.free[len(self.free) - len(new) :]
+        del self.free[len(self.free) - len(new) :]
+        self.slots.setdefault(start, {}).update(zip(new, new_slots, strict=True))
+        idx = np.asarray(new_slots, dtype=np.int64)
+        self.start[idx] = start
+        ents = np.empty(len(new), dtype=object)
+        ents[:] = new
+        self.entity[idx] = ents
         for f in self.sets:
             sets = self.sets[f]
             for s in new_slots:
                 sets[s] = set()
 
+    def _lookup(self, starts: np.ndarray, entities: list) -> np.ndarray:
+        """Slot of each (entity, start), allocating the missing ones."""
+        slots = np.empty(len(starts), dtype=np.int64)
+        unique = np.unique(starts)
+        every = np.empty(len(entities), dtype=object) if len(unique) > 1 else None
+        if every is not None:
+            every[:] = entities
+        for start in unique.tolist():
+            idx = None if every is None else np.flatnonzero(starts == start)
+            ents = entities if idx is None else every[idx].tolist()
+            table = self.slots.get(start) or {}
+            found = np.fromiter(map(table.get, ents, repeat(-1)), dtype=np.int64, count=len(ents))
+            missing = np.flatnonzero(found < 0)
+            if len(missing):
+                absent = [ents[i] for i in missing.tolist()]
+                self._alloc_many(start, absent)
+                table = self.slots[start]
+                found[missing] = [table[e] for e in absent]
+            if idx is None:
+                slots[:] = found
+            else:
+                slots[idx] = found
+        return slots
+
     def _release(self, slots: np.ndarray) -> None:
-        for s in slots.tolist():
-            del self.slots[self.keys[s]]
-            self.keys[s] = None
-            for f in self.sets:
-                self.sets[f][s] = None
+        for s, e in zip(self.start[slots].tolist(), self.entity[slots].tolist(), strict=True):
+            table = self.slots[s]
+            del table[e]
+            if not table:
+                del self.slots[s]
+        for f in self.sets:
+            sets = self.sets[f]
+            for s in slots.tolist():
+                sets[s] = None
+        self.entity[slots] = None
         self.count[slots] = 0
         for f in self.f.numeric_fields:
             self.sums[f][slots] = 0.0
@@ -151,13 +177,7 @@ class TimeWindowState(_Base):
         else:
             starts = ts - ts % self.f.size_ms
             rows = None
-        get = self.slots.get
-        keys = list(zip(ents, starts.tolist(), strict=True))
-        slot_list = [get(key, -1) for key in keys]
-        if -1 in slot_list:
-            self._alloc_many([k for k, s in zip(keys, slot_list, strict=True) if s == -1])
-            slot_list = [get(key) for key in keys]
-        sl = np.asarray(slot_list, dtype=np.int64)
+        sl = self._lookup(starts, ents)
         touched, inv = np.unique(sl, return_inverse=True)
         self.count[touched] += np.bincount(inv, minlength=len(touched))
         self.dirty[touched] = True
@@ -181,14 +201,14 @@ class TimeWindowState(_Base):
         for f in self.f.distinct_fields:
             values = cols.distinct[f] if rows is None else [cols.distinct[f][i] for i in rows.tolist()]
             sets = self.sets[f]
-            for s, x in zip(slot_list, values, strict=True):
+            for s, x in zip(sl.tolist(), values, strict=True):
                 sets[s].add(x)
 
     def drain(self) -> tuple[dict[bytes, bytes], list[bytes]]:
         """Online values of the windows changed since the last drain; evicts windows now final."""
         dirty = np.flatnonzero(self.dirty)
         self.dirty[dirty] = False
-        puts = _render(self.f, dirty, self.keys, self._column)
+        puts = _render(self.f, dirty, self.entity, self.start, self._column)
         wm = self.watermark
         if wm is not None:
             used = self.count > 0
@@ -221,7 +241,8 @@ class TimeWindowState(_Base):
         live = np.flatnonzero(self.count > 0)
         data = {
             "max_ts": self.max_ts,
-            "keys": [list(self.keys[s]) for s in live.tolist()],
+            "entities": self.entity[live].tolist(),
+            "starts": self.start[live].tobytes(),
             "count": self.count[live].tobytes(),
             "num": {
                 f: [a[f][live].tobytes() for a in (self.sums, self.mins, self.maxs, self.last_ts, self.last_v)]
@@ -233,11 +254,15 @@ class TimeWindowState(_Base):
 
     def restore(self, blob: bytes) -> None:
         data = msgspec.msgpack.decode(blob)
-        self.__init__(self.f, capacity=max(1024, 2 * len(data["keys"])))  # type: ignore[misc]
+        if "keys" in data:  # the layout before 2026-11-25: a list of [entity, start] pairs
+            data["entities"] = [k[0] for k in data["keys"]]
+            data["starts"] = np.asarray([k[1] for k in data["keys"]], dtype=np.int64).tobytes()
+        entities = data["entities"]
+        self.__init__(self.f, capacity=max(1024, 2 * len(entities)))  # type: ignore[misc]
         self.max_ts = data["max_ts"]
-        slots = np.asarray([self._alloc(tuple(k)) for k in data["keys"]], dtype=np.int64)
-        if len(slots) == 0:
+        if not entities:
             return
+        slots = self._lookup(np.frombuffer(data["starts"], np.int64), entities)
         self.count[slots] = np.frombuffer(data["count"], np.int64)
         for f, (s, mn, mx, lt, lv) in data["num"].items():
             self.sums[f][slots] = np.frombuffer(s)
@@ -250,7 +275,9 @@ class TimeWindowState(_Base):
                 self.sets[f][s] = set(values)
 
 
-def _render(f: CompiledFeature, slots: np.ndarray, keys: list, column: Callable[..., list]) -> dict[bytes, bytes]:
+def _render(
+    f: CompiledFeature, slots: np.ndarray, entity: np.ndarray, start: np.ndarray, column: Callable[..., list]
+) -> dict[bytes, bytes]:
     """JSON values ``{"window_start", "window_end", <outputs>}`` keyed ``name|entity|start``.
 
     A msgspec Struct per feature instead of a dict per window: this runs once per changed window,
@@ -258,8 +285,8 @@ def _render(f: CompiledFeature, slots: np.ndarray, keys: list, column: Callable[
     """
     if len(slots) == 0:
         return {}
-    key_list = [keys[s] for s in slots.tolist()]
-    starts = [k[1] for k in key_list]
+    starts = start[slots].tolist()
+    key_list = zip(entity[slots].tolist(), starts, strict=True)
     size = f.size_ms
     cols = [starts, [s + size for s in starts], *(column(a, slots) for a in f.aggregations)]
     value = _value_type(f.name, tuple(f.outputs))

@@ -64,8 +64,6 @@ class OnnxRuntime(Runtime):
         self._output_names = [o.name for o in self.outputs]
 
     def predict(self, inputs: dict[str, np.ndarray], outputs: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
-        feed = {
-            name: (value.astype(str) if value.dtype == object else value) for name, value in inputs.items()
-        }
+        feed = {name: (value.astype(str) if value.dtype == object else value) for name, value in inputs.items()}
         names = list(outputs) if outputs else self._output_names
         return dict(zip(names, self.session.run(names, feed), strict=True))

@@ -41,13 +41,18 @@ def build_twin(model, features: int, label_name: str, has_proba: bool, tolerance
         return None
     try:
         options = {id(model): {"zipmap": False}} if has_proba else None
-        onnx_model = to_onnx(model, initial_types=[("input", DoubleTensorType([None, features]))],
-                             options=options, target_opset={"": 17, "ai.onnx.ml": 3})
+        onnx_model = to_onnx(
+            model,
+            initial_types=[("input", DoubleTensorType([None, features]))],
+            options=options,
+            target_opset={"": 17, "ai.onnx.ml": 3},
+        )
         session_options = ort.SessionOptions()
         session_options.intra_op_num_threads = 1
         session_options.inter_op_num_threads = 1
-        session = ort.InferenceSession(onnx_model.SerializeToString(), session_options,
-                                       providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            onnx_model.SerializeToString(), session_options, providers=["CPUExecutionProvider"]
+        )
     except Exception as exc:  # many estimators have no converter: that is fine
         log.debug("no ONNX twin for %s: %s", type(model).__name__, exc)
         return None
