@@ -48,6 +48,18 @@ def arrow_reader(relation: duckdb.DuckDBPyRelation, rows: int) -> pa.RecordBatch
     return method(rows)
 
 
+def _utc_timestamp_sql(column: str, sql_type: str | None) -> str:
+    """SQL turning a source's event time into a UTC TIMESTAMP.
+
+    A CAST from TIMESTAMP WITH TIME ZONE goes through ICU's calendar for every value (68 ms per
+    million rows here); the instant's microseconds since the epoch give the same UTC wall time
+    in 11 ms. Other types (TIMESTAMP, TIMESTAMP_NS, DATE) keep the CAST.
+    """
+    if sql_type == "TIMESTAMP WITH TIME ZONE":
+        return f"make_timestamp(epoch_us({column}))"
+    return f"CAST({column} AS TIMESTAMP)"
+
+
 def _utc_naive(when: datetime) -> datetime:
     return when.astimezone(UTC).replace(tzinfo=None) if when.tzinfo else when
 
@@ -113,13 +125,23 @@ class OfflineStore:
             if not _numeric(sql_type):
                 raise ConfigError(f"{what}: feature {feature.name!r} is {sql_type} in {src}, cannot be {feature.dtype}")
 
-    def view_sql(self, view: FeatureView, features: Sequence[str] | None = None) -> str:
-        """The view's rows: join keys, ``__mlscale_ts`` (UTC TIMESTAMP) and typed features."""
+    def view_sql(
+        self,
+        view: FeatureView,
+        features: Sequence[str] | None = None,
+        conn: duckdb.DuckDBPyConnection | None = None,
+    ) -> str:
+        """The view's rows: join keys, ``__mlscale_ts`` (UTC TIMESTAMP) and typed features.
+
+        With ``conn`` the source's timestamp type is looked up, so a TIMESTAMP WITH TIME ZONE
+        column can skip the calendar conversion (see ``_utc_timestamp_sql``).
+        """
         by_name = {f.name: f for f in view.features}
         chosen = [by_name[n] for n in (features if features is not None else by_name)]
         keys = [self.repo.entities[e].join_key for e in view.entities]
         cols = [_ident(k) for k in keys]
-        cols.append(f"CAST({_ident(view.timestamp_field)} AS TIMESTAMP) AS {_ETS}")
+        ts_type = self.source_columns(view, conn).get(view.timestamp_field) if conn is not None else None
+        cols.append(f"{_utc_timestamp_sql(_ident(view.timestamp_field), ts_type)} AS {_ETS}")
         cols += [f"CAST({_ident(f.name)} AS {_SQL_TYPES[f.dtype]}) AS {_ident(f.name)}" for f in chosen]
         return f"SELECT {', '.join(cols)} FROM {self.source_sql(view)}"
 
@@ -148,6 +170,26 @@ class OfflineStore:
         self._check_entity_frame(table, resolved, timestamp_field)
         table = table.append_column(_ROW, pa.array(range(table.num_rows), pa.int64()))
 
+        conn = self.connect()
+        try:
+            conn.register("entity_df", table)
+            sql = self._training_sql(conn, table, resolved, out_names, timestamp_field)
+            try:
+                return arrow_table(conn.sql(sql))
+            except duckdb.Error as exc:
+                raise InvalidInput(f"cannot build the training set: {exc}") from None
+        finally:
+            conn.close()
+
+    def _training_sql(
+        self,
+        conn: duckdb.DuckDBPyConnection,
+        table: pa.Table,
+        resolved: list,
+        out_names: list[str],
+        timestamp_field: str,
+    ) -> str:
+        """One ASOF LEFT JOIN per view against the registered ``entity_df``, in input order."""
         selects = [f"e.* EXCLUDE ({_ROW}, {_ETS})"]
         joins = []
         names = iter(out_names)
@@ -157,7 +199,7 @@ class OfflineStore:
             keys = [self.repo.entities[e].join_key for e in view.entities]
             on = " AND ".join(f"e.{_ident(k)} = {alias}.{_ident(k)}" for k in keys)
             joins.append(
-                f"ASOF LEFT JOIN ({self.view_sql(view, feats)}) {alias} ON {on} AND e.{_ETS} >= {alias}.{_ETS}"
+                f"ASOF LEFT JOIN ({self.view_sql(view, feats, conn)}) {alias} ON {on} AND e.{_ETS} >= {alias}.{_ETS}"
             )
             ttl_us = round(view.ttl * 1_000_000)
             for feat in feats:
@@ -165,20 +207,14 @@ class OfflineStore:
                 if ttl_us:
                     value = f"CASE WHEN {alias}.{_ETS} >= e.{_ETS} - INTERVAL '{ttl_us} microseconds' THEN {value} END"
                 selects.append(f"{value} AS {_ident(next(names))}")
-        sql = (
+        ts_type = table.schema.field(timestamp_field).type
+        zoned = pa.types.is_timestamp(ts_type) and ts_type.tz is not None
+        entity_ts = _utc_timestamp_sql(_ident(timestamp_field), "TIMESTAMP WITH TIME ZONE" if zoned else None)
+        return (
             f"SELECT {', '.join(selects)} FROM "
-            f"(SELECT *, CAST({_ident(timestamp_field)} AS TIMESTAMP) AS {_ETS} FROM entity_df) e "
+            f"(SELECT *, {entity_ts} AS {_ETS} FROM entity_df) e "
             f"{' '.join(joins)} ORDER BY e.{_ROW}"
         )
-        conn = self.connect()
-        try:
-            conn.register("entity_df", table)
-            try:
-                return arrow_table(conn.sql(sql))
-            except duckdb.Error as exc:
-                raise InvalidInput(f"cannot build the training set: {exc}") from None
-        finally:
-            conn.close()
 
     def _check_entity_frame(self, table: pa.Table, resolved: list, timestamp_field: str) -> None:
         columns = dict(zip(table.column_names, table.schema.types, strict=True))
@@ -223,10 +259,15 @@ class OfflineStore:
         if start is not None:
             where.append(f"{_ETS} > {_literal(_utc_naive(start).isoformat())}::TIMESTAMP")
         order = ", ".join([f"{_ETS} DESC"] + [f"{_ident(f.name)} DESC" for f in view.features])
+        # The newest time per entity first (a hash aggregate), then only the rows at that time are
+        # ranked: sorting every row by all its features for the tie-break cost 2.5x as much.
+        same_entity = " AND ".join(f"src.{k} IS NOT DISTINCT FROM newest.{k}" for k in keys)
         conn.execute(
-            f"CREATE OR REPLACE TEMP TABLE latest AS SELECT * FROM ({self.view_sql(view)}) "
-            f"WHERE {' AND '.join(where)} "
-            f"QUALIFY row_number() OVER (PARTITION BY {', '.join(keys)} ORDER BY {order}) = 1"
+            f"CREATE OR REPLACE TEMP TABLE latest AS "
+            f"WITH src AS (SELECT * FROM ({self.view_sql(view, conn=conn)}) WHERE {' AND '.join(where)}), "
+            f"newest AS (SELECT {', '.join(keys)}, max({_ETS}) AS __newest FROM src GROUP BY ALL) "
+            f"SELECT src.* FROM src SEMI JOIN newest ON {same_entity} AND src.{_ETS} = newest.__newest "
+            f"QUALIFY row_number() OVER (PARTITION BY {', '.join(f'src.{k}' for k in keys)} ORDER BY {order}) = 1"
         )
         return conn.execute("SELECT count(*) FROM latest").fetchall()[0][0]
 
