@@ -153,17 +153,10 @@ class OnlineStore:
             buf = b"".join([v if v is not None else empty for v in chunk])
             records = np.frombuffer(buf, layout.matrix_record or layout.record)
             ts = records["__ts"]
-            missing = ts == MISSING_TS
-            fix = None
-            if layout.ttl_us:
-                # MISSING_TS is older than any threshold, so stale covers missing too.
-                stale = ts < now_us - layout.ttl_us
-                status = stale.view(np.uint8) * np.uint8(2) - missing.view(np.uint8)
-                fix = stale ^ missing
-                if not fix.any():
-                    fix = None
+            if n <= _SMALL:
+                status, fix = _small_status(ts, now_us - layout.ttl_us if layout.ttl_us else None)
             else:
-                status = missing.view(np.uint8).copy()
+                status, fix = _status(ts, now_us - layout.ttl_us if layout.ttl_us else None)
             name = layout.view
             result.event_ts[name] = ts
             result.statuses[name] = status
@@ -212,6 +205,32 @@ class OnlineStore:
 
 
 _MISSING_TS_BYTES = np.array([MISSING_TS], "<i8").tobytes()
+
+# Up to this many entities a read classifies them in Python: for one entity, five NumPy calls on
+# one-element arrays cost more than the whole key-value lookup (half of a 17 us read).
+_SMALL = 8
+
+
+def _status(ts: np.ndarray, oldest_us: int | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Status codes, and the rows to blank (stale but present), or None when there are none."""
+    missing = ts == MISSING_TS
+    if oldest_us is None:
+        return missing.view(np.uint8).copy(), None
+    # MISSING_TS is older than any threshold, so stale covers missing too.
+    stale = ts < oldest_us
+    status = stale.view(np.uint8) * np.uint8(2) - missing.view(np.uint8)
+    fix = stale ^ missing
+    return status, (fix if fix.any() else None)
+
+
+def _small_status(ts: np.ndarray, oldest_us: int | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """``_status`` for a handful of rows, in plain Python."""
+    oldest = MISSING_TS if oldest_us is None else oldest_us
+    codes = [NOT_FOUND if t == MISSING_TS else OUTSIDE_MAX_AGE if t < oldest else PRESENT for t in ts.tolist()]
+    status = np.array(codes, dtype=np.uint8)
+    if OUTSIDE_MAX_AGE not in codes:
+        return status, None
+    return status, status == OUTSIDE_MAX_AGE
 
 
 def _entity_columns(plan: ReadPlan, entity_ids: Any) -> tuple[dict[str, list], int]:

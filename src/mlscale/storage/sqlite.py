@@ -25,6 +25,8 @@ _SWEEP_EVERY = 10_000
 # keys then stays in memory, so random upserts stop re-reading pages from the OS.
 _CACHE_KIB = 65_536
 
+_GET_ONE = "SELECT value FROM kv WHERE key = ? AND (expires IS NULL OR expires > ?)"
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (
     key BLOB PRIMARY KEY,
@@ -97,6 +99,8 @@ class SQLiteKeyValue(KeyValue):
     def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         if not keys:
             return []
+        if len(keys) == 1:
+            return [self._get_one(keys[0])]
 
         def read(conn: sqlite3.Connection) -> dict[bytes, bytes]:
             found: dict[bytes, bytes] = {}
@@ -113,6 +117,15 @@ class SQLiteKeyValue(KeyValue):
 
         found = self._run(read)
         return [found.get(bytes(key)) for key in keys]
+
+    def _get_one(self, key: bytes) -> bytes | None:
+        """One key with one constant statement: the online store's single-entity reads."""
+
+        def read(conn: sqlite3.Connection) -> bytes | None:
+            row = conn.execute(_GET_ONE, (key, time.time())).fetchone()
+            return None if row is None else row[0]
+
+        return self._run(read)
 
     def set_many(self, items: Mapping[bytes, bytes], ttl: float | None = None) -> None:
         if not items:
