@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -106,6 +108,98 @@ def run_mlscale(folder: Path, n_entities: int, reads: int, end: datetime) -> tup
     return out, training.to_pandas()
 
 
+HTTP_PROJECT = """[server]
+model_repository = "models"
+poll_interval = 0
+
+[features]
+registry = "http-registry.db"
+online_store = {shards}
+
+[[features.entities]]
+name = "driver"
+join_key = "driver_id"
+
+# ttl 0: the server reads with the wall clock, and this data is from 2024 (the layout, and so the
+# stored records, do not depend on the TTL)
+[[features.views]]
+name = "driver_stats"
+entities = ["driver"]
+source = "{source}"
+ttl = 0
+features = {{ {features} }}
+"""
+
+
+def run_http(folder: Path, n_entities: int, reads: int) -> dict:
+    """POST /v1/features on `mlscale serve` (1 worker) over the online store run_mlscale filled, read
+    by a keep-alive client in this process: the whole HTTP round trip, client included."""
+    import http.client
+
+    from mlscale.storage.localredis import free_port
+
+    shards = [f"sqlite:///{folder}/mlscale_online/shard-{i}.db" for i in range(4)]
+    features = ", ".join(f'f{j} = "float32"' for j in range(N_FEATURES))
+    (folder / "models").mkdir(exist_ok=True)
+    config = folder / "mlscale-http.toml"
+    config.write_text(
+        HTTP_PROJECT.format(shards=json.dumps(shards), source=folder / "driver_stats.parquet", features=features)
+    )
+    mlscale = str(ROOT / ".venv" / "bin" / "mlscale")
+    subprocess.run([mlscale, "features", "apply", "--config", str(config)], check=True, capture_output=True)
+    port = free_port()
+    server = subprocess.Popen(
+        [mlscale, "serve", "--config", str(config), "--port", str(port), "--workers", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                conn.request("GET", "/v2/health/ready")
+                if conn.getresponse().read() is not None:
+                    break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise SystemExit("mlscale serve did not start for the HTTP feature reads") from None
+                time.sleep(0.2)
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        rng = np.random.default_rng(2)
+        out: dict = {"http_floor": []}
+        headers = {"content-type": "application/json"}
+        for i in range(reads + 200):  # the round trip with no work: the floor under both rows
+            t = time.perf_counter()
+            conn.request("GET", "/v2/health/live")
+            conn.getresponse().read()
+            if i >= 200:
+                out["http_floor"].append(time.perf_counter() - t)
+        for batch in (1, 100):
+            times = []
+            for i in range(reads + 200):
+                ids = rng.integers(0, n_entities, batch).tolist()
+                body = json.dumps({"features": ["driver_stats:*"], "entities": {"driver_id": ids}})
+                t = time.perf_counter()
+                conn.request("POST", "/v1/features", body, headers)
+                response = conn.getresponse()
+                payload = response.read()
+                elapsed = time.perf_counter() - t
+                if response.status != 200:
+                    raise SystemExit(f"/v1/features answered {response.status}: {payload[:300]!r}")
+                if i >= 200:  # the first 200 warm the connection and the server's caches of plans
+                    times.append(elapsed)
+            statuses = json.loads(payload)["results"][0]["statuses"]
+            if "PRESENT" not in statuses:
+                raise SystemExit(f"/v1/features found no values: {statuses[:5]}")
+            out[f"http_{batch}"] = times
+        return out
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
+
+
 def compare(ours: pd.DataFrame, theirs: pd.DataFrame) -> tuple[bool, float, int]:
     """Whether every feature value agrees (NaN/null equal) on the rows both returned; the fraction of
     agreeing cells; and how many entity rows Feast's answer lacks (matched by row_id)."""
@@ -145,6 +239,7 @@ def main() -> None:
         f"data: {n_entities} entities x {N_FEATURES} features, {n_rows} rows, entity frame {n_frame} rows", flush=True
     )
     ours, our_training = run_mlscale(folder, n_entities, reads, end)
+    ours.update(run_http(folder, n_entities, reads))
     theirs = None
     if not args.skip_feast:
         python = ensure_feast()
@@ -173,6 +268,11 @@ def main() -> None:
         ("online, 100 entities, p99 (ms)", pct(ours["online_100"], 99), theirs and pct(theirs["online_100"], 99)),
         ("materialize (rows/s)", n_rows / ours["materialize_s"], theirs and n_rows / theirs["materialize_s"]),
         (f"training set, {n_frame} rows (s)", ours["training_s"], theirs and theirs["training_s"]),
+        # mlscale over HTTP against Feast's SDK in-process (the issue's second goal)
+        ("HTTP, 1 entity, p50 (ms)", pct(ours["http_1"], 50), theirs and pct(theirs["online_1"], 50)),
+        ("HTTP, 1 entity, p99 (ms)", pct(ours["http_1"], 99), theirs and pct(theirs["online_1"], 99)),
+        ("HTTP, 100 entities, p50 (ms)", pct(ours["http_100"], 50), theirs and pct(theirs["online_100"], 50)),
+        ("HTTP, 100 entities, p99 (ms)", pct(ours["http_100"], 99), theirs and pct(theirs["online_100"], 99)),
     ]
     print("\n| measure | mlscale | Feast 0.67 | mlscale advantage |\n|---|---:|---:|---:|")
     for name, mine, other in rows:
@@ -181,6 +281,10 @@ def main() -> None:
             continue
         better = mine / other if "rows/s" in name else other / mine
         print(f"| {name} | {mine:,.3f} | {other:,.3f} | {better:,.1f}x |")
+    print(
+        f"\nHTTP floor on the same connection (GET /v2/health/live): p50 {pct(ours['http_floor'], 50):.3f} ms, "
+        f"p99 {pct(ours['http_floor'], 99):.3f} ms"
+    )
     if theirs is not None:
         feast_training = pq.read_table(folder / "feast_training.parquet").to_pandas()
         same, fraction, lacking = compare(our_training, feast_training)

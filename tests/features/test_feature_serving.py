@@ -106,3 +106,34 @@ def test_async_request_matches_sync(online):
 
     body = {"feature_service": "driver_model", "entities": {"driver_id": [1]}}
     assert asyncio.run(_aread(online)) == features_request(online, body)
+
+
+def test_statuses_are_per_feature_null_stale_and_missing(tmp_path, make_frame, make_repo, t0):
+    """A null value is NULL_VALUE for its feature only; stale and missing entities are so for all."""
+    frame = make_frame()
+    latest = frame.sort_values("event_timestamp").groupby("driver_id").tail(1)
+    with_null = int(latest.driver_id.iloc[0])
+    frame["conv_rate"] = frame.conv_rate.astype("object")
+    frame.loc[latest.index[0], "conv_rate"] = None
+    frame["conv_rate"] = frame.conv_rate.astype("float32")
+    stale = int(latest.driver_id.iloc[1])
+    frame = frame[(frame.driver_id != stale) | (frame.event_timestamp < t0 + timedelta(days=1))]
+    path = tmp_path / "drivers.parquet"
+    frame.to_parquet(path)
+    repo = make_repo(path)
+    end = t0 + timedelta(days=10)  # TTL 2 days: the stale driver's last row is 9 days old
+    store = OnlineStore(MemoryKeyValue(), repo, clock=lambda: end.timestamp())
+    materialize(repo, OfflineStore(repo), store, end=end)
+    out = features_request(
+        store, {"feature_service": "driver_model", "entities": {"driver_id": [with_null, stale, -5]}}
+    )
+    _ids, conv, acc = out["results"]
+    assert conv["statuses"] == ["NULL_VALUE", "OUTSIDE_MAX_AGE", "NOT_FOUND"]
+    assert conv["values"] == [None, None, None]
+    assert acc["statuses"] == ["PRESENT", "OUTSIDE_MAX_AGE", "NOT_FOUND"]
+    assert acc["values"][0] == pytest.approx(float(latest.acc_rate.iloc[0])) and acc["values"][1:] == [None, None]
+    # the same codes as the per-feature accessor of the read itself
+    result = store.read("driver_model", [with_null, stale, -5])
+    assert conv["statuses"] == [
+        ["PRESENT", "NOT_FOUND", "OUTSIDE_MAX_AGE", "NULL_VALUE"][c] for c in result.status("conv_rate")
+    ]

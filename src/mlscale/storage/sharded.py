@@ -135,6 +135,18 @@ class ShardedKeyValue(KeyValue):
                 error = exc
         raise ServiceUnavailable(f"no owner of 1 keys answered (shards {[self.ring.names[shard]]}): {error}")
 
+    async def _aread_one(self, key: bytes) -> list[bytes | None]:
+        """``aget_many`` of one key without replicas: no NumPy grouping (see ``_read_one``)."""
+        shard = self.ring.primary_index(key)
+        error: Exception | None = None
+        if self._usable(shard):
+            try:
+                return await self._stores[shard].aget_many([key])
+            except ServiceUnavailable as exc:
+                self._failed(shard, exc)
+                error = exc
+        raise ServiceUnavailable(f"no owner of 1 keys answered (shards {[self.ring.names[shard]]}): {error}")
+
     def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         return self._read(keys, lambda store, ks: store.get_many(ks))
 
@@ -147,6 +159,8 @@ class ShardedKeyValue(KeyValue):
         out: list[bytes | None] = [None] * n
         if not n:
             return out
+        if n == 1 and self.replicas == 1:
+            return await self._aread_one(keys[0])
         owners = self.ring.owner_indices(keys)
         answered = np.zeros(n, dtype=bool)
         pending = np.arange(n)
