@@ -305,8 +305,8 @@ class PayloadLog:
         cols = flatten("", inputs, total) | flatten(OUTPUT_PREFIX, outputs, total)
         stamps = np.repeat(np.array([e[_TIME] for e in run]) * 1e6, rows).astype("datetime64[us]")
         arrays = {
-            "model": pa.array(np.repeat([e[_MODEL] for e in run], rows).astype(object), pa.string()),
-            "version": pa.array(np.repeat([e[_VERSION] for e in run], rows).astype(object), pa.string()),
+            "model": _constant_or_repeated([e[_MODEL] for e in run], rows, total),
+            "version": _constant_or_repeated([e[_VERSION] for e in run], rows, total),
             "timestamp": pa.array(stamps, pa.timestamp("us", tz="UTC")),
         }
         for name, values in cols.items():
@@ -332,6 +332,14 @@ class PayloadLog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _constant_or_repeated(values: list[str], rows: list[int], total: int) -> pa.Array:
+    """A string column from one value per batch; the usual single value is filled in C."""
+    first = values[0]
+    if values.count(first) == len(values):
+        return pa.array(np.full(total, first, dtype=object), pa.string())
+    return pa.array(np.repeat(np.array(values, dtype=object), rows), pa.string())
 
 
 def payload_log_from_settings(settings, resolve) -> PayloadLog | None:
