@@ -14,6 +14,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -55,6 +56,13 @@ def start_with_rate(models: Path, rate: float, workers: int) -> tuple[subprocess
     return process, base
 
 
+def _metric_sum(text: str, name: str, label: str) -> float:
+    """Sum of the samples of ``name`` whose labels contain ``label`` in Prometheus text."""
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{") and label in line
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -87,14 +95,21 @@ def main() -> None:
                     f"{statistics.median(r['p50'] for r in runs[rate]):.2f} | "
                     f"{statistics.median(r['p99'] for r in runs[rate]):.2f} |"
                 )
+        # Before stopping: what the logging server says it served and what its payload log dropped.
+        # Each scrape is answered by one worker; the counts are summed over workers.
+        with urllib.request.urlopen(servers[1.0][1] + "/metrics", timeout=10) as response:
+            scraped = response.read().decode()
     finally:
         for process, _ in servers.values():
             serving.stop(process)  # SIGTERM: the payload log writes what it holds
-    # The logging server must have logged what it served (wrk's counts are per run: rps x seconds).
-    served = sum(rps[(1.0, c)] for c in (16, 64)) * seconds * repeats
+    served = _metric_sum(scraped, "mlscale_requests_total", 'outcome="success"')
+    dropped = _metric_sum(scraped, "mlscale_payload_records_total", 'outcome="dropped"')
     files = list((serving.WORK / "payload-100" / "logs").rglob("*.parquet"))
     logged = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-    print(f"\nrows in the 100% server's payload log: {logged:,} (about {served:,.0f} requests served to it)")
+    print(
+        f"\nthe 100% server answered {served:,.0f} requests (warm-up included); its payload log holds "
+        f"{logged:,} rows and counted {dropped:,.0f} dropped (a full buffer)"
+    )
     for connections in (16, 64):
         loss = 1 - rps[(1.0, connections)] / rps[(0.0, connections)]
         print(f"\nthroughput cost of logging every request at {connections} connections: {loss:.1%} (goal < 5%)")

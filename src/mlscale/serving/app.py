@@ -8,8 +8,8 @@ users can cause are typed (mlscale.errors) and turned into ``{"error": ...}`` he
 from __future__ import annotations
 
 import asyncio
-import gc
 import contextlib
+import gc
 import logging
 import os
 import time
