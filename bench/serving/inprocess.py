@@ -24,6 +24,9 @@ WORK = ROOT / ".cache" / "bench" / "serving"
 sys.path.insert(0, str(ROOT / "src"))
 
 from mlscale.config import Settings  # noqa: E402
+
+# Benchmark name -> the name run.py gives the model in mlscale's repository.
+MODEL_NAMES = {"iris": "iris", "mlp": "mlp-onnx"}
 from mlscale.serving.server import build_app  # noqa: E402
 
 
@@ -49,7 +52,7 @@ async def run(model: str, requests: int, profile: bool) -> None:
     scope = {
         "type": "http",
         "method": "POST",
-        "path": f"/v2/models/{model}/infer",
+        "path": f"/v2/models/{MODEL_NAMES[model]}/infer",
         "query_string": b"",
         "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
     }
