@@ -131,9 +131,44 @@ features = {{ {features} }}
 """
 
 
+class LeanClient:
+    """A keep-alive HTTP/1.1 client that sends each request in one write and reads the answer by its
+    Content-Length: the transport's cost without a Python HTTP library's own (http.client sends
+    headers and body in two writes and parses headers through the email package)."""
+
+    def __init__(self, port: int) -> None:
+        import socket
+
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    @staticmethod
+    def request_bytes(method: str, path: str, body: bytes = b"") -> bytes:
+        head = f"{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+        if body:
+            head += f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
+        return head.encode() + b"\r\n" + body
+
+    def exchange(self, request: bytes) -> tuple[int, bytes]:
+        self.sock.sendall(request)
+        data = self.sock.recv(1 << 20)
+        while b"\r\n\r\n" not in data:
+            data += self.sock.recv(1 << 20)
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        length = next(int(line.split(":", 1)[1]) for line in lines if line.lower().startswith("content-length:"))
+        while len(body) < length:
+            body += self.sock.recv(1 << 20)
+        return int(lines[0].split(" ", 2)[1]), body
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 def run_http(folder: Path, n_entities: int, reads: int) -> dict:
     """POST /v1/features on `mlscale serve` (1 worker) over the online store run_mlscale filled, read
-    by a keep-alive client in this process: the whole HTTP round trip, client included."""
+    by keep-alive clients in this process: the whole HTTP round trip, client included. Two clients:
+    Python's http.client, and LeanClient (one write per request)."""
     import http.client
 
     from mlscale.storage.localredis import free_port
@@ -167,37 +202,53 @@ def run_http(folder: Path, n_entities: int, reads: int) -> dict:
                     raise SystemExit("mlscale serve did not start for the HTTP feature reads") from None
                 time.sleep(0.2)
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        rng = np.random.default_rng(2)
-        out: dict = {"http_floor": []}
+        lean = LeanClient(port)
         headers = {"content-type": "application/json"}
-        for i in range(reads + 200):  # the round trip with no work: the floor under both rows
-            t = time.perf_counter()
-            conn.request("GET", "/v2/health/live")
-            conn.getresponse().read()
-            if i >= 200:
-                out["http_floor"].append(time.perf_counter() - t)
-        for batch in (1, 100):
-            times = []
-            for i in range(reads + 200):
-                ids = rng.integers(0, n_entities, batch).tolist()
-                body = json.dumps({"features": ["driver_stats:*"], "entities": {"driver_id": ids}})
-                t = time.perf_counter()
-                conn.request("POST", "/v1/features", body, headers)
-                response = conn.getresponse()
-                payload = response.read()
-                elapsed = time.perf_counter() - t
-                if response.status != 200:
-                    raise SystemExit(f"/v1/features answered {response.status}: {payload[:300]!r}")
-                if i >= 200:  # the first 200 warm the connection and the server's caches of plans
-                    times.append(elapsed)
-            statuses = json.loads(payload)["results"][0]["statuses"]
-            if "PRESENT" not in statuses:
-                raise SystemExit(f"/v1/features found no values: {statuses[:5]}")
-            out[f"http_{batch}"] = times
+
+        def with_http_client(method: str, path: str, body: bytes) -> tuple[int, bytes]:
+            conn.request(method, path, body or None, headers if body else {})
+            response = conn.getresponse()
+            return response.status, response.read()
+
+        def with_lean_client(method: str, path: str, body: bytes) -> tuple[int, bytes]:
+            return lean.exchange(LeanClient.request_bytes(method, path, body))
+
+        out: dict = {}
+        for client, call in (("httpclient", with_http_client), ("lean", with_lean_client)):
+            out[f"{client}_floor"], _ = timed(call, [("GET", "/v2/health/live", b"")] * (reads + 200))
+            for batch in (1, 100):
+                rng = np.random.default_rng(2)
+                requests = [
+                    (
+                        "POST",
+                        "/v1/features",
+                        json.dumps({"features": ["driver_stats:*"], "entities": {"driver_id": ids}}).encode(),
+                    )
+                    for ids in rng.integers(0, n_entities, (reads + 200, batch)).tolist()
+                ]
+                out[f"{client}_{batch}"], (status, payload) = timed(call, requests)
+                if status != 200:
+                    raise SystemExit(f"/v1/features answered {status}: {payload[:300]!r}")
+                statuses = json.loads(payload)["results"][0]["statuses"]
+                if "PRESENT" not in statuses:
+                    raise SystemExit(f"/v1/features found no values: {statuses[:5]}")
+        lean.close()
         return out
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(30)
+
+
+def timed(call, requests: list[tuple[str, str, bytes]], warm: int = 200) -> tuple[list[float], tuple[int, bytes]]:
+    """Seconds per ``call(*request)``, the first ``warm`` dropped (they warm the connection and the
+    server's caches of plans); and the last answer."""
+    times = []
+    for i, request in enumerate(requests):
+        t = time.perf_counter()
+        answer = call(*request)
+        if i >= warm:
+            times.append(time.perf_counter() - t)
+    return times, answer
 
 
 def compare(ours: pd.DataFrame, theirs: pd.DataFrame) -> tuple[bool, float, int]:
@@ -261,6 +312,9 @@ def main() -> None:
             raise SystemExit("the Feast side failed")
         theirs = json.loads(done.stdout.strip().splitlines()[-1])
 
+    def feast_ms(batch: int, q: float) -> float | None:
+        return theirs and pct(theirs[f"online_{batch}"], q)
+
     rows = [
         ("online, 1 entity, p50 (ms)", pct(ours["online_1"], 50), theirs and pct(theirs["online_1"], 50)),
         ("online, 1 entity, p99 (ms)", pct(ours["online_1"], 99), theirs and pct(theirs["online_1"], 99)),
@@ -268,11 +322,13 @@ def main() -> None:
         ("online, 100 entities, p99 (ms)", pct(ours["online_100"], 99), theirs and pct(theirs["online_100"], 99)),
         ("materialize (rows/s)", n_rows / ours["materialize_s"], theirs and n_rows / theirs["materialize_s"]),
         (f"training set, {n_frame} rows (s)", ours["training_s"], theirs and theirs["training_s"]),
-        # mlscale over HTTP against Feast's SDK in-process (the issue's second goal)
-        ("HTTP, 1 entity, p50 (ms)", pct(ours["http_1"], 50), theirs and pct(theirs["online_1"], 50)),
-        ("HTTP, 1 entity, p99 (ms)", pct(ours["http_1"], 99), theirs and pct(theirs["online_1"], 99)),
-        ("HTTP, 100 entities, p50 (ms)", pct(ours["http_100"], 50), theirs and pct(theirs["online_100"], 50)),
-        ("HTTP, 100 entities, p99 (ms)", pct(ours["http_100"], 99), theirs and pct(theirs["online_100"], 99)),
+        # mlscale over HTTP against Feast's SDK in-process (the issue's second goal), with two clients
+        *[
+            (f"HTTP ({label}), {batch} {noun}, p{q} (ms)", pct(ours[f"{client}_{batch}"], q), feast_ms(batch, q))
+            for client, label in (("lean", "lean client"), ("httpclient", "http.client"))
+            for batch, noun in ((1, "entity"), (100, "entities"))
+            for q in (50, 99)
+        ],
     ]
     print("\n| measure | mlscale | Feast 0.67 | mlscale advantage |\n|---|---:|---:|---:|")
     for name, mine, other in rows:
@@ -281,10 +337,11 @@ def main() -> None:
             continue
         better = mine / other if "rows/s" in name else other / mine
         print(f"| {name} | {mine:,.3f} | {other:,.3f} | {better:,.1f}x |")
-    print(
-        f"\nHTTP floor on the same connection (GET /v2/health/live): p50 {pct(ours['http_floor'], 50):.3f} ms, "
-        f"p99 {pct(ours['http_floor'], 99):.3f} ms"
-    )
+    for client, label in (("lean", "lean client"), ("httpclient", "http.client")):
+        print(
+            f"\nHTTP floor with {label} on the same connection (GET /v2/health/live): "
+            f"p50 {pct(ours[client + '_floor'], 50):.3f} ms, p99 {pct(ours[client + '_floor'], 99):.3f} ms"
+        )
     if theirs is not None:
         feast_training = pq.read_table(folder / "feast_training.parquet").to_pandas()
         same, fraction, lacking = compare(our_training, feast_training)

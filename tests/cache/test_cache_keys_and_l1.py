@@ -95,6 +95,26 @@ def test_l1_entries_expire_after_their_ttl() -> None:
     assert cache.bytes == 1 + 1 + ENTRY_OVERHEAD
 
 
+def test_l1_get_many_answers_counts_refreshes_and_expires_like_get() -> None:
+    name = f"t{uuid.uuid4().hex[:8]}"
+    entry = 1 + 1 + ENTRY_OVERHEAD
+    cache = LRUCache(3 * entry, ttl=0.1, name=name)
+    cache.put(b"a", b"1")
+    cache.put(b"b", b"2", ttl=60)
+    cache.put(b"c", b"3", ttl=60)
+    assert cache.get_many([b"b", b"x", b"c"]) == [b"2", None, b"3"]
+    assert sample(name, "mlscale_cache_requests_total", tier="l1", result="hit") == 2
+    assert sample(name, "mlscale_cache_requests_total", tier="l1", result="miss") == 1
+    deadline = time.monotonic() + 5
+    while cache.get_many([b"a"]) != [None] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(cache) == 2 and cache.bytes == 2 * entry  # the expired entry was dropped, not kept
+    cache.get_many([b"b"])  # b is now the most recently used: a new entry evicts c first
+    cache.put(b"d", b"4")
+    cache.put(b"e", b"5")
+    assert cache.get_many([b"b", b"c", b"d", b"e"]) == [b"2", None, b"4", b"5"]
+
+
 def test_packed_outputs_come_back_equal_in_dtype_shape_and_values() -> None:
     from mlscale.cache import pack_arrays, unpack_arrays
 

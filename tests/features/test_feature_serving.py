@@ -39,6 +39,23 @@ def test_features_request_returns_values_statuses_and_times(online, driver_data)
     assert refs["results"][1]["values"] == [int(latest.trips[3])]
 
 
+def test_small_and_large_reads_render_the_same_answer_per_entity(online, driver_data):
+    """Reads of a handful of entities take a plain-Python path; larger ones a NumPy path. Each entity's
+    values, statuses and times must not depend on which path served it."""
+    _, frame = driver_data
+    ids = [*sorted(frame.driver_id.unique().tolist())[:12], 999]
+    body = {"features": ["driver_stats:conv_rate", "driver_stats:trips"], "entities": {"driver_id": ids}}
+    large = features_request(online, body)
+    for row, entity in enumerate(ids):
+        small = features_request(online, {**body, "entities": {"driver_id": [entity]}})
+        for got, want in zip(small["results"], large["results"], strict=True):
+            assert got["values"] == [want["values"][row]]
+            assert got["statuses"] == [want["statuses"][row]]
+            assert got["event_timestamps"] == [want["event_timestamps"][row]]
+    assert large["results"][1]["statuses"][-1] == "NOT_FOUND"
+    assert all(isinstance(s, str) for s in large["results"][1]["event_timestamps"][:-1])
+
+
 @pytest.mark.parametrize(
     ("body", "error", "message"),
     [

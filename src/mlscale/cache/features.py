@@ -29,7 +29,7 @@ class CachedKeyValue(KeyValue):
         self.l1 = LRUCache(l1_max_bytes, ttl=ttl, name=name, tier="l1")
 
     def _split(self, keys: Sequence[bytes]) -> tuple[list[bytes | None], list[int]]:
-        out = [self.l1.get(k) for k in keys]
+        out = self.l1.get_many(keys)
         return out, [i for i, v in enumerate(out) if v is None]
 
     def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 
 from mlscale.cache.metrics import BYTES, EVICTIONS, REQUESTS
 
@@ -47,6 +48,30 @@ class LRUCache:
                 self._drop(key, entry[0])
         self._miss.inc()
         return None
+
+    def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        """``get`` of many keys under one lock acquisition, counted once: per key, the lock and the
+        Prometheus counter cost three times the dictionary lookup."""
+        now = time.monotonic()
+        out: list[bytes | None] = []
+        hits = 0
+        with self._lock:
+            data = self._data
+            for key in keys:
+                entry = data.get(key)
+                if entry is not None:
+                    if entry[1] > now:
+                        data.move_to_end(key)
+                        out.append(entry[0])
+                        hits += 1
+                        continue
+                    self._drop(key, entry[0])
+                out.append(None)
+        if hits:
+            self._hit.inc(hits)
+        if hits < len(keys):
+            self._miss.inc(len(keys) - hits)
+        return out
 
     def put(self, key: bytes, value: bytes, ttl: float | None = None) -> bool:
         """Store ``value``; False when it alone is larger than the whole cache (it is not stored)."""

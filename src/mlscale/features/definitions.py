@@ -208,6 +208,8 @@ class FeatureRepo:
         self.layouts: dict[str, ViewLayout] = {
             name: _compile_layout(view, self.entities) for name, view in self.views.items()
         }
+        # Join key -> id type, for validating request ids without walking the entities each time.
+        self.join_key_types: dict[str, str] = {e.join_key: e.dtype for e in self.entities.values()}
         for service in self.services.values():
             try:
                 self.resolve(service.features)

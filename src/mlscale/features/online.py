@@ -66,15 +66,27 @@ class OnlineResult:
     ``status(name)`` says which (NULL_VALUE where the stored value itself was null).
     """
 
-    __slots__ = ("_plan", "event_ts", "matrices", "nulls", "statuses", "values")
+    __slots__ = ("_columns", "_plan", "event_ts", "matrices", "nulls", "statuses")
 
     def __init__(self, plan: ReadPlan) -> None:
         self._plan = plan
-        self.values: dict[str, np.ndarray] = {}
+        # Columns of views stored as several dtypes; views with one dtype keep only their matrix,
+        # and their columns are cut from it when ``values`` is first asked for (the HTTP response
+        # reads the matrix directly, so a small read never builds ten one-element arrays).
+        self._columns: dict[str, np.ndarray] = {}
         self.matrices: dict[str, np.ndarray] = {}
         self.event_ts: dict[str, np.ndarray] = {}
         self.statuses: dict[str, np.ndarray] = {}
         self.nulls: dict[str, np.ndarray] = {}
+
+    @property
+    def values(self) -> dict[str, np.ndarray]:
+        """Each output name's column of values."""
+        for view in self._plan.views:
+            matrix = self.matrices.get(view.layout.view)
+            if matrix is not None and view.names[0] not in self._columns:
+                self._columns.update(zip(view.names, matrix.T.copy(), strict=True))
+        return self._columns
 
     def status(self, name: str) -> np.ndarray:
         """Status codes of one output feature."""
@@ -167,13 +179,12 @@ class OnlineStore:
                 if fix is not None:
                     matrix[fix] = view.fill
                 result.matrices[name] = matrix
-                result.values.update(zip(view.names, matrix.T.copy(), strict=True))
             else:
                 for feature, out_name in zip(view.features, view.names, strict=True):
                     column = records[feature].copy()
                     if fix is not None:
                         column[fix] = np.nan if column.dtype.kind == "f" else 0
-                    result.values[out_name] = column
+                    result._columns[out_name] = column
         return result
 
     def write(self, view_name: str, keys: list[bytes], records: np.ndarray, *, keep_newer: bool = True) -> int:
