@@ -19,13 +19,15 @@ def write_driver_stats(path: Path, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     now = datetime.now(UTC).replace(microsecond=0)
     rows = DRIVERS * 20
-    frame = pd.DataFrame({
-        "driver_id": rng.integers(1001, 1001 + DRIVERS, rows).astype("int64"),
-        "event_timestamp": [now - timedelta(minutes=int(m)) for m in rng.integers(1, 30 * 24 * 60, rows)],
-        "conv_rate": rng.beta(2, 5, rows).astype("float32"),
-        "acc_rate": rng.beta(5, 2, rows).astype("float32"),
-        "avg_trip_minutes": rng.gamma(4, 5, rows).astype("float32"),
-    })
+    frame = pd.DataFrame(
+        {
+            "driver_id": rng.integers(1001, 1001 + DRIVERS, rows).astype("int64"),
+            "event_timestamp": [now - timedelta(minutes=int(m)) for m in rng.integers(1, 30 * 24 * 60, rows)],
+            "conv_rate": rng.beta(2, 5, rows).astype("float32"),
+            "acc_rate": rng.beta(5, 2, rows).astype("float32"),
+            "avg_trip_minutes": rng.gamma(4, 5, rows).astype("float32"),
+        }
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(path)
     return frame
@@ -40,6 +42,6 @@ def train_driver_risk(repository: Path, frame: pd.DataFrame) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     joblib.dump(model, folder / "model.joblib")
     (repository / "driver-risk" / "model.toml").write_text(
-        '# Requests carry driver ids; the server joins the drivers\' online features.\n'
+        "# Requests carry driver ids; the server joins the drivers' online features.\n"
         '[features]\nservice = "driver_risk"\nentity_key = "driver_id"\n'
     )

@@ -70,7 +70,7 @@ def build_repository(repository: Path) -> Path:
     repository.mkdir(parents=True, exist_ok=True)
     train_iris(repository, versions=("1", "2"))
     (repository / "iris" / "model.toml").write_text(
-        '# version 1 serves 90% of unversioned calls, version 2 (canary) 10%\n'
+        "# version 1 serves 90% of unversioned calls, version 2 (canary) 10%\n"
         'aliases = { production = "1", canary = "2" }\n'
         "traffic = { production = 90, canary = 10 }\n"
     )

@@ -36,8 +36,9 @@ Stop with Ctrl-C.
 
 def mlscale(*args: str) -> None:
     """Run one mlscale command of the demo project; stop the demo if it fails."""
-    subprocess.run([sys.executable, "-m", "mlscale", *args, "--config", str(HERE / "mlscale.toml")],
-                   check=True, cwd=HERE)
+    subprocess.run(
+        [sys.executable, "-m", "mlscale", *args, "--config", str(HERE / "mlscale.toml")], check=True, cwd=HERE
+    )
 
 
 def main() -> None:
@@ -53,8 +54,10 @@ def main() -> None:
     print("mlscale demo: applying feature definitions and materializing them online...", flush=True)
     mlscale("features", "apply")
     mlscale("features", "materialize")
-    print("mlscale demo: models in", repository.relative_to(Path.cwd()) if repository.is_relative_to(Path.cwd())
-          else repository)
+    print(
+        "mlscale demo: models in",
+        repository.relative_to(Path.cwd()) if repository.is_relative_to(Path.cwd()) else repository,
+    )
     print("  server:    http://127.0.0.1:8000/v2")
     print("  dashboard: http://127.0.0.1:8000/dashboard/  (requests, latency, batches, cache, drift, alerts, cameras)")
     print(CURL, flush=True)

@@ -28,9 +28,10 @@ def run_traffic(base_url: str, stop: threading.Event, rate: float = 20.0, drift_
             try:
                 client.post("/v2/models/iris/infer", json=body)
                 client.post("/v1/events/trips", json=trips)
-                client.post("/v2/models/driver-risk/infer",
-                            json={"inputs": [{"name": "driver_id", "shape": [4], "datatype": "INT64",
-                                              "data": drivers}]})
+                client.post(
+                    "/v2/models/driver-risk/infer",
+                    json={"inputs": [{"name": "driver_id", "shape": [4], "datatype": "INT64", "data": drivers}]},
+                )
             except httpx.HTTPError:
                 pass  # the server may be starting or stopping
             stop.wait(1.0 / rate)
