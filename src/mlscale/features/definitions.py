@@ -27,6 +27,9 @@ FEATURE_DTYPES: dict[str, np.dtype] = {
     "int64": np.dtype("<i8"),
     "bool": np.dtype("?"),
 }
+# Strings are the one variable-width type: they follow the fixed record (see ViewLayout.strings).
+STRING = "string"
+FEATURE_TYPES = (*FEATURE_DTYPES, STRING)
 ENTITY_DTYPES = ("int64", "string")
 # The null bitmask of an online record is one uint64, hence at most 64 features per view.
 MAX_FEATURES_PER_VIEW = 64
@@ -135,6 +138,9 @@ class ViewLayout(msgspec.Struct, frozen=True):
 
     The prefix carries a hash of the schema, so changing a view's features or entities makes old
     online rows invisible instead of misread; the record is [event time µs, null bitmask, features].
+    String features are not in the fixed record: a stored value is the record followed by one
+    MessagePack array of the view's strings (in ``strings`` order), so numeric reads still decode
+    with one ``np.frombuffer`` over the fixed parts. Null bits count every feature, strings included.
     """
 
     view: str
@@ -148,6 +154,8 @@ class ViewLayout(msgspec.Struct, frozen=True):
     matrix_record: np.dtype | None
     # Record returned for a missing entity: event time INT64_MIN, floats NaN, ints 0, all null.
     empty: bytes
+    # String features, in the order of the MessagePack array that follows the record.
+    strings: tuple[str, ...] = ()
 
 
 MISSING_TS = np.iinfo(np.int64).min
@@ -163,18 +171,18 @@ def _compile_layout(view: FeatureView, entities: Mapping[str, Entity]) -> ViewLa
         )
     )
     digest = hashlib.blake2b(schema.encode(), digest_size=4).hexdigest()
-    record = np.dtype(
-        [("__ts", "<i8"), ("__nulls", "<u8")] + [(f.name, FEATURE_DTYPES[f.dtype]) for f in view.features]
-    )
+    fixed = [f for f in view.features if f.dtype != STRING]
+    strings = tuple(f.name for f in view.features if f.dtype == STRING)
+    record = np.dtype([("__ts", "<i8"), ("__nulls", "<u8")] + [(f.name, FEATURE_DTYPES[f.dtype]) for f in fixed])
     empty = np.zeros(1, dtype=record)
     empty["__ts"] = MISSING_TS
     empty["__nulls"] = np.uint64((1 << len(view.features)) - 1)
-    for f in view.features:
+    for f in fixed:
         if FEATURE_DTYPES[f.dtype].kind == "f":
             empty[f.name] = np.nan
-    dtypes = {FEATURE_DTYPES[f.dtype] for f in view.features}
+    dtypes = {FEATURE_DTYPES[f.dtype] for f in fixed}
     matrix_record = None
-    if len(dtypes) == 1:
+    if len(dtypes) == 1 and not strings:
         matrix_record = np.dtype([("__ts", "<i8"), ("__nulls", "<u8"), ("values", dtypes.pop(), (len(view.features),))])
         assert matrix_record.itemsize == record.itemsize
     return ViewLayout(
@@ -186,6 +194,7 @@ def _compile_layout(view: FeatureView, entities: Mapping[str, Entity]) -> ViewLa
         ttl_us=round(view.ttl * 1_000_000),
         matrix_record=matrix_record,
         empty=empty.tobytes(),
+        strings=strings,
     )
 
 
@@ -340,10 +349,10 @@ def _check_view(view: FeatureView, entities: Mapping[str, Entity]) -> None:
             raise ConfigError(f"{what}: duplicate feature {feature.name!r}")
         if feature.name in reserved:
             raise ConfigError(f"{what}: feature {feature.name!r} clashes with a join key or the timestamp")
-        if feature.dtype not in FEATURE_DTYPES:
+        if feature.dtype not in FEATURE_TYPES:
             raise ConfigError(
                 f"{what}: feature {feature.name!r} has bad type {feature.dtype!r} "
-                f"(supported: {', '.join(FEATURE_DTYPES)})"
+                f"(supported: {', '.join(FEATURE_TYPES)})"
             )
         seen.add(feature.name)
     if not view.timestamp_field:

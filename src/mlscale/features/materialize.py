@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
+import msgspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -25,8 +26,11 @@ from mlscale.features.online import KEY_SEPARATOR, OnlineStore
 Progress = Callable[[str, int, int], None]
 
 
-def pack_batch(repo: FeatureRepo, view: FeatureView, batch: pa.RecordBatch) -> tuple[list[bytes], np.ndarray]:
-    """Online keys and packed records for a batch of (join keys, __mlscale_ts, features) rows."""
+def pack_batch(
+    repo: FeatureRepo, view: FeatureView, batch: pa.RecordBatch
+) -> tuple[list[bytes], np.ndarray, list[bytes] | None]:
+    """Online keys, packed records and (for views with string features) the MessagePack tail of each
+    row, for a batch of (join keys, __mlscale_ts, features) rows."""
     layout = repo.layouts[view.name]
     n = batch.num_rows
     key_parts = []
@@ -41,15 +45,23 @@ def pack_batch(repo: FeatureRepo, view: FeatureView, batch: pa.RecordBatch) -> t
     ts = batch.column(_ETS)
     records["__ts"] = pc.cast(ts, pa.timestamp("us")).cast(pa.int64()).to_numpy(zero_copy_only=False)
     nulls = np.zeros(n, dtype=np.uint64)
+    strings = set(layout.strings)
     for bit, name in enumerate(layout.features):
         column = batch.column(name)
-        kind = layout.record[name].kind
         if column.null_count:
             nulls |= column.is_null().to_numpy(zero_copy_only=False).astype(np.uint64) << np.uint64(bit)
+        if name in strings:
+            continue
+        kind = layout.record[name].kind
+        if column.null_count:
             column = column.fill_null(float("nan") if kind == "f" else (False if kind == "b" else 0))
         records[name] = column.to_numpy(zero_copy_only=False)
     records["__nulls"] = nulls
-    return keys, records
+    if not strings:
+        return keys, records, None
+    encode = msgspec.msgpack.Encoder().encode
+    columns = [batch.column(name).to_pylist() for name in layout.strings]
+    return keys, records, [encode(row) for row in zip(*columns, strict=True)]
 
 
 def materialize(
@@ -84,8 +96,8 @@ def materialize(
                 progress(name, 0, total)
             reader = arrow_reader(conn.sql("SELECT * FROM latest"), chunk_rows)
             for batch in reader:
-                keys, records = pack_batch(repo, view, batch)
-                online.write(name, keys, records)
+                keys, records, tails = pack_batch(repo, view, batch)
+                online.write(name, keys, records, tails)
                 done += batch.num_rows
                 if progress:
                     progress(name, done, total)

@@ -23,7 +23,14 @@ import pyarrow.parquet as pq
 from mlscale.errors import ConfigError, InvalidInput
 from mlscale.features.definitions import FeatureRepo, FeatureService, FeatureView
 
-_SQL_TYPES = {"float32": "FLOAT", "float64": "DOUBLE", "int32": "INTEGER", "int64": "BIGINT", "bool": "BOOLEAN"}
+_SQL_TYPES = {
+    "float32": "FLOAT",
+    "float64": "DOUBLE",
+    "int32": "INTEGER",
+    "int64": "BIGINT",
+    "bool": "BOOLEAN",
+    "string": "VARCHAR",
+}
 _ROW = "__mlscale_row"
 _ETS = "__mlscale_ts"
 
@@ -122,7 +129,7 @@ class OfflineStore:
                 )
         for feature in view.features:
             sql_type = need(feature.name, "feature")
-            if not _numeric(sql_type):
+            if not (sql_type == "VARCHAR" if feature.dtype == "string" else _numeric(sql_type)):
                 raise ConfigError(f"{what}: feature {feature.name!r} is {sql_type} in {src}, cannot be {feature.dtype}")
 
     def view_sql(

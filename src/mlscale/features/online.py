@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from mlscale.errors import InvalidInput
@@ -41,7 +42,7 @@ class _ViewRead:
         # Column indexes into the view's matrix; None when the request takes all, in order.
         wanted = [layout.features.index(f) for f in features]
         self.columns = None if wanted == list(range(len(layout.features))) else wanted
-        kind = layout.record[features[0]].kind
+        kind = layout.record[features[0]].kind if features[0] not in layout.strings else "O"
         self.fill = np.nan if kind == "f" else 0
 
 
@@ -162,6 +163,10 @@ class OnlineStore:
             layout = view.layout
             empty = layout.empty
             chunk = values if len(views) == 1 else values[i * n : (i + 1) * n]
+            if layout.strings:
+                width = len(empty)
+                strings = _string_columns(layout, chunk, width)
+                chunk = [v[:width] if v is not None else None for v in chunk]
             buf = b"".join([v if v is not None else empty for v in chunk])
             records = np.frombuffer(buf, layout.matrix_record or layout.record)
             ts = records["__ts"]
@@ -181,21 +186,37 @@ class OnlineStore:
                 result.matrices[name] = matrix
             else:
                 for feature, out_name in zip(view.features, view.names, strict=True):
-                    column = records[feature].copy()
-                    if fix is not None:
-                        column[fix] = np.nan if column.dtype.kind == "f" else 0
+                    if feature in layout.strings:
+                        column = strings[layout.strings.index(feature)]
+                        if fix is not None:
+                            column[fix] = None
+                    else:
+                        column = records[feature].copy()
+                        if fix is not None:
+                            column[fix] = np.nan if column.dtype.kind == "f" else 0
                     result._columns[out_name] = column
         return result
 
-    def write(self, view_name: str, keys: list[bytes], records: np.ndarray, *, keep_newer: bool = True) -> int:
+    def write(
+        self,
+        view_name: str,
+        keys: list[bytes],
+        records: np.ndarray,
+        tails: list[bytes] | None = None,
+        *,
+        keep_newer: bool = True,
+    ) -> int:
         """Store packed ``records`` (the view's record dtype) under ``keys``; returns rows written.
 
+        ``tails``: for a view with string features, each row's MessagePack array of its strings.
         With ``keep_newer`` a stored record with a later event time is left alone, so replaying an
         older window (or a crashed run) can never move an entity back in time.
         """
         layout = self.repo.layouts[view_name]
         if records.dtype != layout.record:
             raise InvalidInput(f"records for {view_name!r} do not match its layout")
+        if bool(layout.strings) != (tails is not None) or (tails is not None and len(tails) != len(keys)):
+            raise InvalidInput(f"records for {view_name!r} need one string tail per row exactly when it has strings")
         if keep_newer and len(keys):
             existing = self.kv.get_many(keys)
             if any(v is not None for v in existing):
@@ -207,15 +228,33 @@ class OnlineStore:
                     index = np.flatnonzero(keep)
                     keys = [keys[j] for j in index.tolist()]
                     records = records[index]
+                    if tails is not None:
+                        tails = [tails[j] for j in index.tolist()]
         if not keys:
             return 0
         width = layout.record.itemsize
         buf = records.tobytes()
-        self.kv.set_many(dict(zip(keys, [buf[j : j + width] for j in range(0, len(buf), width)], strict=True)))
+        values = [buf[j : j + width] for j in range(0, len(buf), width)]
+        if tails is not None:
+            values = [v + t for v, t in zip(values, tails, strict=True)]
+        self.kv.set_many(dict(zip(keys, values, strict=True)))
         return len(keys)
 
 
 _MISSING_TS_BYTES = np.array([MISSING_TS], "<i8").tobytes()
+_decode_tail = msgspec.msgpack.Decoder(list[str | None]).decode
+
+
+def _string_columns(layout: ViewLayout, chunk: list[bytes | None], width: int) -> list[np.ndarray]:
+    """The string features of a view's values as object columns (None where missing or null)."""
+    count = len(layout.strings)
+    rows = [_decode_tail(v[width:]) if v is not None and len(v) > width else [None] * count for v in chunk]
+    columns = []
+    for j in range(count):
+        column = np.empty(len(rows), dtype=object)
+        column[:] = [row[j] for row in rows]
+        columns.append(column)
+    return columns
 
 # Up to this many entities a read classifies them in Python: for one entity, five NumPy calls on
 # one-element arrays cost more than the whole key-value lookup (half of a 17 us read).

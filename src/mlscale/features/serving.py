@@ -160,6 +160,12 @@ class FeatureEnricher:
         plan = store.plan(self.features)
         if plan.join_keys != [entity_key]:
             raise InvalidInput(f"feature service {feature_service!r} is keyed by {plan.join_keys}, not {entity_key!r}")
+        strings = [n for v in plan.views for f, n in zip(v.features, v.names, strict=True) if f in v.layout.strings]
+        if strings:
+            raise InvalidInput(
+                f"feature service {feature_service!r} has string features {strings}: a model's joined input is "
+                "a float32 matrix, so list only numeric features in the service it declares"
+            )
         self.names = plan.names
         if isinstance(defaults, Mapping):
             unknown = set(defaults) - set(self.names)
