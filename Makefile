@@ -18,6 +18,7 @@ demo: $(STAMP)
 services:
 	bash scripts/services.sh
 	bash scripts/ensure-chromium.sh
+	PYTHON=$(PYTHON) bash scripts/ensure-feast.sh
 
 test: $(STAMP) services
 	$(VENV)/bin/ruff check src tests bench examples

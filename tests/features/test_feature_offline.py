@@ -121,11 +121,13 @@ def test_values_older_than_ttl_are_null_and_future_rows_never_used(tmp_path, mak
     assert got.conv_rate[1] == 0.25 and got.conv_rate[3] == 0.75
 
 
-def test_timezone_aware_and_naive_entity_times_mean_utc(repo, driver_data):
+@pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])
+def test_timezone_aware_and_naive_entity_times_mean_utc(repo, driver_data, unit):
     _, frame = driver_data
     when = frame.event_timestamp.sort_values().iloc[len(frame) // 2]
     naive = pd.DataFrame({"driver_id": [1, 2], "event_timestamp": [when.tz_convert(None)] * 2})
-    other_zone = pd.DataFrame({"driver_id": [1, 2], "event_timestamp": [when.tz_convert("Asia/Tokyo")] * 2})
+    times = pd.DatetimeIndex([when.tz_convert("Asia/Tokyo")] * 2).as_unit(unit)
+    other_zone = pd.DataFrame({"driver_id": [1, 2], "event_timestamp": times})
     store = OfflineStore(repo)
     a = store.get_historical_features(naive, "driver_model").to_pandas()
     b = store.get_historical_features(other_zone, "driver_model").to_pandas()

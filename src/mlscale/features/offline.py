@@ -216,7 +216,11 @@ class OfflineStore:
                 selects.append(f"{value} AS {_ident(next(names))}")
         ts_type = table.schema.field(timestamp_field).type
         zoned = pa.types.is_timestamp(ts_type) and ts_type.tz is not None
-        entity_ts = _utc_timestamp_sql(_ident(timestamp_field), "TIMESTAMP WITH TIME ZONE" if zoned else None)
+        column = _ident(timestamp_field)
+        if zoned and ts_type.unit != "us":
+            # pandas' default datetime64[ns, UTC] arrives as TIMESTAMPTZ_NS, which epoch_us() refuses.
+            column = f"CAST({column} AS TIMESTAMPTZ)"
+        entity_ts = _utc_timestamp_sql(column, "TIMESTAMP WITH TIME ZONE" if zoned else None)
         return (
             f"SELECT {', '.join(selects)} FROM "
             f"(SELECT *, {entity_ts} AS {_ETS} FROM entity_df) e "
