@@ -30,6 +30,12 @@ if ! listening 6379; then
   fi
 fi
 
+# The Redis Cluster tests start their own nodes on free ports; they need redis-cli (Debian: redis-tools,
+# which redis-server depends on) even when a Redis already listens on 6379.
+if command -v redis-server >/dev/null && ! command -v redis-cli >/dev/null; then
+  install_debian redis-tools
+fi
+
 if ! listening 4222; then
   command -v nats-server >/dev/null || install_debian nats-server
   if command -v nats-server >/dev/null; then

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from mlscale.storage.localredis import LocalRedis
+from mlscale.storage.localredis import LocalRedis, LocalRedisCluster
 
 
 def _listening(port: int) -> bool:
@@ -54,6 +55,36 @@ def start_redis() -> Iterator[Callable[[], LocalRedis]]:
     yield start
     for server in servers:
         server.stop()
+
+
+def _skip_without_redis_cluster_tools() -> None:
+    missing = [tool for tool in ("redis-server", "redis-cli") if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"{' and '.join(missing)} not installed: no Redis Cluster (make test installs redis-server)")
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> Iterator[str]:
+    """URL (redis+cluster://) of a private 3-master Redis Cluster shared by the session; never kill its nodes."""
+    _skip_without_redis_cluster_tools()
+    with LocalRedisCluster() as cluster:
+        yield cluster.url
+
+
+@pytest.fixture
+def start_redis_cluster() -> Iterator[Callable[[], LocalRedisCluster]]:
+    """Start private Redis Clusters that a test may break; all stop when the test ends."""
+    _skip_without_redis_cluster_tools()
+    clusters: list[LocalRedisCluster] = []
+
+    def start() -> LocalRedisCluster:
+        cluster = LocalRedisCluster().start()
+        clusters.append(cluster)
+        return cluster
+
+    yield start
+    for cluster in clusters:
+        cluster.stop()
 
 
 @pytest.fixture

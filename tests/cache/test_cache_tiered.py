@@ -1,4 +1,5 @@
-"""The two-tier prediction cache: single-flight, L2 fills L1, TTLs, purges, and surviving a dead Redis."""
+"""The two-tier prediction cache: single-flight, L2 fills L1, TTLs, purges, and surviving a dead Redis
+(a single server or one node of a Redis Cluster)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from mlscale.cache import PredictionCache, TieredCache, prediction_key
-from mlscale.storage.redis_store import RedisKeyValue
+from mlscale.storage.redis_store import RedisClusterKeyValue, RedisKeyValue
 from mlscale.storage.sqlite import SQLiteKeyValue
 
 
@@ -37,9 +38,12 @@ class Model:
         return compute
 
 
-@pytest.fixture
-def redis_l2(redis_url: str, prefix: bytes):
-    store = RedisKeyValue(redis_url, prefix=prefix)
+@pytest.fixture(params=["redis", "redis-cluster"])
+def redis_l2(request, prefix: bytes):
+    if request.param == "redis":
+        store = RedisKeyValue(request.getfixturevalue("redis_url"), prefix=prefix)
+    else:
+        store = RedisClusterKeyValue(request.getfixturevalue("redis_cluster_url"), prefix=prefix)
     yield store
     store.delete(list(store.scan()))
     store.close()
@@ -210,12 +214,10 @@ def test_sqlite_l2_is_shared_between_caches(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
-def test_requests_keep_being_answered_when_redis_dies_mid_traffic(start_redis) -> None:
-    server = start_redis()
-    name = unique()
+def serve_while_l2_dies(l2: RedisKeyValue, kill, name: str) -> None:
+    """400 requests over 150 inputs, 32 at a time; ``kill`` breaks the L2 after the first 100 answers."""
 
     async def scenario() -> tuple[list[str], float, int]:
-        l2 = RedisKeyValue(server.url, timeout=0.2)
         cache = PredictionCache(l1_max_bytes=1 << 20, ttl=60, l2=l2, name=name, l2_timeout=0.3, l2_retry_after=30)
         model = Model(delay=0.002)
         sources: list[str] = []
@@ -224,7 +226,7 @@ def test_requests_keep_being_answered_when_redis_dies_mid_traffic(start_redis) -
 
         async def request(i: int) -> None:
             if i >= 150:
-                await killed.wait()  # the rest of the traffic certainly meets a dead Redis
+                await killed.wait()  # the rest of the traffic certainly meets a dead L2
             value, source = await cache.get_or_compute(key("m", "1", float(i % 150)), model(b"%d" % (i % 150)))
             assert value == b"%d" % (i % 150)
             sources.append(source)
@@ -233,7 +235,7 @@ def test_requests_keep_being_answered_when_redis_dies_mid_traffic(start_redis) -
 
         async def killer() -> None:
             await completed.wait()
-            await asyncio.to_thread(server.stop)  # Redis dies while requests are in flight
+            await asyncio.to_thread(kill)  # the L2 dies while requests are in flight
             killed.set()
 
         started = time.monotonic()
@@ -246,6 +248,7 @@ def test_requests_keep_being_answered_when_redis_dies_mid_traffic(start_redis) -
 
         await asyncio.gather(killer(), *(limited(c) for c in clients))
         await cache.drain()
+        await l2.aclose()
         return sources, time.monotonic() - started, model.calls
 
     sources, elapsed, calls = asyncio.run(scenario())
@@ -255,6 +258,16 @@ def test_requests_keep_being_answered_when_redis_dies_mid_traffic(start_redis) -
     assert elapsed < 5
     errors = REGISTRY.get_sample_value("mlscale_cache_requests_total", {"cache": name, "tier": "l2", "result": "error"})
     assert errors and errors >= 1
+
+
+def test_requests_keep_being_answered_when_redis_dies_mid_traffic(start_redis) -> None:
+    server = start_redis()
+    serve_while_l2_dies(RedisKeyValue(server.url, timeout=0.2), server.stop, unique())
+
+
+def test_requests_keep_being_answered_when_a_cluster_node_dies_mid_traffic(start_redis_cluster) -> None:
+    cluster = start_redis_cluster()
+    serve_while_l2_dies(RedisClusterKeyValue(cluster.url, timeout=0.2), cluster.nodes[1].stop, unique())
 
 
 def test_l2_is_used_again_once_redis_comes_back(start_redis) -> None:

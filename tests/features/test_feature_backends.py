@@ -1,5 +1,5 @@
-"""The online store on real backends: SQLite shards and Redis give identical answers; resharding
-keeps every value readable."""
+"""The online store on real backends: SQLite shards, Redis and Redis Cluster give identical answers;
+resharding keeps every value readable."""
 
 from __future__ import annotations
 
@@ -20,9 +20,10 @@ def sqlite_shards(folder, n):
     return [f"sqlite:///{folder}/shard-{i}.db" for i in range(n)]
 
 
-@pytest.fixture
-def redis_store(redis_url):
-    store = open_store(f"{redis_url}?prefix=mlscale-test-features-{uuid.uuid4().hex[:8]}:")
+@pytest.fixture(params=["redis", "redis-cluster"])
+def redis_store(request):
+    url = request.getfixturevalue("redis_url" if request.param == "redis" else "redis_cluster_url")
+    store = open_store(f"{url}?prefix=mlscale-test-features-{uuid.uuid4().hex[:8]}:")
     yield store
     store.delete(list(store.scan()))
     store.close()

@@ -19,15 +19,17 @@ from mlscale.storage.sharded import ShardedKeyValue
 from mlscale.storage.sqlite import SQLiteKeyValue, prefix_upper_bound
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis", "sharded"])
-def store(request, tmp_path: Path, redis_url: str, prefix: bytes) -> Iterator[KeyValue]:
+@pytest.fixture(params=["memory", "sqlite", "redis", "redis-cluster", "sharded"])
+def store(request, tmp_path: Path, prefix: bytes) -> Iterator[KeyValue]:
     kind = request.param
     if kind == "memory":
         kv: KeyValue = MemoryKeyValue()
     elif kind == "sqlite":
         kv = SQLiteKeyValue(tmp_path / "kv.db")
     elif kind == "redis":
-        kv = RedisKeyValue(redis_url, prefix=prefix)
+        kv = RedisKeyValue(request.getfixturevalue("redis_url"), prefix=prefix)
+    elif kind == "redis-cluster":
+        kv = RedisClusterKeyValue(request.getfixturevalue("redis_cluster_url"), prefix=prefix)
     else:
         kv = ShardedKeyValue({f"s{i}": SQLiteKeyValue(tmp_path / f"s{i}.db") for i in range(3)}, replicas=2)
     yield kv
@@ -147,7 +149,7 @@ def test_stalled_redis_times_out_instead_of_hanging(start_redis) -> None:
 
 
 def test_redis_cluster_against_a_plain_or_dead_server_fails_at_construction(start_redis, redis_url: str) -> None:
-    # No Redis Cluster runs here: what can be pinned down is that misuse is a clear error, not a hang.
+    # Misuse is a clear error, not a hang (a real cluster: test_storage_redis_cluster.py).
     with pytest.raises(ServiceUnavailable, match="Cluster"):
         RedisClusterKeyValue(redis_url.replace("redis://", "redis+cluster://"), timeout=0.5)
     server = start_redis()
