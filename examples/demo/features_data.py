@@ -33,6 +33,29 @@ def write_driver_stats(path: Path, seed: int = 0) -> pd.DataFrame:
     return frame
 
 
+CITIES = ("Lisboa", "Porto", "Madrid", "Zürich", "São Paulo", "東京")
+VEHICLES = ("sedan", "hatchback", "van", "e-bike")
+
+
+def write_driver_profiles(path: Path, seed: int = 1) -> pd.DataFrame:
+    """A profile per driver with string features (home city, vehicle), updated now and then."""
+    rng = np.random.default_rng(seed)
+    now = datetime.now(UTC).replace(microsecond=0)
+    rows = DRIVERS * 3
+    frame = pd.DataFrame(
+        {
+            "driver_id": rng.integers(1001, 1001 + DRIVERS, rows).astype("int64"),
+            "event_timestamp": [now - timedelta(minutes=int(m)) for m in rng.integers(1, 30 * 24 * 60, rows)],
+            "city": np.asarray(CITIES, dtype=object)[rng.integers(0, len(CITIES), rows)],
+            "vehicle": np.asarray(VEHICLES, dtype=object)[rng.integers(0, len(VEHICLES), rows)],
+            "seats": rng.integers(1, 8, rows).astype("int32"),
+        }
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(path)
+    return frame
+
+
 def train_driver_risk(repository: Path, frame: pd.DataFrame) -> None:
     """A classifier of 'risky' drivers on the three features, in the order the service lists them."""
     x = frame[["conv_rate", "acc_rate", "avg_trip_minutes"]].to_numpy(np.float64)

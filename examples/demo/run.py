@@ -11,7 +11,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from features_data import train_driver_risk, write_driver_stats  # noqa: E402
+from features_data import train_driver_risk, write_driver_profiles, write_driver_stats  # noqa: E402
 from models import build_repository, write_iris_reference  # noqa: E402
 from traffic import run_traffic  # noqa: E402
 
@@ -24,6 +24,8 @@ Try it:
        -d '{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP64","data":[6.7,3.0,5.2,2.3]}]}'
   curl -s -X POST localhost:8000/v1/features \\
        -d '{"feature_service":"driver_risk","entities":{"driver_id":[1001,1002]}}'
+  curl -s -X POST localhost:8000/v1/features \
+       -d '{"features":["driver_profile:*"],"entities":{"driver_id":[1001]}}'
   curl -s -X POST localhost:8000/v2/models/driver-risk/infer \\
        -d '{"inputs":[{"name":"driver_id","shape":[2],"datatype":"INT64","data":[1001,1002]}]}'
   curl -s -X POST localhost:8000/v1/events/trips -d '[{"driver_id":1001,"ts":1767225600,"fare":12.5}]'
@@ -51,6 +53,8 @@ def main() -> None:
         print("mlscale demo: generating driver statistics and the driver-risk model...", flush=True)
         frame = write_driver_stats(HERE / ".work" / "data" / "driver_stats.parquet")
         train_driver_risk(repository, frame)
+    if not (HERE / ".work" / "data" / "driver_profiles.parquet").exists():
+        write_driver_profiles(HERE / ".work" / "data" / "driver_profiles.parquet")
     print("mlscale demo: applying feature definitions and materializing them online...", flush=True)
     mlscale("features", "apply")
     mlscale("features", "materialize")

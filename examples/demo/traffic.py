@@ -32,6 +32,7 @@ def run_traffic(base_url: str, stop: threading.Event, rate: float = 20.0, drift_
                     "/v2/models/driver-risk/infer",
                     json={"inputs": [{"name": "driver_id", "shape": [4], "datatype": "INT64", "data": drivers}]},
                 )
+                client.post("/v1/features", json={"features": ["driver_profile:*"], "entities": {"driver_id": drivers}})
             except httpx.HTTPError:
                 pass  # the server may be starting or stopping
             stop.wait(1.0 / rate)
