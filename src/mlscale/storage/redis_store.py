@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 import redis.asyncio
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from mlscale.errors import ConfigError, ServiceUnavailable
 from mlscale.storage.base import KeyValue
@@ -41,8 +41,39 @@ def _ms(ttl: float) -> int:
     return max(int(ttl * 1000), 1)
 
 
+# set_many_if_newer: KEYS are the keys; ARGV[1] the ttl in ms (0: none), then (value, version)
+# per key. A stored value's version is its first 8 bytes (little-endian int64): Redis runs a script
+# alone, so no other write comes between the compare and the SET. Lua numbers are doubles, exact
+# for versions up to 2^53 (event times in microseconds, epochs in milliseconds). First bytes that
+# read as 2^62 or more are text, not a version (no clock reaches it; JSON written before versions
+# existed does, '{"window' is 8.6e18): such a value is unversioned and overwritten, as in SQLite.
+# Returns how many keys were written.
+_SET_IF_NEWER = """
+local ttl = tonumber(ARGV[1])
+local written = 0
+for i, key in ipairs(KEYS) do
+    local value, version = ARGV[2 * i], tonumber(ARGV[2 * i + 1])
+    local old = redis.call('GETRANGE', key, 0, 7)
+    local stored = #old == 8 and struct.unpack('<i8', old) or nil
+    if stored == nil or stored >= 4611686018427387904 or stored <= version then
+        if ttl > 0 then
+            redis.call('SET', key, value, 'PX', ttl)
+        else
+            redis.call('SET', key, value)
+        end
+        written = written + 1
+    end
+end
+return written
+"""
+
+
 class RedisKeyValue(KeyValue):
     """One Redis server (or a Sentinel-less primary): ``RedisKeyValue("redis://host:6379/0")``."""
+
+    # Keys per call of the conditional-write script: a script blocks the server while it runs, so a
+    # big batch goes as several calls in one pipeline.
+    _keys_per_script = 256
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, timeout: float = 1.0, prefix: bytes = b"") -> None:
         self.url, url_prefix = split_prefix(url)
@@ -59,6 +90,8 @@ class RedisKeyValue(KeyValue):
         except (ValueError, RedisClusterException) as exc:
             raise ConfigError(f"bad Redis URL {url!r}: {exc}") from None
         self._async: dict[int, tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis]] = {}
+        # EVALSHA with a fallback to loading the script (redis-py loads it before a pipeline runs).
+        self._set_if_newer = self.client.register_script(_SET_IF_NEWER)
 
     def _make_client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url, **self._options)
@@ -90,6 +123,31 @@ class RedisKeyValue(KeyValue):
             pipe = self.client.pipeline(transaction=False)
             for key, value in items.items():
                 pipe.set(self._k(key), value, px=_ms(ttl) if ttl is not None else None)
+            pipe.execute()
+        except _ERRORS as exc:
+            raise self._unavailable(exc) from exc
+
+    def set_many_if_newer(
+        self, items: Mapping[bytes, bytes], versions: Sequence[int], ttl: float | None = None
+    ) -> None:
+        if not items:
+            return
+        if len(versions) != len(items):
+            raise ValueError(f"{len(items)} items but {len(versions)} versions")
+        keys = [self._k(k) for k in items]
+        args: list = [None] * (2 * len(keys))
+        args[0::2] = items.values()
+        args[1::2] = versions
+        ttl_arg = _ms(ttl) if ttl is not None else 0
+        step = self._keys_per_script
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for start in range(0, len(keys), step):
+                self._set_if_newer(
+                    keys=keys[start : start + step],
+                    args=[ttl_arg, *args[2 * start : 2 * (start + step)]],
+                    client=pipe,
+                )
             pipe.execute()
         except _ERRORS as exc:
             raise self._unavailable(exc) from exc
@@ -221,6 +279,37 @@ class RedisClusterKeyValue(RedisKeyValue):
 
     def _mget(self, keys: list[bytes]) -> list[bytes | None]:
         return self.client.mget_nonatomic(keys)  # type: ignore[attr-defined]
+
+    def set_many_if_newer(
+        self, items: Mapping[bytes, bytes], versions: Sequence[int], ttl: float | None = None
+    ) -> None:
+        """One script call per key (the keys of one call must share a hash slot), in one pipeline.
+
+        redis-py's cluster pipeline does not load scripts by itself: after a NOSCRIPT the script is
+        loaded on every primary (where SCRIPT LOAD goes) and the batch sent again (it is idempotent).
+        """
+        if not items:
+            return
+        if len(versions) != len(items):
+            raise ValueError(f"{len(items)} items but {len(versions)} versions")
+        ttl_arg = _ms(ttl) if ttl is not None else 0
+        sha = self._set_if_newer.sha
+        try:
+            for attempt in (1, 2):
+                pipe = self.client.pipeline()
+                for (key, value), version in zip(items.items(), versions, strict=True):
+                    # pipe.evalsha is refused in cluster pipelines (a script may span slots); this
+                    # one has a single key, which routes the call to its slot's node.
+                    pipe.execute_command("EVALSHA", sha, 1, self._k(key), ttl_arg, value, version)
+                try:
+                    pipe.execute()
+                    return
+                except NoScriptError:
+                    if attempt == 2:
+                        raise
+                    self.client.script_load(_SET_IF_NEWER)
+        except _ERRORS as exc:
+            raise self._unavailable(exc) from exc
 
     def _make_async_client(self) -> redis.asyncio.Redis:
         return redis.asyncio.RedisCluster.from_url(self.url, **self._options)  # type: ignore[return-value]
