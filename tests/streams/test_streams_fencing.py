@@ -10,6 +10,7 @@ from mlscale.storage.base import KeyValue
 from mlscale.storage.memory import MemoryKeyValue
 from mlscale.storage.sharded import ShardedKeyValue
 from mlscale.storage.sqlite import SQLiteKeyValue
+from mlscale.streams.broker import partition_for
 from mlscale.streams.definitions import WindowedFeature
 from mlscale.streams.embedded import EmbeddedBroker
 from mlscale.streams.online import decode_value, online_values
@@ -106,3 +107,15 @@ def test_values_written_before_the_version_header_still_decode():
     assert decode_value(legacy)["count"] == 3
     versioned = (123).to_bytes(8, "little") + legacy  # a version byte that is '{' must not confuse it
     assert decode_value(versioned) == decode_value(legacy)
+
+
+def test_one_key_written_from_two_partitions_in_one_flush_keeps_versions_aligned(tmp_path):
+    # 7 and "7" are two entities but one online key; producer keys put them in two partitions
+    broker = EmbeddedBroker(tmp_path / "log.db", partitions=2, key_fields={"clicks": "user"})
+    keys = [k for k in ("a", "b", "c", "d", "e", "f") if partition_for(k.encode(), 2) == 0][:1]
+    keys += [k for k in ("a", "b", "c", "d", "e", "f") if partition_for(k.encode(), 2) == 1][:1]
+    broker.append("clicks", [{"user": 7, "ts": T0}, {"user": "7", "ts": T0 + 1}], keys=keys)
+    kv = SQLiteKeyValue(tmp_path / "online.db")
+    StreamProcessor(broker, [FEATURE], kv, tmp_path / "ckpt.db", batch_size=10).run(idle_exit=0.0)
+    assert online_values(kv, FEATURE, ["7"], at=T0)[0]["count"] == 1
+    kv.close()
