@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -23,11 +23,13 @@ class CrashingKeyValue(MemoryKeyValue):
         self.fail_on = fail_on
         self.writes = 0
 
-    def set_many(self, items: Mapping[bytes, bytes], ttl: float | None = None) -> None:
+    def set_many_if_newer(
+        self, items: Mapping[bytes, bytes], versions: Sequence[int], ttl: float | None = None
+    ) -> None:
         self.writes += 1
         if self.writes == self.fail_on:
             raise ConnectionError("store went away")
-        super().set_many(items, ttl)
+        super().set_many_if_newer(items, versions, ttl)
 
 
 def snapshot(kv: MemoryKeyValue) -> dict[bytes, bytes]:

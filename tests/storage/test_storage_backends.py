@@ -194,3 +194,110 @@ def test_open_store_from_project_settings_resolves_paths_against_the_project(tmp
     assert (tmp_path / ".mlscale" / "store.db").exists()
     with pytest.raises(ConfigError, match="storage"):
         parse_settings({"storage": {"replica": 2}})
+
+
+def _versioned(version: int, payload: bytes) -> bytes:
+    """A value as versioned writers store it: the version (little-endian int64), then the payload."""
+    return version.to_bytes(8, "little", signed=True) + payload
+
+
+def test_set_many_if_newer_keeps_a_stored_value_with_a_greater_version(store: KeyValue) -> None:
+    # 600 keys: more than one script call on Redis (256 keys each), and every shard of the sharded store
+    keys = [b"v%d" % i for i in range(600)]
+    store.set_many_if_newer({k: _versioned(5, b"five") for k in keys}, [5] * len(keys))
+    store.set_many_if_newer({k: _versioned(3, b"three") for k in keys}, [3] * len(keys))
+    assert set(store.get_many(keys)) == {_versioned(5, b"five")}
+    # an equal version is the same writer writing again: it wins, as does a greater one
+    store.set_many_if_newer({keys[0]: _versioned(5, b"again"), keys[1]: _versioned(6, b"six")}, [5, 6])
+    assert store.get_many(keys[:3]) == [_versioned(5, b"again"), _versioned(6, b"six"), _versioned(5, b"five")]
+    # one batch mixing a refused write, an accepted one and a new key
+    store.set_many_if_newer(
+        {keys[1]: _versioned(2, b"old"), keys[2]: _versioned(9, b"nine"), b"new": _versioned(-4, b"neg")},
+        [2, 9, -4],
+    )
+    assert store.get_many([keys[1], keys[2], b"new"]) == [
+        _versioned(6, b"six"),
+        _versioned(9, b"nine"),
+        _versioned(-4, b"neg"),
+    ]
+
+
+def test_set_many_if_newer_overwrites_an_expired_value_and_sets_the_ttl(store: KeyValue) -> None:
+    store.set_many_if_newer({b"k": _versioned(10**12, b"newer")}, [10**12], ttl=0.05)
+    time.sleep(0.15)
+    store.set_many_if_newer({b"k": _versioned(1, b"older")}, [1], ttl=30)
+    assert store.get(b"k") == _versioned(1, b"older")
+    assert 0 < store.ttl_many([b"k"])[0] <= 30
+
+
+def test_sqlite_files_made_before_versions_accept_conditional_writes(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE kv (key BLOB PRIMARY KEY, value BLOB NOT NULL, expires REAL) WITHOUT ROWID")
+        conn.execute("INSERT INTO kv VALUES (?, ?, NULL)", (b"k", _versioned(50, b"before")))
+    kv = SQLiteKeyValue(path)
+    assert kv.get(b"k") == _versioned(50, b"before")
+    # a row from before has no version: the first conditional write replaces it, later ones compare
+    kv.set_many_if_newer({b"k": _versioned(7, b"after")}, [7])
+    kv.set_many_if_newer({b"k": _versioned(6, b"stale")}, [6])
+    assert kv.get(b"k") == _versioned(7, b"after")
+    kv.close()
+
+
+def test_set_many_if_newer_replaces_a_value_written_without_a_version(store: KeyValue) -> None:
+    # JSON as stream values were stored before they carried a version (on Redis its first 8 bytes
+    # read as 8.6e18: text, not a version); a conditional write replaces it.
+    store.set_many({b"w": b'{"window_start":0,"count":3}'})
+    store.set_many_if_newer({b"w": _versioned(2, b"{}")}, [2])
+    assert store.get(b"w") == _versioned(2, b"{}")
+
+
+def test_the_default_conditional_write_reads_versions_from_the_values() -> None:
+    # What a KeyValue without its own (atomic) set_many_if_newer gets: read, compare, write.
+    class PlainStore(MemoryKeyValue):
+        set_many_if_newer = KeyValue.set_many_if_newer
+
+    kv = PlainStore()
+    kv.set_many({b"text": b'{"window_start":0}'})
+    kv.set_many_if_newer({b"a": _versioned(5, b"five"), b"text": _versioned(1, b"one")}, [5, 1])
+    kv.set_many_if_newer({b"a": _versioned(4, b"four"), b"b": _versioned(4, b"four")}, [4, 4])
+    assert kv.get_many([b"a", b"b", b"text"]) == [_versioned(5, b"five"), _versioned(4, b"four"), _versioned(1, b"one")]
+
+
+def test_redis_cluster_conditional_writes_on_a_one_node_cluster(tmp_path: Path) -> None:
+    from mlscale.storage.localredis import free_port
+
+    redis = pytest.importorskip("redis")
+    port = free_port()
+    # the cluster bus port is given too: by default it is port + 10000, beyond 65535 for high ports
+    options = ["--cluster-enabled", "yes", "--cluster-port", str(free_port()), "--cluster-config-file", "nodes.conf"]
+    options += ["--save", "", "--appendonly", "no"]
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--dir", str(tmp_path), *options], stdout=subprocess.DEVNULL
+    )
+    try:
+        plain = redis.Redis(port=port)
+        assert wait_until(lambda: _pings(plain))
+        plain.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+        assert wait_until(lambda: b"cluster_state:ok" in plain.execute_command("CLUSTER", "INFO"))
+        kv = RedisClusterKeyValue(f"redis+cluster://127.0.0.1:{port}")
+        keys = [b"k%d" % i for i in range(300)]
+        kv.set_many_if_newer({k: _versioned(5, b"five") for k in keys}, [5] * len(keys))
+        kv.set_many_if_newer({k: _versioned(3, b"three") for k in keys}, [3] * len(keys), ttl=60)
+        assert set(kv.get_many(keys)) == {_versioned(5, b"five")}
+        plain.script_flush()  # a node that lost its scripts (a restart): loaded again, batch resent
+        kv.set_many_if_newer({keys[0]: _versioned(6, b"six")}, [6], ttl=60)
+        assert kv.get(keys[0]) == _versioned(6, b"six") and kv.ttl_many([keys[0]])[0] > 0
+        kv.close()
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def _pings(client) -> bool:
+    try:
+        return bool(client.ping())
+    except Exception:
+        return False

@@ -8,6 +8,7 @@ import numpy as np
 from mlscale.storage.memory import MemoryKeyValue
 from mlscale.streams.definitions import WindowedFeature
 from mlscale.streams.embedded import EmbeddedBroker
+from mlscale.streams.online import decode_value
 from mlscale.streams.processor import StreamProcessor
 from mlscale.streams.windows import TimeWindowState
 
@@ -18,15 +19,15 @@ T0 = 1_700_000_000.0
 
 
 class CountingStore(MemoryKeyValue):
-    """The in-process store, counting how many rows each ``set_many`` call wrote."""
+    """The in-process store, counting how many rows each (conditional) write call wrote."""
 
     def __init__(self) -> None:
         super().__init__()
         self.calls: list[int] = []
 
-    def set_many(self, items, ttl=None) -> None:  # type: ignore[no-untyped-def]
+    def set_many_if_newer(self, items, versions, ttl=None) -> None:  # type: ignore[no-untyped-def]
         self.calls.append(len(items))
-        super().set_many(items, ttl=ttl)
+        super().set_many_if_newer(items, versions, ttl=ttl)
 
 
 def _processor(tmp_path, sink, **kw) -> tuple[EmbeddedBroker, StreamProcessor]:
@@ -38,7 +39,7 @@ def _processor(tmp_path, sink, **kw) -> tuple[EmbeddedBroker, StreamProcessor]:
 def _value(sink, user: str, t: float) -> dict | None:
     start = int(t * 1000) - int(t * 1000) % 60_000
     raw = sink.get(f"clicks_1m|{user}|{start}".encode())
-    return None if raw is None else msgspec.json.decode(raw)
+    return None if raw is None else decode_value(raw)
 
 
 def test_a_backlog_is_written_once_per_window_not_once_per_batch(tmp_path):

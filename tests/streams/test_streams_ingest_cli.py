@@ -15,6 +15,7 @@ from mlscale.storage import open_store
 from mlscale.streams.definitions import WindowedFeature
 from mlscale.streams.embedded import EmbeddedBroker
 from mlscale.streams.ingest import ingest_events
+from mlscale.streams.online import decode_value
 
 
 def test_ingest_accepts_a_list_or_an_events_object_and_returns_offsets():
@@ -96,7 +97,7 @@ def test_cli_produce_run_and_backfill_give_the_same_online_values(tmp_path):
     online = open_store("sqlite:///online.db", root=tmp_path)
     assert len(rows) == len(list(online.scan(b"spend|")))
     for row in rows:
-        got = msgspec.json.decode(online.get(f"spend|{row['user']}|{row['window_start']}".encode()))
+        got = decode_value(online.get(f"spend|{row['user']}|{row['window_start']}".encode()))
         assert got["count"] == row["count"] and got["sum_amount"] == row["sum_amount"]
         assert got["max_amount"] == row["max_amount"]
     unknown = _mlscale("stream", "backfill", "--events", "history", "--feature", "nope", cwd=tmp_path)

@@ -22,6 +22,7 @@ from mlscale.storage.memory import MemoryKeyValue
 from mlscale.streams.batch import compute, write_events
 from mlscale.streams.definitions import WindowedFeature
 from mlscale.streams.embedded import EmbeddedBroker
+from mlscale.streams.online import decode_value
 from mlscale.streams.processor import StreamProcessor, dead_letter_topic
 
 HERE = Path(__file__).parent
@@ -34,7 +35,7 @@ def _assert_online_equals_batch(feature, kv, events, folder):
     f = feature.compile()
     rows = compute(f, folder / "events.parquet").to_pylist()
     expected = {f.online_key(r["e"], r["window_start"]): r for r in rows}
-    got = {k: msgspec.json.decode(kv.get(k)) for k in kv.scan(f.name.encode() + b"|")}
+    got = {k: decode_value(kv.get(k)) for k in kv.scan(f.name.encode() + b"|")}
     assert set(got) == set(expected)
     for key, value in got.items():
         for name, v in value.items():
@@ -128,7 +129,7 @@ def test_late_and_malformed_records_reach_the_dead_letter_topic_with_a_reason():
     assert "amount" in reasons and "ts" in reasons
     assert all({"topic", "partition", "offset", "feature"} <= set(d) for d in dead)
     # the window starting at 1080 s holds the on-time events 1100 and 1095 only
-    value = msgspec.json.decode(kv.get(feature.compile().online_key("a", 1_080_000)))
+    value = decode_value(kv.get(feature.compile().online_key("a", 1_080_000)))
     assert value["count"] == 2 and value["sum_amount"] == 5.0
 
 
@@ -225,11 +226,11 @@ class _FlakyStore(MemoryKeyValue):
         super().__init__()
         self.left = writes_before_failure
 
-    def set_many(self, items, ttl=None):
+    def set_many_if_newer(self, items, versions, ttl=None):
         if self.left <= 0:
             raise ConnectionError("online store is down")
         self.left -= 1
-        super().set_many(items, ttl)
+        super().set_many_if_newer(items, versions, ttl)
 
 
 def test_a_store_failure_mid_run_loses_and_double_counts_nothing_after_restart(tmp_path):

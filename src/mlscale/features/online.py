@@ -206,30 +206,19 @@ class OnlineStore:
         *,
         keep_newer: bool = True,
     ) -> int:
-        """Store packed ``records`` (the view's record dtype) under ``keys``; returns rows written.
+        """Store packed ``records`` (the view's record dtype) under ``keys``; returns rows offered.
 
         ``tails``: for a view with string features, each row's MessagePack array of its strings.
         With ``keep_newer`` a stored record with a later event time is left alone, so replaying an
-        older window (or a crashed run) can never move an entity back in time.
+        older window (or a crashed run) can never move an entity back in time. A record starts with
+        its event time, so it is its own version for the store's atomic ``set_many_if_newer``: a
+        newer record written between a read and this write is kept too.
         """
         layout = self.repo.layouts[view_name]
         if records.dtype != layout.record:
             raise InvalidInput(f"records for {view_name!r} do not match its layout")
         if bool(layout.strings) != (tails is not None) or (tails is not None and len(tails) != len(keys)):
             raise InvalidInput(f"records for {view_name!r} need one string tail per row exactly when it has strings")
-        if keep_newer and len(keys):
-            existing = self.kv.get_many(keys)
-            if any(v is not None for v in existing):
-                old_ts = np.frombuffer(
-                    b"".join([v[:8] if v is not None else _MISSING_TS_BYTES for v in existing]), "<i8"
-                )
-                keep = records["__ts"] >= old_ts
-                if not keep.all():
-                    index = np.flatnonzero(keep)
-                    keys = [keys[j] for j in index.tolist()]
-                    records = records[index]
-                    if tails is not None:
-                        tails = [tails[j] for j in index.tolist()]
         if not keys:
             return 0
         width = layout.record.itemsize
@@ -237,11 +226,14 @@ class OnlineStore:
         values = [buf[j : j + width] for j in range(0, len(buf), width)]
         if tails is not None:
             values = [v + t for v, t in zip(values, tails, strict=True)]
-        self.kv.set_many(dict(zip(keys, values, strict=True)))
+        items = dict(zip(keys, values, strict=True))
+        if keep_newer:
+            self.kv.set_many_if_newer(items, records["__ts"].tolist())
+        else:
+            self.kv.set_many(items)
         return len(keys)
 
 
-_MISSING_TS_BYTES = np.array([MISSING_TS], "<i8").tobytes()
 _decode_tail = msgspec.msgpack.Decoder(list[str | None]).decode
 
 
@@ -255,6 +247,7 @@ def _string_columns(layout: ViewLayout, chunk: list[bytes | None], width: int) -
         column[:] = [row[j] for row in rows]
         columns.append(column)
     return columns
+
 
 # Up to this many entities a read classifies them in Python: for one entity, five NumPy calls on
 # one-element arrays cost more than the whole key-value lookup (half of a 17 us read).

@@ -11,6 +11,9 @@ from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 
+# First 8 bytes that read as this or more are text, not a version (see ``set_many_if_newer``).
+_TEXT = 2**62
+
 
 class KeyValue(ABC):
     """A key-value store of bytes with optional time-to-live per write."""
@@ -45,6 +48,38 @@ class KeyValue(ABC):
         Resharding uses it to carry expiries over; a backend that cannot tell keeps values forever.
         """
         return [None] * len(keys)
+
+    def set_many_if_newer(
+        self, items: Mapping[bytes, bytes], versions: Sequence[int], ttl: float | None = None
+    ) -> None:
+        """Write ``items`` except where the stored value is newer: a conditional write per key.
+
+        A versioned value starts with its version, a little-endian int64 (the feature store's
+        packed records already do: event time first); ``versions`` repeats those versions as ints,
+        in the order of ``items``, so a store that keeps them in a column need not parse values.
+        A key whose live stored value has a greater version keeps it; an equal or smaller one, a
+        missing or expired key is overwritten. Memory and SQLite keep the version beside the
+        value, so there a value written by plain ``set_many`` counts as unversioned (overwritten);
+        Redis reads it from the stored value's first 8 bytes, where 2^62 or more means text (an
+        unversioned value); versions stay below 2^53. Backends compare and write as one
+        atomic step: a writer paused between its own checks and its write can then never clobber a
+        newer writer (stream processors fence zombies with it). This default reads, then writes: it
+        is NOT atomic; every backend in this package overrides it.
+        """
+        keys = list(items)
+        if not keys:
+            return
+        stored = [
+            None if v is None or len(v) < 8 else int.from_bytes(v[:8], "little", signed=True)
+            for v in self.get_many(keys)
+        ]
+        keep = {
+            k: items[k]
+            for k, old, version in zip(keys, stored, versions, strict=True)
+            if old is None or old >= _TEXT or old <= version
+        }
+        if keep:
+            self.set_many(keep, ttl=ttl)
 
     def set_many_with_ttls(self, items: Mapping[bytes, tuple[bytes, float | None]]) -> None:
         """Write items that each carry their own ttl (grouped into one set_many per ttl)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 
@@ -9,10 +10,18 @@ from mlscale.storage.base import KeyValue
 
 
 class MemoryKeyValue(KeyValue):
-    """A dict of key -> (value, expires_at); expired entries vanish when read or scanned."""
+    """A dict of key -> (value, expires_at); expired entries vanish when read or scanned.
+
+    Versions of ``set_many_if_newer`` live in a second dict (a plain ``set_many`` drops them), so
+    readers of ``_data`` see the same (value, expires_at) pairs as before.
+    """
 
     def __init__(self) -> None:
         self._data: dict[bytes, tuple[bytes, float]] = {}
+        self._versions: dict[bytes, int] = {}
+        # A conditional write's compare and write are one step between threads; plain writes and
+        # deletes take the lock too, so none of them can slip in between.
+        self._lock = threading.Lock()
 
     def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         now = time.monotonic()
@@ -22,7 +31,8 @@ class MemoryKeyValue(KeyValue):
             if entry is None:
                 out.append(None)
             elif entry[1] <= now:
-                del self._data[key]
+                self._data.pop(key, None)
+                self._versions.pop(key, None)
                 out.append(None)
             else:
                 out.append(entry[0])
@@ -30,11 +40,35 @@ class MemoryKeyValue(KeyValue):
 
     def set_many(self, items: Mapping[bytes, bytes], ttl: float | None = None) -> None:
         expires = time.monotonic() + ttl if ttl is not None else float("inf")
-        for key, value in items.items():
-            self._data[key] = (value, expires)
+        versions = self._versions
+        with self._lock:
+            for key, value in items.items():
+                self._data[key] = (value, expires)
+                if versions:
+                    versions.pop(key, None)
+
+    def set_many_if_newer(
+        self, items: Mapping[bytes, bytes], versions: Sequence[int], ttl: float | None = None
+    ) -> None:
+        now = time.monotonic()
+        expires = now + ttl if ttl is not None else float("inf")
+        data, stored = self._data, self._versions
+        with self._lock:
+            for (key, value), version in zip(items.items(), versions, strict=True):
+                old = stored.get(key)
+                if old is not None and old > version:
+                    entry = data.get(key)
+                    if entry is not None and entry[1] > now:
+                        continue
+                data[key] = (value, expires)
+                stored[key] = version
 
     def delete(self, keys: Sequence[bytes]) -> int:
-        return sum(self._data.pop(key, None) is not None for key in keys)
+        versions = self._versions
+        with self._lock:
+            for key in keys:
+                versions.pop(key, None)
+            return sum(self._data.pop(key, None) is not None for key in keys)
 
     def scan(self, prefix: bytes = b"") -> Iterator[bytes]:
         now = time.monotonic()

@@ -16,7 +16,15 @@ import redis
 import redis.asyncio
 from redis.backoff import NoBackoff
 from redis.client import Pipeline
-from redis.exceptions import AskError, ClusterDownError, MovedError, RedisClusterException, RedisError, TryAgainError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+    TryAgainError,
+)
 from redis.retry import Retry
 
 from mlscale.errors import ConfigError, ServiceUnavailable
@@ -48,8 +56,39 @@ def _ms(ttl: float) -> int:
     return max(int(ttl * 1000), 1)
 
 
+# set_many_if_newer: KEYS are the keys; ARGV[1] the ttl in ms (0: none), then (value, version)
+# per key. A stored value's version is its first 8 bytes (little-endian int64): Redis runs a script
+# alone, so no other write comes between the compare and the SET. Lua numbers are doubles, exact
+# for versions up to 2^53 (event times in microseconds, epochs in milliseconds). First bytes that
+# read as 2^62 or more are text, not a version (no clock reaches it; JSON written before versions
+# existed does, '{"window' is 8.6e18): such a value is unversioned and overwritten, as in SQLite.
+# Returns how many keys were written.
+_SET_IF_NEWER = """
+local ttl = tonumber(ARGV[1])
+local written = 0
+for i, key in ipairs(KEYS) do
+    local value, version = ARGV[2 * i], tonumber(ARGV[2 * i + 1])
+    local old = redis.call('GETRANGE', key, 0, 7)
+    local stored = #old == 8 and struct.unpack('<i8', old) or nil
+    if stored == nil or stored >= 4611686018427387904 or stored <= version then
+        if ttl > 0 then
+            redis.call('SET', key, value, 'PX', ttl)
+        else
+            redis.call('SET', key, value)
+        end
+        written = written + 1
+    end
+end
+return written
+"""
+
+
 class RedisKeyValue(KeyValue):
     """One Redis server (or a Sentinel-less primary): ``RedisKeyValue("redis://host:6379/0")``."""
+
+    # Keys per call of the conditional-write script: a script blocks the server while it runs, so a
+    # big batch goes as several calls in one pipeline.
+    _keys_per_script = 256
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, timeout: float = 1.0, prefix: bytes = b"") -> None:
         self.url, url_prefix = split_prefix(url)
@@ -66,6 +105,8 @@ class RedisKeyValue(KeyValue):
         except (ValueError, RedisClusterException) as exc:
             raise ConfigError(f"bad Redis URL {url!r}: {exc}") from None
         self._async: dict[int, tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis]] = {}
+        # EVALSHA with a fallback to loading the script (redis-py loads it before a pipeline runs).
+        self._set_if_newer = self.client.register_script(_SET_IF_NEWER)
 
     def _make_client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url, **self._options)
@@ -94,6 +135,31 @@ class RedisKeyValue(KeyValue):
             pipe = self.client.pipeline(transaction=False)
             for key, value in items.items():
                 pipe.set(self._k(key), value, px=_ms(ttl) if ttl is not None else None)
+            pipe.execute()
+        except _ERRORS as exc:
+            raise self._unavailable(exc) from exc
+
+    def set_many_if_newer(
+        self, items: Mapping[bytes, bytes], versions: Sequence[int], ttl: float | None = None
+    ) -> None:
+        if not items:
+            return
+        if len(versions) != len(items):
+            raise ValueError(f"{len(items)} items but {len(versions)} versions")
+        keys = [self._k(k) for k in items]
+        args: list = [None] * (2 * len(keys))
+        args[0::2] = items.values()
+        args[1::2] = versions
+        ttl_arg = _ms(ttl) if ttl is not None else 0
+        step = self._keys_per_script
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for start in range(0, len(keys), step):
+                self._set_if_newer(
+                    keys=keys[start : start + step],
+                    args=[ttl_arg, *args[2 * start : 2 * (start + step)]],
+                    client=pipe,
+                )
             pipe.execute()
         except _ERRORS as exc:
             raise self._unavailable(exc) from exc
@@ -335,6 +401,37 @@ class RedisClusterKeyValue(RedisKeyValue):
         for i, ms in zip(positions, answers, strict=True):
             ttls[i] = ms / 1000 if ms >= 0 else None  # PTTL: -1 no expiry, -2 missing
         return ttls
+
+    def set_many_if_newer(
+        self, items: Mapping[bytes, bytes], versions: Sequence[int], ttl: float | None = None
+    ) -> None:
+        """One script call per hash slot (a script's keys must share one), one pipeline per primary.
+
+        Scripts are not loaded by a plain pipeline: after a NOSCRIPT the script is loaded on every
+        primary (where SCRIPT LOAD goes) and the batch sent again (it is idempotent).
+        """
+        if not items:
+            return
+        if len(versions) != len(items):
+            raise ValueError(f"{len(items)} items but {len(versions)} versions")
+        ttl_arg = _ms(ttl) if ttl is not None else 0
+        staged = {self._k(key): (value, version) for (key, value), version in zip(items.items(), versions, strict=True)}
+        sha = self._set_if_newer.sha
+
+        def stage(pipe: Pipeline, group: list[bytes]) -> None:
+            args: list = [ttl_arg]
+            for key in group:
+                args += staged[key]
+            pipe.evalsha(sha, len(group), *group, *args)
+
+        try:
+            try:
+                self._per_node(list(staged), stage)
+            except NoScriptError:
+                self.client.script_load(_SET_IF_NEWER)
+                self._per_node(list(staged), stage)
+        except _ERRORS as exc:
+            raise self._unavailable(exc) from exc
 
     def _make_async_client(self) -> redis.asyncio.Redis:
         # The asyncio cluster client takes no retry_on_timeout (it never retries a timed-out node).

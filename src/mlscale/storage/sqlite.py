@@ -34,9 +34,19 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (
     key BLOB PRIMARY KEY,
     value BLOB NOT NULL,
-    expires REAL
+    expires REAL,
+    ver INTEGER
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS kv_expires ON kv (expires) WHERE expires IS NOT NULL;
+"""
+
+# The conditional write of ``set_many_if_newer`` as one statement: SQLite's upsert compares the
+# versions inside the write, so no other writer can come between the compare and the write. A row
+# written by plain ``set_many`` has no version (NULL) and is overwritten, as is an expired one.
+_SET_IF_NEWER = """
+INSERT INTO kv (key, value, expires, ver) VALUES (?, ?, ?, ?)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires = excluded.expires, ver = excluded.ver
+WHERE kv.ver IS NULL OR kv.ver <= excluded.ver OR kv.expires <= ?
 """
 
 
@@ -46,6 +56,17 @@ def prefix_upper_bound(prefix: bytes) -> bytes | None:
     if not stripped:
         return None
     return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
+def _add_version_column(conn: sqlite3.Connection) -> None:
+    """Files made before versioned writes lack ``ver``; their rows count as unversioned."""
+    if any(row[1] == "ver" for row in conn.execute("PRAGMA table_info(kv)")):
+        return
+    try:
+        conn.execute("ALTER TABLE kv ADD COLUMN ver INTEGER")
+    except sqlite3.OperationalError as exc:
+        if "duplicate column" not in str(exc):  # another process added it first
+            raise
 
 
 class SQLiteKeyValue(KeyValue):
@@ -75,6 +96,7 @@ class SQLiteKeyValue(KeyValue):
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
             conn.executescript(_SCHEMA)
+            _add_version_column(conn)
         except sqlite3.Error as exc:
             raise ServiceUnavailable(f"SQLite store {self.path}: {exc}") from exc
         with self._lock:
@@ -163,6 +185,33 @@ class SQLiteKeyValue(KeyValue):
                 conn.execute("ROLLBACK")
                 raise
 
+        self._run(write)
+
+    def set_many_if_newer(
+        self, items: Mapping[bytes, bytes], versions: Sequence[int], ttl: float | None = None
+    ) -> None:
+        if not items:
+            return
+        now = time.time()
+        expires = now + ttl if ttl is not None else None
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(
+                    _SET_IF_NEWER, zip(items.keys(), items.values(), repeat(expires), versions, repeat(now))
+                )
+                self._writes += len(items)
+                if self._writes >= _SWEEP_EVERY:
+                    self._writes = 0
+                    conn.execute("DELETE FROM kv WHERE expires <= ?", (time.time(),))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+        if len(versions) != len(items):
+            raise ValueError(f"{len(items)} items but {len(versions)} versions")
         self._run(write)
 
     def set_many_with_ttls(self, items: Mapping[bytes, tuple[bytes, float | None]]) -> None:

@@ -33,6 +33,7 @@ _EXPORTS = {
     "archive_topic": "mlscale.streams.archive",
     "online_values": "mlscale.streams.online",
     "sessions": "mlscale.streams.online",
+    "decode_value": "mlscale.streams.online",
 }
 
 

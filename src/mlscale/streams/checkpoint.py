@@ -7,13 +7,17 @@ checkpoint's state, recomputing the same values; a kill after the commit is caug
 in the checkpoint (records at or below them are skipped). So no event is lost or counted twice.
 
 Fencing: taking a partition over bumps its epoch; a commit from an instance holding an older epoch
-(a paused "zombie") is refused, so two owners can never both move a partition's checkpoint.
+(a paused "zombie") is refused, so two owners can never both move a partition's checkpoint. The
+epoch also versions every online value the owner writes (the store keeps a value with a newer
+one), so it must outrank every epoch that ever wrote to the online store, even from a checkpoint
+file since deleted: a new epoch is the greater of the old one + 1 and the wall clock in ms.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 _SCHEMA = """
@@ -50,7 +54,8 @@ class CheckpointStore:
                 row = self._db.execute(
                     "SELECT epoch, off FROM partitions WHERE name=? AND part=?", (name, part)
                 ).fetchone()
-                epoch, off = (row[0] + 1, row[1]) if row else (1, -1)
+                now_ms = int(time.time() * 1000)
+                epoch, off = (max(row[0] + 1, now_ms), row[1]) if row else (now_ms, -1)
                 self._db.execute(
                     "INSERT INTO partitions VALUES (?,?,?,?) ON CONFLICT DO UPDATE SET epoch=excluded.epoch",
                     (name, part, epoch, off),

@@ -3,6 +3,10 @@
 Serving asks "what is spend_1m for user 42 now?": that is the window containing ``at`` (for hopping
 windows, the newest one containing it). Session windows are keyed by their start, which a reader
 cannot know, so they are read by prefix scan.
+
+A value is an 8-byte header, the writer's version (the partition's epoch, little-endian int64,
+what ``KeyValue.set_many_if_newer`` compares), then the JSON of the window. ``decode_value`` also
+reads values written before the header existed (JSON alone).
 """
 
 from __future__ import annotations
@@ -14,6 +18,19 @@ import msgspec
 from mlscale.errors import InvalidInput
 from mlscale.storage.base import KeyValue
 from mlscale.streams.definitions import CompiledFeature, WindowedFeature
+
+_HEADER = 8
+
+
+def value_header(version: int) -> bytes:
+    """The bytes a writer with ``version`` puts before each value."""
+    return version.to_bytes(_HEADER, "little", signed=True)
+
+
+def decode_value(raw: bytes) -> dict:
+    """The window of a stored value (with or without the version header)."""
+    # The JSON always starts with '{"window_start"', so a value whose 9th byte is '{' has a header.
+    return msgspec.json.decode(memoryview(raw)[_HEADER:] if raw[_HEADER : _HEADER + 1] == b"{" else raw)
 
 
 def window_start(feature: CompiledFeature, at_ms: int) -> int:
@@ -32,11 +49,11 @@ def online_values(
     at_ms = int(((time.time() if at is None else at) * 1000) // 1)
     start = window_start(f, at_ms)
     raw = store.get_many([f.online_key(e, start) for e in entities])
-    return [msgspec.json.decode(v) if v is not None else None for v in raw]
+    return [decode_value(v) if v is not None else None for v in raw]
 
 
 def sessions(store: KeyValue, feature: WindowedFeature | CompiledFeature, entity) -> list[dict]:
     """All session windows of one entity still in the store, oldest first."""
     f = feature.compile() if isinstance(feature, WindowedFeature) else feature
     keys = sorted(store.scan(f"{f.name}|{entity}|".encode()), key=lambda k: int(k.rsplit(b"|", 1)[1]))
-    return [msgspec.json.decode(v) for v in store.get_many(keys) if v is not None]
+    return [decode_value(v) for v in store.get_many(keys) if v is not None]

@@ -28,6 +28,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 
 import msgspec
@@ -39,6 +40,7 @@ from mlscale.streams.broker import Broker, Message
 from mlscale.streams.checkpoint import CheckpointStore
 from mlscale.streams.decode import Columns, FeatureDecoder
 from mlscale.streams.definitions import CompiledFeature, WindowedFeature
+from mlscale.streams.online import value_header
 from mlscale.streams.windows import new_state
 
 _encode = msgspec.json.Encoder().encode
@@ -221,23 +223,36 @@ class StreamProcessor:
 
         Partitions another instance has taken over since the last batch are dropped unwritten,
         so a slow instance does not overwrite the new owner's values with a flush it had pending.
+        That check and the write are two steps, so the write itself is fenced too: each value
+        carries its partition's epoch and the store keeps a value with a newer one.
         """
         self._last_flush = time.monotonic()
         self._unflushed = False
         puts_by_ttl: dict[float | None, dict[bytes, bytes]] = defaultdict(dict)
+        versions_by_ttl: dict[float | None, list[int]] = defaultdict(list)
         deletes: list[bytes] = []
         for topic, parts in self.parts.items():
             epochs = self.checkpoints.epochs(self._name(topic)) if parts else {}
             for p in [p for p in parts if epochs.get(p) != parts[p].epoch]:
                 del parts[p]
             for part in parts.values():
+                header = value_header(part.epoch)
                 for f in self.by_topic[topic]:
-                    put, delete = part.states[f.name].drain()
-                    puts_by_ttl[f.ttl_s].update(put)
+                    put, delete = part.states[f.name].drain(header)
+                    puts = puts_by_ttl[f.ttl_s]
+                    before = len(puts)
+                    puts.update(put)
+                    versions = versions_by_ttl[f.ttl_s]
+                    if len(puts) == before + len(put):
+                        versions.extend(repeat(part.epoch, len(put)))
+                    else:
+                        # A key seen twice (entities 7 and "7" render alike): take the versions
+                        # from the values' headers, the truth whatever the order of updates.
+                        versions[:] = [int.from_bytes(v[:8], "little", signed=True) for v in puts.values()]
                     deletes.extend(delete)
         for ttl, puts in puts_by_ttl.items():
             if puts:
-                self.sink.set_many(puts, ttl=ttl)
+                self.sink.set_many_if_newer(puts, versions_by_ttl[ttl], ttl=ttl)
                 if result is not None:
                     result.written += len(puts)
         if deletes:

@@ -204,11 +204,12 @@ class TimeWindowState(_Base):
             for s, x in zip(sl.tolist(), values, strict=True):
                 sets[s].add(x)
 
-    def drain(self) -> tuple[dict[bytes, bytes], list[bytes]]:
-        """Online values of the windows changed since the last drain; evicts windows now final."""
+    def drain(self, header: bytes = b"") -> tuple[dict[bytes, bytes], list[bytes]]:
+        """Online values of the windows changed since the last drain, each after ``header`` (the
+        writer's version, see ``online.value_header``); evicts windows now final."""
         dirty = np.flatnonzero(self.dirty)
         self.dirty[dirty] = False
-        puts = _render(self.f, dirty, self.entity, self.start, self._column)
+        puts = _render(self.f, dirty, self.entity, self.start, self._column, header)
         wm = self.watermark
         if wm is not None:
             used = self.count > 0
@@ -276,9 +277,14 @@ class TimeWindowState(_Base):
 
 
 def _render(
-    f: CompiledFeature, slots: np.ndarray, entity: np.ndarray, start: np.ndarray, column: Callable[..., list]
+    f: CompiledFeature,
+    slots: np.ndarray,
+    entity: np.ndarray,
+    start: np.ndarray,
+    column: Callable[..., list],
+    header: bytes = b"",
 ) -> dict[bytes, bytes]:
-    """JSON values ``{"window_start", "window_end", <outputs>}`` keyed ``name|entity|start``.
+    """``header`` + JSON ``{"window_start", "window_end", <outputs>}``, keyed ``name|entity|start``.
 
     A msgspec Struct per feature instead of a dict per window: this runs once per changed window,
     about once per event, and a Struct encodes several times faster than a dict.
@@ -292,7 +298,7 @@ def _render(
     value = _value_type(f.name, tuple(f.outputs))
     key_template = f.name.replace("%", "%%") + "|%s|%d"
     return {
-        (key_template % k).encode(): _encode(value(*row))
+        (key_template % k).encode(): header + _encode(value(*row))
         for k, row in zip(key_list, zip(*cols, strict=True), strict=True)
     }
 
@@ -375,7 +381,7 @@ class SessionState(_Base):
                 s.sets[x].add(vals[i])
             self.dirty[(e, id(s))] = s
 
-    def drain(self) -> tuple[dict[bytes, bytes], list[bytes]]:
+    def drain(self, header: bytes = b"") -> tuple[dict[bytes, bytes], list[bytes]]:
         f = self.f
         names = ["window_start", "window_end", *f.outputs]
         puts: dict[bytes, bytes] = {}
@@ -384,7 +390,7 @@ class SessionState(_Base):
             values = [s.start, s.end + f.gap_ms]
             for a in f.aggregations:
                 values.append(_session_value(a, s))
-            puts[f.online_key(e, s.start)] = _encode(dict(zip(names, values, strict=True)))
+            puts[f.online_key(e, s.start)] = header + _encode(dict(zip(names, values, strict=True)))
             live.add((e, s.start))
         deletes = [f.online_key(e, st) for e, st in self.deleted if (e, st) not in live]
         self.dirty.clear()
