@@ -110,8 +110,9 @@ class OnlineStore:
         self._plans: dict[Any, ReadPlan] = {}
 
     def plan(self, features: str | FeatureService | Sequence[str], full_names: bool = False) -> ReadPlan:
+        # A list (the common spelling) is looked up as a tuple: a TypeError per read cost a microsecond.
         try:
-            return self._plans[features, full_names]
+            return self._plans[tuple(features) if isinstance(features, list) else features, full_names]
         except (KeyError, TypeError):
             pass
         key = (
