@@ -93,7 +93,6 @@ def run_processor(broker, topic, online_spec, tmp, n) -> float:
         Path(tmp) / f"ckpt-{uuid.uuid4().hex[:6]}.db",
         group=f"bench-{uuid.uuid4().hex[:6]}",
         batch_size=20_000,
-        checkpoint_interval=1.0,
     )
     done = [0]
 
@@ -200,7 +199,7 @@ def freshness(url: str, tmp: Path, rate: int, seconds: float) -> tuple[float, fl
     producer = open_broker(url, partitions=8, key_fields={topic: "user"}, root=tmp)
     online = open_store("memory://")
     feature = msgspec.structs.replace(FEATURE, source=topic)
-    proc = StreamProcessor(broker, [feature], online, tmp / f"fresh-{topic}.db", checkpoint_interval=1.0)
+    proc = StreamProcessor(broker, [feature], online, tmp / f"fresh-{topic}.db")
     stop = threading.Event()
     worker = threading.Thread(target=lambda: proc.run(stop=stop.is_set), daemon=True)
     worker.start()

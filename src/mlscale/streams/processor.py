@@ -82,8 +82,8 @@ class StreamProcessor:
         group: str = "mlscale-features",
         consumer: str | None = None,
         batch_size: int = 20_000,
-        checkpoint_interval: float = 1.0,
-        flush_interval: float = 0.5,
+        checkpoint_interval: float = 5.0,
+        flush_interval: float = 2.0,
     ) -> None:
         self.broker = broker
         self.features = [f.compile() if isinstance(f, WindowedFeature) else f for f in features]
