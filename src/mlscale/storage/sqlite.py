@@ -25,6 +25,11 @@ _SWEEP_EVERY = 10_000
 # Page cache per connection (SQLite's default is 2 MiB): an online store of a few hundred thousand
 # keys then stays in memory, so random upserts stop re-reading pages from the OS.
 _CACHE_KIB = 65_536
+# Pages read through a memory map instead of a read() each: a connection's first touch of a page
+# (every page, after a bulk load or a restart) costs a page fault rather than a syscall and a copy.
+# One-entity online reads right after materialization: p50 17.7 -> 13.7 us. Address space only:
+# the pages are the OS's file cache, shared by every process that maps the file.
+_MMAP_BYTES = 1 << 30
 
 # Reads of up to this many keys from the event loop skip the worker thread (see ``aget_many``).
 _INLINE_KEYS = 16
@@ -95,6 +100,7 @@ class SQLiteKeyValue(KeyValue):
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
+            conn.execute(f"PRAGMA mmap_size={_MMAP_BYTES}")
             conn.executescript(_SCHEMA)
             _add_version_column(conn)
         except sqlite3.Error as exc:
