@@ -38,6 +38,7 @@ def gateway(
         loop="uvloop",
         http="httptools",
         access_log=False,
+        proxy_headers=False,  # unused here, and costly per request (see serving/server.py)
         log_level="warning",
         lifespan="on",
     )

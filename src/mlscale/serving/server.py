@@ -160,6 +160,10 @@ def run_server(project: Settings) -> None:
             http="httptools",
             lifespan="on",
             access_log=False,
+            # uvicorn's X-Forwarded-* rewriting: mlscale reads neither the client address nor the
+            # scheme, and the middleware cost 40-70 us on every POST here (a one-entity feature
+            # read 0.18 -> 0.14 ms over a keep-alive connection; a trivial POST 0.14 -> 0.09 ms).
+            proxy_headers=False,
             log_level="warning",
             backlog=4096,
             timeout_keep_alive=30,
