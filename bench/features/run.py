@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -135,6 +136,9 @@ features = {{ {features} }}
 """
 
 
+CONTENT_LENGTH = re.compile(rb"(?i)\r\ncontent-length:\s*(\d+)")
+
+
 class LeanClient:
     """A keep-alive HTTP/1.1 client that sends each request in one write and reads the answer by its
     Content-Length: the transport's cost without a Python HTTP library's own (http.client sends
@@ -154,16 +158,19 @@ class LeanClient:
         return head.encode() + b"\r\n" + body
 
     def exchange(self, request: bytes) -> tuple[int, bytes]:
+        # recv's size is the buffer it allocates per call: 64 KiB, not 1 MiB (that alone cost ~40 us).
         self.sock.sendall(request)
-        data = self.sock.recv(1 << 20)
+        data = self.sock.recv(1 << 16)
         while b"\r\n\r\n" not in data:
-            data += self.sock.recv(1 << 20)
+            data += self.sock.recv(1 << 16)
         head, _, body = data.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        length = next(int(line.split(":", 1)[1]) for line in lines if line.lower().startswith("content-length:"))
+        match = CONTENT_LENGTH.search(head)
+        if match is None:
+            raise SystemExit(f"an answer without content-length: {head[:200]!r}")
+        length = int(match.group(1))
         while len(body) < length:
-            body += self.sock.recv(1 << 20)
-        return int(lines[0].split(" ", 2)[1]), body
+            body += self.sock.recv(1 << 16)
+        return int(head[9:12]), body
 
     def close(self) -> None:
         self.sock.close()
