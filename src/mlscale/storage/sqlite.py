@@ -11,7 +11,7 @@ import asyncio
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import repeat
 from pathlib import Path
 
@@ -173,41 +173,35 @@ class SQLiteKeyValue(KeyValue):
         if not items:
             return
         expires = time.time() + ttl if ttl is not None else None
-
-        def write(conn: sqlite3.Connection) -> None:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                # sqlite3 binds any bytes-like object as a BLOB: no per-row tuple or copy is needed.
-                conn.executemany(
-                    "INSERT OR REPLACE INTO kv (key, value, expires) VALUES (?, ?, ?)",
-                    zip(items.keys(), items.values(), repeat(expires)),
-                )
-                self._writes += len(items)
-                if self._writes >= _SWEEP_EVERY:
-                    self._writes = 0
-                    conn.execute("DELETE FROM kv WHERE expires <= ?", (time.time(),))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-
-        self._run(write)
+        # sqlite3 binds any bytes-like object as a BLOB: no per-row tuple or copy is needed.
+        self._write_rows(
+            "INSERT OR REPLACE INTO kv (key, value, expires) VALUES (?, ?, ?)",
+            zip(items.keys(), items.values(), repeat(expires)),
+            len(items),
+        )
 
     def set_many_if_newer(
         self, items: Mapping[bytes, bytes], versions: Sequence[int], ttl: float | None = None
     ) -> None:
         if not items:
             return
+        if len(versions) != len(items):
+            raise ValueError(f"{len(items)} items but {len(versions)} versions")
         now = time.time()
         expires = now + ttl if ttl is not None else None
+        self._write_rows(
+            _SET_IF_NEWER, zip(items.keys(), items.values(), repeat(expires), versions, repeat(now)), len(items)
+        )
+
+    def _write_rows(self, statement: str, rows: Iterable[tuple], count: int) -> None:
+        """``statement`` for every row in one immediate transaction; every ``_SWEEP_EVERY`` rows
+        written, expired rows are deleted in the same transaction."""
 
         def write(conn: sqlite3.Connection) -> None:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.executemany(
-                    _SET_IF_NEWER, zip(items.keys(), items.values(), repeat(expires), versions, repeat(now))
-                )
-                self._writes += len(items)
+                conn.executemany(statement, rows)
+                self._writes += count
                 if self._writes >= _SWEEP_EVERY:
                     self._writes = 0
                     conn.execute("DELETE FROM kv WHERE expires <= ?", (time.time(),))
@@ -216,8 +210,6 @@ class SQLiteKeyValue(KeyValue):
                 conn.execute("ROLLBACK")
                 raise
 
-        if len(versions) != len(items):
-            raise ValueError(f"{len(items)} items but {len(versions)} versions")
         self._run(write)
 
     def set_many_with_ttls(self, items: Mapping[bytes, tuple[bytes, float | None]]) -> None:
