@@ -222,6 +222,13 @@ def test_set_many_if_newer_keeps_a_stored_value_with_a_greater_version(store: Ke
     ]
 
 
+def test_set_many_if_newer_with_too_few_versions_is_refused_before_any_write(store: KeyValue) -> None:
+    items = {b"a": _versioned(1, b"a"), b"b": _versioned(1, b"b")}
+    with pytest.raises(ValueError, match="2 items but 1 versions"):
+        store.set_many_if_newer(items, [1])
+    assert store.get_many([b"a", b"b"]) == [None, None]
+
+
 def test_set_many_if_newer_overwrites_an_expired_value_and_sets_the_ttl(store: KeyValue) -> None:
     store.set_many_if_newer({b"k": _versioned(10**12, b"newer")}, [10**12], ttl=0.05)
     time.sleep(0.15)

@@ -60,9 +60,7 @@ class CachedKeyValue(KeyValue):
         await self.store.aset_many(items, ttl)
         self._remember(items, ttl)
 
-    def set_many_if_newer(
-        self, items: Mapping[bytes, bytes], versions: Sequence[int], ttl: float | None = None
-    ) -> None:
+    def _set_many_if_newer(self, items: Mapping[bytes, bytes], versions: Sequence[int], ttl: float | None) -> None:
         self.store.set_many_if_newer(items, versions, ttl)
         # Whether each write won is known only to the store: forget the keys rather than guess.
         for key in items:

@@ -13,14 +13,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-import msgspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from mlscale.features.definitions import FeatureRepo, FeatureView
 from mlscale.features.offline import _ETS, OfflineStore, arrow_reader
-from mlscale.features.online import KEY_SEPARATOR, OnlineStore
+from mlscale.features.online import KEY_SEPARATOR, OnlineStore, pack_string_tails
 
 # progress(view_name, rows_done, rows_total)
 Progress = Callable[[str, int, int], None]
@@ -59,9 +58,7 @@ def pack_batch(
     records["__nulls"] = nulls
     if not strings:
         return keys, records, None
-    encode = msgspec.msgpack.Encoder().encode
-    columns = [batch.column(name).to_pylist() for name in layout.strings]
-    return keys, records, [encode(row) for row in zip(*columns, strict=True)]
+    return keys, records, pack_string_tails([batch.column(name).to_pylist() for name in layout.strings])
 
 
 def materialize(

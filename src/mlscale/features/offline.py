@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mlscale.errors import ConfigError, InvalidInput
-from mlscale.features.definitions import FeatureRepo, FeatureService, FeatureView
+from mlscale.features.definitions import STRING, FeatureRepo, FeatureService, FeatureView
 
 _SQL_TYPES = {
     "float32": "FLOAT",
@@ -29,7 +29,7 @@ _SQL_TYPES = {
     "int32": "INTEGER",
     "int64": "BIGINT",
     "bool": "BOOLEAN",
-    "string": "VARCHAR",
+    STRING: "VARCHAR",
 }
 _ROW = "__mlscale_row"
 _ETS = "__mlscale_ts"
@@ -129,7 +129,7 @@ class OfflineStore:
                 )
         for feature in view.features:
             sql_type = need(feature.name, "feature")
-            if not (sql_type == "VARCHAR" if feature.dtype == "string" else _numeric(sql_type)):
+            if not (sql_type == "VARCHAR" if feature.dtype == STRING else _numeric(sql_type)):
                 raise ConfigError(f"{what}: feature {feature.name!r} is {sql_type} in {src}, cannot be {feature.dtype}")
 
     def view_sql(

@@ -171,7 +171,7 @@ class OnlineStore:
             buf = b"".join([v if v is not None else empty for v in chunk])
             records = np.frombuffer(buf, layout.matrix_record or layout.record)
             ts = records["__ts"]
-            if n <= _SMALL:
+            if n <= SMALL_READ:
                 status, fix = _small_status(ts, now_us - layout.ttl_us if layout.ttl_us else None)
             else:
                 status, fix = _status(ts, now_us - layout.ttl_us if layout.ttl_us else None)
@@ -235,7 +235,14 @@ class OnlineStore:
         return len(keys)
 
 
+_encode_tail = msgspec.msgpack.Encoder().encode
 _decode_tail = msgspec.msgpack.Decoder(list[str | None]).decode
+
+
+def pack_string_tails(columns: Sequence[Sequence[str | None]]) -> list[bytes]:
+    """Each row's strings (one column per string feature, in ``ViewLayout.strings`` order) as the
+    MessagePack array that follows its fixed record; ``_string_columns`` reads it back."""
+    return [_encode_tail(row) for row in zip(*columns, strict=True)]
 
 
 def _string_columns(layout: ViewLayout, chunk: list[bytes | None], width: int) -> list[np.ndarray]:
@@ -252,7 +259,7 @@ def _string_columns(layout: ViewLayout, chunk: list[bytes | None], width: int) -
 
 # Up to this many entities a read classifies them in Python: for one entity, five NumPy calls on
 # one-element arrays cost more than the whole key-value lookup (half of a 17 us read).
-_SMALL = 8
+SMALL_READ = 8
 
 
 def _status(ts: np.ndarray, oldest_us: int | None) -> tuple[np.ndarray, np.ndarray | None]:

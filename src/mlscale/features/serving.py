@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from mlscale.errors import InvalidInput
-from mlscale.features.online import NULL_VALUE, PRESENT, STATUS_NAMES, OnlineResult, OnlineStore
+from mlscale.features.online import NULL_VALUE, PRESENT, SMALL_READ, STATUS_NAMES, OnlineResult, OnlineStore
 
 _MAX_ENTITIES = 10_000
 
@@ -70,7 +70,7 @@ def _parse_body(store: OnlineStore, body: Any) -> tuple[Any, dict[str, list], bo
 
 
 def _iso(ts: np.ndarray, status: np.ndarray) -> list[str | None]:
-    if len(ts) <= _SMALL:
+    if len(ts) <= SMALL_READ:
         # datetime_as_string costs ~10 us even for one value; strftime on a handful is ~1 us each.
         return [
             time.strftime(_ISO_FORMAT, time.gmtime(t // 1_000_000)) if code == PRESENT else None
@@ -81,7 +81,6 @@ def _iso(ts: np.ndarray, status: np.ndarray) -> list[str | None]:
 
 
 _ISO_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
-_SMALL = 8
 
 
 def render_result(result: OnlineResult, columns: Mapping[str, list]) -> dict:
@@ -105,7 +104,9 @@ def render_result(result: OnlineResult, columns: Mapping[str, list]) -> dict:
         matrix = result.matrices.get(view_name)
         listed = matrix.T.tolist() if matrix is not None else [result.values[name].tolist() for name in view.names]
         names += view.names
-        clean = not (any(status.tolist()) or any(nulls.tolist())) if n <= _SMALL else not (status.any() or nulls.any())
+        clean = (
+            not (any(status.tolist()) or any(nulls.tolist())) if n <= SMALL_READ else not (status.any() or nulls.any())
+        )
         if clean:
             results += [{"values": v, "statuses": present, "event_timestamps": stamps} for v in listed]
             continue

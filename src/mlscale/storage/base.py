@@ -63,12 +63,18 @@ class KeyValue(ABC):
         Redis reads it from the stored value's first 8 bytes, where 2^62 or more means text (an
         unversioned value); versions stay below 2^53. Backends compare and write as one
         atomic step: a writer paused between its own checks and its write can then never clobber a
-        newer writer (stream processors fence zombies with it). This default reads, then writes: it
-        is NOT atomic; every backend in this package overrides it.
+        newer writer (stream processors fence zombies with it). Backends implement
+        ``_set_many_if_newer``; this checks the arguments once for all of them, before any write.
         """
+        if len(versions) != len(items):
+            raise ValueError(f"{len(items)} items but {len(versions)} versions")
+        if items:
+            self._set_many_if_newer(items, versions, ttl)
+
+    def _set_many_if_newer(self, items: Mapping[bytes, bytes], versions: Sequence[int], ttl: float | None) -> None:
+        """The conditional write of a non-empty batch. This default reads, then writes: it is NOT
+        atomic; every backend in this package overrides it."""
         keys = list(items)
-        if not keys:
-            return
         stored = [
             None if v is None or len(v) < 8 else int.from_bytes(v[:8], "little", signed=True)
             for v in self.get_many(keys)

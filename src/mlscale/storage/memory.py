@@ -47,9 +47,7 @@ class MemoryKeyValue(KeyValue):
                 if versions:
                     versions.pop(key, None)
 
-    def set_many_if_newer(
-        self, items: Mapping[bytes, bytes], versions: Sequence[int], ttl: float | None = None
-    ) -> None:
+    def _set_many_if_newer(self, items: Mapping[bytes, bytes], versions: Sequence[int], ttl: float | None) -> None:
         now = time.monotonic()
         expires = now + ttl if ttl is not None else float("inf")
         data, stored = self._data, self._versions

@@ -139,13 +139,7 @@ class RedisKeyValue(KeyValue):
         except _ERRORS as exc:
             raise self._unavailable(exc) from exc
 
-    def set_many_if_newer(
-        self, items: Mapping[bytes, bytes], versions: Sequence[int], ttl: float | None = None
-    ) -> None:
-        if not items:
-            return
-        if len(versions) != len(items):
-            raise ValueError(f"{len(items)} items but {len(versions)} versions")
+    def _set_many_if_newer(self, items: Mapping[bytes, bytes], versions: Sequence[int], ttl: float | None) -> None:
         keys = [self._k(k) for k in items]
         args: list = [None] * (2 * len(keys))
         args[0::2] = items.values()
@@ -402,18 +396,12 @@ class RedisClusterKeyValue(RedisKeyValue):
             ttls[i] = ms / 1000 if ms >= 0 else None  # PTTL: -1 no expiry, -2 missing
         return ttls
 
-    def set_many_if_newer(
-        self, items: Mapping[bytes, bytes], versions: Sequence[int], ttl: float | None = None
-    ) -> None:
+    def _set_many_if_newer(self, items: Mapping[bytes, bytes], versions: Sequence[int], ttl: float | None) -> None:
         """One script call per hash slot (a script's keys must share one), one pipeline per primary.
 
         Scripts are not loaded by a plain pipeline: after a NOSCRIPT the script is loaded on every
         primary (where SCRIPT LOAD goes) and the batch sent again (it is idempotent).
         """
-        if not items:
-            return
-        if len(versions) != len(items):
-            raise ValueError(f"{len(items)} items but {len(versions)} versions")
         ttl_arg = _ms(ttl) if ttl is not None else 0
         staged = {self._k(key): (value, version) for (key, value), version in zip(items.items(), versions, strict=True)}
         sha = self._set_if_newer.sha

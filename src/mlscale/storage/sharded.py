@@ -217,15 +217,9 @@ class ShardedKeyValue(KeyValue):
         if keys:
             self._write(keys, lambda store, pos: store.set_many({keys[p]: items[keys[p]] for p in pos}, ttl))
 
-    def set_many_if_newer(
-        self, items: Mapping[bytes, bytes], versions: Sequence[int], ttl: float | None = None
-    ) -> None:
+    def _set_many_if_newer(self, items: Mapping[bytes, bytes], versions: Sequence[int], ttl: float | None) -> None:
         """Each owner compares and writes its share atomically (a key lives whole on each owner)."""
         keys = list(items)
-        if not keys:
-            return
-        if len(versions) != len(keys):
-            raise ValueError(f"{len(keys)} items but {len(versions)} versions")
 
         def write(store: KeyValue, positions: np.ndarray) -> None:
             chosen = positions.tolist()

@@ -180,13 +180,7 @@ class SQLiteKeyValue(KeyValue):
             len(items),
         )
 
-    def set_many_if_newer(
-        self, items: Mapping[bytes, bytes], versions: Sequence[int], ttl: float | None = None
-    ) -> None:
-        if not items:
-            return
-        if len(versions) != len(items):
-            raise ValueError(f"{len(items)} items but {len(versions)} versions")
+    def _set_many_if_newer(self, items: Mapping[bytes, bytes], versions: Sequence[int], ttl: float | None) -> None:
         now = time.time()
         expires = now + ttl if ttl is not None else None
         self._write_rows(

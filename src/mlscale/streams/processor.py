@@ -28,7 +28,6 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from itertools import repeat
 from pathlib import Path
 
 import msgspec
@@ -229,7 +228,9 @@ class StreamProcessor:
         self._last_flush = time.monotonic()
         self._unflushed = False
         puts_by_ttl: dict[float | None, dict[bytes, bytes]] = defaultdict(dict)
-        versions_by_ttl: dict[float | None, list[int]] = defaultdict(list)
+        # Each key's version, updated in step with puts_by_ttl so both keep one order (a key seen
+        # twice, such as entities 7 and "7" which render alike, keeps its place and its last value).
+        versions_by_ttl: dict[float | None, dict[bytes, int]] = defaultdict(dict)
         deletes: list[bytes] = []
         for topic, parts in self.parts.items():
             epochs = self.checkpoints.epochs(self._name(topic)) if parts else {}
@@ -239,20 +240,12 @@ class StreamProcessor:
                 header = value_header(part.epoch)
                 for f in self.by_topic[topic]:
                     put, delete = part.states[f.name].drain(header)
-                    puts = puts_by_ttl[f.ttl_s]
-                    before = len(puts)
-                    puts.update(put)
-                    versions = versions_by_ttl[f.ttl_s]
-                    if len(puts) == before + len(put):
-                        versions.extend(repeat(part.epoch, len(put)))
-                    else:
-                        # A key seen twice (entities 7 and "7" render alike): take the versions
-                        # from the values' headers, the truth whatever the order of updates.
-                        versions[:] = [int.from_bytes(v[:8], "little", signed=True) for v in puts.values()]
+                    puts_by_ttl[f.ttl_s].update(put)
+                    versions_by_ttl[f.ttl_s].update(dict.fromkeys(put, part.epoch))
                     deletes.extend(delete)
         for ttl, puts in puts_by_ttl.items():
             if puts:
-                self.sink.set_many_if_newer(puts, versions_by_ttl[ttl], ttl=ttl)
+                self.sink.set_many_if_newer(puts, list(versions_by_ttl[ttl].values()), ttl=ttl)
                 if result is not None:
                     result.written += len(puts)
         if deletes:
