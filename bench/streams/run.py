@@ -83,7 +83,7 @@ def fill(broker, topic, values, users) -> float:
     return len(values) / (time.perf_counter() - start)
 
 
-def run_processor(broker, topic, online_spec, tmp, n) -> float:
+def run_processor(broker, topic, online_spec, tmp, n, intervals: dict) -> float:
     feature = msgspec.structs.replace(FEATURE, source=topic)
     online = open_store(online_spec, root=tmp)
     proc = StreamProcessor(
@@ -93,6 +93,7 @@ def run_processor(broker, topic, online_spec, tmp, n) -> float:
         Path(tmp) / f"ckpt-{uuid.uuid4().hex[:6]}.db",
         group=f"bench-{uuid.uuid4().hex[:6]}",
         batch_size=20_000,
+        **intervals,
     )
     done = [0]
 
@@ -242,10 +243,19 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=100_000)
     parser.add_argument("--online", default="sqlite:///online.db", help="online store spec")
     parser.add_argument("--no-bytewax", action="store_true")
+    parser.add_argument("--checkpoint-interval", type=float, help="seconds (default: the processor's)")
+    parser.add_argument(
+        "--flush-interval", type=float, help="seconds a backlog's writes wait (default: the processor's)"
+    )
     parser.add_argument(
         "--cores", type=int, default=1, help="CPUs this process (and Bytewax) may use; the goal is for one core"
     )
     args = parser.parse_args()
+    intervals = {
+        name: value
+        for name, value in (("checkpoint_interval", args.checkpoint_interval), ("flush_interval", args.flush_interval))
+        if value is not None
+    }
     # Everything measured here runs in this process (the broker services run on their own), so pinning
     # it holds the processor, the plain loop and Bytewax (a child inherits the mask) to the same cores.
     os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.cores])
@@ -265,7 +275,7 @@ def main() -> None:
         topic = f"bench-{uuid.uuid4().hex[:6]}"
         broker = bench_broker(url, tmp)
         produce = fill(broker, topic, values, users)
-        rate = run_processor(broker, topic, args.online, tmp, n)
+        rate = run_processor(broker, topic, args.online, tmp, n, intervals)
         rows.append((name, "mlscale processor (exactly-once)", f"{rate:,.0f}", f"append {produce:,.0f}/s"))
         if url.startswith("embedded"):
             embedded_rate = rate
@@ -280,7 +290,8 @@ def main() -> None:
     p50, p99 = freshness(f"embedded:{tmp}/fresh.db", tmp, 10_000, fresh_seconds)
     print(
         f"\n{n:,} events, {args.keys:,} keys, 1-minute tumbling count/sum/mean, online store {args.online}"
-        f"{' (--quick)' if args.quick else ''}, pinned to {len(os.sched_getaffinity(0))} of {os.cpu_count()} cores\n"
+        f"{' (--quick)' if args.quick else ''}, pinned to {len(os.sched_getaffinity(0))} of {os.cpu_count()} cores, "
+        f"processor intervals: {intervals or 'defaults'}\n"
     )
     print("| broker | consumer | events/s | note |\n|---|---|---:|---|")
     for r in rows:

@@ -27,8 +27,9 @@ _SWEEP_EVERY = 10_000
 _CACHE_KIB = 65_536
 # Pages read through a memory map instead of a read() each: a connection's first touch of a page
 # (every page, after a bulk load or a restart) costs a page fault rather than a syscall and a copy.
-# One-entity online reads right after materialization: p50 17.7 -> 13.7 us. Address space only:
-# the pages are the OS's file cache, shared by every process that maps the file.
+# bench/cache/run.py, back to back without and with it: get_many of 100 keys from one file 204 -> 140
+# us, from 4 shards 302 -> 254 us (p50). Address space only: the pages are the OS's file cache,
+# shared by every process that maps the file.
 _MMAP_BYTES = 1 << 30
 
 # Reads of up to this many keys from the event loop skip the worker thread (see ``aget_many``).

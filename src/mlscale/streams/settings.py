@@ -30,7 +30,8 @@ class StreamSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     offline_dir: str = "offline"
     # Seconds between checkpoints (state + offsets); shorter means less replay after a crash.
     # Each checkpoint also forces a flush, so under a backlog a short interval rewrites the same
-    # windows again and again: 1 s ran 171k events/s, 5 s 282k (bench/streams, 100,000 keys).
+    # windows again and again (bench/streams/run.py --events 1000000 --no-bytewax: 1 s with a 0.5 s
+    # flush ran 208k-212k events/s, these defaults 353k-362k).
     checkpoint_interval: float = 5.0
     # Most seconds a changed window waits for its online write while a backlog is being worked
     # off (a caught-up processor writes every batch at once); longer means fewer, coalesced writes.
