@@ -351,9 +351,11 @@ class InferenceApp:
                 timeout = _float_header(key, value)
         model = None
         try:
+            # The model first: a request to a model or version that does not exist is a 404 whatever
+            # its body, and an unknown name costs no body read or decode.
+            model = self.repository.resolve(name, version)
             body = await self._read_body(scope, receive)
             request = decode_request(body, header_length)
-            model = self.repository.resolve(name, version)
             if model.enricher is not None:
                 request.inputs = await model.enricher.join(request.inputs)
             requested = tuple(o.name for o in request.outputs) if request.outputs else None
