@@ -112,7 +112,7 @@ class InferenceApp:
         except MlscaleError as exc:
             response = json_response({"error": str(exc)}, exc.status)
             if isinstance(exc, Overloaded):
-                response.headers.append((b"retry-after", b"1"))
+                response.headers.append((b"retry-after", str(exc.retry_after).encode()))
         except Exception:
             log.exception("unhandled error on %s %s", scope["method"], path)
             response = json_response({"error": "internal server error"}, 500)
@@ -354,6 +354,8 @@ class InferenceApp:
             # The model first: a request to a model or version that does not exist is a 404 whatever
             # its body, and an unknown name costs no body read or decode.
             model = self.repository.resolve(name, version)
+            if model.cache is None:  # a cached answer needs no queue: only misses are admitted
+                model.batcher.admit()  # a refusal costs no body read or decode
             body = await self._read_body(scope, receive)
             request = decode_request(body, header_length)
             if model.enricher is not None:
