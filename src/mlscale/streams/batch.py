@@ -58,7 +58,7 @@ def _time_sql(f: CompiledFeature, time_type: str) -> str:
         # Naive strings are UTC: compute() sets the session time zone to UTC.
         return (
             f"CASE WHEN regexp_full_match({col}, '{_RFC3339}') "
-            f"THEN CAST(floor(epoch_us(TRY_CAST({col} AS TIMESTAMPTZ)) / 1000) AS BIGINT) END"
+            f"THEN CAST(floor(epoch_us(TRY_CAST(upper({col}) AS TIMESTAMPTZ)) / 1000) AS BIGINT) END"
         )
     if time_type == "timestamp":
         return f"CAST(floor(epoch_us({col}) / 1000) AS BIGINT)"

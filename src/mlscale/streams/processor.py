@@ -136,6 +136,10 @@ class StreamProcessor:
                     if state_name(f.name) in blobs:
                         dedup[f.name].restore(blobs[state_name(f.name)])
             parts[p] = _Partition(epoch, offset, states, dedup)
+            if offset >= 0:
+                # A kill between the checkpoint and the group commit leaves the group behind; with no
+                # new record the partition would never be committed again and lag would stay > 0.
+                self.broker.commit(topic, self.group, {p: offset})
 
     # -- one batch -------------------------------------------------------------------------------
     def step(self, timeout: float = 0.5) -> StepResult:
