@@ -22,7 +22,7 @@ from mlscale.streams.processor import StreamProcessor, dead_letter_topic
 
 T0_MS = 1_793_491_200_000  # 2026-11-01T00:00:00Z
 SIZE_MS = 10_000
-OFFSETS = [timezone.utc, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-3))]
+OFFSETS = [UTC, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-3))]
 
 
 def _feature(**kw) -> WindowedFeature:
@@ -58,8 +58,12 @@ def _events(n: int, seed: int, forms=("s", "ms", "iso")) -> tuple[list[dict], li
         ms = T0_MS + i * 50 - rng.randrange(3000)
         true_ms.append(ms)
         events.append(
-            {"id": f"e{i}", "user": rng.choice(["ann", "bo", "чжан", "42"]), "ts": _as(ms, rng.choice(forms), rng),
-             "amount": float(rng.randrange(100))}
+            {
+                "id": f"e{i}",
+                "user": rng.choice(["ann", "bo", "чжан", "42"]),
+                "ts": _as(ms, rng.choice(forms), rng),
+                "amount": float(rng.randrange(100)),
+            }
         )
     log = list(events)
     for e in rng.sample(events, n // 30):
@@ -112,8 +116,12 @@ def _metric(topic: str, outcome: str) -> float:
 def test_retried_events_in_mixed_time_forms_count_once_like_the_brute_force_oracle(batch_size):
     log, true_ms = _events(1500, seed=batch_size)
     retries = len(log) - 1500
-    bad = [b"{not json", {"user": "ann", "ts": "yesterday", "id": "x1", "amount": 1.0},
-           {"user": "bo", "ts": T0_MS, "amount": 2.0}, {"user": "ann", "ts": "2026-11-01", "id": "x2", "amount": 1.0}]
+    bad = [
+        b"{not json",
+        {"user": "ann", "ts": "yesterday", "id": "x1", "amount": 1.0},
+        {"user": "bo", "ts": T0_MS, "amount": 2.0},
+        {"user": "ann", "ts": "2026-11-01", "id": "x2", "amount": 1.0},
+    ]
     records: list = list(log)
     for i, b in enumerate(bad):
         records.insert(100 + 300 * i, b)
@@ -193,9 +201,11 @@ def test_dedup_memory_is_bounded_by_the_horizon_in_event_time():
 
 def test_a_retry_beyond_the_horizon_is_a_new_event_in_stream_and_batch(tmp_path):
     feature = _feature(dedup_key="id", dedup_horizon="1s")
-    events = [{"id": "a", "user": "u", "ts": T0_MS, "amount": 1.0},
-              {"id": "a", "user": "u", "ts": T0_MS + 1000, "amount": 2.0},  # exactly the horizon: duplicate
-              {"id": "a", "user": "u", "ts": T0_MS + 2001, "amount": 4.0}]  # 1001 ms after the last: new
+    events = [
+        {"id": "a", "user": "u", "ts": T0_MS, "amount": 1.0},
+        {"id": "a", "user": "u", "ts": T0_MS + 1000, "amount": 2.0},  # exactly the horizon: duplicate
+        {"id": "a", "user": "u", "ts": T0_MS + 2001, "amount": 4.0},
+    ]  # 1001 ms after the last: new
     broker = EmbeddedBroker(":memory:", partitions=1)
     broker.append("orders", events)
     kv = MemoryKeyValue()

@@ -8,7 +8,7 @@ to one record at a time, to name the malformed records and why.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from operator import attrgetter
 
 import msgspec
@@ -20,7 +20,7 @@ Scalar = str | int | float | bool
 # A number of at least this magnitude is epoch milliseconds when the unit is "auto" (1e11 seconds
 # is the year 5138; 1e11 milliseconds is March 1973).
 MS_THRESHOLD = 1e11
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 
 
@@ -38,7 +38,7 @@ def event_ms(times: list, unit: str = "auto") -> np.ndarray:
         dates = np.zeros(len(times), dtype=bool)
         for i, x in enumerate(times):
             if isinstance(x, datetime):
-                aware = x if x.tzinfo is not None else x.replace(tzinfo=timezone.utc)
+                aware = x if x.tzinfo is not None else x.replace(tzinfo=UTC)
                 t[i] = (aware - _EPOCH) // _MS
                 dates[i] = True
             else:

@@ -152,7 +152,7 @@ def compile_feature(feature: WindowedFeature) -> CompiledFeature:
         raise ConfigError(f'{where}: a session window needs a positive gap, as in gap = "30s"')
     lateness = parse_duration(feature.allowed_lateness, f"{where}: allowed_lateness")
     if feature.dedup_key is not None and not feature.dedup_key:
-        raise ConfigError(f"{where}: dedup_key must name a field, as in dedup_key = \"id\"")
+        raise ConfigError(f'{where}: dedup_key must name a field, as in dedup_key = "id"')
     if feature.dedup_horizon is not None:
         horizon = parse_duration(feature.dedup_horizon, f"{where}: dedup_horizon")
         if horizon < 0:

@@ -293,11 +293,7 @@ class StreamProcessor:
         self.flush(result)
         self._last_checkpoint = time.monotonic()
         for topic, parts in self.parts.items():
-            updates = {
-                p: (part.epoch, part.offset, part.blobs())
-                for p, part in parts.items()
-                if part.changed
-            }
+            updates = {p: (part.epoch, part.offset, part.blobs()) for p, part in parts.items() if part.changed}
             if not updates:
                 continue
             for p in self.checkpoints.commit(self._name(topic), updates):
