@@ -259,3 +259,16 @@ def test_a_bad_dedup_horizon_is_a_config_error():
     with pytest.raises(ConfigError, match="dedup_horizon"):
         _feature(dedup_key="id", dedup_horizon="soon").compile()
     assert _feature(dedup_key="id").compile().dedup_horizon_ms == SIZE_MS + 3_600_000
+
+
+def test_a_dedup_key_on_the_topic_applies_to_its_features_unless_they_name_their_own():
+    from mlscale.streams.settings import StreamSettings
+
+    settings = msgspec.toml.decode(
+        b'dedup_keys = {orders = "id"}\n'
+        b'[[features]]\nname = "a"\nsource = "orders"\nentity_key = "user"\n'
+        b'[[features]]\nname = "b"\nsource = "orders"\nentity_key = "user"\ndedup_key = "event_id"\n'
+        b'[[features]]\nname = "c"\nsource = "clicks"\nentity_key = "user"\n',
+        type=StreamSettings,
+    )
+    assert [f.compile().dedup_key for f in settings.features] == ["id", "event_id", None]
