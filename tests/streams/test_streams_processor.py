@@ -96,6 +96,52 @@ def test_stream_values_equal_the_duckdb_backfill_over_the_accepted_events(tmp_pa
     _assert_online_equals_batch(feature, kv, accepted, folder)
 
 
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    raw=events_strategy,
+    retries=st.lists(st.tuples(st.integers(0, 119), st.integers(1, 15)), max_size=30),
+    window=st.sampled_from(["tumbling", "hopping", "session"]),
+    batch_size=st.integers(1, 50),
+)
+def test_with_dedup_key_retries_count_once_and_stream_equals_the_backfill(tmp_path, raw, retries, window, batch_size):
+    """Retried events (same id, resent up to 15 records later) amid disorder and late events."""
+    from mlscale.streams.broker import partition_for
+
+    folder = Path(tempfile.mkdtemp(dir=tmp_path))
+    feature = WindowedFeature(
+        name="f",
+        source="ev",
+        entity_key="user",
+        window=window,
+        size="10s",
+        slide="2500ms" if window == "hopping" else None,
+        gap="3s",
+        allowed_lateness="20s",
+        aggregations=AGGS,
+        dedup_key="id",
+    )
+    events = [
+        {"id": i, "user": u, "ts": 1_700_000_000 + t / 4, "amount": float(a), "item": it}
+        for i, (u, t, a, it) in enumerate(raw)
+    ]
+    log = list(events)
+    for i, delay in retries:
+        if i < len(events):
+            log.insert(min(log.index(events[i]) + delay, len(log)), dict(events[i]))
+    broker = EmbeddedBroker(":memory:", partitions=3, key_fields={"ev": "user"})
+    offsets = broker.append("ev", log)
+    kv = MemoryKeyValue()
+    dups = []
+    proc = StreamProcessor(broker, [feature], kv, ":memory:", batch_size=batch_size, checkpoint_interval=0)
+    proc.run(idle_exit=0.0, on_step=lambda r: dups.append(r.duplicates))
+    late = {(d["partition"], d["offset"]) for d in _dead_letters(broker, "ev")}
+    accepted = [
+        e for e, off in zip(log, offsets, strict=True) if (partition_for(e["user"].encode(), 3), off) not in late
+    ]
+    _assert_online_equals_batch(feature, kv, accepted, folder)
+    assert sum(dups) == len(accepted) - len({e["id"] for e in accepted})
+
+
 def test_late_and_malformed_records_reach_the_dead_letter_topic_with_a_reason():
     broker = EmbeddedBroker(":memory:", partitions=2, key_fields={"ev": "user"})
     feature = WindowedFeature(

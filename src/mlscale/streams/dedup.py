@@ -10,9 +10,15 @@ time within ``dedup_horizon`` of its own, where "seen" keeps the greatest event 
 delivery of that key. On input in event-time order this is "within the horizon of the previous
 delivery", which is what the backfill computes with ``lag()``.
 
+Only on-time events are remembered (a late one is a dead letter, not "seen"). Copies of one event
+share its event time and the watermark only grows, so the copies of a key are some on time, then
+late ones: the first on-time copy counts and every later copy is a duplicate; if the first is
+late, all are, and all are dead letters. The stream then counts exactly what the backfill of the
+events it did not dead-letter counts.
+
 Expiry: a key whose greatest time is more than the horizon before the watermark is forgotten. An
-event with that key arriving later is then at least that far from it, so not a duplicate by the
-rule; if it is before the watermark it is late and goes to the dead letters like any late event.
+on-time event is at or after the watermark, so it is more than the horizon from any forgotten
+time: expiry only turns a very late retry into a late dead letter instead of a duplicate.
 
 The state is one msgpack blob per feature and partition, committed with the window state in the
 same checkpoint transaction (so it holds across kill -9 and takeover).
@@ -32,22 +38,26 @@ class Deduplicator:
         self.seen: dict[tuple, int] = {}
         self._expired_at: int | None = None
 
-    def fresh(self, entities: list, keys: list, ts_ms: np.ndarray) -> np.ndarray:
-        """Which events are not duplicates, in arrival order (a batch may repeat a key itself)."""
+    def duplicates(self, entities: list, keys: list, ts_ms: np.ndarray, on_time: np.ndarray) -> np.ndarray:
+        """Which events are duplicates, in arrival order (a batch may repeat a key itself).
+
+        Only on-time events are remembered: a late event is a dead letter, not "seen", so a key is
+        dropped only after an on-time copy was counted. A duplicate is dropped even when it is late
+        (a retry arriving after its window closed is a duplicate, not a dead letter).
+        """
         seen, horizon = self.seen, self.horizon_ms
-        keep = np.ones(len(keys), dtype=bool)
+        dup = np.zeros(len(keys), dtype=bool)
         get = seen.get
-        for i, (e, k, t) in enumerate(zip(entities, keys, ts_ms.tolist(), strict=True)):
+        for i, (e, k, t, ok) in enumerate(zip(entities, keys, ts_ms.tolist(), on_time.tolist(), strict=True)):
             ident = (e, k)
             prev = get(ident)
-            if prev is None:
-                seen[ident] = t
-                continue
-            if abs(t - prev) <= horizon:
-                keep[i] = False
-            if t > prev:
-                seen[ident] = t
-        return keep
+            if prev is not None and abs(t - prev) <= horizon:
+                dup[i] = True
+                if t > prev:
+                    seen[ident] = t
+            elif ok:
+                seen[ident] = t if prev is None else max(prev, t)
+        return dup
 
     def expire(self, watermark: int | None) -> None:
         """Forget keys last seen more than the horizon before ``watermark``.

@@ -5,10 +5,11 @@ One loop per batch (see checkpoint.py for why the order below gives exactly-once
      offset in its own checkpoint (consumer-managed offsets, as Kafka Streams does: the group's
      delivery state could hand some records to a member that is about to lose the partition);
   2. skip records at or below each partition's offset (defensive; fetch starts after it);
-  3. decode per feature into columns; with a ``dedup_key``, drop events seen before (dedup.py: the
-     seen keys are state, checkpointed with the windows); malformed and late records go to the
-     dead-letter topic with the reason and the source position (dead letters are at-least-once: a
-     replay may repeat one, with the same topic/partition/offset so a reader can deduplicate);
+  3. decode per feature into columns; with a ``dedup_key``, events seen before are dropped (dedup.py:
+     the seen keys are state, checkpointed with the windows); malformed and late records go to the
+     dead-letter topic. Dead letters carry the reason and the source position; they are
+     at-least-once: a replay may repeat one, with the same topic/partition/offset so a reader can
+     deduplicate;
   4. update window state (vectorised);
   5. flush: write the windows changed since the last flush to the online store, when the processor
      has caught up with its partitions (a fetch came back short), when ``flush_interval`` has
@@ -192,32 +193,26 @@ class StreamProcessor:
             for f in self.by_topic[topic]:
                 state = part.states[f.name]
                 cols, bad = self.decoders[f.name].decode(values)
-                seen = part.dedup.get(f.name)
-                if seen is not None:
-                    new = seen.fresh(cols.entities, cols.keys, cols.ts_ms)
-                    if not new.all():
-                        repeated[cols.index[~new]] = True
-                        cols = _take(cols, new)
                 on_time = state.admit(cols.ts_ms)
                 wm = state.watermark
                 for i, reason in bad:
                     dead.append(self._dead(fresh[i], f, "malformed", reason))
-                if not on_time.all():
-                    for j in np.flatnonzero(~on_time).tolist():
-                        msg = fresh[int(cols.index[j])]
-                        dead.append(
-                            self._dead(
-                                msg,
-                                f,
-                                "late",
-                                f"late: event time {int(cols.ts_ms[j])} ms is before the watermark {wm} ms",
-                            )
-                        )
-                    cols = _take(cols, on_time)
+                seen = part.dedup.get(f.name)
+                if seen is not None:
+                    dup = seen.duplicates(cols.entities, cols.keys, cols.ts_ms, on_time)
+                    repeated[cols.index[dup]] = True
+                    late, keep = ~on_time & ~dup, on_time & ~dup
+                    seen.expire(wm)
+                else:
+                    late, keep = ~on_time, on_time
+                for j in np.flatnonzero(late).tolist():
+                    msg = fresh[int(cols.index[j])]
+                    reason = f"late: event time {int(cols.ts_ms[j])} ms is before the watermark {wm} ms"
+                    dead.append(self._dead(msg, f, "late", reason))
+                if not keep.all():
+                    cols = _take(cols, keep)
                 state.update(cols)
                 taken[cols.index] = True
-                if seen is not None:
-                    seen.expire(state.watermark)
             part.offset = offsets[-1]
             part.changed = True
             self._unflushed = True
