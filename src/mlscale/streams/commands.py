@@ -176,8 +176,8 @@ def produce(config_path, topic, source, demo, entities) -> None:
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
     from mlscale.streams.connect import broker_from_settings
-    from mlscale.streams.ingest import ingest_events
-    from mlscale.streams.produce import ProduceError
+    from mlscale.streams.ingest import check_topic
+    from mlscale.streams.produce import CHUNK, ProduceError
     from mlscale.streams.produce import produce as produce_events
 
     broker = broker_from_settings(_settings(config_path))
@@ -193,7 +193,10 @@ def produce(config_path, topic, source, demo, entities) -> None:
                 }
                 for _ in range(demo)
             ]
-            n = ingest_events(broker, topic, events)["accepted"]
+            check_topic(topic)
+            for start in range(0, len(events), CHUNK):  # any N: appended in chunks, as files are
+                broker.append(topic, events[start : start + CHUNK])
+            n = len(events)
         else:
             stream_in = source or sys.stdin.buffer
             try:
