@@ -363,8 +363,6 @@ def nullable_integers(table: pa.Table, columns: dict[str, str]) -> pa.Table:
     """
     if not columns:
         return table
-    import pandas as pd
-
     frame = table.slice(0, 0).to_pandas()
     frame = frame.astype({name: _PANDAS_INTS[dtype] for name, dtype in columns.items()})
     metadata = pa.Schema.from_pandas(frame, preserve_index=False).metadata
