@@ -361,6 +361,13 @@ class NetCluster:
                 node.execute_command("CLUSTER", "REPLICATE", owner_id)
         self.wait_redis_ok(deadline)
 
+    def restart_redis(self, host: int, name: str) -> None:
+        """Start a killed Redis node again with its nodes.conf: it rejoins (as a replica if it lost its slots)."""
+        port = REDIS_PRIMARY_PORT if name == "redis-primary" else REDIS_REPLICA_PORT
+        node = self.hosts[host]
+        self.spawn(node, name, self._redis_command(node, port))
+        _wait_port(node.address, port, time.monotonic() + 10, node.processes[name])
+
     def redis_nodes(self, host: Host | None = None) -> list[dict]:
         """CLUSTER NODES as seen by a live node: address, flags, primary id per node."""
         import redis
