@@ -66,9 +66,8 @@ def render(folder: Path) -> list[dict]:
             doc["metadata"].setdefault("labels", {}).update(entry["pairs"])
     for patch_entry in spec.get("patches", []):
         patch = yaml.safe_load((folder / patch_entry["path"]).read_text())
-        targets = [
-            i for i, d in enumerate(docs) if (d["kind"], d["metadata"]["name"]) == (patch["kind"], patch["metadata"]["name"])
-        ]  # fmt: skip
+        wanted = (patch["kind"], patch["metadata"]["name"])
+        targets = [i for i, d in enumerate(docs) if (d["kind"], d["metadata"]["name"]) == wanted]
         assert len(targets) == 1, f"{patch_entry['path']} patches no resource (or several)"
         docs[targets[0]] = _merge(docs[targets[0]], patch)
     for image in spec.get("images", []):
