@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from mlscale.testing.netcluster import NetCluster, check_supported, missing_engines
+from mlscale.testing.netcluster import ClusterBusy, NetCluster, check_supported, missing_engines
 
 
 def _skip_reason() -> str | None:
@@ -28,8 +28,17 @@ def net_cluster(request: pytest.FixtureRequest) -> Iterator[NetCluster]:
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
-    cluster = NetCluster(4, tag="t", net=0)
-    cluster.start()
+    # Slot i: names mlsct<i>-*, subnet 10.213.(10 + i).0/24; a slot another session holds is skipped,
+    # so test runs side by side do not collide.
+    for slot in range(10):
+        cluster = NetCluster(4, tag=f"t{slot}", net=10 + slot)
+        try:
+            cluster.start()
+            break
+        except ClusterBusy:
+            continue
+    else:
+        pytest.skip("every cluster slot is taken by other test sessions")
     try:
         terminal = request.config.pluginmanager.get_plugin("terminalreporter")
         if terminal is not None:

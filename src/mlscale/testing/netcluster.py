@@ -18,6 +18,7 @@ CAP_NET_ADMIN and CAP_SYS_ADMIN) and the ``ip`` tool; ``check_supported`` says w
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import glob
 import json
 import os
@@ -87,6 +88,10 @@ def _wait_port(address: str, port: int, deadline: float, process: subprocess.Pop
         time.sleep(0.05)
 
 
+class ClusterBusy(ServiceUnavailable):
+    """Another live process runs a cluster with this tag."""
+
+
 @dataclass
 class Host:
     """One namespace: its name, address, veth (host side) and the engines started in it by name."""
@@ -133,6 +138,7 @@ class NetCluster:
         self.redis_node_timeout_ms = redis_node_timeout_ms
         self.workdir = Path(workdir) if workdir else Path(tempfile.gettempdir()) / f"mlscale-netcluster-{tag}"
         self.startup_seconds: dict[str, float] = {}
+        self._lock: int | None = None
 
     # -- addresses ---------------------------------------------------------------------------------
     @property
@@ -458,7 +464,20 @@ class NetCluster:
         reason = check_supported()
         if reason:
             raise ServiceUnavailable(reason)
-        self.cleanup()  # a crashed run with the same tag
+        # One live run per tag: the lock is held until stop(), and released by the kernel if the process
+        # dies, so what the cleanup below removes is always a crashed run's, never a live one's.
+        lock = os.open(Path(tempfile.gettempdir()) / f"mlscale-netcluster-{self.tag}.lock", os.O_CREAT | os.O_RDWR)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(lock)
+            raise ClusterBusy(f"cluster tag {self.tag!r} is in use by another process") from None
+        self._lock = lock
+        try:
+            self.cleanup()  # a crashed run with the same tag
+        except BaseException:
+            self._release()
+            raise
         began = time.monotonic()
         deadline = began + timeout
         try:
@@ -478,11 +497,20 @@ class NetCluster:
             self.startup_seconds["total"] = round(time.monotonic() - began, 2)
         except BaseException:
             self.cleanup()
+            self._release()
             raise
         return self
 
+    def _release(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
     def stop(self) -> None:
-        self.cleanup()
+        try:
+            self.cleanup()
+        finally:
+            self._release()
 
     def __enter__(self) -> NetCluster:
         return self.start()
