@@ -69,12 +69,12 @@ def report(
     """Write a self-contained HTML drift report of CURRENT against REFERENCE (Parquet or CSV)."""
     import json
 
-    from mlscale.monitoring.drift import DriftDetector, as_columns
-    from mlscale.monitoring.monitors import load_reference
+    # Only what the report needs: monitors (alerts, httpx, pandas) stay out of this command's start-up.
+    from mlscale.monitoring.drift import DriftDetector, ReferenceProfile, as_columns
     from mlscale.monitoring.report import render_report
     from mlscale.monitoring.tables import read_table
 
-    ref = load_reference(reference)
+    ref = ReferenceProfile.load(reference) if reference.suffix == ".npz" else as_columns(read_table(reference))
     cur = as_columns(read_table(current))
     detector = DriftDetector(
         columns=_split(columns) or None,
