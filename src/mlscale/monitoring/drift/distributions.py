@@ -110,36 +110,37 @@ def _outside_square(n: int, h: int) -> float:
 
 
 def _outside_band(m: int, n: int, g: int, h: int) -> float:
-    """P(D_{m,n} >= h/lcm): the share of paths from (0,0) to (m,n) leaving |x/m - y/n| < h/lcm.
+    """P(D_{m,n} >= h/lcm): the share of paths from (0,0) to (m,n) leaving the band |n'x - m'y| < h
+    (n' = n/g, m' = m/g), among all C(m+n, n) lattice paths.
 
-    Column by column over x, it keeps the share of paths *outside* the band among those reaching each
-    point (Viehmann 2021, arXiv:2102.08037), over the sliding window of y the band allows, so the
-    numbers stay in [0, 1] instead of growing as binomial coefficients.
+    For each point it keeps the share of the paths reaching it that have left the band (Viehmann 2021,
+    arXiv:2102.08037): o(x, y) = (x·o(x-1, y) + y·o(x, y-1)) / (x + y), and 1 outside the band. The
+    values stay in [0, 1] (no binomial coefficients to overflow) and a small p-value keeps its
+    precision. Every point of one anti-diagonal x + y = s depends only on the previous one, so each
+    diagonal is one vector operation: m + n of them instead of a Python loop over every point.
     """
     if m < n:
         m, n = n, m
     mg, ng = m // g, n // g
-    lo, hi = 0, min(math.ceil(h / mg), n + 1)
-    width = hi - lo
-    column = [1.0] * min(2 * hi + 2, n + 1)
-    for j in range(lo, hi):
-        column[j] = 0.0
-    for i in range(1, m + 1):
-        last_lo, last_width = lo, width
-        lo = min(max((ng * i - h) // mg + 1, 0), n)
-        hi = min(-((-(ng * i + h)) // mg), n + 1)
-        if hi <= lo:
-            return 1.0
-        value = 0.0 if lo == 0 else 1.0
-        for jj in range(hi - lo):
-            j = jj + lo
-            value = (column[jj + lo - last_lo] * i + value * j) / (i + j)
-            column[jj] = value
-        width = hi - lo
-        if last_width > width:
-            for k in range(width, min(last_width, len(column))):
-                column[k] = 1.0
-    return column[hi - lo - 1]
+    k = mg + ng
+    weights = np.arange(m + 1, dtype=np.float64)
+    # out[x + 1] is o(x, s - x) on the latest diagonal s; out[0] pads x = -1 (its weight is 0).
+    # Points outside the band stay 1, so only the band's points are computed on each diagonal.
+    out = np.ones(m + 2)
+    out[1] = 0.0  # the origin is inside the band
+    prev_lo = 0
+    for s in range(1, m + n + 1):
+        # Inside the band: |k·x - mg·s| < h, within the grid x <= m, y = s - x <= n.
+        lo = max(s - n, (mg * s - h) // k + 1, 0)
+        hi = min(s, m, -(-(mg * s + h) // k) - 1)
+        if hi < lo:
+            return 1.0  # every path crosses this diagonal outside the band
+        x = weights[lo : hi + 1]
+        new = (x * out[lo : hi + 1] + (s - x) * out[lo + 1 : hi + 2]) / s
+        out[prev_lo + 1 : lo + 1] = 1.0  # points the band has left behind are outside again
+        out[lo + 1 : hi + 2] = new
+        prev_lo = lo
+    return float(out[m + 1])
 
 
 def ks_2samp_exact(n1: int, n2: int, d: float) -> float | None:
