@@ -7,6 +7,8 @@ import subprocess
 import sys
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from scipy import stats
 
@@ -43,14 +45,21 @@ def test_chi_square_and_normal_equal_scipy():
 
 
 def test_the_report_command_never_imports_scipy_stats(tmp_path):
-    """The whole process of `mlscale monitor report` keeps scipy out (0.9 s to import scipy.stats)."""
+    """The whole process of `mlscale monitor report` keeps scipy (0.9 s to import scipy.stats) and pandas out."""
+    rng = np.random.default_rng(0)
+    for name, shift in (("ref", 0.0), ("cur", 0.2)):
+        table = pa.table(
+            {
+                "x": rng.normal(shift, 1, 800),
+                "n": rng.integers(0, 5, 800),
+                "c": rng.choice(["a", "b", "c"], 800),
+                "f": pa.array(rng.normal(0, 1, 800), mask=rng.random(800) < 0.1),
+                "b": rng.random(800) < 0.3,
+            }
+        )
+        pq.write_table(table, tmp_path / f"{name}.parquet")
     code = f"""
-import sys, numpy as np, pyarrow as pa, pyarrow.parquet as pq
-rng = np.random.default_rng(0)
-for name, shift in (("ref", 0.0), ("cur", 0.2)):
-    pq.write_table(pa.table({{"x": rng.normal(shift, 1, 800), "n": rng.integers(0, 5, 800),
-                             "c": rng.choice(["a", "b", "c"], 800)}}),
-                   r"{tmp_path}/" + name + ".parquet")
+import sys
 sys.argv = ["mlscale", "monitor", "report", r"{tmp_path}/ref.parquet", r"{tmp_path}/cur.parquet",
             "-o", r"{tmp_path}/r.html"]
 from mlscale.cli import main
@@ -59,6 +68,8 @@ try:
 except SystemExit as exc:
     assert not exc.code, exc.code
 assert "scipy" not in sys.modules, "scipy was imported"
+assert "pandas" not in sys.modules, "pandas was imported"
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert "columns drifted" in done.stdout

@@ -127,3 +127,33 @@ def test_cli_kind_override_and_bad_kind(tmp_path):
     ]
     done = CliRunner().invoke(monitor, [*args, "--kind", "n=integer"])
     assert done.exit_code != 0 and "COLUMN=KIND" in str(done.exception or done.output)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(table_pairs(), st.integers(0, 7), st.integers(1, 3))
+def test_arrow_columns_read_without_pandas_equal_to_numpy(pair, start, chunks):
+    """Sliced and chunked columns of every kind read as pyarrow's to_numpy reads them."""
+    from mlscale.monitoring.drift.arrow_columns import column_to_numpy
+
+    table = pa.concat_tables([pair[0]] * chunks).slice(min(start, pair[0].num_rows - 1))
+    for name in table.column_names:
+        column = table.column(name)
+        ours, theirs = column_to_numpy(column), column.to_numpy(zero_copy_only=False)
+        assert ours.dtype == theirs.dtype and ours.shape == theirs.shape, name
+        if ours.dtype.kind == "f":
+            np.testing.assert_array_equal(ours, theirs)
+        else:
+            assert ours.tolist() == theirs.tolist(), name
+
+
+def test_arrow_columns_of_every_width_read_as_to_numpy():
+    from mlscale.monitoring.drift.arrow_columns import column_to_numpy
+
+    mask = np.array([False, True, False, False, True, False, False, False, False, True])
+    for kind in (pa.int8(), pa.int16(), pa.int32(), pa.uint8(), pa.uint32(), pa.uint64(), pa.float32(), pa.float64()):
+        values = np.arange(10) % 7
+        for array in (pa.array(values, type=kind), pa.array(values, type=kind, mask=mask)):
+            for piece in (array, array.slice(3), pa.chunked_array([array.slice(1, 4), array.slice(6)])):
+                ours, theirs = column_to_numpy(piece), piece.to_numpy(zero_copy_only=False)
+                assert ours.dtype == theirs.dtype, kind
+                np.testing.assert_array_equal(ours, theirs)

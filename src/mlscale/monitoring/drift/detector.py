@@ -17,6 +17,7 @@ import numpy as np
 
 from mlscale.errors import InvalidInput
 from mlscale.monitoring.drift import stattests
+from mlscale.monitoring.drift.arrow_columns import column_to_numpy
 from mlscale.monitoring.drift.profile import (
     DEFAULT_MAX_SAMPLE,
     ColumnProfile,
@@ -134,7 +135,7 @@ def as_columns(data: Any) -> dict[str, np.ndarray]:
     if isinstance(data, dict):
         return {str(k): np.asarray(v) for k, v in data.items()}
     if hasattr(data, "column_names") and hasattr(data, "column"):  # pyarrow.Table
-        return {name: data.column(name).to_numpy(zero_copy_only=False) for name in data.column_names}
+        return {name: column_to_numpy(data.column(name)) for name in data.column_names}
     if hasattr(data, "columns") and hasattr(data, "__getitem__"):  # pandas.DataFrame
         return {str(name): data[name].to_numpy() for name in data.columns}
     raise InvalidInput(f"cannot read columns from {type(data).__name__}")
