@@ -36,7 +36,7 @@ def column_to_numpy(column: Any) -> np.ndarray:
         validity, data = array.buffers()[:2]
         values = np.frombuffer(data, dtype=dtype)[offset : offset + n]
         if array.null_count == 0:
-            return values.copy()
+            return values  # a read-only view of the Arrow buffer, as to_numpy's zero-copy result
         out = values.astype(dtype if pa.types.is_floating(kind) else np.float64)
         out[~_bits(validity, offset, n)] = np.nan
         return out
