@@ -2,8 +2,9 @@
 
 Both sides compute drift on every column with their default tests (N > 1000 rows: Wasserstein
 distance normed by the reference's std, threshold 0.1). Evidently runs in its own virtual
-environment (.cache/bench-venvs/evidently, created here when missing) in a subprocess; both sides
-read the same Parquet files and are timed on in-memory data (reading excluded), median of a few runs.
+environment (.cache/bench-venvs/evidently, built by scripts/ensure-evidently.sh when missing) in a
+subprocess; both sides read the same Parquet files and are timed on in-memory data (reading
+excluded), median of a few runs.
 
     python bench/drift/run.py            # 100,000 x 20 and 1,000,000 x 20
     python bench/drift/run.py --quick    # 20,000 x 20, one run each: a check that it works
@@ -33,7 +34,6 @@ from mlscale.monitoring.drift import TESTS, DriftDetector
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / ".cache"
 VENV = CACHE / "bench-venvs" / "evidently"
-PEER = ["evidently==0.7.23", "pandas<3", "pyarrow"]
 COLUMNS = 20
 # Evidently's display names of its tests -> ours.
 EVIDENTLY_NAMES = {
@@ -47,12 +47,12 @@ EVIDENTLY_NAMES = {
 
 
 def peer_python() -> Path:
-    """Evidently's interpreter, building its venv on first use (never in the project's venv)."""
+    """Evidently's interpreter, built by scripts/ensure-evidently.sh on first use (never in the project's venv)."""
     python = VENV / "bin" / "python"
     if not python.exists():
-        print(f"creating {VENV.relative_to(ROOT)} ...", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", *PEER], check=True)
+        subprocess.run(["bash", str(ROOT / "scripts" / "ensure-evidently.sh")], check=True)
+    if not python.exists():
+        raise SystemExit("Evidently's venv could not be built (see scripts/ensure-evidently.sh)")
     return python
 
 
