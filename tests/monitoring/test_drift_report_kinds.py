@@ -157,3 +157,14 @@ def test_arrow_columns_of_every_width_read_as_to_numpy():
                 ours, theirs = column_to_numpy(piece), piece.to_numpy(zero_copy_only=False)
                 assert ours.dtype == theirs.dtype, kind
                 np.testing.assert_array_equal(ours, theirs)
+
+
+def test_a_column_whose_type_changed_says_why_in_its_row():
+    rng = np.random.default_rng(3)
+    ref = {"x": rng.normal(size=300), "y": rng.normal(size=300)}
+    cur = {"x": np.array(["n/a", "1.5"] * 100, dtype=object), "y": rng.normal(size=200)}
+    result = DriftDetector().fit(ref).score(cur)
+    x, y = result.columns
+    assert not x.scored and not x.empty and "not numbers in current" in x.reason
+    assert y.scored and result.share == float(y.drifted)
+    assert "not numbers in current" in render_report(result, "r", "c")
