@@ -5,10 +5,9 @@ drift report of 100,000 x 20 takes, so the command's path imports neither: chi-s
 regularized incomplete gamma function (series and continued fraction), the normal from ``math.erfc``,
 the exact two-sample Kolmogorov-Smirnov distribution by lattice-path counting (as
 ``scipy.stats.ks_2samp`` computes it), and the asymptotic one from the exact one-sided Smirnov sum
-(Birnbaum-Tingey) where scipy uses ``special.smirnov``. The one remaining case,
-the Kolmogorov distribution of a statistic small for its sample size (n·d² < 2.2 with more than
-10,000 values, where scipy uses Durbin's matrix or Pelz-Good series), imports ``scipy.stats`` then.
-Every value equals scipy.stats' to 1e-9 (tests/monitoring/test_drift_stattests.py).
+(Birnbaum-Tingey) where scipy uses ``special.smirnov``, Durbin's matrix where scipy uses it or
+Pomeranz's recursion (both exact), and the Pelz-Good expansion where scipy uses that approximation.
+Every value equals scipy.stats' to 1e-9 (tests/monitoring/test_drift_distributions.py).
 """
 
 from __future__ import annotations
@@ -178,12 +177,94 @@ def kolmogorov_sf(d: float, n: int) -> float:
     if d >= 0.5:
         return min(max(2 * smirnov_sf(n, d), 0.0), 1.0)
     nx2 = t * d
-    if n <= 140 and nx2 > 4:
-        return min(max(2 * smirnov_sf(n, d), 0.0), 1.0)
-    if n > 140 and nx2 >= 370.0:
+    if n <= 140:
+        if nx2 > 4:
+            return min(max(2 * smirnov_sf(n, d), 0.0), 1.0)
+        # scipy uses Durbin's matrix up to n·d² = 0.754693 and Pomeranz's recursion above; both are
+        # exact, so Durbin's matrix serves both ranges here.
+        return min(max(1.0 - _kolmogorov_cdf_durbin(n, d), 0.0), 1.0)
+    if nx2 >= 370.0:
         return 0.0
-    if n > 140 and nx2 >= 2.2:
+    if nx2 >= 2.2:
         return min(max(2 * smirnov_sf(n, d), 0.0), 1.0)
-    from scipy import stats  # Durbin's matrix / Pomeranz / Pelz-Good: rare on the command's path
+    if n <= 100_000 and n * d**1.5 <= 1.4:
+        return min(max(1.0 - _kolmogorov_cdf_durbin(n, d), 0.0), 1.0)
+    return min(max(_kolmogorov_sf_pelz_good(n, d), 0.0), 1.0)
 
-    return float(stats.kstwo.sf(d, n))
+
+def _kolmogorov_cdf_durbin(n: int, d: float) -> float:
+    """P(D_n < d) exactly, by Durbin's matrix (Marsaglia, Tsang and Wang 2003, J. Stat. Software 8/18).
+
+    With d = (k - h)/n, the probability is n!/n^n times the (k, k) entry of H^n for a (2k-1)-square
+    matrix H of reciprocal factorials. The power is taken by squaring, rescaling by powers of two so
+    nothing overflows, and the factor n!/n^n is applied in logarithms.
+    """
+    nd = n * d
+    if nd <= 0.5:
+        return 0.0
+    k = math.ceil(nd)
+    h = k - nd
+    m = 2 * k - 1
+    inv_fact = np.array([1.0 / math.factorial(i) if i < 171 else 0.0 for i in range(m + 1)])
+    rows, cols = np.indices((m, m))
+    lag = rows - cols + 1
+    H = np.where(lag >= 0, inv_fact[np.clip(lag, 0, m)], 0.0)
+    powers = np.arange(1, m + 1)
+    first_col = (1.0 - h**powers) * inv_fact[powers]
+    H[:, 0] = first_col
+    H[-1, :] = first_col[::-1]
+    H[-1, 0] = (1.0 - 2 * h**m + max(2 * h - 1, 0.0) ** m) * inv_fact[m]
+    result, result_exp = np.eye(m), 0
+    base, base_exp = H, 0
+    e = n
+    while e:
+        if e & 1:
+            result = result @ base
+            result_exp += base_exp
+            scale = math.frexp(float(np.abs(result).max()) or 1.0)[1]
+            result, result_exp = np.ldexp(result, -scale), result_exp + scale
+        e >>= 1
+        if e:
+            base = base @ base
+            base_exp *= 2
+            scale = math.frexp(float(np.abs(base).max()) or 1.0)[1]
+            base, base_exp = np.ldexp(base, -scale), base_exp + scale
+    entry = float(result[k - 1, k - 1])
+    if entry <= 0:
+        return 0.0
+    log_p = math.log(entry) + result_exp * math.log(2) + math.lgamma(n + 1) - n * math.log(n)
+    return min(math.exp(log_p), 1.0)
+
+
+def _kolmogorov_sf_pelz_good(n: int, d: float) -> float:
+    """P(D_n > d) by the Pelz-Good (1976) expansion K0 + K1/√n + K2/n + K3/n^1.5 in z = d·√n, with each
+    K written in its small-z (theta function) form; scipy.stats.kstwo uses it in the same range."""
+    z = math.sqrt(n) * d
+    z2 = z * z
+    if -(math.pi**2) / 8 / z2 < -708:
+        return 1.0
+    pi2, pi4, pi6 = math.pi**2, math.pi**4, math.pi**6
+    top = math.ceil(16 * z / math.pi)
+    odd = 2.0 * np.arange(1, top + 1) - 1  # m = 2k - 1
+    m2 = odd**2
+    weight = np.exp(-pi2 * m2 / (8 * z2))
+    k0 = np.sum(weight)
+    k1 = np.sum((-z2 + pi2 / 4 * m2) * weight)
+    k2 = np.sum((6 * z**6 + 2 * z**4 + (2 * z**4 - 5 * z2) * pi2 / 4 * m2 + pi4 * (1 - 2 * z2) / 16 * m2**2) * weight)
+    k3 = np.sum(
+        (
+            -30 * z**6
+            - 90 * z**8
+            + pi2 * (135 * z**4 - 96 * z**6) / 4 * m2
+            + pi4 * (-60 * z2 + 212 * z**4) / 16 * m2**2
+            + pi6 * (5 - 30 * z2) / 64 * m2**3
+        )
+        * weight
+    )
+    root = math.sqrt(2 * math.pi)
+    k0, k1, k2, k3 = (root * k0 / z, root * k1 / (6 * z**4), root * k2 / (72 * z**7), root * k3 / (6480 * z**10))
+    ks = np.arange(1, top + 1, dtype=np.float64)
+    other = ks**2 * np.exp(-pi2 * ks**2 / (2 * z2))
+    k2 += np.sum(other) * pi2 * root / (-36 * z**3)
+    k3 += np.sum((3 * z2 - pi2 * ks**2) * other) * pi2 * root / (216 * z**6)
+    return (1 - k0) - k1 / math.sqrt(n) - k2 / n - k3 / n**1.5
