@@ -85,7 +85,11 @@ def report(
         drift_share=drift_share,
     )
     try:
-        result = detector.fit(ref).score(cur)
+        detector.fit(ref)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{reference}: {exc}") from None
+    try:
+        result = detector.score(cur)
     except InvalidInput as exc:
         raise InvalidInput(f"{current}: {exc}") from None
     output.write_text(render_report(result, reference.name, current.name))
