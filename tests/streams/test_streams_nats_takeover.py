@@ -1,0 +1,220 @@
+"""NATS JetStream as users run it: `mlscale stream produce` calls fed live while processors are SIGKILLed
+and a second one takes the partitions over, on a private nats-server (killing things there disturbs
+no one else). Every produce call must succeed, the final windows must equal the DuckDB backfill of
+every delivered event (no dedup key: each delivery counts), and a clean exit leaves no consumer behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from mlscale.storage.sqlite import SQLiteKeyValue
+from mlscale.streams.batch import compute, write_events
+from mlscale.streams.definitions import WindowedFeature
+from mlscale.streams.online import decode_value
+
+HERE = Path(__file__).parent
+SRC = HERE.parents[1] / "src"
+
+FEATURES = [
+    WindowedFeature(
+        name="spend",
+        source="orders",
+        entity_key="user",
+        size="10s",
+        allowed_lateness="5s",
+        aggregations=["count", "sum(amount)", "max(amount)", "distinct_count(item)"],
+    ),
+    WindowedFeature(
+        name="visits",
+        source="orders",
+        entity_key="user",
+        window="session",
+        gap="3s",
+        allowed_lateness="5s",
+        aggregations=["count", "last(amount)"],
+    ),
+]
+CONFIG = """
+[streams]
+broker = "{url}"
+partitions = 4
+member_ttl = 1.0
+checkpoint_interval = 0.5
+online = "sqlite:///online.db"
+{features}
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def private_nats(tmp_path):
+    """A nats-server with JetStream of this test's own, on a free port, storing in the test's folder."""
+    binary = shutil.which("nats-server")
+    if binary is None:
+        pytest.skip("nats-server is not installed")
+    port = _free_port()
+    server = subprocess.Popen(
+        [binary, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(tmp_path / "nats")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        assert time.monotonic() < deadline, "nats-server did not start"
+        assert server.poll() is None, "nats-server exited"
+        time.sleep(0.02)
+    yield f"nats://127.0.0.1:{port}"
+    server.terminate()
+    server.wait(10)
+
+
+def _consumers(url: str) -> dict[str, list[str]]:
+    """Consumers per stream on the server, straight from the JetStream API."""
+    import nats
+
+    async def go() -> dict[str, list[str]]:
+        nc = await nats.connect(url)
+        try:
+            js = nc.jetstream()
+            out = {}
+            for info in await js.streams_info():
+                names = [c.name for c in await js._jsm.consumers_info(info.config.name)]
+                out[info.config.name] = names
+            return out
+        finally:
+            await nc.close()
+
+    return asyncio.run(go())
+
+
+def _toml_features() -> str:
+    out = []
+    for f in FEATURES:
+        fields = msgspec.structs.asdict(f)
+        lines = ["[[streams.features]]"]
+        for k, v in fields.items():
+            if v is not None:
+                lines.append(f"{k} = {msgspec.json.encode(v).decode()}")
+        out.append("\n".join(lines))
+    return "\n".join(out)
+
+
+def _events(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    return [
+        {
+            "id": i,
+            "user": f"u{rng.randrange(300)}",
+            "ts": 1_700_000_000 + i * 0.004 - rng.random() * 3,  # disorder up to 3 s, lateness 5 s
+            "amount": float(rng.randrange(1000)),
+            "item": f"i{rng.randrange(20)}",
+        }
+        for i in range(n)
+    ]
+
+
+def test_live_produce_with_kills_and_takeover_loses_nothing_and_leaves_no_consumers(private_nats, tmp_path):
+    from mlscale.streams.connect import open_broker
+
+    (tmp_path / "mlscale.toml").write_text(CONFIG.format(url=private_nats, features=_toml_features()))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), *sys.path])}
+    cli = [sys.executable, "-m", "mlscale"]
+
+    def processor(name: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [*cli, "stream", "run", "--quiet", "--consumer", name],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+
+    events = _events(24_000, seed=19)
+    chunks = [events[i : i + 3_000] for i in range(0, len(events), 3_000)]
+    procs = {"a": processor("a"), "b": processor("b")}
+    produced = []
+    try:
+        for i, chunk in enumerate(chunks):
+            path = tmp_path / f"chunk{i}.jsonl"
+            path.write_bytes(b"\n".join(msgspec.json.encode(e) for e in chunk))
+            r = subprocess.run(
+                [*cli, "stream", "produce", "orders", str(path)], cwd=tmp_path, env=env, capture_output=True, timeout=60
+            )
+            assert r.returncode == 0, f"produce call {i} failed: {r.stderr.decode()[-1500:]}"
+            produced.extend(chunk)
+            if i == 2:
+                procs["a"].send_signal(signal.SIGKILL)  # b takes a's partitions over
+                procs["a"].wait()
+            if i == 4:
+                procs["a"] = processor("a")  # a comes back and takes its share again
+            if i == 6:
+                procs["b"].send_signal(signal.SIGKILL)
+                procs["b"].wait()
+        broker = open_broker(private_nats, partitions=4, key_fields={"orders": "user"})
+        try:
+            deadline = time.monotonic() + 90
+            while broker.lag("orders", "mlscale-features") > 0:
+                assert time.monotonic() < deadline, "the processor did not catch up"
+                assert procs["a"].poll() is None, procs["a"].stderr.read().decode()[-1500:]
+                time.sleep(0.2)
+        finally:
+            broker.close()
+        procs["a"].send_signal(signal.SIGTERM)  # a clean exit: checkpoint, leave, close
+        _, err = procs["a"].communicate(timeout=30)
+        assert procs["a"].returncode == 0, err.decode()[-1500:]
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+    # No consumer is left: not on the topic's stream, not on the membership or offset buckets.
+    left = {stream: names for stream, names in _consumers(private_nats).items() if names}
+    assert left == {}
+
+    assert len(produced) == len(events)
+    kv = SQLiteKeyValue(str(tmp_path / "online.db"))
+    check = open_broker(private_nats, partitions=4, key_fields={"orders": "user"})
+    try:
+        late = set()
+        pos = dict.fromkeys(range(4), -1)
+        while batches := check.fetch_columns("orders-dead-letters", pos, 10_000):
+            for p, offs, vals in batches:
+                pos[p] = offs[-1]
+                late |= {(msgspec.json.decode(v)["feature"], msgspec.json.decode(v)["record"]["id"]) for v in vals}
+    finally:
+        check.close()
+    for feature in FEATURES:
+        accepted = [e for e in produced if (feature.name, e["id"]) not in late]
+        folder = tmp_path / f"ref-{feature.name}"
+        folder.mkdir()
+        write_events(accepted, folder / "events.parquet")
+        f = feature.compile()
+        expected = {f.online_key(r["e"], r["window_start"]): r for r in compute(f, folder / "events.parquet").to_pylist()}
+        got = {k: decode_value(kv.get(k)) for k in kv.scan(f.name.encode() + b"|")}
+        assert set(got) == set(expected), feature.name
+        for key, value in got.items():
+            for name, v in value.items():
+                assert v == expected[key][name], (key, name, v, expected[key][name])
+    kv.close()
