@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from mlscale.errors import InvalidInput
+from mlscale.errors import InvalidInput, ServiceUnavailable
 
 _encoder = msgspec.json.Encoder()
 
@@ -34,6 +34,18 @@ class Message:
     partition: int
     offset: int
     value: bytes
+
+
+class AppendIncomplete(ServiceUnavailable):
+    """An append stopped part way: ``appended`` of ``total`` records are in the log.
+
+    Raised only after the backend's own retries; the message says whether running the same call
+    again is safe (a backend with publish deduplication appends only the rest).
+    """
+
+    def __init__(self, message: str, appended: int, total: int) -> None:
+        super().__init__(message)
+        self.appended, self.total = appended, total
 
 
 def partition_for(key: bytes, partitions: int) -> int:
