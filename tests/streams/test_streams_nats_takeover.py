@@ -223,3 +223,93 @@ def test_live_produce_with_kills_and_takeover_loses_nothing_and_leaves_no_consum
             for name, v in value.items():
                 assert v == expected[key][name], (key, name, v, expected[key][name])
     kv.close()
+
+
+def test_an_append_the_server_does_not_acknowledge_says_what_it_appended_and_a_rerun_adds_only_the_rest(
+    private_nats, tmp_path
+):
+    from mlscale.streams.broker import AppendIncomplete
+    from mlscale.streams.nats_jetstream import NatsBroker
+
+    server_pid = next(
+        int(pid)
+        for pid in os.listdir("/proc")
+        if pid.isdigit()
+        and Path(f"/proc/{pid}/cmdline").exists()
+        and str(tmp_path / "nats").encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    )
+    events = _events(40_000, seed=3)
+    broker = NatsBroker(private_nats, partitions=4, key_fields={"orders": "user"}, append_timeout=1.5)
+    try:
+        broker.append("orders", events[:10])  # the stream exists before the server is paused
+        os.kill(server_pid, signal.SIGSTOP)  # the server stalls: no acknowledgement comes
+        try:
+            with pytest.raises(AppendIncomplete) as info:
+                broker.append("orders", events)
+        finally:
+            os.kill(server_pid, signal.SIGCONT)
+        err = info.value
+        assert err.total == 40_000 and 0 <= err.appended < 40_000
+        assert f"appended {err.appended} of 40000" in str(err) and "again" in str(err)
+    finally:
+        broker.close()
+    # The user runs the same call again (a new process): every record is in the log exactly once.
+    again = NatsBroker(private_nats, partitions=4, key_fields={"orders": "user"})
+    try:
+        offsets = again.append("orders", events)
+        assert len(set(offsets)) == 40_000
+        ids = []
+        pos = dict.fromkeys(range(4), -1)
+        while batches := again.fetch_columns("orders", pos, 50_000):
+            for p, offs, vals in batches:
+                pos[p] = offs[-1]
+                ids.extend(msgspec.json.decode(v)["id"] for v in vals)
+        assert sorted(ids) == sorted([e["id"] for e in events[:10]] + [e["id"] for e in events])
+        assert again.lag("orders", "nobody") > 0 and again.committed("orders", "nobody") == {}
+    finally:
+        again.close()
+
+
+def test_a_partly_refused_append_names_the_count_and_its_rerun_stores_each_record_once(private_nats):
+    import nats
+    from nats.js import api
+
+    from mlscale.streams.broker import AppendIncomplete
+    from mlscale.streams.nats_jetstream import NatsBroker
+
+    async def limit(max_msgs: int) -> None:
+        nc = await nats.connect(private_nats)
+        js = nc.jetstream()
+        config = api.StreamConfig(
+            name="mlscale_orders",
+            subjects=["mlscale.orders.*"],
+            duplicate_window=120,
+            max_msgs=max_msgs,
+            discard=api.DiscardPolicy.NEW,
+        )
+        try:
+            await js.update_stream(config)
+        except nats.js.errors.NotFoundError:
+            await js.add_stream(config)
+        await nc.close()
+
+    asyncio.run(limit(3))  # the server refuses every message after the third
+    events = _events(30_000, seed=5)
+    broker = NatsBroker(private_nats, partitions=4, key_fields={"orders": "user"}, append_timeout=2)
+    try:
+        with pytest.raises(AppendIncomplete) as info:
+            broker.append("orders", events)
+        appended = info.value.appended
+        assert 0 < appended < 30_000 and f"appended {appended} of 30000" in str(info.value)
+        asyncio.run(limit(-1))
+        offsets = broker.append("orders", events)  # the same call again: only the rest is stored
+        ids = []
+        pos = dict.fromkeys(range(4), -1)
+        while batches := broker.fetch_columns("orders", pos, 50_000):
+            for p, offs, vals in batches:
+                pos[p] = offs[-1]
+                ids.extend(msgspec.json.decode(v)["id"] for v in vals)
+        assert sorted(ids) == list(range(30_000))
+        assert len(set(offsets)) == 30_000
+    finally:
+        broker.close()
