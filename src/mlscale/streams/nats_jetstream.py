@@ -26,6 +26,7 @@ blocking interface as the other brokers.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import hashlib
 import os
@@ -65,7 +66,9 @@ class _Reader:
     name: str
     after: int  # the last offset handed out (the next fetch must ask for exactly this position)
     per_message: float = 1.0  # records per message seen so far: sizes the next pull request
-    buffered: list[tuple[int, bytes]] = field(default_factory=list)  # unpacked, not yet handed out
+    # Records unpacked but not yet handed out (a message can hold more than one fetch asks for).
+    offsets: list[int] = field(default_factory=list)
+    values: list[bytes] = field(default_factory=list)
 
 
 class NatsBroker(Broker):
@@ -319,8 +322,8 @@ class NatsBroker(Broker):
 
     async def _fetch_one(self, topic: str, p: int, after: int, budget: int) -> tuple[int, list[int], list[bytes]]:
         reader = await self._reader(topic, p, after)
-        if len(reader.buffered) < budget:
-            want = max(1, min(1000, int((budget - len(reader.buffered)) / reader.per_message) + 1))
+        if len(reader.offsets) < budget:
+            want = max(1, min(1000, int((budget - len(reader.offsets)) / reader.per_message) + 1))
             try:
                 msgs = await reader.sub.fetch(batch=want, timeout=0.05)
             except (TimeoutError, nats.errors.TimeoutError):
@@ -328,27 +331,28 @@ class NatsBroker(Broker):
             except Exception:
                 await self._drop_reader((topic, p))  # gone (inactive, server restart): re-create next time
                 raise
-            records = 0
+            before = len(reader.offsets)
             for m in msgs:
                 base = m.metadata.sequence.stream << SHIFT
                 headers = m.headers
                 if headers and COUNT_HEADER in headers:
                     values = _unpack(m.data)
-                    reader.buffered.extend(zip(range(base, base + len(values)), values, strict=True))
-                    records += len(values)
+                    reader.offsets.extend(range(base, base + len(values)))
+                    reader.values.extend(values)
                 else:
-                    reader.buffered.append((base, m.data))
-                    records += 1
+                    reader.offsets.append(base)
+                    reader.values.append(m.data)
             if msgs:
-                reader.per_message = max(1.0, records / len(msgs))
-        take = reader.buffered[:budget]
-        del reader.buffered[:budget]
-        if take and take[0][0] <= after:  # the start of the message that holds ``after``
-            take = [(o, v) for o, v in take if o > after]
-        if not take:
+                reader.per_message = max(1.0, (len(reader.offsets) - before) / len(msgs))
+        offsets, values = reader.offsets[:budget], reader.values[:budget]
+        del reader.offsets[:budget], reader.values[:budget]
+        if offsets and offsets[0] <= after:  # the start of the message that holds ``after``
+            keep = bisect.bisect_right(offsets, after)
+            offsets, values = offsets[keep:], values[keep:]
+        if not offsets:
             return p, [], []
-        reader.after = take[-1][0]
-        return p, [o for o, _ in take], [v for _, v in take]
+        reader.after = offsets[-1]
+        return p, offsets, values
 
     def fetch_columns(
         self, topic: str, positions: Mapping[int, int], max_records: int
