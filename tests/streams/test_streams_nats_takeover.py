@@ -313,3 +313,37 @@ def test_a_partly_refused_append_names_the_count_and_its_rerun_stores_each_recor
         assert len(set(offsets)) == 30_000
     finally:
         broker.close()
+
+
+def test_fetch_resumes_inside_a_packed_message_and_fills_a_batch_from_one_hot_partition(private_nats):
+    from mlscale.streams.broker import partition_for
+    from mlscale.streams.nats_jetstream import SHIFT, NatsBroker
+
+    rng = random.Random(11)
+    # One entity holds 90% of the rows (TESTDATA: "one entity with most of the rows").
+    events = [{"id": i, "user": "hot" if rng.random() < 0.9 else f"u{rng.randrange(50)}"} for i in range(9_000)]
+    broker = NatsBroker(private_nats, partitions=4, key_fields={"ev": "user"})
+    try:
+        offsets = broker.append("ev", events[:4_000]) + broker.append("ev", events[4_000:])
+        by_offset = dict(zip(offsets, events, strict=True))
+        assert len({o >> SHIFT for o in offsets}) < 20  # packed: thousands of records, a few messages
+        batches = broker.fetch_columns("ev", dict.fromkeys(range(4), -1), 5_000)
+        assert sum(len(offs) for _, offs, _ in batches) == 5_000  # the idle partitions' share went to the hot one
+        # A reader starting at any offset, inside a message or on its last record, gets exactly what follows.
+        p = partition_for(b"hot", 4)
+        hot = sorted(o for o, e in by_offset.items() if partition_for(e["user"].encode(), 4) == p)
+        for start in (hot[0], hot[1234], hot[2047], hot[2048], hot[-2]):
+            again = NatsBroker(private_nats, partitions=4, key_fields={"ev": "user"})
+            try:
+                got = []
+                pos = {p: start}
+                while batches := again.fetch_columns("ev", pos, 3_000):
+                    for _, offs, vals in batches:
+                        pos[p] = offs[-1]
+                        got.extend(zip(offs, vals, strict=True))
+                assert [o for o, _ in got] == [o for o in hot if o > start]
+                assert [msgspec.json.decode(v)["id"] for _, v in got] == [by_offset[o]["id"] for o in hot if o > start]
+            finally:
+                again.close()
+    finally:
+        broker.close()

@@ -325,7 +325,9 @@ class NatsBroker(Broker):
         if len(reader.offsets) < budget:
             want = max(1, min(1000, int((budget - len(reader.offsets)) / reader.per_message) + 1))
             try:
-                msgs = await reader.sub.fetch(batch=want, timeout=0.05)
+                # A short wait: an idle partition delays the others' records by this much. What arrives
+                # after it is queued on the subscription and taken first by the next fetch.
+                msgs = await reader.sub.fetch(batch=want, timeout=0.02)
             except (TimeoutError, nats.errors.TimeoutError):
                 msgs = []
             except Exception:
@@ -361,11 +363,28 @@ class NatsBroker(Broker):
             # Readers of partitions no longer asked for (lost to another member) are deleted now.
             for key in [k for k in self._readers if k[0] == topic and k[1] not in positions]:
                 await self._drop_reader(key)
-            if not positions:
-                return []
-            share = max(1, max_records // len(positions))
-            parts = await asyncio.gather(*[self._fetch_one(topic, p, a, share) for p, a in positions.items()])
-            return [part for part in parts if part[1]]
+            out: dict[int, tuple[list[int], list[bytes]]] = {}
+            at, budget, active = dict(positions), max_records, list(positions)
+            # The budget is shared evenly, then what idle partitions left goes to the busy ones, so a
+            # topic whose rows mostly sit in one partition (one hot entity) still fills a batch.
+            for _ in range(4):
+                if not active or budget <= 0:
+                    break
+                base, extra = divmod(budget, len(active))
+                shares = {p: base + (i < extra) for i, p in enumerate(active)}
+                parts = await asyncio.gather(*[self._fetch_one(topic, p, at[p], n) for p, n in shares.items() if n])
+                active = []
+                for p, offs, vals in parts:
+                    if not offs:
+                        continue
+                    got = out.setdefault(p, ([], []))
+                    got[0].extend(offs)
+                    got[1].extend(vals)
+                    at[p] = offs[-1]
+                    budget -= len(offs)
+                    if len(offs) == shares[p]:
+                        active.append(p)
+            return [(p, offs, vals) for p, (offs, vals) in out.items()]
 
         return self._run(go())
 
