@@ -347,3 +347,42 @@ def test_fetch_resumes_inside_a_packed_message_and_fills_a_batch_from_one_hot_pa
                 again.close()
     finally:
         broker.close()
+
+
+def test_membership_is_one_compare_and_set_key_that_concurrent_heartbeats_never_lose(private_nats):
+    import threading
+
+    import nats
+
+    from mlscale.streams.nats_jetstream import NatsBroker
+
+    brokers = {name: NatsBroker(private_nats, partitions=4, member_ttl=30) for name in "abcd"}
+    try:
+        seen: dict[str, list[str]] = {}
+
+        def beat(name: str) -> None:
+            for _ in range(15):
+                seen[name] = brokers[name]._heartbeat("ev", "g", name)
+
+        threads = [threading.Thread(target=beat, args=(n,)) for n in brokers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert brokers["a"]._heartbeat("ev", "g", "a") == ["a", "b", "c", "d"]
+        brokers["b"].leave("ev", "g", "b")
+        assert brokers["a"]._heartbeat("ev", "g", "a") == ["a", "c", "d"]
+
+        async def purge_key() -> None:  # an operator deletes the key: members write it again
+            nc = await nats.connect(private_nats)
+            kv = await nc.jetstream().key_value("mlscale_members")
+            await kv.delete("ev.g")
+            await nc.close()
+
+        asyncio.run(purge_key())
+        assert brokers["c"]._heartbeat("ev", "g", "c") == ["c"]
+        assert brokers["d"]._heartbeat("ev", "g", "d") == ["c", "d"]
+        assert _consumers(private_nats)["KV_mlscale_members"] == []  # heartbeats made no consumer
+    finally:
+        for b in brokers.values():
+            b.close()

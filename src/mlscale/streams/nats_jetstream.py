@@ -261,8 +261,9 @@ class NatsBroker(Broker):
             try:
                 entry = await kv.get(key)
                 members, revision = msgspec.json.decode(entry.value or b"{}"), entry.revision
-            except KeyNotFoundError:  # also a deleted key; its revision is then that of the marker
-                members, revision = {}, 0
+            except KeyNotFoundError as err:  # a deleted key: the update must name the marker's revision
+                entry = getattr(err, "entry", None)
+                members, revision = {}, entry.revision if entry is not None else 0
             now = time.time()
             members = {m: exp for m, exp in members.items() if exp > now}
             change(members, now)
@@ -434,7 +435,7 @@ class NatsBroker(Broker):
         async def one(kv, p: int) -> int | None:
             try:
                 entry = await kv.get(f"{_safe(topic)}.{_safe(group)}.{p}")
-            except KeyNotFoundError:
+            except NotFoundError:  # never committed, or deleted
                 return None
             return int(entry.value) if entry.value else None
 
