@@ -168,20 +168,15 @@ class NatsBroker(Broker):
         groups = self._messages(payloads, partitions)
         # The call's identity: the same records to the same partitions give the same message ids,
         # so running a failed call again stores only what is missing (within the duplicate window).
+        packed = [_pack([payloads[i] for i in idx]) for _, idx in groups]
         h = hashlib.blake2b(_safe(topic).encode(), digest_size=12)
-        for p, idx in groups:
+        for (p, _), data in zip(groups, packed, strict=True):
             h.update(p.to_bytes(4, "little"))
-            for i in idx:
-                h.update(len(payloads[i]).to_bytes(4, "little"))
-                h.update(payloads[i])
+            h.update(data)  # msgpack: lengths included, so different records never hash alike
         call = h.hexdigest()
         messages = [
-            (
-                self._subject(topic, p),
-                _pack([payloads[i] for i in idx]),
-                {"Nats-Msg-Id": f"{call}.{k}", COUNT_HEADER: str(len(idx))},
-            )
-            for k, (p, idx) in enumerate(groups)
+            (self._subject(topic, p), data, {"Nats-Msg-Id": f"{call}.{k}", COUNT_HEADER: str(len(idx))})
+            for k, ((p, idx), data) in enumerate(zip(groups, packed, strict=True))
         ]
         seqs = self._run(self._publish_all(topic, messages, len(payloads), groups), timeout=self.append_timeout + 30)
         offsets = [0] * len(payloads)
