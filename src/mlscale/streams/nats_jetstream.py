@@ -252,7 +252,8 @@ class NatsBroker(Broker):
         """Apply ``change(members: dict name -> expiry)`` to the group's key with compare-and-set."""
         kv = await self._bucket("_members", "members")
         key = f"{_safe(topic)}.{_safe(group)}"
-        for _ in range(50):
+        deadline = time.monotonic() + 10
+        for attempt in range(1_000):
             try:
                 entry = await kv.get(key)
                 members, revision = msgspec.json.decode(entry.value or b"{}"), entry.revision
@@ -266,7 +267,9 @@ class NatsBroker(Broker):
                 await kv.update(key, msgspec.json.encode(members), last=revision)
                 return sorted(members)
             except KeyWrongLastSequenceError:  # another member wrote first: read again
-                await asyncio.sleep(random.random() * 0.01)
+                if time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(random.random() * min(0.2, 0.005 * (attempt + 1)))
         raise ServiceUnavailable(f"membership of group {group!r} on {topic!r} is contended; try again")
 
     def _heartbeat(self, topic: str, group: str, consumer: str) -> list[str]:
