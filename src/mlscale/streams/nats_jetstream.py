@@ -65,6 +65,7 @@ class _Reader:
     sub: object
     name: str
     after: int  # the last offset handed out (the next fetch must ask for exactly this position)
+    pending: int = 0  # messages the server still holds for it (so an empty answer can only be a late one)
     per_message: float = 1.0  # records per message seen so far: sizes the next pull request
     # Records unpacked but not yet handed out (a message can hold more than one fetch asks for).
     offsets: list[int] = field(default_factory=list)
@@ -315,7 +316,7 @@ class NatsBroker(Broker):
         )
         sub = await self._js.pull_subscribe(self._subject(topic, p), stream=self._stream_name(topic), config=config)
         info = await sub.consumer_info()
-        reader = _Reader(sub, info.name, after)
+        reader = _Reader(sub, info.name, after, pending=info.num_pending or 0)
         self._readers[key] = reader
         return reader
 
@@ -324,11 +325,14 @@ class NatsBroker(Broker):
         if len(reader.offsets) < budget:
             want = max(1, min(1000, int((budget - len(reader.offsets)) / reader.per_message) + 1))
             try:
-                # A short wait: an idle partition delays the others' records by this much. What arrives
-                # after it is queued on the subscription and taken first by the next fetch.
-                msgs = await reader.sub.fetch(batch=want, timeout=0.02)
+                # A caught-up partition is polled briefly (it delays the others' records by this much;
+                # what arrives later is queued on the subscription and taken first by the next fetch).
+                # One with messages pending answers as soon as the server does: wait for that answer,
+                # so a busy server never makes a partition with a backlog look caught up.
+                msgs = await reader.sub.fetch(batch=want, timeout=2.0 if reader.pending else 0.02)
             except (TimeoutError, nats.errors.TimeoutError):
                 msgs = []
+                reader.pending = 0  # gone meanwhile (limits, a purge): poll briefly from now on
             except Exception:
                 await self._drop_reader((topic, p))  # gone (inactive, server restart): re-create next time
                 raise
@@ -345,6 +349,7 @@ class NatsBroker(Broker):
                     reader.values.append(m.data)
             if msgs:
                 reader.per_message = max(1.0, (len(reader.offsets) - before) / len(msgs))
+                reader.pending = msgs[-1].metadata.num_pending or 0
         offsets, values = reader.offsets[:budget], reader.values[:budget]
         del reader.offsets[:budget], reader.values[:budget]
         if offsets and offsets[0] <= after:  # the start of the message that holds ``after``
