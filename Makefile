@@ -19,6 +19,7 @@ services:
 	bash scripts/services.sh
 	bash scripts/ensure-chromium.sh
 	PYTHON=$(PYTHON) bash scripts/ensure-feast.sh
+	PYTHON=$(PYTHON) bash scripts/ensure-evidently.sh
 
 test: $(STAMP) services
 	$(VENV)/bin/ruff check src tests bench examples

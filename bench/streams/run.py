@@ -6,6 +6,7 @@ freshness (event appended -> feature readable) p99 at 10,000 events/s.
     python bench/streams/run.py            # full run (the lead, on a quiet machine)
     python bench/streams/run.py --quick    # small scale, checks that everything works
     python bench/streams/run.py --brokers nats --no-bytewax --events 1000000   # NATS produce + process only
+    python bench/streams/run.py --dedup    # events carry an id, 1% are resent; the feature drops them
 
 Produce is measured as ``broker.append`` of 20,000 pre-encoded records a call (routing, packing,
 publishing and waiting for every acknowledgement), process as the exactly-once processor reading it back.
@@ -49,14 +50,22 @@ FEATURE = WindowedFeature(
 T0 = 1_700_000_000.0
 
 
-def make_events(n: int, keys: int, seed: int = 1) -> tuple[list[bytes], list[str]]:
+def make_events(n: int, keys: int, seed: int = 1, retries: float = 0.0) -> tuple[list[bytes], list[str]]:
+    """``n`` events; with ``retries``, each carries an ``id`` and that share is sent again ~100 records later."""
     rng = random.Random(seed)
     enc = msgspec.json.encode
     users = [f"u{rng.randrange(keys)}" for _ in range(n)]
     # 10,000 events per second of event time: windows close as the stream advances
     values = [
-        enc({"user": u, "ts": T0 + i / 10_000, "amount": round(rng.random() * 100, 2)}) for i, u in enumerate(users)
+        enc({"user": u, "ts": T0 + i / 10_000, "amount": round(rng.random() * 100, 2)} | ({"id": i} if retries else {}))
+        for i, u in enumerate(users)
     ]
+    if retries:
+        again = sorted(rng.sample(range(n), int(n * retries)), reverse=True)
+        for i in again:  # from the end, so earlier positions stay valid
+            at = min(n, i + rng.randrange(50, 150))
+            values.insert(at, values[i])
+            users.insert(at, users[i])
     return values, users
 
 
@@ -87,8 +96,8 @@ def fill(broker, topic, values, users) -> float:
     return len(values) / (time.perf_counter() - start)
 
 
-def run_processor(broker, topic, online_spec, tmp, n, intervals: dict) -> float:
-    feature = msgspec.structs.replace(FEATURE, source=topic)
+def run_processor(broker, topic, online_spec, tmp, n, intervals: dict, dedup: bool = False) -> float:
+    feature = msgspec.structs.replace(FEATURE, source=topic, dedup_key="id" if dedup else None)
     online = open_store(online_spec, root=tmp)
     proc = StreamProcessor(
         broker,
@@ -252,6 +261,9 @@ def main() -> None:
     )
     parser.add_argument("--nats-url", default="nats://127.0.0.1:4222")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument(
+        "--dedup", action="store_true", help="events carry an id, 1%% are resent; the feature sets dedup_key"
+    )
     parser.add_argument("--checkpoint-interval", type=float, help="seconds (default: the processor's)")
     parser.add_argument(
         "--flush-interval", type=float, help="seconds a backlog's writes wait (default: the processor's)"
@@ -271,7 +283,7 @@ def main() -> None:
     n = args.events or (60_000 if args.quick else 2_000_000)
     fresh_seconds = 2.0 if args.quick else 20.0
     tmp = Path(tempfile.mkdtemp(prefix="mlscale-bench-streams-"))
-    values, users = make_events(n, args.keys)
+    values, users = make_events(n, args.keys, retries=0.01 if args.dedup else 0.0)
     rows = []
     wanted = set(args.brokers.split(","))
     backends = []
@@ -289,12 +301,12 @@ def main() -> None:
         topic = f"bench-{uuid.uuid4().hex[:6]}"
         broker = bench_broker(url, tmp)
         produce = fill(broker, topic, values, users)
-        rate = run_processor(broker, topic, args.online, tmp, n, intervals)
+        rate = run_processor(broker, topic, args.online, tmp, len(values), intervals, args.dedup)
         rows.append((name, "mlscale processor (exactly-once)", f"{rate:,.0f}", f"append {produce:,.0f}/s"))
         rows.append((name, "produce (broker.append, 20,000 a call)", f"{produce:,.0f}", "every ack awaited"))
         if url.startswith("embedded"):
             embedded_rate = rate
-            plain = plain_loop(broker, topic, args.online, tmp, n)
+            plain = plain_loop(broker, topic, args.online, tmp, len(values))
             rows.append((name, "plain Python loop (no guarantees)", f"{plain:,.0f}", "json.loads + dict per event"))
         if hasattr(broker, "delete_namespace"):
             broker.delete_namespace()  # a private prefix: only this run's streams and keys
@@ -306,7 +318,8 @@ def main() -> None:
     print(
         f"\n{n:,} events, {args.keys:,} keys, 1-minute tumbling count/sum/mean, online store {args.online}"
         f"{' (--quick)' if args.quick else ''}, pinned to {len(os.sched_getaffinity(0))} of {os.cpu_count()} cores, "
-        f"processor intervals: {intervals or 'defaults'}\n"
+        f"processor intervals: {intervals or 'defaults'}"
+        f"{'; --dedup: 1% resent, dropped by the processor only (rates count records read)' if args.dedup else ''}\n"
     )
     print("| broker | consumer | events/s | note |\n|---|---|---:|---|")
     for r in rows:

@@ -33,14 +33,23 @@ class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_body_bytes: int = 64 * 1024 * 1024
     # Default deadline for a request in seconds; None means none unless the request asks.
     request_timeout: float | None = None
-    # Default bound of each model's queue of waiting requests; a full queue answers 503.
+    # Hard bound of each model's queue of waiting requests, a backstop behind queue-delay admission.
     max_queue_size: int = 1024
+    # Admission by queue delay (per model in model.toml too): a request that would wait longer than
+    # the target is refused at once with 503 before its body is read; once the queue stayed above
+    # the target for an interval, the newest requests are served first and older ones refused.
+    queue_delay_target: float = 0.05
+    queue_delay_interval: float = 0.1
     # How often the repository folder is scanned for new or removed versions (seconds; 0 = never).
     poll_interval: float = 2.0
     # Seconds SIGTERM waits for requests in flight before the process exits anyway.
     graceful_timeout: float = 30.0
     # Serve the live dashboard at /dashboard (and redirect / there).
     dashboard: bool = True
+
+    def __post_init__(self) -> None:
+        if self.queue_delay_target <= 0 or self.queue_delay_interval <= 0:
+            raise ValueError("queue_delay_target and queue_delay_interval must be positive seconds")
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

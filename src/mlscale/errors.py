@@ -36,9 +36,14 @@ class ModelNotReady(MlscaleError):
 
 
 class Overloaded(MlscaleError):
-    """A bounded queue is full; the client should retry later (HTTP 503 with Retry-After)."""
+    """The server sheds this request; the client should retry after ``retry_after`` seconds
+    (HTTP 503 with Retry-After)."""
 
     status = 503
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class DeadlineExceeded(MlscaleError):

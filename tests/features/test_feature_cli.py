@@ -117,3 +117,56 @@ def test_cli_errors_are_one_line_with_exit_status_2(tmp_path, make_frame):
     assert unknown.returncode == 2 and "unknown entity 'rider'" in unknown.stderr
     bad_time = run(tmp_path, "materialize", "--end", "yesterday")
     assert bad_time.returncode == 2 and "not an ISO date" in bad_time.stderr
+
+
+def test_cli_corrections_win_by_created_time_and_int_features_keep_nulls_as_int64(tmp_path):
+    (tmp_path / "data").mkdir()
+    t = pd.Timestamp("2024-01-01T00:00:00Z")
+    pd.DataFrame(
+        {
+            "driver_id": [1, 1, 1, 2],
+            "event_timestamp": [t, t, t, t],
+            # The correction (written last) is neither the first nor the last row of the file.
+            "written_at": [t, t + pd.Timedelta(hours=2), t + pd.Timedelta(hours=1), t],
+            "conv_rate": [0.125, 0.75, 0.875, 0.5],
+            "acc_rate": [0.125, 0.75, 0.875, 0.5],
+            "trips": pd.array([3, 2**53 + 1, 9, None], dtype="Int64"),
+        }
+    ).to_parquet(tmp_path / "data" / "driver_stats.parquet")
+    project = PROJECT.replace('ttl = "3650d"', 'ttl = "3650d"\ncreated_timestamp_field = "written_at"')
+    (tmp_path / "mlscale.toml").write_text(project)
+    assert run(tmp_path, "apply").returncode == 0
+    pd.DataFrame({"driver_id": [1, 2, 3], "event_timestamp": [t, t, t]}).to_parquet(tmp_path / "entities.parquet")
+    built = run(tmp_path, "training-set", "--entities", "entities.parquet", "--service", "driver_model", "-o", "t.pq")
+    assert built.returncode == 0, built.stderr
+    train = pd.read_parquet(tmp_path / "t.pq")
+    assert str(train.trips.dtype) == "Int64"
+    assert train.trips.tolist()[0] == 2**53 + 1 and train.trips.isna().tolist() == [False, True, True]
+    assert train.conv_rate.tolist()[0] == 0.75
+
+    assert run(tmp_path, "materialize", "--end", "2024-01-02").returncode == 0
+    got = json.loads(run(tmp_path, "get", "--service", "driver_model", "--entity", "driver_id=1,2,3").stdout)
+    assert got["results"][2]["values"] == [2**53 + 1, None, None]
+    assert got["results"][2]["statuses"] == ["PRESENT", "NULL_VALUE", "NOT_FOUND"]
+
+
+def test_cli_names_a_feature_column_gone_since_apply_and_its_file(tmp_path, make_frame):
+    (tmp_path / "data").mkdir()
+    frame = make_frame()
+    frame.to_parquet(tmp_path / "data" / "driver_stats.parquet")
+    (tmp_path / "mlscale.toml").write_text(PROJECT)
+    assert run(tmp_path, "apply").returncode == 0
+    frame.head(3)[["driver_id", "event_timestamp"]].to_parquet(tmp_path / "entities.parquet")
+    frame.drop(columns=["trips"]).to_parquet(tmp_path / "data" / "driver_stats.parquet")
+    for args in (
+        ("training-set", "--entities", "entities.parquet", "--service", "driver_model", "-o", "t.parquet"),
+        ("materialize", "--end", "2030-01-01"),
+    ):
+        done = run_process(tmp_path, *args)
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Binder" not in lines[0], lines
+        assert lines[0].startswith(
+            "error: feature view 'driver_stats': feature column 'trips' not found in data/driver_stats.parquet "
+            "(it was there at `mlscale features apply`"
+        ), lines[0]

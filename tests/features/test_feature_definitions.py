@@ -68,6 +68,31 @@ def test_separate_definition_files_toml_and_python(tmp_path, driver_data):
     assert sorted(a.to_specs()) == sorted(b.to_specs())
 
 
+def test_created_timestamp_field_reads_the_same_from_toml_and_python(tmp_path, driver_data):
+    toml = TOML.format(source=driver_data[0]).replace(
+        'ttl = "2d"', 'ttl = "2d"\ncreated_timestamp_field = "written_at"'
+    )
+    (tmp_path / "mlscale.toml").write_text(toml)
+    from_toml = load_definitions(load_settings(tmp_path / "mlscale.toml"))
+    assert from_toml.views["driver_stats"].created_timestamp_field == "written_at"
+    assert from_toml.views["driver_rates"].created_timestamp_field == ""
+    python = FeatureView(
+        name="driver_stats",
+        entities=["driver"],
+        source=str(driver_data[0]),
+        ttl="2d",
+        created_timestamp_field="written_at",
+        features={"conv_rate": "float32", "acc_rate": "float32", "trips": "int64"},
+    )
+    specs = {(kind, name): spec for kind, name, spec in from_toml.to_specs()}
+    assert specs["view", "driver_stats"] == FeatureRepo([DRIVER], [python]).to_specs()[1][2]
+    # A registry written before the field existed still loads (no created time).
+    old = specs["view", "driver_stats"].replace(b'"created_timestamp_field":"written_at",', b"")
+    assert old != specs["view", "driver_stats"]
+    loaded = FeatureRepo.from_specs([("entity", "driver", specs["entity", "driver"]), ("view", "driver_stats", old)])
+    assert loaded.views["driver_stats"].created_timestamp_field == ""
+
+
 def _view(**changes):
     spec = {"name": "v", "entities": ["driver"], "source": "x.parquet", "features": {"a": "float32"}}
     spec.update(changes)
@@ -101,6 +126,11 @@ DRIVER = Entity(name="driver", join_key="driver_id")
             "unknown feature view 'w'",
         ),
         (lambda: FeatureRepo([Entity(name="1bad")]), "must be letters"),
+        (
+            lambda: FeatureRepo([DRIVER], [_view(created_timestamp_field="event_timestamp")]),
+            "created_timestamp_field 'event_timestamp' must differ",
+        ),
+        (lambda: FeatureRepo([DRIVER], [_view(created_timestamp_field="a")]), "feature 'a' clashes"),
     ],
 )
 def test_bad_definitions_fail_with_a_clear_error(build, message):
@@ -137,13 +167,26 @@ def test_bad_definitions_fail_with_a_clear_error(build, message):
             "feature 'a' is VARCHAR",
         ),
         ({"driver_id": [1], "event_timestamp": ["2024-01-01"], "a": [1.0]}, {"a": "float32"}, "not a timestamp"),
+        (
+            {"driver_id": [1], "event_timestamp": [datetime(2024, 1, 1)], "a": [1.0]},
+            {"a": "float32", "created_timestamp_field": "written"},
+            "created timestamp column 'written' not found",
+        ),
+        (
+            {"driver_id": [1], "event_timestamp": [datetime(2024, 1, 1)], "written": [3], "a": [1.0]},
+            {"a": "float32", "created_timestamp_field": "written"},
+            "created timestamp column 'written' is BIGINT in .*s.parquet, not a timestamp",
+        ),
     ],
 )
 def test_sources_missing_columns_or_wrong_types_fail_clearly(tmp_path, frame_columns, features, message):
     import pandas as pd
 
     pd.DataFrame(frame_columns).to_parquet(tmp_path / "s.parquet")
-    repo = FeatureRepo([DRIVER], [_view(source=str(tmp_path / "s.parquet"), features=features)])
+    features = dict(features)
+    created = features.pop("created_timestamp_field", "")
+    view = _view(source=str(tmp_path / "s.parquet"), features=features, created_timestamp_field=created)
+    repo = FeatureRepo([DRIVER], [view])
     with pytest.raises(ConfigError, match=message):
         OfflineStore(repo).validate_source(repo.views["v"])
 

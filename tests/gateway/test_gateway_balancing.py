@@ -39,6 +39,31 @@ def test_consistent_hash_is_sticky_and_orders_the_rest_for_retries():
     assert strategy.order(backends, "iris")[0] is first[1]
 
 
+def test_a_replica_shedding_one_model_is_skipped_for_that_model_only():
+    a, b = Backend("http://a"), Backend("http://b")
+    a.shedding_until["iris"] = time.monotonic() + 60
+    for strategy in (PowerOfTwo(seed=3), ConsistentHash([a, b])):
+        assert all(strategy.order([a, b], "iris")[0] is b for _ in range(50))
+        assert {strategy.order([a, b], "other")[0].url for _ in range(200)} <= {"http://a", "http://b"}
+    assert a.usable("other")
+    a.shedding_until["iris"] = time.monotonic() - 1
+    assert a.usable("iris")
+
+
+def test_gateway_answers_503_itself_while_every_replica_sheds_that_model():
+    from mlscale.gateway.proxy import Gateway
+    from mlscale.gateway.settings import GatewaySettings
+
+    gateway = Gateway(GatewaySettings(backends=["http://a", "http://b"]))
+    assert gateway._all_shedding("iris") is None
+    gateway.backends[0].shedding_until["iris"] = time.monotonic() + 2.5
+    assert gateway._all_shedding("iris") is None  # b can still take it
+    gateway.backends[1].shedding_until["iris"] = time.monotonic() + 0.5
+    status, headers, body = gateway._all_shedding("iris")
+    assert status == 503 and (b"retry-after", b"1") in headers and b"shedding" in body
+    assert gateway._all_shedding("other") is None
+
+
 class RunningGateway:
     def __init__(self, backends: list[str], strategy: str = "p2c") -> None:
         self.port = free_port()

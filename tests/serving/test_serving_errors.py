@@ -53,6 +53,14 @@ def test_unknown_model_and_version_are_404(server):
     assert httpx.get(server.url + "/v2/no/such/route").status_code == 404
 
 
+@pytest.mark.parametrize("body", [b"", b"{not json", b"[]", b'{"inputs": []}'])
+@pytest.mark.parametrize(("model", "version"), [("nope", None), ("iris", "9")])
+def test_unknown_model_or_version_is_404_whatever_the_body(server, body, model, version):
+    response = _infer(server, body, model=model, version=version)
+    assert response.status_code == 404, response.text
+    assert repr(model if version is None else version) in response.json()["error"]
+
+
 def test_binary_header_longer_than_body_is_rejected(server):
     response = _infer(server, b'{"inputs": []}', headers={"Inference-Header-Content-Length": "999"})
     assert response.status_code == 400

@@ -153,8 +153,9 @@ def test_full_queue_answers_503_with_retry_after(server):
     assert statuses.count(200) >= 2
     for response in responses:
         if response.status_code == 503:
-            assert response.headers["retry-after"] == "1"
-            assert "queue is full" in response.json()["error"]
+            assert int(response.headers["retry-after"]) >= 1
+            error = response.json()["error"]
+            assert "queue is full" in error or "overloaded" in error
 
 
 def test_deadline_from_header_or_parameter_answers_504(server):

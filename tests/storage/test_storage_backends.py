@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -308,3 +309,26 @@ def _pings(client) -> bool:
         return bool(client.ping())
     except Exception:
         return False
+
+
+def test_redis_wait_refuses_a_write_no_replica_confirms(redis_url: str, prefix: bytes) -> None:
+    # The local Redis has no replica: with wait=1 a write is not acknowledged (it may sit on the
+    # primary alone, which a failover would lose); reads and wait=0 are unaffected. The cluster
+    # case, with a replica promoted under load: tests/cluster/test_cluster_redis_failover.py.
+    waiting = open_store(f"{redis_url}?wait=1&prefix={prefix.decode()}", timeout=0.4)
+    plain = RedisKeyValue(redis_url, prefix=prefix)
+    try:
+        assert waiting.wait == 1 and waiting.prefix == prefix
+        with pytest.raises(ServiceUnavailable, match="0 of the 1 replicas"):
+            waiting.set_many({b"a": b"1"})
+        with pytest.raises(ServiceUnavailable, match="0 of the 1 replicas"):
+            asyncio.run(waiting.aset_many({b"b": b"1"}))
+        assert waiting.get(b"a") == b"1"  # on the primary, but not acknowledged as safe
+        plain.set_many({b"c": b"1"})
+        assert plain.delete([b"a", b"b", b"c"]) == 3
+        with pytest.raises(ConfigError, match="wait= must be"):
+            RedisKeyValue(f"{redis_url}?wait=-1")
+    finally:
+        plain.delete([b"a", b"b", b"c"])
+        waiting.close()
+        plain.close()

@@ -20,6 +20,7 @@ FEATURES = [
         size="10s",
         allowed_lateness="5s",
         aggregations=["count", "sum(amount)", "mean(amount)", "max(amount)", "distinct_count(item)"],
+        dedup_key="id",
     ),
     WindowedFeature(
         name="visits",
@@ -29,6 +30,7 @@ FEATURES = [
         gap="3s",
         allowed_lateness="5s",
         aggregations=["count", "last(amount)"],
+        dedup_key="id",
     ),
 ]
 

@@ -93,6 +93,9 @@ class FeatureView(msgspec.Struct, kw_only=True):
     source: str = ""
     query: str = ""
     timestamp_field: str = "event_timestamp"
+    # Optional column of when each row was written: among rows of one entity with the same event
+    # time, the greatest created time wins (a late correction replaces the row it corrects).
+    created_timestamp_field: str = ""
     # Seconds after __post_init__ (which also accepts a timedelta or "2h").
     ttl: float | str = 0.0
     description: str = ""
@@ -341,6 +344,13 @@ def _check_view(view: FeatureView, entities: Mapping[str, Entity]) -> None:
     if len(view.features) > MAX_FEATURES_PER_VIEW:
         raise ConfigError(f"{what}: at most {MAX_FEATURES_PER_VIEW} features per view; split it")
     reserved = {entities[e].join_key for e in view.entities} | {view.timestamp_field}
+    if view.created_timestamp_field:
+        if view.created_timestamp_field in reserved:
+            raise ConfigError(
+                f"{what}: created_timestamp_field {view.created_timestamp_field!r} must differ from the "
+                "timestamp field and the join keys"
+            )
+        reserved.add(view.created_timestamp_field)
     seen: set[str] = set()
     for feature in view.features:
         if not _NAME.match(feature.name) or feature.name.startswith("__"):
@@ -348,7 +358,7 @@ def _check_view(view: FeatureView, entities: Mapping[str, Entity]) -> None:
         if feature.name in seen:
             raise ConfigError(f"{what}: duplicate feature {feature.name!r}")
         if feature.name in reserved:
-            raise ConfigError(f"{what}: feature {feature.name!r} clashes with a join key or the timestamp")
+            raise ConfigError(f"{what}: feature {feature.name!r} clashes with a join key or a timestamp field")
         if feature.dtype not in FEATURE_TYPES:
             raise ConfigError(
                 f"{what}: feature {feature.name!r} has bad type {feature.dtype!r} "

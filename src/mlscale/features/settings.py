@@ -30,6 +30,10 @@ class FeatureViewConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     source: str = ""
     query: str = ""
     timestamp_field: str = "event_timestamp"
+    # Optional column of when each row was written: among rows of one entity with equal event time,
+    # the greatest created time wins. Without it (or on equal created times) the row with the
+    # greatest feature values, compared in declared order with nulls lowest, wins.
+    created_timestamp_field: str = ""
     # Seconds, or a string such as "90s", "15m", "2h", "7d"; 0 means values never go stale.
     ttl: float | str = 0
     # feature name -> type (float32, float64, int32, int64, bool), in the order models see them.

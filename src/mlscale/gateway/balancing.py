@@ -9,6 +9,7 @@ stable, so its caches stay warm, and moves only ~1/N of the models when a replic
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Sequence
 
 from mlscale.storage.hashring import HashRing
@@ -17,7 +18,7 @@ from mlscale.storage.hashring import HashRing
 class Backend:
     """One replica as the gateway sees it."""
 
-    __slots__ = ("failures", "healthy", "inflight", "served", "url")
+    __slots__ = ("failures", "healthy", "inflight", "served", "shedding_until", "url")
 
     def __init__(self, url: str) -> None:
         self.url = url.rstrip("/")
@@ -25,6 +26,14 @@ class Backend:
         self.healthy = True
         self.failures = 0
         self.served = 0
+        # Route key (model) -> time.monotonic() until which this replica, having answered 503 for
+        # that model, gets no new requests for it unless every replica is shedding. Per model:
+        # one model's overload must not take the replica away from the others.
+        self.shedding_until: dict[str, float] = {}
+
+    def usable(self, key: str) -> bool:
+        """Healthy and not shedding load for ``key`` right now."""
+        return self.healthy and self.shedding_until.get(key, 0.0) <= time.monotonic()
 
     def __repr__(self) -> str:
         return f"Backend({self.url!r}, healthy={self.healthy}, inflight={self.inflight})"
@@ -37,7 +46,7 @@ class PowerOfTwo:
         self._random = random.Random(seed)
 
     def order(self, backends: Sequence[Backend], key: str) -> list[Backend]:
-        healthy = [b for b in backends if b.healthy]
+        healthy = [b for b in backends if b.usable(key)]
         if len(healthy) >= 2:
             first, second = self._random.sample(healthy, 2)
             best = first if first.inflight <= second.inflight else second
@@ -45,7 +54,7 @@ class PowerOfTwo:
             best = healthy[0]
         else:
             best = None
-        rest = sorted((b for b in backends if b is not best), key=lambda b: (not b.healthy, b.inflight))
+        rest = sorted((b for b in backends if b is not best), key=lambda b: (not b.usable(key), b.inflight))
         return ([best] if best is not None else []) + rest
 
 
@@ -58,4 +67,5 @@ class ConsistentHash:
 
     def order(self, backends: Sequence[Backend], key: str) -> list[Backend]:
         owners = [self._by_url[name] for name in self._ring.owners(key.encode())]
-        return [b for b in owners if b.healthy] + [b for b in owners if not b.healthy]
+        usable = [b for b in owners if b.usable(key)]
+        return usable + [b for b in owners if b not in usable]

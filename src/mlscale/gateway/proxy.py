@@ -1,9 +1,11 @@
 """The gateway: an ASGI reverse proxy over replicas with health checks and retries.
 
 The body is read once and kept, so a request refused by one replica (connection error, or 503
-from a full queue or a draining replica) is sent to the next one; the client sees an error only
-when every candidate refused. Answers pass through unchanged (status, headers, body), binary
-tensors included.
+from a replica shedding load or draining) is sent to the next one; the client sees an error only
+when every candidate refused. A replica that answered 503 gets no new requests for its
+Retry-After (at most ``shed_pause``), and when every replica is shedding the gateway answers 503
+itself before reading the body, so an overloaded cluster is not also flooded by its gateway.
+Answers pass through unchanged (status, headers, body), binary tensors included.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from collections.abc import Callable
 
 import httpx
@@ -138,14 +142,29 @@ class Gateway:
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
+    def _all_shedding(self, key: str) -> tuple[int, list, bytes] | None:
+        """A 503 to send at once when every healthy replica is shedding ``key``'s load, else None."""
+        now = time.monotonic()
+        healthy = [b for b in self.backends if b.healthy]
+        until = [b.shedding_until.get(key, 0.0) for b in healthy]
+        if not healthy or min(until) <= now:
+            return None
+        wait = min(until) - now
+        status, headers, body = _error(503, "every replica is shedding load; retry later")
+        return status, [*headers, (b"retry-after", str(max(1, math.ceil(wait))).encode())], body
+
     async def _forward(self, scope: dict, receive: Callable) -> tuple[int, list, bytes]:
         assert self._client is not None
+        key = route_key(scope["path"])
+        refusal = self._all_shedding(key)
+        if refusal is not None:
+            return refusal
         body = await self._read_body(receive)
         if body is None:
             return _error(413, f"the body exceeds the gateway's limit of {self.settings.max_body_bytes} bytes")
         path = scope["path"] + (("?" + scope["query_string"].decode()) if scope.get("query_string") else "")
         headers = [(k, v) for k, v in scope["headers"] if k not in _HOP_BY_HOP]
-        candidates = self.strategy.order(self.backends, route_key(scope["path"]))[: self.settings.retries + 1]
+        candidates = self.strategy.order(self.backends, key)[: self.settings.retries + 1]
         last_error = "no healthy backend"
         for backend in candidates:
             backend.inflight += 1
@@ -161,9 +180,11 @@ class Gateway:
                 continue
             finally:
                 backend.inflight -= 1
-            if response.status_code == 503 and backend is not candidates[-1]:
-                last_error = f"{backend.url}: 503"
-                continue
+            if response.status_code == 503:
+                backend.shedding_until[key] = time.monotonic() + _pause(response, self.settings.shed_pause)
+                if backend is not candidates[-1]:
+                    last_error = f"{backend.url}: 503"
+                    continue
             backend.served += 1
             out_headers = [
                 (k.encode(), v.encode())
@@ -172,3 +193,11 @@ class Gateway:
             ]
             return response.status_code, out_headers, response.content
         return _error(502, f"every backend refused the request (last: {last_error})")
+
+
+def _pause(response: httpx.Response, limit: float) -> float:
+    """How long to spare a replica that answered 503: its Retry-After, at most ``limit`` seconds."""
+    try:
+        return min(limit, float(response.headers.get("retry-after", "1")))
+    except ValueError:
+        return min(limit, 1.0)

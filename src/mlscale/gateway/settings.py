@@ -21,6 +21,9 @@ class GatewaySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Other replicas tried when one refuses (connection error or 503) before the client sees an error.
     retries: int = 2
     timeout: float = 30.0
+    # Longest pause (seconds) for a replica that answered 503 for a model: it gets none of that
+    # model's requests for its Retry-After, capped here, while another replica can take them.
+    shed_pause: float = 0.1
     max_body_bytes: int = 64 * 1024 * 1024
 
     def __post_init__(self) -> None:

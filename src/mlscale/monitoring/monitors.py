@@ -50,6 +50,7 @@ class Monitor:
             self.detector = DriftDetector(
                 columns=settings.columns,
                 categorical=settings.categorical,
+                kinds=settings.kinds,
                 test=settings.test,
                 tests=settings.tests,
                 threshold=settings.threshold,

@@ -56,6 +56,8 @@ class MonitorSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     reference: str
     columns: list[str] | None = None  # default: every reference column (outputs are "out_<name>")
     categorical: list[str] = msgspec.field(default_factory=list)
+    # column -> num, cat, text or datetime: overrides the kind inferred as Evidently infers it
+    kinds: dict[str, str] = msgspec.field(default_factory=dict)
     window_rows: int | None = 1000
     window_seconds: float | None = None
     test: str | None = None

@@ -112,7 +112,7 @@ class InferenceApp:
         except MlscaleError as exc:
             response = json_response({"error": str(exc)}, exc.status)
             if isinstance(exc, Overloaded):
-                response.headers.append((b"retry-after", b"1"))
+                response.headers.append((b"retry-after", str(exc.retry_after).encode()))
         except Exception:
             log.exception("unhandled error on %s %s", scope["method"], path)
             response = json_response({"error": "internal server error"}, 500)
@@ -351,9 +351,13 @@ class InferenceApp:
                 timeout = _float_header(key, value)
         model = None
         try:
+            # The model first: a request to a model or version that does not exist is a 404 whatever
+            # its body, and an unknown name costs no body read or decode.
+            model = self.repository.resolve(name, version)
+            if model.cache is None:  # a cached answer needs no queue: only misses are admitted
+                model.batcher.admit()  # a refusal costs no body read or decode
             body = await self._read_body(scope, receive)
             request = decode_request(body, header_length)
-            model = self.repository.resolve(name, version)
             if model.enricher is not None:
                 request.inputs = await model.enricher.join(request.inputs)
             requested = tuple(o.name for o in request.outputs) if request.outputs else None

@@ -2,9 +2,10 @@
 
 Under light load a request runs alone and at once (no waiting unless ``max_delay`` asks for it);
 under heavy load, requests that arrive while a batch runs form the next batch, so batch size
-grows with load by itself. The queue is bounded: when full, callers are refused immediately
-(503) instead of waiting without end. A request whose batch fails is retried alone, so one bad
-request never fails its batch-mates.
+grows with load by itself. Admission is by queue delay (see admission.py): a request that would
+wait longer than the target is refused at once (503), and under sustained overload the newest
+requests are served first. A hard bound on the queue stays as a backstop. A request whose batch
+fails is retried alone, so one bad request never fails its batch-mates.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from mlscale.errors import DeadlineExceeded, InvalidInput, MlscaleError, Overloaded
+from mlscale.serving.admission import QueueDelayAdmission
 
 Arrays = dict[str, np.ndarray]
 # predict(inputs, wanted outputs or None for all) -> outputs
@@ -39,6 +41,7 @@ class _Item:
         signature: tuple,
         deadline: float | None,
         future: asyncio.Future,
+        enqueued: float,
     ) -> None:
         self.inputs = inputs
         self.outputs = outputs
@@ -46,7 +49,7 @@ class _Item:
         self.signature = signature
         self.deadline = deadline
         self.future = future
-        self.enqueued = time.perf_counter()
+        self.enqueued = enqueued
 
 
 def _signature(inputs: Arrays, outputs: tuple[str, ...] | None) -> tuple | None:
@@ -73,6 +76,9 @@ class AdaptiveBatcher:
         max_queue_size: int = 1024,
         inline: bool = False,
         on_batch: Callable[[int, list[float]], None] | None = None,
+        admission: QueueDelayAdmission | None = None,
+        on_shed: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._predict = predict
         self.max_batch_size = max_batch_size
@@ -80,7 +86,13 @@ class AdaptiveBatcher:
         self.max_queue_size = max_queue_size
         self.inline = inline
         self._on_batch = on_batch
+        # Measures queue delay; tests pass their own to step time without sleeping.
+        self._clock = clock
+        self.admission = admission or QueueDelayAdmission()
+        # Called with the reason ("admission", "queue_timeout", "queue_full") of every refusal.
+        self._on_shed = on_shed
         self._pending: deque[_Item] = deque()
+        self._queued_rows = 0
         self._wakeup = asyncio.Event()
         # Fast models run a lone request inline (no thread hand-off: lowest latency when idle);
         # batches always run on the model's thread, which keeps the event loop answering while a
@@ -93,22 +105,45 @@ class AdaptiveBatcher:
     def queued(self) -> int:
         return len(self._pending)
 
+    def admit(self) -> None:
+        """Raise Overloaded when a new request should not even be read: the queue is being closed,
+        is full, or its expected wait exceeds the queue-delay target. Cheap (no body needed), so
+        the app calls it before reading the request."""
+        if self._closing:
+            raise Overloaded("the model version is being unloaded")
+        if len(self._pending) >= self.max_queue_size:
+            self._shed("queue_full")
+            raise Overloaded(
+                f"the model's queue is full ({self.max_queue_size} requests waiting)",
+                retry_after=self.admission.retry_after(self._queued_rows),
+            )
+        if self.admission.refuses(self._queued_rows, self.max_batch_size):
+            self._shed("admission")
+            wait = self.admission.expected_wait(self._queued_rows)
+            raise Overloaded(
+                f"the model is overloaded: a new request would wait {wait * 1000:.0f} ms in its queue "
+                f"(target {self.admission.target * 1000:.0f} ms)",
+                retry_after=self.admission.retry_after(self._queued_rows),
+            )
+
+    def _shed(self, reason: str) -> None:
+        if self._on_shed is not None:
+            self._on_shed(reason)
+
     async def submit(
         self, inputs: Arrays, deadline: float | None = None, outputs: tuple[str, ...] | None = None
     ) -> Arrays:
         """Outputs for one request's inputs; ``deadline`` is a time.monotonic() instant; ``outputs``
         names the outputs wanted (None: all)."""
-        if self._closing:
-            raise Overloaded("the model version is being unloaded")
-        if len(self._pending) >= self.max_queue_size:
-            raise Overloaded(f"the model's queue is full ({self.max_queue_size} requests waiting)")
+        self.admit()
         signature = _signature(inputs, outputs)
         rows = next(iter(inputs.values())).shape[0] if signature is not None else 0
         if signature is not None and any(a.shape[0] != rows for a in inputs.values()):
             raise InvalidInput("all inputs must have the same size on axis 0 (the batch axis)")
         future = asyncio.get_running_loop().create_future()
-        item = _Item(inputs, outputs, rows, signature or (id(inputs),), deadline, future)
+        item = _Item(inputs, outputs, rows, signature or (id(inputs),), deadline, future, self._clock())
         self._pending.append(item)
+        self._queued_rows += max(rows, 1)
         self._wakeup.set()
         if deadline is None:
             return await future
@@ -127,6 +162,7 @@ class AdaptiveBatcher:
     async def _run(self) -> None:
         while True:
             if not self._pending:
+                self.admission.on_idle()
                 if self._closing:
                     return
                 self._wakeup.clear()
@@ -144,7 +180,7 @@ class AdaptiveBatcher:
     async def _wait_to_fill(self) -> None:
         until = self._pending[0].enqueued + self.max_delay
         while sum(i.rows for i in self._pending) < self.max_batch_size:
-            remaining = until - time.perf_counter()
+            remaining = until - self._clock()
             if remaining <= 0 or self._closing:
                 return
             self._wakeup.clear()
@@ -154,18 +190,40 @@ class AdaptiveBatcher:
                 return
 
     def _take_batch(self) -> list[_Item]:
-        """The oldest request plus queued ones of the same signature, up to max_batch_size rows."""
+        """The oldest request plus queued ones of the same signature, up to max_batch_size rows;
+        under overload the newest instead, and requests older than the target are refused."""
+        if not self._pending:
+            return []
         now = time.monotonic()
+        clock = self._clock()
+        admission = self.admission
+        admission.on_take(clock - self._pending[0].enqueued, clock)
+        overloaded = admission.overloaded
+        if overloaded:
+            self._pending.reverse()  # adaptive LIFO: the newest requests' clients still wait
+        stale_before = clock - admission.target
         batch: list[_Item] = []
         rows = 0
+        drained = 0
         kept: deque[_Item] = deque()
         signature = None
         while self._pending:
             item = self._pending.popleft()
+            drained += max(item.rows, 1)
             if item.future.done():  # its caller gave up (deadline or disconnect)
                 continue
             if item.deadline is not None and item.deadline <= now:
                 item.future.set_exception(DeadlineExceeded("the deadline passed while queued"))
+                continue
+            if overloaded and item.enqueued < stale_before:
+                self._shed("queue_timeout")
+                item.future.set_exception(
+                    Overloaded(
+                        f"the model is overloaded: the request waited over "
+                        f"{admission.target * 1000:.0f} ms in its queue",
+                        retry_after=admission.retry_after(self._queued_rows),
+                    )
+                )
                 continue
             if signature is None:
                 signature = item.signature
@@ -174,10 +232,15 @@ class AdaptiveBatcher:
                 rows += item.rows
             else:
                 kept.append(item)
+                drained -= max(item.rows, 1)
             if rows >= self.max_batch_size:
                 break
         kept.extend(self._pending)
+        if overloaded:
+            kept.reverse()  # back to arrival order
         self._pending = kept
+        self._queued_rows -= drained
+        admission.on_drained(drained, clock)
         return batch
 
     async def _call(self, inputs: Arrays, outputs: tuple[str, ...] | None, alone: bool = False) -> Arrays:
@@ -186,7 +249,7 @@ class AdaptiveBatcher:
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._predict, inputs, outputs)
 
     async def _execute(self, batch: list[_Item]) -> None:
-        started = time.perf_counter()
+        started = self._clock()
         if self._on_batch is not None:
             self._on_batch(sum(i.rows for i in batch) or 1, [started - i.enqueued for i in batch])
         if len(batch) == 1:

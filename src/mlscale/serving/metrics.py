@@ -60,6 +60,13 @@ QUEUE_WAIT = Histogram(
     ["model", "version"],
     buckets=LATENCY_BUCKETS,
 )
+SHED = Counter(
+    "mlscale_shed_requests",
+    "Requests refused by overload control, by reason: admission (expected queue delay over the "
+    "target, refused before the body is read), queue_timeout (waited past the target under "
+    "overload), queue_full (the hard bound).",
+    ["model", "version", "reason"],
+)
 INFLIGHT = Gauge(
     "mlscale_inflight_requests",
     "Inference requests being served now.",
@@ -92,6 +99,10 @@ class ModelMeters:
         if child is None:
             child = self._outcomes[outcome] = REQUESTS.labels(*self._labels, outcome)
         return child
+
+    def on_shed(self, reason: str) -> None:
+        """The batcher's callback for each request it refuses."""
+        SHED.labels(*self._labels, reason).inc()
 
     def on_batch(self, rows: int, waits: list[float]) -> None:
         """The batcher's callback: one batch of ``rows`` ran after its requests waited ``waits``."""

@@ -52,8 +52,12 @@ class ModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_batch_size: int = 64
     # Seconds to wait for a batch to fill; 0 takes whatever is queued at once (lowest latency).
     max_delay: float = 0.0
-    # Requests waiting beyond this answer 503 with Retry-After.
+    # Hard bound of waiting requests (503 with Retry-After beyond it); defaults to the server's.
     max_queue_size: int | None = None
+    # Queue-delay admission (seconds): refuse a request that would wait longer than the target;
+    # after an interval above it, serve newest first. Default: the server's settings.
+    queue_delay_target: float | None = None
+    queue_delay_interval: float | None = None
     # Where predict runs: inline on the event loop, on a thread, or auto (inline when fast).
     execution: str = "auto"
     # Model-level only: alias -> version, and target (alias or version) -> weight for unversioned calls.
@@ -72,6 +76,10 @@ class ModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("max_batch_size must be at least 1")
         if self.max_delay < 0:
             raise ValueError("max_delay must not be negative")
+        for name in ("queue_delay_target", "queue_delay_interval"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be a positive number of seconds")
         if self.execution not in ("auto", "inline", "thread"):
             raise ValueError("execution must be auto, inline or thread")
         for tensor in [*(self.inputs or []), *(self.outputs or [])]:

@@ -25,6 +25,7 @@ from mlscale.cache.factory import Caches
 from mlscale.cache.tiered import PredictionCache
 from mlscale.errors import ConfigError, InvalidInput, ModelNotFound, ModelNotReady
 from mlscale.serving import metrics
+from mlscale.serving.admission import QueueDelayAdmission
 from mlscale.serving.batching import AdaptiveBatcher
 from mlscale.serving.datatypes import V2_TO_NUMPY, v2_datatype
 from mlscale.serving.features import FeatureJoin, OnlineStore
@@ -161,6 +162,7 @@ class ModelRepository:
         root: Path,
         *,
         max_queue_size: int = 1024,
+        queue_delay: tuple[float, float] = (0.05, 0.1),
         caches: Caches | None = None,
         features: Callable[[], OnlineStore] | None = None,
     ) -> None:
@@ -169,6 +171,8 @@ class ModelRepository:
         # Opens the online feature store on first need (models declaring [features]).
         self.features = features
         self.max_queue_size = max_queue_size
+        # Default (target, interval) of queue-delay admission; model.toml may override either.
+        self.queue_delay = queue_delay
         self.models: dict[str, ModelEntry] = {}
         # Models unloaded through the API stay unloaded until loaded through the API.
         self.unloaded: set[str] = set()
@@ -305,6 +309,11 @@ class ModelRepository:
             max_queue_size=config.max_queue_size or self.max_queue_size,
             inline=inline,
             on_batch=meters.on_batch,
+            admission=QueueDelayAdmission(
+                config.queue_delay_target or self.queue_delay[0],
+                config.queue_delay_interval or self.queue_delay[1],
+            ),
+            on_shed=meters.on_shed,
         )
         seconds = time.perf_counter() - started
         metrics.MODEL_LOAD.labels(name, version).observe(seconds)

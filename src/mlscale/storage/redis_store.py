@@ -37,6 +37,7 @@ _REDIRECTS = (MovedError, AskError, TryAgainError, ClusterDownError)
 # Stages one slot's commands on a node's pipeline (see RedisClusterKeyValue._per_node).
 _Stage = Callable[[Pipeline, list[bytes]], object]
 _GLOB_SPECIALS = b"*?[]\\"
+_OWN_OPTIONS = ("prefix", "wait")
 
 
 def _glob_escape(raw: bytes) -> bytes:
@@ -45,11 +46,18 @@ def _glob_escape(raw: bytes) -> bytes:
 
 def split_prefix(url: str) -> tuple[str, bytes]:
     """Remove mlscale's own ``prefix=`` query argument from a Redis URL (redis-py would reject it)."""
+    url, options = split_options(url)
+    return url, options["prefix"].encode()
+
+
+def split_options(url: str) -> tuple[str, dict[str, str]]:
+    """Remove mlscale's own query arguments (``prefix=``, ``wait=``) from a Redis URL; redis-py
+    would reject them. Returns the URL for redis-py and the options (empty strings when absent)."""
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
-    prefix = b"".join(v.encode() for k, v in query if k == "prefix")
-    rest = urlencode([(k, v) for k, v in query if k != "prefix"])
-    return urlunsplit(parts._replace(query=rest)), prefix
+    options = {name: "".join(v for k, v in query if k == name) for name in _OWN_OPTIONS}
+    rest = urlencode([(k, v) for k, v in query if k not in _OWN_OPTIONS])
+    return urlunsplit(parts._replace(query=rest)), options
 
 
 def _ms(ttl: float) -> int:
@@ -84,16 +92,38 @@ return written
 
 
 class RedisKeyValue(KeyValue):
-    """One Redis server (or a Sentinel-less primary): ``RedisKeyValue("redis://host:6379/0")``."""
+    """One Redis server (or a Sentinel-less primary): ``RedisKeyValue("redis://host:6379/0")``.
+
+    A write returns once the primary has applied it; Redis copies it to replicas afterwards, so a
+    primary that crashes in between loses it even though the write was acknowledged, and a replica
+    promoted in its place never had it. ``wait=N`` (``redis://host:6379/0?wait=1``, or the argument)
+    makes every write batch end with ``WAIT N timeout``: the call returns only once N replicas hold
+    the batch, and otherwise raises ServiceUnavailable (the batch may be on the primary: writes are
+    idempotent, so the caller retries). With a replica per primary, a write acknowledged that way
+    survives the loss of its primary, the failover promoting that replica. Reads are not affected.
+    """
 
     # Keys per call of the conditional-write script: a script blocks the server while it runs, so a
     # big batch goes as several calls in one pipeline.
     _keys_per_script = 256
 
-    def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, timeout: float = 1.0, prefix: bytes = b"") -> None:
-        self.url, url_prefix = split_prefix(url)
-        self.prefix = prefix or url_prefix
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        timeout: float = 1.0,
+        prefix: bytes = b"",
+        wait: int | None = None,
+    ) -> None:
+        self.url, options = split_options(url)
+        self.prefix = prefix or options["prefix"].encode()
         self.timeout = timeout
+        try:
+            self.wait = wait if wait is not None else int(options["wait"] or 0)
+        except ValueError:
+            raise ConfigError(f"bad Redis URL {url!r}: wait= must be a number of replicas") from None
+        if self.wait < 0:
+            raise ConfigError(f"bad Redis URL {url!r}: wait= must be 0 or more replicas")
         self._options = {
             "socket_timeout": timeout,
             "socket_connect_timeout": timeout,
@@ -120,6 +150,24 @@ class RedisKeyValue(KeyValue):
     def _k(self, key: bytes) -> bytes:
         return self.prefix + key if self.prefix else key
 
+    def _stage_wait(self, pipe: Pipeline) -> None:
+        """End a write pipeline with WAIT when writes must reach replicas before they count."""
+        if self.wait:
+            # Half the timeout, so WAIT answers (with how many replicas it saw) before the socket gives up.
+            pipe.execute_command("WAIT", self.wait, _ms(self.timeout / 2))
+
+    def _check_wait(self, answers: list) -> list:
+        """The pipeline's answers without WAIT's; raises when fewer replicas than asked hold the writes."""
+        if not self.wait:
+            return answers
+        copies = int(answers[-1])
+        if copies < self.wait:
+            raise ServiceUnavailable(
+                f"Redis at {self._where()}: a write reached {copies} of the {self.wait} replicas asked for "
+                f"(wait={self.wait}) within {self.timeout / 2}s; it may be on the primary only, retry it"
+            )
+        return answers[:-1]
+
     def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         if not keys:
             return []
@@ -135,7 +183,8 @@ class RedisKeyValue(KeyValue):
             pipe = self.client.pipeline(transaction=False)
             for key, value in items.items():
                 pipe.set(self._k(key), value, px=_ms(ttl) if ttl is not None else None)
-            pipe.execute()
+            self._stage_wait(pipe)
+            self._check_wait(pipe.execute())
         except _ERRORS as exc:
             raise self._unavailable(exc) from exc
 
@@ -154,7 +203,8 @@ class RedisKeyValue(KeyValue):
                     args=[ttl_arg, *args[2 * start : 2 * (start + step)]],
                     client=pipe,
                 )
-            pipe.execute()
+            self._stage_wait(pipe)
+            self._check_wait(pipe.execute())
         except _ERRORS as exc:
             raise self._unavailable(exc) from exc
 
@@ -165,7 +215,8 @@ class RedisKeyValue(KeyValue):
             pipe = self.client.pipeline(transaction=False)
             for key, (value, ttl) in items.items():
                 pipe.set(self._k(key), value, px=_ms(ttl) if ttl is not None else None)
-            pipe.execute()
+            self._stage_wait(pipe)
+            self._check_wait(pipe.execute())
         except _ERRORS as exc:
             raise self._unavailable(exc) from exc
 
@@ -173,7 +224,10 @@ class RedisKeyValue(KeyValue):
         if not keys:
             return 0
         try:
-            return int(self.client.delete(*[self._k(k) for k in keys]))
+            pipe = self.client.pipeline(transaction=False)
+            pipe.delete(*[self._k(k) for k in keys])
+            self._stage_wait(pipe)
+            return int(self._check_wait(pipe.execute())[0])
         except _ERRORS as exc:
             raise self._unavailable(exc) from exc
 
@@ -235,13 +289,16 @@ class RedisKeyValue(KeyValue):
             async with self._aclient().pipeline(transaction=False) as pipe:
                 for key, value in items.items():
                     pipe.set(self._k(key), value, px=_ms(ttl) if ttl is not None else None)
-                await pipe.execute()
+                self._stage_wait(pipe)
+                self._check_wait(await pipe.execute())
         except _ERRORS as exc:
             raise self._unavailable(exc) from exc
 
     async def adelete(self, keys: Sequence[bytes]) -> int:
         if not keys:
             return 0
+        if self.wait:
+            return await asyncio.to_thread(self.delete, keys)
         try:
             return int(await self._aclient().delete(*[self._k(k) for k in keys]))
         except _ERRORS as exc:
@@ -278,13 +335,13 @@ class RedisClusterKeyValue(RedisKeyValue):
     a cluster, fails there with ServiceUnavailable rather than on the first request.
     """
 
-    def __init__(self, url: str, *, timeout: float = 1.0, prefix: bytes = b"") -> None:
+    def __init__(self, url: str, *, timeout: float = 1.0, prefix: bytes = b"", wait: int | None = None) -> None:
         self.spec = url
         self._stale = False  # True after a node failed: reload the slot table before the next batch
         # redis+cluster://host:port is the mlscale spelling; redis-py wants redis://.
         url = url.replace("redis+cluster://", "redis://", 1).replace("rediss+cluster://", "rediss://", 1)
         try:
-            super().__init__(url, timeout=timeout, prefix=prefix)
+            super().__init__(url, timeout=timeout, prefix=prefix, wait=wait)
         except _ERRORS as exc:
             raise self._unavailable(exc) from exc
 
@@ -300,21 +357,22 @@ class RedisClusterKeyValue(RedisKeyValue):
     def _unavailable(self, exc: Exception) -> ServiceUnavailable:
         return ServiceUnavailable(f"Redis Cluster at {self._where()} is unavailable: {exc}")
 
-    def _per_node(self, keys: list[bytes], stage: _Stage) -> tuple[list[int], list]:
+    def _per_node(self, keys: list[bytes], stage: _Stage, *, write: bool = False) -> tuple[list[int], list]:
         """Run ``stage(pipe, keys_of_one_slot)`` for every slot, one pipeline per primary.
 
         Returns the positions of the keys in the order their commands ran and the flat answers.
+        A ``write`` ends each primary's pipeline with WAIT when ``wait`` asks for replicas.
         """
         try:
             if self._stale:
                 self._reload_slots()
             try:
-                return self._send_per_node(keys, stage)
+                return self._send_per_node(keys, stage, write)
             except _REDIRECTS:
                 # A failover or reshard moved slots. Resending is safe: SET, MGET and PTTL are
                 # idempotent; a DEL resent may count fewer keys than it removed.
                 self._reload_slots()
-                return self._send_per_node(keys, stage)
+                return self._send_per_node(keys, stage, write)
         except (redis.ConnectionError, redis.TimeoutError):
             self._stale = True  # a node failed: the next call reloads the table, in case a replica took over
             raise
@@ -323,7 +381,7 @@ class RedisClusterKeyValue(RedisKeyValue):
         self.client.nodes_manager.initialize()  # type: ignore[attr-defined]
         self._stale = False
 
-    def _send_per_node(self, keys: list[bytes], stage: _Stage) -> tuple[list[int], list]:
+    def _send_per_node(self, keys: list[bytes], stage: _Stage, write: bool) -> tuple[list[int], list]:
         cluster = self.client
         by_node: dict[str, tuple[object, dict[int, list[int]]]] = {}
         for i, key in enumerate(keys):
@@ -337,7 +395,11 @@ class RedisClusterKeyValue(RedisKeyValue):
             for group in slots.values():
                 stage(pipe, [keys[i] for i in group])
                 positions += group
-            answers += pipe.execute()
+            if write:
+                self._stage_wait(pipe)
+                answers += self._check_wait(pipe.execute())
+            else:
+                answers += pipe.execute()
         return positions, answers
 
     def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
@@ -363,7 +425,7 @@ class RedisClusterKeyValue(RedisKeyValue):
                 pipe.set(key, value, px=_ms(ttl) if ttl is not None else None)
 
         try:
-            self._per_node(list(staged), stage)
+            self._per_node(list(staged), stage, write=True)
         except _ERRORS as exc:
             raise self._unavailable(exc) from exc
 
@@ -374,7 +436,7 @@ class RedisClusterKeyValue(RedisKeyValue):
         if not keys:
             return 0
         try:
-            _, counts = self._per_node([self._k(k) for k in keys], lambda pipe, group: pipe.delete(*group))
+            _, counts = self._per_node([self._k(k) for k in keys], lambda pipe, group: pipe.delete(*group), write=True)
         except _ERRORS as exc:
             raise self._unavailable(exc) from exc
         return sum(counts)
@@ -414,10 +476,10 @@ class RedisClusterKeyValue(RedisKeyValue):
 
         try:
             try:
-                self._per_node(list(staged), stage)
+                self._per_node(list(staged), stage, write=True)
             except NoScriptError:
                 self.client.script_load(_SET_IF_NEWER)
-                self._per_node(list(staged), stage)
+                self._per_node(list(staged), stage, write=True)
         except _ERRORS as exc:
             raise self._unavailable(exc) from exc
 
@@ -425,6 +487,19 @@ class RedisClusterKeyValue(RedisKeyValue):
         # The asyncio cluster client takes no retry_on_timeout (it never retries a timed-out node).
         options = {k: v for k, v in self._options.items() if k != "retry_on_timeout"}
         return redis.asyncio.RedisCluster.from_url(self.url, **options)  # type: ignore[return-value]
+
+    # WAIT has no key, so the asyncio cluster client cannot route it: with ``wait`` the async writes
+    # run the blocking ones (one pipeline and one WAIT per primary) in a thread.
+    async def aset_many(self, items: Mapping[bytes, bytes], ttl: float | None = None) -> None:
+        if self.wait:
+            await asyncio.to_thread(self.set_many, items, ttl)
+        else:
+            await super().aset_many(items, ttl)
+
+    async def adelete(self, keys: Sequence[bytes]) -> int:
+        if self.wait:
+            return await asyncio.to_thread(self.delete, keys)
+        return await super().adelete(keys)
 
     async def aget_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         if not keys:

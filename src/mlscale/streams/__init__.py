@@ -32,6 +32,8 @@ _EXPORTS = {
     "StreamSettings": "mlscale.streams.settings",
     "archive_topic": "mlscale.streams.archive",
     "online_values": "mlscale.streams.online",
+    "window_rows": "mlscale.streams.online",
+    "Deduplicator": "mlscale.streams.dedup",
     "sessions": "mlscale.streams.online",
     "decode_value": "mlscale.streams.online",
 }

@@ -4,7 +4,9 @@ A backfill computes every window of the history at once and writes it as Parquet
 folder (``<offline>/<feature>/backfill.parquet``), where training-set builders read it, and can load
 the values into the online store with the same keys the stream processor writes. The SQL follows the
 semantics in definitions.py to the letter (floor to milliseconds, floor-modulo window starts,
-``last`` by greatest time then value, exact distinct counts), so stream and batch give the same numbers.
+``last`` by greatest time then value, exact distinct counts, event times read from numbers in the
+declared unit or RFC 3339 strings, duplicates by ``dedup_key`` dropped), so stream and batch give the
+same numbers.
 """
 
 from __future__ import annotations
@@ -45,18 +47,61 @@ def _col(f: CompiledFeature, name: str | None) -> int:
     return fields.index(name)
 
 
-def feature_sql(feature: WindowedFeature | CompiledFeature, source: str = "events") -> str:
-    """SQL computing every window of ``feature`` over the relation ``source`` (a table or a scan)."""
+# What msgspec reads as an RFC 3339 datetime (DuckDB alone would also take a bare date).
+_RFC3339 = r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:?\d{2})?$"
+
+
+def _time_sql(f: CompiledFeature, time_type: str) -> str:
+    """Milliseconds (floored, BIGINT) of the event-time column, NULL where it is no valid time."""
+    col = _q(f.event_time)
+    if time_type == "string":
+        # Naive strings are UTC: compute() sets the session time zone to UTC.
+        return (
+            f"CASE WHEN regexp_full_match({col}, '{_RFC3339}') "
+            f"THEN CAST(floor(epoch_us(TRY_CAST(upper({col}) AS TIMESTAMPTZ)) / 1000) AS BIGINT) END"
+        )
+    if time_type == "timestamp":
+        return f"CAST(floor(epoch_us({col}) / 1000) AS BIGINT)"
+    x = f"CAST({col} AS DOUBLE)"
+    ms = {"s": f"{x} * 1000", "ms": x}.get(f.time_unit, f"CASE WHEN abs({x}) >= 1e11 THEN {x} ELSE {x} * 1000 END")
+    return f"CASE WHEN isfinite({ms}) AND abs({ms}) < 1e17 THEN CAST(floor({ms}) AS BIGINT) END"
+
+
+def feature_sql(
+    feature: WindowedFeature | CompiledFeature,
+    source: str = "events",
+    time_type: str = "number",
+    order: tuple[str, ...] = (),
+) -> str:
+    """SQL computing every window of ``feature`` over the relation ``source`` (a table or a scan).
+
+    ``time_type`` is how the event-time column is stored: "number" (epoch in the feature's unit),
+    "string" (RFC 3339) or "timestamp". ``order`` names the columns giving log order (the archive's
+    ``_partition``, ``_offset``): among duplicates at the same event time the first in the log is
+    kept, as the stream keeps the first it reads.
+    """
     f = feature.compile() if isinstance(feature, WindowedFeature) else feature
     fields = list(dict.fromkeys([*f.numeric_fields, *f.distinct_fields]))
     value_cols = "".join(f", {_q(name)} AS v_{i}" for i, name in enumerate(fields))
     not_null = "".join(f" AND {_q(name)} IS NOT NULL" for name in fields)
-    ev = (
-        f"SELECT {_q(f.entity_key)} AS e, "
-        f"CAST(floor(CAST({_q(f.event_time)} AS DOUBLE) * 1000) AS BIGINT) AS t"
-        f"{value_cols} FROM {source} WHERE {_q(f.entity_key)} IS NOT NULL"
-        f" AND {_q(f.event_time)} IS NOT NULL{not_null}"
+    key_col = f", {_q(f.dedup_key)} AS k" if f.dedup_key else ""
+    key_not_null = f" AND {_q(f.dedup_key)} IS NOT NULL" if f.dedup_key else ""
+    order_cols = "".join(f", {_q(c)} AS o_{i}" for i, c in enumerate(order)) if f.dedup_key else ""
+    raw = (
+        f"SELECT {_q(f.entity_key)} AS e, {_time_sql(f, time_type)} AS t"
+        f"{value_cols}{key_col}{order_cols} FROM {source} WHERE {_q(f.entity_key)} IS NOT NULL"
+        f" AND {_q(f.event_time)} IS NOT NULL{not_null}{key_not_null}"
     )
+    if f.dedup_key:
+        # A duplicate is within dedup_horizon of the previous event with its key: the stream keeps
+        # the greatest time seen per key and compares with it, which is the same on ordered input.
+        by = "t" + "".join(f", o_{i}" for i in range(len(order)))
+        ev = (
+            f"SELECT * FROM (SELECT *, lag(t) OVER (PARTITION BY e, k ORDER BY {by}) AS prev_t "
+            f"FROM ({raw}) WHERE t IS NOT NULL) WHERE prev_t IS NULL OR t - prev_t > {f.dedup_horizon_ms}"
+        )
+    else:
+        ev = f"SELECT * FROM ({raw}) WHERE t IS NOT NULL"
     aggs = ", ".join(_agg_sql(f))
     if f.window == "tumbling":
         size = f.size_ms
@@ -92,9 +137,15 @@ def compute(feature: WindowedFeature | CompiledFeature, events: str | Path, con=
     path = Path(events)
     pattern = str(path / "**" / "*.parquet") if path.is_dir() else str(events)
     con = con or duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
     scan = "read_parquet(" + "'" + pattern.replace("'", "''") + "'" + ", union_by_name=true)"
     try:
-        return con.sql(feature_sql(f, scan) + " ORDER BY e, window_start").to_arrow_table()
+        described = {r[0]: r[1] for r in con.sql(f"DESCRIBE SELECT * FROM {scan}").fetchall()}
+        kind = str(described.get(f.event_time, "DOUBLE")).upper()
+        time_type = "string" if kind == "VARCHAR" else "timestamp" if kind.startswith("TIMESTAMP") else "number"
+        order = tuple(c for c in ("_partition", "_offset") if c in described)
+        sql = feature_sql(f, scan, time_type=time_type, order=order)
+        return con.sql(sql + " ORDER BY e, window_start").to_arrow_table()
     except duckdb.Error as exc:
         raise InvalidInput(f"backfill of {f.name}: {exc}".splitlines()[0]) from None
 

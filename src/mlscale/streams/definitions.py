@@ -5,7 +5,12 @@ checks it once and turns names and durations into the integers both executors us
 never disagree about what a window is.
 
 Semantics both executors share (and the tests pin down):
-- event time is ``floor(t * 1000)`` milliseconds of the ``event_time`` field (epoch seconds);
+- event time is milliseconds since the epoch, floored: an RFC 3339 / ISO-8601 string
+  ("2026-11-01T00:00:05.250Z", "...+05:30"; without an offset it is UTC) to the millisecond, epoch
+  seconds as ``floor(t * 1000)``, epoch milliseconds as ``floor(t)``. ``event_time_unit = "auto"``
+  takes a number of magnitude 1e11 or more as milliseconds (1e11 s is the year 5138, 1e11 ms 1973);
+- with ``dedup_key``, an event whose key (per entity) was seen with an event time within
+  ``dedup_horizon`` of its own is a duplicate and dropped (a client retry resends the same event);
 - tumbling windows ``[k*size, (k+1)*size)``; hopping windows of ``size`` every ``slide`` (size a
   multiple of slide); session windows close after ``gap`` without events of the entity (an event more
   than ``gap`` after the previous one starts a new session);
@@ -57,6 +62,14 @@ class WindowedFeature(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, 
     gap: str | None = None
     aggregations: list[str] = msgspec.field(default_factory=lambda: ["count"])
     allowed_lateness: str = "0s"
+    # "auto" (numbers of magnitude >= 1e11 are milliseconds, others seconds), "s" or "ms";
+    # RFC 3339 strings are read whatever the unit says.
+    event_time_unit: Literal["auto", "s", "ms"] = "auto"
+    # Field naming each event (a client's retry carries the same one): repeats are dropped.
+    dedup_key: str | None = None
+    # How far apart in event time two events with the same key still count as one; default
+    # window size (or session gap) + allowed lateness. Memory holds the keys of about this span.
+    dedup_horizon: str | None = None
     # Time-to-live of the online values (None keeps them until overwritten).
     ttl: str | None = None
 
@@ -85,6 +98,9 @@ class CompiledFeature:
     slide_ms: int
     gap_ms: int
     lateness_ms: int
+    time_unit: str
+    dedup_key: str | None
+    dedup_horizon_ms: int
     ttl_s: float | None
     aggregations: tuple[Aggregation, ...]
     numeric_fields: tuple[str, ...]
@@ -134,6 +150,15 @@ def compile_feature(feature: WindowedFeature) -> CompiledFeature:
         raise ConfigError(f"{where}: a hopping window needs a positive slide that divides size")
     if feature.window == "session" and gap <= 0:
         raise ConfigError(f'{where}: a session window needs a positive gap, as in gap = "30s"')
+    lateness = parse_duration(feature.allowed_lateness, f"{where}: allowed_lateness")
+    if feature.dedup_key is not None and not feature.dedup_key:
+        raise ConfigError(f'{where}: dedup_key must name a field, as in dedup_key = "id"')
+    if feature.dedup_horizon is not None:
+        horizon = parse_duration(feature.dedup_horizon, f"{where}: dedup_horizon")
+        if horizon < 0:
+            raise ConfigError(f"{where}: dedup_horizon must not be negative")
+    else:
+        horizon = (gap if feature.window == "session" else size) + lateness
     numeric = tuple(dict.fromkeys(a.field for a in aggs if a.fn in ("sum", "mean", "min", "max", "last")))
     distinct = tuple(dict.fromkeys(a.field for a in aggs if a.fn == "distinct_count"))
     return CompiledFeature(
@@ -146,7 +171,10 @@ def compile_feature(feature: WindowedFeature) -> CompiledFeature:
         size_ms=size if feature.window != "session" else 0,
         slide_ms=slide if feature.window == "hopping" else size,
         gap_ms=gap,
-        lateness_ms=parse_duration(feature.allowed_lateness, f"{where}: allowed_lateness"),
+        lateness_ms=lateness,
+        time_unit=feature.event_time_unit,
+        dedup_key=feature.dedup_key,
+        dedup_horizon_ms=horizon,
         ttl_s=parse_duration(feature.ttl, f"{where}: ttl") / 1000 if feature.ttl else None,
         aggregations=tuple(aggs),
         numeric_fields=numeric,

@@ -40,10 +40,15 @@ def parse_events(body: bytes | str | list | dict) -> list[dict]:
     return body
 
 
-def ingest_events(broker: Broker, topic: str, body: bytes | str | list | dict) -> dict:
-    """Append a request's events to ``topic``; returns ``{"topic", "accepted", "offsets"}``."""
+def check_topic(topic: str) -> None:
+    """InvalidInput unless ``topic`` is a name every broker accepts."""
     if not _TOPIC.match(topic):
         raise InvalidInput(f"topic {topic!r}: use letters, digits, '_', '.', '-' (at most 128)")
+
+
+def ingest_events(broker: Broker, topic: str, body: bytes | str | list | dict) -> dict:
+    """Append a request's events to ``topic``; returns ``{"topic", "accepted", "offsets"}``."""
+    check_topic(topic)
     events = parse_events(body)
     offsets = broker.append(topic, events)
     return {"topic": topic, "accepted": len(events), "offsets": offsets}

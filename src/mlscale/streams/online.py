@@ -57,3 +57,25 @@ def sessions(store: KeyValue, feature: WindowedFeature | CompiledFeature, entity
     f = feature.compile() if isinstance(feature, WindowedFeature) else feature
     keys = sorted(store.scan(f"{f.name}|{entity}|".encode()), key=lambda k: int(k.rsplit(b"|", 1)[1]))
     return [decode_value(v) for v in store.get_many(keys) if v is not None]
+
+
+def window_rows(store: KeyValue, feature: WindowedFeature | CompiledFeature, entity: object = None) -> list[dict]:
+    """Every window of ``feature`` held in the online store (of one entity if given), as rows
+    ``{entity_key, window_start, window_end, <outputs>}`` sorted by entity then start.
+
+    Entities come back as the strings of the keys (the key layout does not keep their type).
+    """
+    f = feature.compile() if isinstance(feature, WindowedFeature) else feature
+    prefix = f"{f.name}|" if entity is None else f"{f.name}|{entity}|"
+    keys = list(store.scan(prefix.encode()))
+    rows = []
+    skip = len(f.name) + 1
+    for key, raw in zip(keys, store.get_many(keys), strict=True):
+        if raw is None:  # expired between the scan and the read
+            continue
+        who = key.decode("utf-8", "replace")[skip:].rsplit("|", 1)[0]
+        if entity is not None and who != str(entity):  # "a|b" also starts with "a|"
+            continue
+        rows.append({f.entity_key: who, **decode_value(raw)})
+    rows.sort(key=lambda r: (r[f.entity_key], r["window_start"]))
+    return rows

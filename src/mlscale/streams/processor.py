@@ -5,9 +5,11 @@ One loop per batch (see checkpoint.py for why the order below gives exactly-once
      offset in its own checkpoint (consumer-managed offsets, as Kafka Streams does: the group's
      delivery state could hand some records to a member that is about to lose the partition);
   2. skip records at or below each partition's offset (defensive; fetch starts after it);
-  3. decode per feature into columns; malformed and late records go to the dead-letter topic with the
-     reason and the source position (dead letters are at-least-once: a replay may repeat one, with
-     the same topic/partition/offset so a reader can deduplicate);
+  3. decode per feature into columns; with a ``dedup_key``, events seen before are dropped (dedup.py:
+     the seen keys are state, checkpointed with the windows); malformed and late records go to the
+     dead-letter topic. Dead letters carry the reason and the source position; they are
+     at-least-once: a replay may repeat one, with the same topic/partition/offset so a reader can
+     deduplicate;
   4. update window state (vectorised);
   5. flush: write the windows changed since the last flush to the online store, when the processor
      has caught up with its partitions (a fetch came back short), when ``flush_interval`` has
@@ -38,6 +40,7 @@ from mlscale.streams import metrics
 from mlscale.streams.broker import Broker, Message
 from mlscale.streams.checkpoint import CheckpointStore
 from mlscale.streams.decode import Columns, FeatureDecoder
+from mlscale.streams.dedup import Deduplicator, state_name
 from mlscale.streams.definitions import CompiledFeature, WindowedFeature
 from mlscale.streams.online import value_header
 from mlscale.streams.windows import new_state
@@ -54,14 +57,24 @@ class _Partition:
     epoch: int
     offset: int
     states: dict
+    dedup: dict[str, Deduplicator]
     changed: bool = False
+
+    def blobs(self) -> dict[str, bytes]:
+        """Everything a checkpoint holds for this partition: window state and seen keys per feature."""
+        out = {n: s.snapshot() for n, s in self.states.items()}
+        out.update({state_name(n): d.snapshot() for n, d in self.dedup.items()})
+        return out
 
 
 @dataclass
 class StepResult:
     processed: int = 0
+    # Records dropped as already seen: by offset (a replay) or by the features' dedup_key.
     duplicates: int = 0
     dead_letters: int = 0
+    # Records that no feature took (each was malformed or late for every feature reading it).
+    failed: int = 0
     written: int = 0
 
 
@@ -113,13 +126,21 @@ class StreamProcessor:
                 del parts[p]  # another member owns it now; its checkpoint is the truth
         for p in owned - set(parts):
             epoch, offset, blobs = self.checkpoints.acquire(self._name(topic), p)
-            states = {}
+            states, dedup = {}, {}
             for f in self.by_topic[topic]:
                 state = new_state(f)
                 if f.name in blobs:
                     state.restore(blobs[f.name])
                 states[f.name] = state
-            parts[p] = _Partition(epoch, offset, states)
+                if f.dedup_key is not None:
+                    dedup[f.name] = Deduplicator(f.dedup_horizon_ms)
+                    if state_name(f.name) in blobs:
+                        dedup[f.name].restore(blobs[state_name(f.name)])
+            parts[p] = _Partition(epoch, offset, states, dedup)
+            if offset >= 0:
+                # A kill between the checkpoint and the group commit leaves the group behind; with no
+                # new record the partition would never be committed again and lag would stay > 0.
+                self.broker.commit(topic, self.group, {p: offset})
 
     # -- one batch -------------------------------------------------------------------------------
     def step(self, timeout: float = 0.5) -> StepResult:
@@ -155,17 +176,20 @@ class StreamProcessor:
             del parts[p]
             del by_part[p]
         dead: list[bytes] = []
+        processed = duplicates = failed = 0
         for p, (offsets, values) in by_part.items():
             part = parts.get(p)
             if part is None:
                 continue
             if offsets[0] <= part.offset:  # defensive: fetch starts after the checkpoint already
                 keep = [i for i, off in enumerate(offsets) if off > part.offset]
-                result.duplicates += len(offsets) - len(keep)
+                duplicates += len(offsets) - len(keep)
                 offsets, values = [offsets[i] for i in keep], [values[i] for i in keep]
             if not offsets:
                 continue
             fresh = _Records(topic, p, offsets, values)
+            taken = np.zeros(len(values), dtype=bool)  # by at least one feature, or a known duplicate
+            repeated = np.zeros(len(values), dtype=bool)
             for f in self.by_topic[topic]:
                 state = part.states[f.name]
                 cols, bad = self.decoders[f.name].decode(values)
@@ -173,29 +197,37 @@ class StreamProcessor:
                 wm = state.watermark
                 for i, reason in bad:
                     dead.append(self._dead(fresh[i], f, "malformed", reason))
-                if not on_time.all():
-                    for j in np.flatnonzero(~on_time).tolist():
-                        msg = fresh[int(cols.index[j])]
-                        dead.append(
-                            self._dead(
-                                msg,
-                                f,
-                                "late",
-                                f"late: event time {int(cols.ts_ms[j])} ms is before the watermark {wm} ms",
-                            )
-                        )
-                    cols = _take(cols, on_time)
+                seen = part.dedup.get(f.name)
+                if seen is not None:
+                    dup = seen.duplicates(cols.entities, cols.keys, cols.ts_ms, on_time)
+                    repeated[cols.index[dup]] = True
+                    late, keep = ~on_time & ~dup, on_time & ~dup
+                    seen.expire(wm)
+                else:
+                    late, keep = ~on_time, on_time
+                for j in np.flatnonzero(late).tolist():
+                    msg = fresh[int(cols.index[j])]
+                    reason = f"late: event time {int(cols.ts_ms[j])} ms is before the watermark {wm} ms"
+                    dead.append(self._dead(msg, f, "late", reason))
+                if not keep.all():
+                    cols = _take(cols, keep)
                 state.update(cols)
+                taken[cols.index] = True
             part.offset = offsets[-1]
             part.changed = True
             self._unflushed = True
-            result.processed += len(offsets)
+            processed += len(offsets)
+            duplicates += int(repeated.sum())
+            failed += int((~taken & ~repeated).sum())
         if dead:
             self.broker.append(dead_letter_topic(topic), dead, keys=[b""] * len(dead))
+        result.processed += processed
+        result.duplicates += duplicates
+        result.failed += failed
         result.dead_letters += len(dead)
-        metrics.EVENTS.labels(topic, "processed").inc(result.processed)
-        if result.duplicates:
-            metrics.EVENTS.labels(topic, "duplicate").inc(result.duplicates)
+        metrics.EVENTS.labels(topic, "processed").inc(processed)
+        if duplicates:
+            metrics.EVENTS.labels(topic, "duplicate").inc(duplicates)
 
     def _dead(self, msg: Message, f: CompiledFeature, kind: str, reason: str) -> bytes:
         metrics.DEAD_LETTERS.labels(msg.topic, kind).inc()
@@ -256,11 +288,7 @@ class StreamProcessor:
         self.flush(result)
         self._last_checkpoint = time.monotonic()
         for topic, parts in self.parts.items():
-            updates = {
-                p: (part.epoch, part.offset, {n: s.snapshot() for n, s in part.states.items()})
-                for p, part in parts.items()
-                if part.changed
-            }
+            updates = {p: (part.epoch, part.offset, part.blobs()) for p, part in parts.items() if part.changed}
             if not updates:
                 continue
             for p in self.checkpoints.commit(self._name(topic), updates):
@@ -330,4 +358,5 @@ def _take(cols: Columns, mask: np.ndarray) -> Columns:
         ts_ms=cols.ts_ms[mask],
         numeric={k: v[mask] for k, v in cols.numeric.items()},
         distinct={k: [v[i] for i in idx] for k, v in cols.distinct.items()},
+        keys=None if cols.keys is None else [cols.keys[i] for i in idx],
     )

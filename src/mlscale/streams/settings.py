@@ -10,6 +10,7 @@ source = "orders"
 entity_key = "user"
 size = "1m"
 aggregations = ["count", "sum(amount)", "mean(amount)"]
+dedup_key = "id"                         # drop client retries (or per topic: [streams.dedup_keys])
 """
 
 from __future__ import annotations
@@ -41,7 +42,19 @@ class StreamSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     member_ttl: float = 3.0
     # Routing field per topic for topics no feature reads (features route by their entity_key).
     key_fields: dict[str, str] = msgspec.field(default_factory=dict)
+    # Dedup field per topic: every feature reading the topic drops repeats of it, unless the
+    # feature names its own ``dedup_key``.
+    dedup_keys: dict[str, str] = msgspec.field(default_factory=dict)
     features: list[WindowedFeature] = msgspec.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.dedup_keys:
+            self.features = [
+                msgspec.structs.replace(f, dedup_key=self.dedup_keys[f.source])
+                if f.dedup_key is None and f.source in self.dedup_keys
+                else f
+                for f in self.features
+            ]
 
     def topic_keys(self) -> dict[str, str]:
         """Partitioning field of every topic: the entity key of the features reading it."""

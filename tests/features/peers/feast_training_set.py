@@ -1,6 +1,7 @@
 """Feast's training set for tests/features/test_feature_feast_parity.py, run by the Feast venv's Python.
 
-argv: a folder holding ``spec.json`` (views: name, source, ttl_seconds, features {name: type}) and
+argv: a folder holding ``spec.json`` (views: name, source, ttl_seconds, features {name: type},
+created: the created timestamp column or null) and
 ``entities.parquet``; writes ``feast_training.parquet`` there. Never imports mlscale.
 """
 
@@ -33,7 +34,11 @@ views = [
         entities=[driver],
         ttl=timedelta(seconds=view["ttl_seconds"]),
         schema=[Field(name=name, dtype=TYPES[kind]) for name, kind in view["features"].items()],
-        source=FileSource(path=view["source"], timestamp_field="event_timestamp"),
+        source=FileSource(
+            path=view["source"],
+            timestamp_field="event_timestamp",
+            created_timestamp_column=view.get("created") or "",
+        ),
     )
     for view in spec["views"]
 ]
