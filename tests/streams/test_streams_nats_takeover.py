@@ -245,7 +245,7 @@ def test_an_append_the_server_does_not_acknowledge_says_what_it_appended_and_a_r
         os.kill(server_pid, signal.SIGSTOP)  # the server stalls: no acknowledgement comes
         try:
             with pytest.raises(AppendIncomplete) as info:
-                broker.append("orders", events)
+                broker.append("orders", events, call_id="file.jsonl:1")
         finally:
             os.kill(server_pid, signal.SIGCONT)
         err = info.value
@@ -256,7 +256,7 @@ def test_an_append_the_server_does_not_acknowledge_says_what_it_appended_and_a_r
     # The user runs the same call again (a new process): every record is in the log exactly once.
     again = NatsBroker(private_nats, partitions=4, key_fields={"orders": "user"})
     try:
-        offsets = again.append("orders", events)
+        offsets = again.append("orders", events, call_id="file.jsonl:1")
         assert len(set(offsets)) == 40_000
         ids = []
         pos = dict.fromkeys(range(4), -1)
@@ -298,11 +298,11 @@ def test_a_partly_refused_append_names_the_count_and_its_rerun_stores_each_recor
     broker = NatsBroker(private_nats, partitions=4, key_fields={"orders": "user"}, append_timeout=2)
     try:
         with pytest.raises(AppendIncomplete) as info:
-            broker.append("orders", events)
+            broker.append("orders", events, call_id="batch-7")
         appended = info.value.appended
         assert 0 < appended < 30_000 and f"appended {appended} of 30000" in str(info.value)
         asyncio.run(limit(-1))
-        offsets = broker.append("orders", events)  # the same call again: only the rest is stored
+        offsets = broker.append("orders", events, call_id="batch-7")  # the same call again: only the rest
         ids = []
         pos = dict.fromkeys(range(4), -1)
         while batches := broker.fetch_columns("orders", pos, 50_000):
@@ -393,3 +393,25 @@ def test_membership_is_one_compare_and_set_key_that_concurrent_heartbeats_never_
     finally:
         for b in brokers.values():
             b.close()
+
+
+def test_two_calls_without_a_call_id_are_both_stored_even_when_identical(private_nats):
+    """Publish dedup protects retries of one call; a client sending the same events twice on purpose
+    (or two clients sending equal events) gets both stored, as on every other broker."""
+    from mlscale.streams.nats_jetstream import NatsBroker
+
+    events = _events(500, seed=9)
+    broker = NatsBroker(private_nats, partitions=2, key_fields={"twice": "user"})
+    try:
+        first = broker.append("twice", events)
+        second = broker.append("twice", events)
+        assert len(set(first) | set(second)) == 1_000
+        pos = dict.fromkeys(range(2), -1)
+        count = 0
+        while batches := broker.fetch_columns("twice", pos, 5_000):
+            for p, offs, _ in batches:
+                pos[p] = offs[-1]
+                count += len(offs)
+        assert count == 1_000
+    finally:
+        broker.close()

@@ -8,9 +8,10 @@ byte strings, marked by the ``Mlscale-Records`` header), and a record's offset i
 without the header (a plain ``nats pub``) is one record.
 
 Appends publish asynchronously with a bounded number of messages in flight. Every message carries a
-``Nats-Msg-Id`` derived from the call's content and its place in the call, so a publish retried after
-a lost or late acknowledgement, inside the call or by the user running the same call again within
-the stream's ``duplicate_window``, is stored once. An append that still fails says how many records
+``Nats-Msg-Id`` derived from the call (a fresh nonce, or the caller's ``call_id``), its content and
+its place in the call, so a publish retried after a lost or late acknowledgement inside the call, or
+a failed call run again with the same ``call_id`` within the stream's ``duplicate_window``, is stored
+once; two calls without a ``call_id`` never deduplicate each other. An append that still fails says how many records
 are in the log (``AppendIncomplete``).
 
 No durable consumers and no consumer per heartbeat: membership is ONE key per topic and group in
@@ -165,12 +166,17 @@ class NatsBroker(Broker):
                 out.append((p, current))
         return out
 
-    def _append(self, topic: str, payloads: list[bytes], partitions: list[int]) -> list[int]:
+    def _append(
+        self, topic: str, payloads: list[bytes], partitions: list[int], call_id: str | None = None
+    ) -> list[int]:
         groups = self._messages(payloads, partitions)
-        # The call's identity: the same records to the same partitions give the same message ids,
-        # so running a failed call again stores only what is missing (within the duplicate window).
+        # The call's identity: with the caller's call_id, the same records to the same partitions give
+        # the same message ids, so running a failed call again stores only what is missing (within
+        # the duplicate window); without one, a nonce keeps identical calls apart (a client may send
+        # the same events twice on purpose; event-level dedup is the processor's dedup_key).
         packed = [_pack([payloads[i] for i in idx]) for _, idx in groups]
         h = hashlib.blake2b(_safe(topic).encode(), digest_size=12)
+        h.update(call_id.encode() if call_id is not None else os.urandom(16))
         for (p, _), data in zip(groups, packed, strict=True):
             h.update(p.to_bytes(4, "little"))
             h.update(data)  # msgpack: lengths included, so different records never hash alike
@@ -179,7 +185,9 @@ class NatsBroker(Broker):
             (self._subject(topic, p), data, {"Nats-Msg-Id": f"{call}.{k}", COUNT_HEADER: str(len(idx))})
             for k, ((p, idx), data) in enumerate(zip(groups, packed, strict=True))
         ]
-        seqs = self._run(self._publish_all(topic, messages, len(payloads), groups), timeout=self.append_timeout + 30)
+        seqs = self._run(
+            self._publish_all(topic, messages, len(payloads), groups, call_id), timeout=self.append_timeout + 30
+        )
         offsets = [0] * len(payloads)
         for seq, (_, idx) in zip(seqs, groups, strict=True):
             base = seq << SHIFT
@@ -187,7 +195,9 @@ class NatsBroker(Broker):
                 offsets[i] = base | j
         return offsets
 
-    async def _publish_all(self, topic: str, messages: list, total: int, groups: list) -> list[int]:
+    async def _publish_all(
+        self, topic: str, messages: list, total: int, groups: list, call_id: str | None
+    ) -> list[int]:
         """Publish every message with acknowledgements awaited together; resend the unacknowledged
         ones (same ids, so never stored twice) until all are in or ``append_timeout`` has passed."""
         await self._ensure_stream(topic)
@@ -230,8 +240,13 @@ class NatsBroker(Broker):
             appended = sum(len(groups[k][1]) for k in range(len(messages)) if seqs[k] is not None)
             raise AppendIncomplete(
                 f"appended {appended} of {total} records to {topic!r} before giving up after "
-                f"{self.append_timeout:.0f} s ({type(error).__name__}: {error}); running the same call again "
-                f"within {self.duplicate_window:.0f} s appends only the other {total - appended}",
+                f"{self.append_timeout:.0f} s ({type(error).__name__}: {error})"
+                + (
+                    f"; running the same call (same call_id) again within {self.duplicate_window:.0f} s "
+                    f"appends only the other {total - appended}"
+                    if call_id is not None
+                    else ""
+                ),
                 appended,
                 total,
             )
