@@ -354,8 +354,10 @@ class InferenceApp:
             # The model first: a request to a model or version that does not exist is a 404 whatever
             # its body, and an unknown name costs no body read or decode.
             model = self.repository.resolve(name, version)
-            if model.cache is None:  # a cached answer needs no queue: only misses are admitted
-                model.batcher.admit()  # a refusal costs no body read or decode
+            # Wait for room in the model's queue before the body is read, so a refusal costs no body
+            # read or decode. A cached answer needs no queue: with a cache, only misses wait.
+            if model.cache is None:
+                await model.batcher.admit(time.monotonic() + timeout if timeout else None)
             body = await self._read_body(scope, receive)
             request = decode_request(body, header_length)
             if model.enricher is not None:
@@ -371,7 +373,7 @@ class InferenceApp:
             model.meters.inflight.inc()
             try:
                 if model.cache is None:
-                    outputs = await model.batcher.submit(request.inputs, deadline, requested)
+                    outputs = await model.batcher.submit(request.inputs, deadline, requested, admitted=True)
                     parameters = None
                 else:
                     outputs, parameters = await _cached_predict(model, request.inputs, deadline, requested)
