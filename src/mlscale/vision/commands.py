@@ -119,7 +119,8 @@ def run(config_path: str, duration: float | None, metrics_port: int | None, as_j
     finally:
         pipeline.stop()
     events = pipeline.events.read()
-    click.echo(f"{len(events)} events logged to {pipeline.events.path}")
+    # With --json, stdout carries JSON lines only (a consumer parses every line); the summary goes to stderr.
+    click.echo(f"{len(events)} events logged to {pipeline.events.path}", err=as_json)
 
 
 def _clean(value):

@@ -40,6 +40,9 @@ class MotionFrame:
     shift: float | None = None  # global image shift against the reference (camera moved), if checked
     # Regions that have been foreground nearly all the time lately: (box, persistence 0..1).
     stationary: tuple[tuple[tuple[float, float, float, float], float], ...] = ()
+    # The light changed suddenly a moment ago and the background is being learned again: what moves
+    # now is mostly the change of light, not people.
+    relit: bool = False
 
 
 @dataclass
@@ -116,6 +119,8 @@ class MotionAnalyzer:
         self.reference: np.ndarray | None = None
         self._persist: np.ndarray | None = None
         self._window: np.ndarray | None = None
+        self._light: float | None = None  # brightness averaged over the last seconds
+        self._relearn_until = -math.inf
 
     def prepare(self, frame: np.ndarray) -> np.ndarray:
         """Downscale a BGR or grey frame to the detection resolution, in grey."""
@@ -143,12 +148,26 @@ class MotionAnalyzer:
         """
         mean, std = cv2.meanStdDev(gray)
         brightness, texture = float(mean[0, 0]), float(std[0, 0])
-        # Compensate global lighting so a cloud is not motion everywhere.
-        normalized = cv2.convertScaleAbs(gray, alpha=1.0, beta=128.0 - brightness)
+        # Compensate global lighting (a gain, as a cloud or a camera's exposure control applies it) so
+        # a change of light is not motion everywhere.
+        normalized = cv2.convertScaleAbs(gray, alpha=min(4.0, 128.0 / max(brightness, 1.0)))
         # Bootstrap fast (OpenCV's automatic rate), then learn at 1/history: with the automatic rate a
         # young model absorbs someone standing still within seconds, and loitering would go unseen.
         self._frames += 1
         rate = -1.0 if self._frames < 30 else 1.0 / self.history
+        dt = 0.2 if self._last_t is None else max(1e-3, t - self._last_t)
+        # A sudden change of light (a lamp, a cloud, the camera's exposure): gain normalization does
+        # not undo it where the image saturates, so the background is learned again for a moment.
+        relit_now = False
+        if self._light is not None and learn and abs(brightness / max(self._light, 1.0) - 1.0) > 0.07:
+            self._relearn_until, relit_now = t + 1.5, True
+            self._light = brightness
+        self._light = brightness if self._light is None else self._light + (brightness - self._light) * min(
+            1.0, dt / 3.0
+        )
+        relit = t < self._relearn_until + 1.0
+        if learn and t < self._relearn_until:
+            rate = 0.2
         mask = self._subtractor.apply(normalized, learningRate=rate if learn else 0.0)
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, self._kernel)
         mask = cv2.dilate(mask, self._kernel)
@@ -164,11 +183,10 @@ class MotionAnalyzer:
             for (x, y, bw, bh, area), (cx, cy) in zip(stats[1:count].tolist(), centroids[1:count].tolist(), strict=True)
             if area >= min_px
         ]
-        dt = 0.2 if self._last_t is None else max(1e-3, t - self._last_t)
         self._match(blobs, t)
         stationary = self._stationary(mask, dt) if learn else ()
         shift = None
-        if self.reference is not None and fg_fraction > 0.2:
+        if self.reference is not None and (fg_fraction > 0.2 or relit_now):
             # Against the view at the end of the warm-up and against the background as learned now
             # (lighting and parked objects drift); either one seeing the image shifted is enough.
             current = normalized.astype(np.float32)
@@ -191,7 +209,7 @@ class MotionAnalyzer:
             for tr in self._tracks
             if tr.misses == 0
         )
-        return MotionFrame(t, fg_fraction, texture, brightness, views, shift, stationary)
+        return MotionFrame(t, fg_fraction, texture, brightness, views, shift, stationary, relit)
 
     def _stationary(self, mask: np.ndarray, dt: float) -> tuple:
         """Foreground persistence per pixel, an exponential average over ``persistence_seconds``.
