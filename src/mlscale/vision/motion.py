@@ -119,8 +119,10 @@ class MotionAnalyzer:
         self.reference: np.ndarray | None = None
         self._persist: np.ndarray | None = None
         self._window: np.ndarray | None = None
-        self._light: float | None = None  # brightness averaged over the last seconds
+        self._light: np.ndarray | None = None  # brightness of 4x4 blocks, averaged over the last seconds
         self._relearn_until = -math.inf
+        self._last_shift_check = -math.inf
+        self._shifted = False
 
     def prepare(self, frame: np.ndarray) -> np.ndarray:
         """Downscale a BGR or grey frame to the detection resolution, in grey."""
@@ -159,12 +161,15 @@ class MotionAnalyzer:
         # A sudden change of light (a lamp, a cloud, the camera's exposure): gain normalization does
         # not undo it where the image saturates, so the background is learned again for a moment.
         relit_now = False
-        if self._light is not None and learn and abs(brightness / max(self._light, 1.0) - 1.0) > 0.07:
-            self._relearn_until, relit_now = t + 1.5, True
-            self._light = brightness
-        self._light = brightness if self._light is None else self._light + (brightness - self._light) * min(
-            1.0, dt / 3.0
-        )
+        # Told apart from people arriving by being everywhere: most of a 4x4 grid of blocks
+        # changes brightness the same way (a crowd changes a few blocks, a lamp all of them).
+        blocks = cv2.resize(gray, (4, 4), interpolation=cv2.INTER_AREA).astype(np.float32) + 1.0
+        if self._light is not None and learn:
+            change = blocks / self._light - 1.0
+            if max((change > 0.05).mean(), (change < -0.05).mean()) >= 0.75:
+                self._relearn_until, relit_now = t + 1.5, True
+                self._light = blocks
+        self._light = blocks if self._light is None else self._light + (blocks - self._light) * min(1.0, dt / 3.0)
         relit = t < self._relearn_until + 1.0
         if learn and t < self._relearn_until:
             rate = 0.2
@@ -172,9 +177,12 @@ class MotionAnalyzer:
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, self._kernel)
         mask = cv2.dilate(mask, self._kernel)
         w, h = self.resolution
-        fg_fraction = float(cv2.countNonZero(mask)) / (w * h)
         count, _, stats, centroids = cv2.connectedComponentsWithStats(mask, connectivity=8)
         min_px = self.min_area * w * h
+        # Moving area counted over blobs large enough to be someone: compression artefacts (a
+        # keyframe's sudden sharpness) and sensor noise light up specks all over the image.
+        areas = stats[1:count, cv2.CC_STAT_AREA]
+        fg_fraction = float(areas[areas >= min_px].sum()) / (w * h)
         blobs = [
             (
                 (float(x) / w, float(y) / h, float(x + bw) / w, float(y + bh) / h),
@@ -185,8 +193,18 @@ class MotionAnalyzer:
         ]
         self._match(blobs, t)
         stationary = self._stationary(mask, dt) if learn else ()
+        # Checked when much of the image changed, while the background is learned again after a
+        # change of light (it would learn the moved view too), after a shift was seen, and once a
+        # second anyway: a view that moved while the background was adapting shows little motion.
+        due = (
+            fg_fraction > 0.2
+            or relit
+            or self._shifted
+            or t - self._last_shift_check >= 1.0
+        )
         shift = None
-        if self.reference is not None and (fg_fraction > 0.2 or relit_now):
+        if self.reference is not None and due:
+            self._last_shift_check = t
             # Against the view at the end of the warm-up and against the background as learned now
             # (lighting and parked objects drift); either one seeing the image shifted is enough.
             current = normalized.astype(np.float32)
@@ -196,6 +214,7 @@ class MotionAnalyzer:
                 if reference is not None:
                     (dx, dy), _ = cv2.phaseCorrelate(reference, current, self._window)
                     shift = max(shift, math.hypot(dx / w, dy / h))
+            self._shifted = shift >= 0.02
         views = tuple(
             TrackView(
                 id=tr.id,
