@@ -135,9 +135,15 @@ class CameraDetector:
             if motion.relit or self._debouncer.recently("crowd", t, 5.0):
                 rules = [f for f in rules if f.kind != "loitering"]
             findings += rules
+        # Direction means little inside a crowd, or while the background is learned again (after a
+        # change of light or an uncovered lens): blobs merge and split and seem to jump.
+        if motion.relit or self._debouncer.recently("crowd", t, 5.0) or self._debouncer.recently(
+            "camera_covered", t, 3.0
+        ):
+            findings = [f for f in findings if f.kind != "wrong_way"]
         findings += extra or []
         fired = self._debouncer.update(t, findings, self._confirm)
-        if not any(f.score >= 0.5 for f in findings):
+        if not any(f.score >= self.feed.rules.threshold for f in findings):
             self.model.adapt(motion)
         score = max((f.score for f in findings), default=0.0)
         if any(f.kind == "camera_moved" for f in fired):

@@ -108,11 +108,12 @@ class ActivityModel:
         fg = float(np.median([r[1] for r in self._recent]))
         count = float(np.median([r[2] for r in self._recent]))
         # A crowd: the moving area (people, not a change of light: that is told apart first) at
-        # least triples, and beyond the usual spread. A busy moment of ordinary traffic doubles it.
+        # least triples, beyond the usual spread, and by 3% of the image at least (in a quiet scene a
+        # handful of walkers is no crowd). A busy moment of ordinary traffic doubles the area.
         # The count of blobs only backs it up: people in a crowd merge into few blobs.
-        fg_excess = (fg - self.fg_mean_) / max(2.0 * self.fg_mean_, 4.0 * math.sqrt(self.fg_var_), 0.015)
+        fg_excess = (fg - self.fg_mean_) / max(2.0 * self.fg_mean_, 4.0 * math.sqrt(self.fg_var_), 0.03)
         count_excess = (count - self.objects_mean_) / max(
-            2.0 * self.objects_mean_, 4.0 * math.sqrt(self.objects_var_), 4.0
+            2.0 * self.objects_mean_, 4.0 * math.sqrt(self.objects_var_), 6.0
         )
         crowd = max(fg_excess, count_excess) if fg_excess > 0.5 else fg_excess
         if frame.relit or frame.fg_fraction > 0.45 or covered > 0.3:
@@ -122,11 +123,14 @@ class ActivityModel:
         for tr in _moving(frame.tracks, 3):
             speed = math.hypot(*tr.velocity)
             usual = self.speed_ if self.speed_ is not None else 0.1
-            if speed < max(0.5 * usual, 0.03):
-                continue
+            if speed < max(0.5 * usual, 0.03) or tr.box[0] <= 0.01 or tr.box[2] >= 0.99:
+                continue  # too slow to judge, or half out of the frame (its centre slides)
             if self.flow_ is not None:
                 cos = (tr.velocity[0] * self.flow_[0] + tr.velocity[1] * self.flow_[1]) / speed
-                if cos < -0.5:
+                # Against the flow now, and has gone a good way against it: a blob that merges with
+                # a passer-by makes its centre jump back for a moment, and that is no one.
+                back = -(tr.travel[0] * self.flow_[0] + tr.travel[1] * self.flow_[1])
+                if cos < -0.5 and back > 0.05 and back > 0.5 * usual * max(tr.age, 0.2):
                     # Walking straight against the flow scores 1.0; running against it, more.
                     findings.append(Finding("wrong_way", -cos * (0.6 + 0.4 * speed / usual), tr.box))
             # Someone merely faster than usual along the flow is not an anomaly by itself (a

@@ -26,6 +26,7 @@ class TrackView:
     age: float  # seconds since first seen
     hits: int  # frames it was seen in
     dwell: float  # seconds it has stayed within a small radius
+    travel: tuple[float, float] = (0.0, 0.0)  # displacement since first seen (frame widths, heights)
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ class MotionAnalyzer:
         resolution: tuple[int, int] = (160, 120),
         history: int = 1500,
         var_threshold: float = 16.0,
-        min_area: float = 0.001,
+        min_area: float = 0.0006,
         dwell_radius: float = 0.06,
         keep_seconds: float = 1.5,
         persistence_seconds: float = 5.0,
@@ -224,6 +225,7 @@ class MotionAnalyzer:
                 age=t - tr.first_seen,
                 hits=tr.hits,
                 dwell=tr.dwell(self.dwell_radius),
+                travel=(tr.history[-1][1] - tr.history[0][1], tr.history[-1][2] - tr.history[0][2]),
             )
             for tr in self._tracks
             if tr.misses == 0
@@ -257,7 +259,10 @@ class MotionAnalyzer:
         """Greedy nearest-centroid association of blobs to tracks (cheap, and enough at 5 fps)."""
         dt = 0.2 if self._last_t is None else max(1e-3, t - self._last_t)
         self._last_t = t
-        reach = max(0.06, 0.6 * dt)
+        # A new track may have moved far (a runner's first step); one with a velocity is looked for
+        # near where it should be now, so it is not handed to someone else passing close by.
+        reaches = [max(0.06, 0.6 * dt) if len(tr.history) < 2 else max(0.04, 0.3 * dt) for tr in self._tracks]
+        reach = max(reaches, default=0.0)
         predicted = [tr.predict(t) for tr in self._tracks]
         pairs = sorted(
             (math.hypot(c[0] - p[0], c[1] - p[1]), ti, bi)
@@ -269,7 +274,7 @@ class MotionAnalyzer:
         for dist, ti, bi in pairs:
             if dist > reach:
                 break
-            if ti in used_tracks or bi in used_blobs:
+            if ti in used_tracks or bi in used_blobs or dist > reaches[ti]:
                 continue
             used_tracks.add(ti)
             used_blobs.add(bi)
