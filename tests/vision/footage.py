@@ -287,13 +287,17 @@ def write_clip(
     return labels
 
 
-def suite(photos: tuple[str, ...], seeds: range, seconds: float = 60.0) -> list[tuple[str, Footage]]:
-    """One clip per (photo, seed): the anomaly kind cycles with the seed, every sixth is normal."""
+def suite(
+    photos: tuple[str, ...], seeds: range, seconds: float = 60.0, size: tuple[int, int] = (320, 240)
+) -> list[tuple[str, Footage, str]]:
+    """One clip per (photo, seed) as (name, footage, codec): the anomaly kind cycles with the seed
+    (every sixth clip is normal), the codec alternates between H.264 and MPEG-4."""
     kinds = ("normal", *KINDS)
     clips = []
     for i, name in enumerate(photos):
         for seed in seeds:
             kind = kinds[(seed + i) % len(kinds)]
             stem = name.split(".")[0]
-            clips.append((f"{stem}-{seed}-{kind}", Footage(name, 1000 * seed + i, kind, seconds)))
+            codec = "h264" if (seed + i) % 2 else "mpeg4"
+            clips.append((f"{stem}-{seed}-{kind}", Footage(name, 1000 * seed + i, kind, seconds, size), codec))
     return clips

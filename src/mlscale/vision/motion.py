@@ -206,15 +206,15 @@ class MotionAnalyzer:
         shift = None
         if self.reference is not None and due:
             self._last_shift_check = t
-            # Against the view at the end of the warm-up and against the background as learned now
-            # (lighting and parked objects drift); either one seeing the image shifted is enough.
+            # Against the view at the end of the warm-up (its background), with the peak's strength:
+            # a weak peak is the correlation of noise and passers-by, not a moved view.
             current = normalized.astype(np.float32)
-            background = self._subtractor.getBackgroundImage()
-            shift = 0.0
-            for reference in (self.reference, None if background is None else background.astype(np.float32)):
-                if reference is not None:
-                    (dx, dy), _ = cv2.phaseCorrelate(reference, current, self._window)
-                    shift = max(shift, math.hypot(dx / w, dy / h))
+            # A copy: OpenCV's phaseCorrelate multiplies its inputs by the window in place, and
+            # the reference would fade a little more at every check.
+            (dx, dy), response = cv2.phaseCorrelate(self.reference.copy(), current.copy(), self._window)
+            shift = math.hypot(dx / w, dy / h) if response >= 0.05 else 0.0
+            if shift >= 0.02 and not self._aligns(current, dx, dy):
+                shift = 0.0
             self._shifted = shift >= 0.02
         views = tuple(
             TrackView(
@@ -231,6 +231,31 @@ class MotionAnalyzer:
             if tr.misses == 0
         )
         return MotionFrame(t, fg_fraction, texture, brightness, views, shift, stationary, relit)
+
+    def _aligns(self, current: np.ndarray, dx: float, dy: float) -> bool:
+        """Does moving the frame back by (dx, dy) match the reference much better than leaving it?
+
+        Why: on a repetitive texture (bricks, tiles, a fence) the correlation peak can land on the
+        pattern's period while the view has not moved at all; then the frame as it is already
+        matches the reference.
+        """
+        w, h = self.resolution
+        mx, my = int(abs(dx)) + 2, int(abs(dy)) + 2
+        inner = (slice(my, h - my), slice(mx, w - mx))
+        if h - 2 * my < 8 or w - 2 * mx < 8:
+            return True
+        # Blurred: a slight turn of the camera comes with the shift, and fine texture (gravel,
+        # leaves) would decorrelate under it even when aligned.
+        ref = cv2.GaussianBlur(self.reference, (0, 0), 2.0)[inner]
+        current = cv2.GaussianBlur(current, (0, 0), 2.0)
+        still = float(np.mean(np.abs(current[inner] - ref)))
+        # Both directions tried: which way round the peak reads is OpenCV's convention, and
+        # getting it wrong must not hide a moved camera.
+        moved = min(
+            float(np.mean(np.abs(cv2.warpAffine(current, np.float32([[1, 0, s * dx], [0, 1, s * dy]]), (w, h))[inner] - ref)))
+            for s in (-1.0, 1.0)
+        )
+        return still > 1.3 * moved
 
     def _stationary(self, mask: np.ndarray, dt: float) -> tuple:
         """Foreground persistence per pixel, an exponential average over ``persistence_seconds``.
