@@ -105,7 +105,7 @@ class Footage:
         self.size = size
         self.seconds = seconds
         self.scene = photo(photo_name, size).astype(np.float32)
-        w, h = size
+        h = size[1]
         # The ground: a band of the image between far_y and near_y where people are seen.
         self.far_y = h * rng.uniform(0.35, 0.5)
         self.near_y = h * rng.uniform(0.85, 0.97)
@@ -276,7 +276,7 @@ def write_clip(
         stream.bit_rate = bitrate or int(w * h * fps * 0.08)
         if codec == "h264":
             stream.options = {"preset": "veryfast"}
-        for i in range(int(round(footage.seconds * fps))):
+        for i in range(round(footage.seconds * fps)):
             frame = av.VideoFrame.from_ndarray(footage.render(i / fps, i), format="bgr24")
             for packet in stream.encode(frame):
                 container.mux(packet)

@@ -113,12 +113,10 @@ def test_cli_eval_with_a_feeds_config_and_bad_labels_says_what_is_wrong(clips, t
     assert "bad.json" in result.stderr and "end_s" in result.stderr
     (tmp_path / "ok.json").write_text('{"anomalies": []}')
     (tmp_path / "mlscale.toml").write_text('[[vision.feeds]]\nname = "a"\n[[vision.feeds]]\nname = "b"\n')
-    result = _cli("vision", "eval", "--clip", str(clip), "--labels", "ok.json", "--config", "mlscale.toml", cwd=tmp_path)
+    args = ("vision", "eval", "--clip", str(clip), "--labels", "ok.json", "--config", "mlscale.toml")
+    result = _cli(*args, cwd=tmp_path)
     assert result.returncode == 2 and "--feed" in result.stderr
-    result = _cli(
-        "vision", "eval", "--clip", str(clip), "--labels", "ok.json", "--config", "mlscale.toml", "--feed", "b",
-        cwd=tmp_path,
-    )
+    result = _cli(*args, "--feed", "b", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "false alarms 0" in result.stdout
 

@@ -5,7 +5,6 @@ events (one event per incident, not one per frame).
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -137,8 +136,10 @@ class CameraDetector:
             findings += rules
         # Direction means little inside a crowd, or while the background is learned again (after a
         # change of light or an uncovered lens): blobs merge and split and seem to jump.
-        if motion.relit or self._debouncer.recently("crowd", t, 5.0) or self._debouncer.recently(
-            "camera_covered", t, 3.0
+        if (
+            motion.relit
+            or self._debouncer.recently("crowd", t, 5.0)
+            or self._debouncer.recently("camera_covered", t, 3.0)
         ):
             findings = [f for f in findings if f.kind != "wrong_way"]
         findings += extra or []

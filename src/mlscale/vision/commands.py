@@ -212,9 +212,7 @@ def _eval_clip(clip: str | None, labels: str | None, config_path: str | None, fe
         click.echo(f"  event {e['kind']:16s} at {e['time_s']:8.2f} s  score {e['score']:.2f}")
     for d in summary["detections"]:
         found = (
-            f"found as {d['detected_kind']} after {d['time_to_detection_s']:.2f} s"
-            if d["detected_kind"]
-            else "MISSED"
+            f"found as {d['detected_kind']} after {d['time_to_detection_s']:.2f} s" if d["detected_kind"] else "MISSED"
         )
         click.echo(f"  anomaly {d['kind']:16s} {d['start_s']:7.2f}-{d['end_s']:7.2f} s: {found}")
     per_hour = summary["false_alarms_per_hour"]

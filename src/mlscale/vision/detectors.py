@@ -61,9 +61,7 @@ class ActivityModel:
         self.objects_mean_, self.objects_var_ = float(objects.mean()), float(objects.var())
         self.fg_mean_, self.fg_var_ = float(fg.mean()), float(fg.var())
         self.texture_mean_ = float(np.mean([f.texture for f in frames]))
-        velocities = np.array(
-            [tr.velocity for f in frames for tr in _moving(f.tracks, 3)], float
-        ).reshape(-1, 2)
+        velocities = np.array([tr.velocity for f in frames for tr in _moving(f.tracks, 3)], float).reshape(-1, 2)
         speeds = np.hypot(velocities[:, 0], velocities[:, 1])
         moving = speeds > 0.015
         self.speed_ = float(np.percentile(speeds[moving], 75)) if moving.sum() >= 5 else None

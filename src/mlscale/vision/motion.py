@@ -119,6 +119,7 @@ class MotionAnalyzer:
         self._last_t: float | None = None
         self.reference: np.ndarray | None = None
         self._persist: np.ndarray | None = None
+        self._scene: np.ndarray | None = None  # persistent already at the end of the warm-up
         self._window: np.ndarray | None = None
         self._light: np.ndarray | None = None  # brightness of 4x4 blocks, averaged over the last seconds
         self._relearn_until = -math.inf
@@ -142,6 +143,11 @@ class MotionAnalyzer:
                 background = cv2.cvtColor(background, cv2.COLOR_BGR2GRAY)
             self.reference = background.astype(np.float32)
             self._window = cv2.createHanningWindow(self.resolution, cv2.CV_32F)
+        if self._persist is not None:
+            # What already stayed put through the warm-up is part of the scene (a parked car, the
+            # ghost of someone who stood there while the background was first learned), not a
+            # loiterer: left out until it has gone.
+            self._scene = cv2.dilate((self._persist > 0.3 * 255).astype(np.uint8) * 255, self._sway)
 
     def update(self, gray: np.ndarray, t: float, learn: bool = True) -> MotionFrame:
         """Analyse one downscaled grey frame taken at ``t`` seconds.
@@ -161,14 +167,13 @@ class MotionAnalyzer:
         dt = 0.2 if self._last_t is None else max(1e-3, t - self._last_t)
         # A sudden change of light (a lamp, a cloud, the camera's exposure): gain normalization does
         # not undo it where the image saturates, so the background is learned again for a moment.
-        relit_now = False
         # Told apart from people arriving by being everywhere: most of a 4x4 grid of blocks
         # changes brightness the same way (a crowd changes a few blocks, a lamp all of them).
         blocks = cv2.resize(gray, (4, 4), interpolation=cv2.INTER_AREA).astype(np.float32) + 1.0
         if self._light is not None and learn:
             change = blocks / self._light - 1.0
             if max((change > 0.05).mean(), (change < -0.05).mean()) >= 0.75:
-                self._relearn_until, relit_now = t + 1.5, True
+                self._relearn_until = t + 1.5
                 self._light = blocks
         self._light = blocks if self._light is None else self._light + (blocks - self._light) * min(1.0, dt / 3.0)
         relit = t < self._relearn_until + 1.0
@@ -197,12 +202,7 @@ class MotionAnalyzer:
         # Checked when much of the image changed, while the background is learned again after a
         # change of light (it would learn the moved view too), after a shift was seen, and once a
         # second anyway: a view that moved while the background was adapting shows little motion.
-        due = (
-            fg_fraction > 0.2
-            or relit
-            or self._shifted
-            or t - self._last_shift_check >= 1.0
-        )
+        due = fg_fraction > 0.2 or relit or self._shifted or t - self._last_shift_check >= 1.0
         shift = None
         if self.reference is not None and due:
             self._last_shift_check = t
@@ -249,10 +249,15 @@ class MotionAnalyzer:
         ref = cv2.GaussianBlur(self.reference, (0, 0), 2.0)[inner]
         current = cv2.GaussianBlur(current, (0, 0), 2.0)
         still = float(np.mean(np.abs(current[inner] - ref)))
+        size = (w, h)
         # Both directions tried: which way round the peak reads is OpenCV's convention, and
         # getting it wrong must not hide a moved camera.
         moved = min(
-            float(np.mean(np.abs(cv2.warpAffine(current, np.float32([[1, 0, s * dx], [0, 1, s * dy]]), (w, h))[inner] - ref)))
+            float(
+                np.mean(
+                    np.abs(cv2.warpAffine(current, np.float32([[1, 0, s * dx], [0, 1, s * dy]]), size)[inner] - ref)
+                )
+            )
             for s in (-1.0, 1.0)
         )
         return still > 1.3 * moved
@@ -271,6 +276,9 @@ class MotionAnalyzer:
         cv2.accumulateWeighted(cv2.dilate(mask, self._sway), self._persist, alpha)
         level = self._persist  # mask is 0/255, so full persistence is 255
         hot = cv2.compare(level, 0.8 * 255.0, cv2.CMP_GT)
+        if self._scene is not None:
+            self._scene[level < 0.1 * 255] = 0  # gone: watched again from now on
+            hot[self._scene > 0] = 0
         count, _, stats, _ = cv2.connectedComponentsWithStats(hot, connectivity=8)
         w, h = self.resolution
         found = []

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import msgspec
 
-
 ZONE_KINDS = ("restricted",)
 
 

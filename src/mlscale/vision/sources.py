@@ -4,7 +4,9 @@ A source is opened, then read frame by frame; ``read`` returns ``(capture_time, 
 ``(capture_time, frame, position, clip_time)``, or None at the end. ``position`` is the frame's own time
 in seconds (a file's presentation time, increasing across loops): the detector decides on it, so its
 answers do not depend on how fast the machine reads. ``clip_time`` is the time within the file (it
-restarts when a file loops), which events carry so a user can find the moment in the file. A frame is a BGR ndarray or, from PyAV, an ``av.VideoFrame`` kept undecoded to pixels until
+restarts when a file loops), which events carry so a user can find the moment in the file.
+
+A frame is a BGR ndarray or, from PyAV, an ``av.VideoFrame`` kept undecoded to pixels until
 the detector actually wants it (most frames are skipped by the detection rate, so converting them
 all would waste most of the decoding budget). Errors a user causes (a missing or corrupt file) raise
 ConfigError at ``open``; a stream that drops raises ConnectionError from ``read`` and the pipeline
