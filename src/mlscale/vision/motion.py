@@ -180,6 +180,19 @@ class MotionAnalyzer:
         if learn and t < self._relearn_until:
             rate = 0.2
         mask = self._subtractor.apply(normalized, learningRate=rate if learn else 0.0)
+        if self._frames >= 30:
+            # A shaking camera moves every strong edge by a pixel: a pixel is foreground only if it
+            # differs from the background at every point of its 3x3 neighbourhood (the darkest and
+            # brightest of them), otherwise the edges of the scene "move" all the time.
+            background = self._subtractor.getBackgroundImage()
+            if background is not None:
+                low = cv2.erode(background, self._kernel)
+                high = cv2.dilate(background, self._kernel)
+                outside = cv2.bitwise_or(
+                    cv2.compare(normalized, cv2.subtract(low, 12), cv2.CMP_LT),
+                    cv2.compare(normalized, cv2.add(high, 12), cv2.CMP_GT),
+                )
+                mask = cv2.bitwise_and(mask, outside)
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, self._kernel)
         mask = cv2.dilate(mask, self._kernel)
         w, h = self.resolution
