@@ -220,7 +220,11 @@ def run_identical(feeds: int, seconds: float) -> None:
     folder = ROOT / ".cache" / "bench-vision" / "identical"
     clips = [
         _heldout_clip(
-            folder, f"{kind}-640", footage_module.Footage(photo, seed, kind, seconds, (640, 480)), "h264", FPS
+            folder,
+            f"{kind}-640-{seconds:g}s",
+            footage_module.Footage(photo, seed, kind, seconds, (640, 480)),
+            "h264",
+            FPS,
         )
         for photo, seed, kind in (("china.jpg", 7, "crowd"), ("chelsea.png", 8, "wrong_way"))
     ]
