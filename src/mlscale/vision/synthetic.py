@@ -78,7 +78,7 @@ class SyntheticScene:
         # own order and timing of anomalies (demo cameras must not all raise the same event at once).
         self.spawn_interval = 1.1 + 0.5 * rng.random()
         self.tint = rng.uniform(0.75, 1.25, size=3)
-        self.phase = 40.0 * rng.random()
+        self.phase = (13.0 * seed) % 40.0  # neighbouring seeds 13 s apart
         self.rotation = seed % len(ANOMALY_KINDS)
         self._params: dict[int, tuple | None] = {}
         self.background = self._background(rng)
