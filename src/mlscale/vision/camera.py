@@ -97,6 +97,7 @@ class CameraDetector:
         self.model: ActivityModel | None = None
         self._warm: list[MotionFrame] = []
         self._warm_start = t
+        self._crowd_seen = -math.inf
 
     @property
     def warming_up(self) -> bool:
@@ -127,11 +128,16 @@ class CameraDetector:
         motion = self.analyzer.update(gray, t, learn=not covered)
         self.last_motion = motion
         findings = self.model.score(motion)
+        # A crowd building up (half way to the boundary already) makes directions and standing
+        # people mean little: blobs merge and split, and people in a crowd stand.
+        if any(f.kind == "crowd" and f.score >= 0.5 * self.feed.rules.threshold for f in findings):
+            self._crowd_seen = t
+        crowded = t - self._crowd_seen <= 5.0
         if not any(f.kind.startswith("camera_") and f.score >= 1.0 for f in findings):
             rules = self.rules.score(motion)
             # People standing in a crowd are the crowd, not loiterers; a moment after the light
             # changed the background is still being learned again.
-            if motion.relit or self._debouncer.recently("crowd", t, 5.0):
+            if motion.relit or crowded:
                 rules = [f for f in rules if f.kind != "loitering"]
             findings += rules
         # Direction means little inside a crowd, or while the background is learned again (after a

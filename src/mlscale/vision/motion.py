@@ -84,6 +84,11 @@ class _Track:
         return t - since
 
 
+def _detail(image: np.ndarray) -> np.ndarray:
+    """The image less its blur (float32, a new array: phaseCorrelate writes into its inputs)."""
+    return image - cv2.GaussianBlur(image, (0, 0), 4.0)
+
+
 class MotionAnalyzer:
     """Background subtraction + blob tracking for one camera (stateful: one per feed)."""
 
@@ -224,7 +229,9 @@ class MotionAnalyzer:
             current = normalized.astype(np.float32)
             # A copy: OpenCV's phaseCorrelate multiplies its inputs by the window in place, and
             # the reference would fade a little more at every check.
-            (dx, dy), response = cv2.phaseCorrelate(self.reference.copy(), current.copy(), self._window)
+            # Correlated on detail (each image less its blur): the broad shading of a scene (a sky
+            # gradient, a lamp's pool of light) says little about where the view points.
+            (dx, dy), response = cv2.phaseCorrelate(_detail(self.reference), _detail(current), self._window)
             shift = math.hypot(dx / w, dy / h) if response >= 0.05 else 0.0
             if shift >= 0.02 and not self._aligns(current, dx, dy):
                 shift = 0.0

@@ -250,7 +250,9 @@ class SyntheticScene:
                 img[:] = 25
             elif episode.kind == "camera_moved":
                 img = np.roll(img, (round(0.05 * self.height), round(0.07 * self.width)), axis=(0, 1))
-        img += self._noise[round(t * 1000) % len(self._noise)]
+        # A different noise pattern each frame whatever the rate (t * 1000 % 8 was always 0 at 5 fps:
+        # fixed-pattern noise, which phase correlation locks onto).
+        img += self._noise[round(t * 997) % len(self._noise)]
         img += round(light)
         return np.clip(img, 0, 255).astype(np.uint8)
 
