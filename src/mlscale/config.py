@@ -46,10 +46,16 @@ class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     graceful_timeout: float = 30.0
     # Serve the live dashboard at /dashboard (and redirect / there).
     dashboard: bool = True
+    # Slow clients: seconds a connection may take to send a request's headers (from its first byte,
+    # or from connecting), and the longest pause while sending its body; past either it gets 408.
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         if min(self.queue_delay_target, self.max_queue_wait) <= 0:
             raise ValueError("queue_delay_target and max_queue_wait must be positive seconds")
+        if min(self.header_timeout, self.body_timeout) <= 0:
+            raise ValueError("header_timeout and body_timeout must be positive seconds")
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

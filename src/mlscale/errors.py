@@ -52,6 +52,12 @@ class DeadlineExceeded(MlscaleError):
     status = 504
 
 
+class RequestTimeout(MlscaleError):
+    """The client sent its request too slowly (HTTP 408); the connection is closed."""
+
+    status = 408
+
+
 class PayloadTooLarge(MlscaleError):
     """The request body is larger than the configured limit (HTTP 413)."""
 

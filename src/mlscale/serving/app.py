@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import math
 import os
 import time
 import zlib
@@ -31,6 +32,7 @@ from mlscale.errors import (
     NotFound,
     Overloaded,
     PayloadTooLarge,
+    RequestTimeout,
 )
 from mlscale.serving import metrics
 from mlscale.serving.control import WorkerControl
@@ -113,6 +115,8 @@ class InferenceApp:
             response = json_response({"error": str(exc)}, exc.status)
             if isinstance(exc, Overloaded):
                 response.headers.append((b"retry-after", str(exc.retry_after).encode()))
+            elif isinstance(exc, RequestTimeout):  # the rest of a stalled body is not worth waiting for
+                response.headers.append((b"connection", b"close"))
         except Exception:
             log.exception("unhandled error on %s %s", scope["method"], path)
             response = json_response({"error": "internal server error"}, 500)
@@ -226,6 +230,8 @@ class InferenceApp:
         if path == "/metrics" and method == "GET":
             body, content_type = metrics.render_metrics()
             return Response(200, body, content_type.encode())
+        if path == "/openapi.json" and method == "GET":
+            return Response(200, self._openapi())
         handler, tail = self._json_handler(method, path)
         if handler is not None:
             body = await self._read_body(scope, receive)
@@ -235,6 +241,16 @@ class InferenceApp:
                 raise InvalidInput(f"malformed JSON: {exc}") from None
             return json_response(await handler(payload, tail))
         raise NotFound(f"no route {method} {path}")
+
+    def _openapi(self) -> bytes:
+        from mlscale.serving.openapi import openapi_document
+
+        routes = {path for _, path in self.json_routes}
+        return encode_json(
+            openapi_document(
+                features="/v1/features" in routes, events="/v1/events/*" in routes, dashboard=self.settings.dashboard
+            )
+        )
 
     def _json_handler(self, method: str, path: str) -> tuple[JsonHandler | None, str | None]:
         """An exact route, or one ending in ``/*`` whose last segment is handed to the handler."""
@@ -317,14 +333,20 @@ class InferenceApp:
         limit = self.settings.max_body_bytes
         encoding = None
         for key, value in scope["headers"]:
-            if key == b"content-length" and int(value) > limit:
+            if key == b"content-length" and _int_header(key, value) > limit:
                 raise PayloadTooLarge(f"the body of {int(value)} bytes exceeds the limit of {limit} bytes")
             if key == b"content-encoding":
                 encoding = value.lower()
         chunks: list[bytes] = []
         size = 0
+        pause = self.settings.body_timeout
         while True:
-            message = await receive()
+            # A client that stops sending mid-body holds a connection and a request slot: the
+            # longest pause between two pieces is bounded (nginx's client_body_timeout).
+            try:
+                message = await asyncio.wait_for(receive(), pause)
+            except TimeoutError:
+                raise RequestTimeout(f"the client sent nothing of the body for {pause:g} s") from None
             if message["type"] == "http.disconnect":
                 raise InvalidInput("the client disconnected")
             chunk = message.get("body", b"")
@@ -420,8 +442,9 @@ _OUTCOMES = {Overloaded: "rejected", DeadlineExceeded: "timeout", ModelNotFound:
 def _int_header(key: bytes, value: bytes) -> int:
     try:
         return int(value)
-    except ValueError:
-        raise InvalidInput(f"header {key.decode()} must be an integer, got {value.decode()!r}") from None
+    except ValueError:  # latin-1: header bytes need not be UTF-8, the message must still render
+        name, text = key.decode("latin-1"), value.decode("latin-1")
+        raise InvalidInput(f"header {name} must be an integer, got {text!r}") from None
 
 
 def _float_header(key: bytes, value: bytes) -> float:
@@ -429,8 +452,8 @@ def _float_header(key: bytes, value: bytes) -> float:
         number = float(value)
     except ValueError:
         number = -1
-    if number < 0:
-        raise InvalidInput(f"header {key.decode()} must be a non-negative number of seconds")
+    if not 0 <= number < math.inf:  # also refuses nan and inf
+        raise InvalidInput(f"header {key.decode('latin-1')} must be a non-negative number of seconds")
     return number
 
 

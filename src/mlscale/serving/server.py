@@ -133,6 +133,7 @@ def run_server(project: Settings) -> None:
     import uvicorn
 
     from mlscale.errors import ConfigError
+    from mlscale.serving.slow_clients import HEADER_TIMEOUT_ENV
 
     settings = project.server
     repository = project.resolve(settings.model_repository)
@@ -146,6 +147,7 @@ def run_server(project: Settings) -> None:
     os.environ[STATE_ENV] = str(scratch / "control")
     os.environ[WORKERS_ENV] = str(settings.workers)
     os.environ[SETTINGS_ENV] = msgspec.json.encode(project).decode()
+    os.environ[HEADER_TIMEOUT_ENV] = str(settings.header_timeout)
     # One process per core already; BLAS threads on top would oversubscribe the cores.
     for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(variable, "1")
@@ -158,7 +160,8 @@ def run_server(project: Settings) -> None:
             port=settings.port,
             workers=settings.workers,
             loop="uvloop",
-            http="httptools",
+            # httptools plus a deadline on request headers (slow clients, silent connections).
+            http="mlscale.serving.slow_clients:HeaderTimeoutProtocol",
             lifespan="on",
             access_log=False,
             # uvicorn's X-Forwarded-* rewriting: mlscale reads neither the client address nor the
