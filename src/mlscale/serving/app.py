@@ -239,6 +239,8 @@ class InferenceApp:
                 payload = msgspec.json.decode(body) if body else None
             except msgspec.DecodeError as exc:
                 raise InvalidInput(f"malformed JSON: {exc}") from None
+            except RecursionError:
+                raise InvalidInput("malformed JSON: nested too deeply") from None
             return json_response(await handler(payload, tail))
         raise NotFound(f"no route {method} {path}")
 

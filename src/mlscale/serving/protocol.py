@@ -49,6 +49,8 @@ _json_encoder = msgspec.json.Encoder()
 
 # Which kinds of decoded JSON data may be cast to each kind of tensor without losing meaning.
 _ACCEPTED_KINDS = {"b": "b", "i": "biu", "u": "biu", "f": "biuf"}
+# NumPy's own limit on dimensions: a longer shape list cannot become an array at all.
+MAX_DIMS = 64
 
 
 class DecodedRequest:
@@ -87,6 +89,8 @@ def decode_request(body: bytes, header_length: int | None = None) -> DecodedRequ
         raise InvalidInput(f"invalid inference request: {exc}") from None
     except msgspec.DecodeError as exc:
         raise InvalidInput(f"malformed JSON: {exc}") from None
+    except RecursionError:  # msgspec refuses nesting deeper than the interpreter's recursion limit
+        raise InvalidInput("malformed JSON: nested too deeply") from None
     if not request.inputs:
         raise InvalidInput("the request has no inputs")
     parameters = request.parameters or {}
@@ -102,7 +106,7 @@ def decode_request(body: bytes, header_length: int | None = None) -> DecodedRequ
                     f"input {item.name!r} has binary_data_size but the request has no binary part "
                     "(missing Inference-Header-Content-Length header)"
                 )
-            if not isinstance(size, int) or size < 0 or offset + size > len(binary_part):
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary_part):
                 raise InvalidInput(f"input {item.name!r}: binary_data_size {size} exceeds the body")
             inputs[item.name] = _array_from_binary(item, binary_part[offset : offset + size])
             offset += size
@@ -115,9 +119,20 @@ def decode_request(body: bytes, header_length: int | None = None) -> DecodedRequ
 
 
 def _check_shape(item: RequestInput) -> int:
+    if len(item.shape) > MAX_DIMS:
+        raise InvalidInput(f"input {item.name!r}: shape has {len(item.shape)} dimensions; at most {MAX_DIMS}")
     if any(not isinstance(d, int) or d < 0 for d in item.shape):
         raise InvalidInput(f"input {item.name!r}: shape {item.shape} must hold non-negative integers")
     return math.prod(item.shape)
+
+
+def _reshape(array: np.ndarray, item: RequestInput) -> np.ndarray:
+    """``array`` in the request's shape; a shape NumPy cannot hold (a dimension of 2**62 times 0
+    elements) is the client's error, not the server's."""
+    try:
+        return array.reshape(item.shape)
+    except ValueError:
+        raise InvalidInput(f"input {item.name!r}: shape {item.shape} is too large for an array") from None
 
 
 def _array_from_json(item: RequestInput) -> np.ndarray:
@@ -127,7 +142,10 @@ def _array_from_json(item: RequestInput) -> np.ndarray:
         raise InvalidInput(f"input {item.name!r} has neither data nor binary_data_size")
     data = item.data
     if item.datatype == "BYTES":
-        flat = _flatten(data, item.name)
+        try:
+            flat = _flatten(data, item.name)
+        except RecursionError:
+            raise InvalidInput(f"input {item.name!r}: data is nested too deeply") from None
         if len(flat) != count:
             raise _count_error(item, len(flat), count)
         array = np.empty(count, dtype=object)
@@ -138,11 +156,11 @@ def _array_from_json(item: RequestInput) -> np.ndarray:
                 array[i] = value
             else:
                 raise InvalidInput(f"input {item.name!r}: BYTES data must be strings, got {value!r}")
-        return array.reshape(item.shape)
+        return _reshape(array, item)
     try:
         array = np.array(data)
-    except ValueError:
-        raise InvalidInput(f"input {item.name!r}: nested data is ragged") from None
+    except (ValueError, RecursionError):
+        raise InvalidInput(f"input {item.name!r}: nested data is ragged or too deep") from None
     if array.size != count:
         raise _count_error(item, array.size, count)
     if array.dtype.kind not in _ACCEPTED_KINDS[dtype.kind] and array.size:
@@ -153,7 +171,13 @@ def _array_from_json(item: RequestInput) -> np.ndarray:
         info = np.iinfo(dtype)
         if array.min() < info.min or array.max() > info.max:
             raise InvalidInput(f"input {item.name!r}: values are out of range for {item.datatype}")
-    return array.astype(dtype, copy=False).reshape(item.shape)
+    if dtype.kind == "f" and array.size and array.dtype.itemsize > dtype.itemsize:
+        with np.errstate(over="ignore"):
+            narrowed = array.astype(dtype)
+        if np.isinf(narrowed).any() and not np.isinf(array).any():  # 1e300 as FP32 would become inf
+            raise InvalidInput(f"input {item.name!r}: values are out of range for {item.datatype}")
+        return _reshape(narrowed, item)
+    return _reshape(array.astype(dtype, copy=False), item)
 
 
 def _flatten(data: Any, name: str) -> list:
@@ -180,7 +204,7 @@ def _array_from_binary(item: RequestInput, raw: memoryview) -> np.ndarray:
             raise _count_error(item, len(values), count)
         array = np.empty(count, dtype=object)
         array[:] = values
-        return array.reshape(item.shape)
+        return _reshape(array, item)
     if item.datatype == "BOOL":
         dtype = np.dtype(np.bool_)
     if len(raw) != count * dtype.itemsize:
@@ -188,7 +212,7 @@ def _array_from_binary(item: RequestInput, raw: memoryview) -> np.ndarray:
             f"input {item.name!r}: shape {item.shape} of {item.datatype} needs "
             f"{count * dtype.itemsize} bytes but binary_data_size is {len(raw)}"
         )
-    return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(item.shape)
+    return _reshape(np.frombuffer(raw, dtype=dtype.newbyteorder("<")), item)
 
 
 def _unpack_bytes(raw: memoryview, name: str) -> list[bytes]:
