@@ -47,6 +47,8 @@ JsonHandler = Callable[[Any, str | None], Awaitable[Any]]
 
 JSON = b"application/json"
 EXTENSIONS = ["binary_tensor_data", "model_repository", "parameters", "metrics"]
+# The model label of requests naming a model the repository does not have.
+UNKNOWN_MODEL = "(unknown)"
 
 
 class Response:
@@ -410,8 +412,10 @@ class InferenceApp:
             outcome = _OUTCOMES.get(type(exc), "error")
             if model is not None:
                 model.meters.outcome(outcome).inc()
-            else:
-                metrics.REQUESTS.labels(name, "", outcome).inc()
+            else:  # a name not in the repository is the client's text: one series, or any client could
+                # add series to /metrics for ever (one per made-up name)
+                label = name if name in self.repository.models else UNKNOWN_MODEL
+                metrics.REQUESTS.labels(label, "", outcome).inc()
             raise
         model.meters.success.inc()
         model.meters.duration.observe(time.perf_counter() - started)
@@ -468,4 +472,6 @@ def _decompress(body: bytes, encoding: bytes, limit: int) -> bytes:
         raise InvalidInput(f"the body is not valid {encoding.decode()}: {exc}") from None
     if len(out) > limit:
         raise PayloadTooLarge(f"the decompressed body exceeds the limit of {limit} bytes")
+    if not decompressor.eof:  # a cut-off stream inflates to a prefix of the body without complaint
+        raise InvalidInput(f"the body is not valid {encoding.decode()}: the compressed stream is truncated")
     return out

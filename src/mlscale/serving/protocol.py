@@ -163,6 +163,8 @@ def _array_from_json(item: RequestInput) -> np.ndarray:
         raise InvalidInput(f"input {item.name!r}: nested data is ragged or too deep") from None
     if array.size != count:
         raise _count_error(item, array.size, count)
+    if dtype.kind == "u" and array.dtype.kind == "f":
+        array = _exact_unsigned(data, array, dtype, item)
     if array.dtype.kind not in _ACCEPTED_KINDS[dtype.kind] and array.size:
         raise InvalidInput(
             f"input {item.name!r}: data of kind {array.dtype.name} does not match datatype {item.datatype}"
@@ -178,6 +180,17 @@ def _array_from_json(item: RequestInput) -> np.ndarray:
             raise InvalidInput(f"input {item.name!r}: values are out of range for {item.datatype}")
         return _reshape(narrowed, item)
     return _reshape(array.astype(dtype, copy=False), item)
+
+
+def _exact_unsigned(data: Any, array: np.ndarray, dtype: np.dtype, item: RequestInput) -> np.ndarray:
+    """UINT64 values past INT64's maximum make NumPy infer float64 (losing digits): all-integer data
+    is built again exactly in the target type; anything else stays as it was (and is refused)."""
+    if not all(type(v) is int for v in np.array(data, dtype=object).ravel()):
+        return array
+    try:
+        return np.array(data, dtype=dtype)
+    except OverflowError:
+        raise InvalidInput(f"input {item.name!r}: values are out of range for {item.datatype}") from None
 
 
 def _flatten(data: Any, name: str) -> list:
