@@ -8,7 +8,7 @@ import time
 import zlib
 from pathlib import Path
 
-from serving_support import ECHO_MODEL, PICKY_MODEL, RunningServer, echo_toml, write_python_model
+from serving_support import ECHO_MODEL, PICKY_MODEL, RunningServer, write_python_model
 
 MAX_BODY = 8 * 1024 * 1024
 HEADER_TIMEOUT = 3.0
@@ -18,7 +18,6 @@ BODY_TIMEOUT = 1.0
 def start_hostile_server(root: Path) -> RunningServer:
     """One worker (so its pid is the process that reads bodies), small limits, payload log on."""
     models = root / "models"
-    write_python_model(models, "echo", ECHO_MODEL, echo_toml())
     write_python_model(
         models,
         "picky",
@@ -27,6 +26,14 @@ def start_hostile_server(root: Path) -> RunningServer:
         '[[inputs]]\nname = "x"\ndatatype = "FP64"\nshape = [-1, 2]\n'
         '[[outputs]]\nname = "y"\ndatatype = "FP64"\nshape = [-1, 2]\n',
     )
+    for name, datatype in (("text", "BYTES"), ("vector", "FP32")):
+        write_python_model(
+            models,
+            name,
+            ECHO_MODEL,
+            f'[[inputs]]\nname = "in_{datatype}"\ndatatype = "{datatype}"\nshape = [-1, 3]\n'
+            f'[[outputs]]\nname = "out_{datatype}"\ndatatype = "{datatype}"\nshape = [-1, 3]\n',
+        )
     config = root / "mlscale.toml"
     config.write_text(
         "[server]\n"

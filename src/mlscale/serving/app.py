@@ -376,6 +376,7 @@ class InferenceApp:
             elif key == b"x-request-timeout":
                 timeout = _float_header(key, value)
         model = None
+        admitted = None  # the batcher whose room this request holds until it submits
         try:
             # The model first: a request to a model or version that does not exist is a 404 whatever
             # its body, and an unknown name costs no body read or decode.
@@ -384,6 +385,7 @@ class InferenceApp:
             # read or decode. A cached answer needs no queue: with a cache, only misses wait.
             if model.cache is None:
                 await model.batcher.admit(time.monotonic() + timeout if timeout else None)
+                admitted = model.batcher
             body = await self._read_body(scope, receive)
             request = decode_request(body, header_length)
             if model.enricher is not None:
@@ -399,6 +401,7 @@ class InferenceApp:
             model.meters.inflight.inc()
             try:
                 if model.cache is None:
+                    admitted = None  # submit takes the room over
                     outputs = await model.batcher.submit(request.inputs, deadline, requested, admitted=True)
                     parameters = None
                 else:
@@ -417,6 +420,9 @@ class InferenceApp:
                 label = name if name in self.repository.models else UNKNOWN_MODEL
                 metrics.REQUESTS.labels(label, "", outcome).inc()
             raise
+        finally:
+            if admitted is not None:
+                admitted.release()
         model.meters.success.inc()
         model.meters.duration.observe(time.perf_counter() - started)
         if self.payload_log is not None:  # never blocks: a full buffer drops and counts

@@ -156,6 +156,13 @@ class AdaptiveBatcher:
         finally:
             timer.cancel()
 
+    def release(self) -> None:
+        """Give back the room of a request ``admit`` let in that will not ``submit`` (its body was
+        malformed, too large or too slow). Without it that room stayed taken until the next batch,
+        and with no batch coming, enough such requests kept every later one at the door for good."""
+        self._let_in = max(0, self._let_in - 1)
+        self._open_door()
+
     def _open_door(self) -> None:
         """Let door waiters in while the queue has room: the oldest first, the newest once the
         oldest has waited past the target (adaptive LIFO)."""
