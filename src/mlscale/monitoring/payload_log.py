@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mlscale.monitoring.metrics import PAYLOAD_RECORDS
+from mlscale.monitoring.payload_recovery import quarantine_orphans
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,8 @@ class PayloadLog:
     ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        # Files a killed process left half-written: moved aside and counted, never read.
+        self.quarantined = quarantine_orphans(self.directory)
         if isinstance(sample_rate, Mapping):
             self._rates = dict(sample_rate)
             self._default_rate = default_rate
