@@ -1,13 +1,15 @@
 """Kill -9 soak: SIGKILL the server (payload log, prediction cache with a SQLite shared tier, event
-ingestion on the embedded broker) at random moments under load, restart it, then check what survived.
+ingestion on the embedded broker) and the stream processor at random moments under load, restart
+them, then check what survived.
 
     python bench/soak/run.py --seconds 300            # the full run (issue 14: 5 minutes)
     python bench/soak/run.py --seconds 20 --workers 1 # what make test runs (tests/serving/test_serving_kill9.py)
 
 Afterwards: every Parquet file of the payload log is readable, and half-written ones (of killed
 processes) were quarantined and counted; every SQLite file passes PRAGMA integrity_check; every event
-the server acknowledged (200 to POST /v1/events/{topic}) is in the broker. Prints one JSON report.
-Not covered here yet: killing a stream processor and the drift monitor, and RSS over 10 minutes.
+the server acknowledged (200 to POST /v1/events/{topic}) is in the broker; the stream processor's
+online windows equal a brute-force count and sum of the events in the log (each exactly once).
+Prints one JSON report. Not covered here yet: killing the drift monitor, RSS over 10 minutes.
 """
 
 from __future__ import annotations
@@ -54,7 +56,11 @@ def write_project(root: Path, workers: int) -> Path:
     config.write_text(
         f'[server]\nmodel_repository = "models"\nworkers = {workers}\npoll_interval = 0\ndashboard = false\n'
         '[cache]\nl2 = "sqlite:///cache.db"\n'
-        '[streams]\nbroker = "embedded:streams.db"\n'
+        '[streams]\nbroker = "embedded:streams.db"\nonline = "sqlite:///online.db"\n'
+        'checkpoint_dir = "checkpoints"\ncheckpoint_interval = 0.5\nflush_interval = 0.5\n'
+        f'[[streams.features]]\nname = "spend"\nsource = "{TOPIC}"\nentity_key = "user"\nevent_time = "ts"\n'
+        'window = "tumbling"\nsize = "1d"\nallowed_lateness = "1d"\ndedup_key = "id"\n'
+        'aggregations = ["count", "sum(amount)"]\n'
         '[monitoring.payload_log]\nenabled = true\ndirectory = "payload-log"\nroll_seconds = 0.5\n'
     )
     return config
@@ -110,6 +116,39 @@ class Server:
         self.log.close()
 
 
+class StreamProcessor:
+    """`mlscale stream run` in its own process group (killed and restarted like the server)."""
+
+    def __init__(self, config: Path) -> None:
+        self.config = config
+        self.process: subprocess.Popen | None = None
+        self.log = open(config.parent / "stream.log", "ab")  # noqa: SIM115 - closed in close()
+
+    def command(self, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "mlscale", "stream", "run", "--config", str(self.config), "--quiet", *extra]
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            self.command(), stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        if self.process is not None:
+            self.process.wait()
+
+    def drain(self, timeout: float = 120.0) -> int:
+        """Run to the end of the log (exit after 2 s without events); its exit status."""
+        return subprocess.run(
+            self.command("--idle-exit", "2"), stdout=self.log, stderr=subprocess.STDOUT, timeout=timeout
+        ).returncode
+
+    def close(self) -> None:
+        self.kill()
+        self.log.close()
+
+
 class Load:
     """Inference (repeating inputs, so the cache is hit) and event posts; acknowledged ids are kept."""
 
@@ -144,7 +183,8 @@ class Load:
             while not self.stop.is_set():
                 first = self._next_id
                 self._next_id += 5
-                batch = [{"id": i, "user": i % 7, "amount": i * 0.5} for i in range(first, first + 5)]
+                now = time.time()
+                batch = [{"id": i, "user": f"u{i % 7}", "amount": i * 0.5, "ts": now} for i in range(first, first + 5)]
                 try:
                     response = client.post(f"/v1/events/{TOPIC}", json=batch)
                 except httpx.HTTPError:
@@ -178,10 +218,33 @@ def check_sqlite(root: Path) -> dict:
     return results
 
 
-def missing_events(root: Path, acknowledged: list[int]) -> list[int]:
+def stored_events(root: Path) -> list[dict]:
     with sqlite3.connect(root / "streams.db") as db:
-        stored = {json.loads(value)["id"] for (value,) in db.execute("SELECT value FROM log WHERE topic=?", (TOPIC,))}
-    return sorted(set(acknowledged) - stored)
+        return [json.loads(value) for (value,) in db.execute("SELECT value FROM log WHERE topic=?", (TOPIC,))]
+
+
+def check_windows(root: Path, events: list[dict]) -> dict:
+    """The online windows against a brute-force sum of the events in the log (each counted once)."""
+    from mlscale.storage.factory import open_url
+    from mlscale.streams.online import decode_value
+
+    expected: dict[tuple[str, int], list] = {}
+    for event in {e["id"]: e for e in events}.values():
+        day = int(event["ts"] * 1000) // 86_400_000 * 86_400_000
+        totals = expected.setdefault((event["user"], day), [0, 0.0])
+        totals[0] += 1
+        totals[1] += event["amount"]
+    store = open_url("sqlite:///online.db", root=root)
+    wrong = []
+    try:
+        for (user, day), (count, total) in sorted(expected.items()):
+            raw = store.get_many([f"spend|{user}|{day}".encode()])[0]
+            value = decode_value(raw) if raw is not None else {}
+            if value.get("count") != count or abs(value.get("sum_amount", -1) - total) > 1e-6 * max(1, total):
+                wrong.append({"user": user, "expected": [count, total], "online": value})
+    finally:
+        store.close()
+    return {"windows": len(expected), "wrong": wrong[:10]}
 
 
 def run_soak(root: Path, seconds: float, workers: int = 1, seed: int = 0) -> dict:
@@ -189,20 +252,29 @@ def run_soak(root: Path, seconds: float, workers: int = 1, seed: int = 0) -> dic
     rng = random.Random(seed)
     config = write_project(root, workers)
     server = Server(config, free_port())
+    stream = StreamProcessor(config)
     load = Load(server.url, seed)
     kills = 0
+    stream_kills = 0
     threads = [threading.Thread(target=load.infer, daemon=True), threading.Thread(target=load.events, daemon=True)]
     try:
         server.start()
+        stream.start()
         for thread in threads:
             thread.start()
         until = time.monotonic() + seconds
         while time.monotonic() < until:
-            # A random moment: mid-write of a payload file, mid-append of events, mid-cache write.
+            # A random moment: mid-write of a payload file, mid-append of events, mid-cache write,
+            # mid-checkpoint of the stream processor.
             time.sleep(rng.uniform(0.5, 3.0))  # the pace of the kills is the experiment, not a wait
-            server.kill()
-            kills += 1
-            server.start()
+            if rng.random() < 0.5:
+                server.kill()
+                kills += 1
+                server.start()
+            else:
+                stream.kill()
+                stream_kills += 1
+                stream.start()
         load.stop.set()
         for thread in threads:
             thread.join(timeout=10)
@@ -210,17 +282,25 @@ def run_soak(root: Path, seconds: float, workers: int = 1, seed: int = 0) -> dic
         kills += 1
         server.start()  # a restart quarantines what the last kill left half-written
         assert httpx.get(server.url + "/v2/health/ready", timeout=5).status_code == 200
+        stream.kill()
+        stream_kills += 1
+        drained = stream.drain()  # the processor restarted after its last kill catches up
     finally:
         load.stop.set()
         server.close()
+        stream.close()
     payload = check_parquet(root / "payload-log")
     sqlite = check_sqlite(root)
-    missing = missing_events(root, load.acknowledged)
+    events = stored_events(root)
+    missing = sorted(set(load.acknowledged) - {e["id"] for e in events})
+    windows = check_windows(root, events)
     ok = (
         not payload["unreadable"]
         and not payload["tmp_left"]
         and all(v == "ok" for v in sqlite.values())
         and not missing
+        and drained == 0
+        and not windows["wrong"]
         and load.answered > 0
         and load.acknowledged
     )
@@ -228,6 +308,8 @@ def run_soak(root: Path, seconds: float, workers: int = 1, seed: int = 0) -> dic
         "ok": bool(ok),
         "seconds": seconds,
         "kills": kills,
+        "stream_kills": stream_kills,
+        "stream_windows": windows,
         "answered": load.answered,
         "failed_while_down": load.failed,
         "events_acknowledged": len(load.acknowledged),

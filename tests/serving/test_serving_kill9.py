@@ -1,7 +1,8 @@
-"""Kill -9 soak, shortened (bench/soak/run.py runs it at full length): the server is SIGKILLed at
-random moments under inference and event load and restarted; afterwards the payload log's Parquet
-files are readable (half-written ones quarantined and counted), SQLite files pass integrity_check,
-and no acknowledged event is missing."""
+"""Kill -9 soak, shortened (bench/soak/run.py runs it at full length): the server and the stream
+processor are SIGKILLed at random moments under inference and event load and restarted; afterwards
+the payload log's Parquet files are readable (half-written ones quarantined and counted), SQLite
+files pass integrity_check, no acknowledged event is missing, and the online windows count every
+event of the log exactly once."""
 
 from __future__ import annotations
 
@@ -30,7 +31,11 @@ def test_server_killed_at_random_loses_nothing_acknowledged(tmp_path: Path) -> N
     assert report["payload_log"]["unreadable"] == [], report
     assert report["payload_log"]["tmp_left"] == [], report
     assert report["payload_log"]["readable"] + report["payload_log"]["quarantined"] > 0, report
-    assert report["sqlite_integrity"] == {"cache.db": "ok", "streams.db": "ok"}, report
+    assert report["sqlite_integrity"] == dict.fromkeys(["cache.db", "checkpoints.db", "online.db", "streams.db"], "ok")
+    # The stream processor, killed too, still counted every event of the log exactly once.
+    assert report["stream_kills"] >= 2 and report["stream_windows"]["windows"] > 0, report
+    assert report["stream_windows"]["wrong"] == [], report
+    assert report["ok"], report
 
 
 def test_only_files_of_dead_writers_are_quarantined(tmp_path: Path) -> None:
