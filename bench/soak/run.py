@@ -1,15 +1,16 @@
 """Kill -9 soak: SIGKILL the server (payload log, prediction cache with a SQLite shared tier, event
-ingestion on the embedded broker) and the stream processor at random moments under load, restart
-them, then check what survived.
+ingestion on the embedded broker), the stream processor and the drift monitor at random moments under
+load, restart them, then check what survived.
 
     python bench/soak/run.py --seconds 300            # the full run (issue 14: 5 minutes)
-    python bench/soak/run.py --seconds 20 --workers 1 # what make test runs (tests/serving/test_serving_kill9.py)
+    python bench/soak/run.py --seconds 15 --workers 1 # what make test runs (tests/serving/test_serving_kill9.py)
 
 Afterwards: every Parquet file of the payload log is readable, and half-written ones (of killed
 processes) were quarantined and counted; every SQLite file passes PRAGMA integrity_check; every event
 the server acknowledged (200 to POST /v1/events/{topic}) is in the broker; the stream processor's
-online windows equal a brute-force count and sum of the events in the log (each exactly once).
-Prints one JSON report. Not covered here yet: killing the drift monitor, RSS over 10 minutes.
+online windows equal a brute-force count and sum of the events in the log (each exactly once); the
+drift monitor's state file parses and a fresh `monitor run --once` succeeds. Prints one JSON
+report. Not covered here yet: RSS of a long-running server over 10 minutes.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 MODEL = '''
@@ -61,7 +63,14 @@ def write_project(root: Path, workers: int) -> Path:
         f'[[streams.features]]\nname = "spend"\nsource = "{TOPIC}"\nentity_key = "user"\nevent_time = "ts"\n'
         'window = "tumbling"\nsize = "1d"\nallowed_lateness = "1d"\ndedup_key = "id"\n'
         'aggregations = ["count", "sum(amount)"]\n'
+        f'[monitoring]\ninterval = 0.3\nmetrics_port = {free_port()}\nstate_file = "monitoring/latest.json"\n'
         '[monitoring.payload_log]\nenabled = true\ndirectory = "payload-log"\nroll_seconds = 0.5\n'
+        '[[monitoring.monitors]]\nname = "double-inputs"\nmodel = "double"\nreference = "reference.parquet"\n'
+        "window_rows = 200\n"
+    )
+    values = random.Random(1).choices(range(51), k=500)
+    pq.write_table(
+        pa.table({"x_0": [float(v) for v in values], "x_1": [float(v + 1) for v in values]}), root / "reference.parquet"
     )
     return config
 
@@ -116,16 +125,18 @@ class Server:
         self.log.close()
 
 
-class StreamProcessor:
-    """`mlscale stream run` in its own process group (killed and restarted like the server)."""
+class Worker:
+    """A long-running `mlscale` command in its own process group (killed and restarted like the server):
+    ``stream run`` (the stream processor) or ``monitor run`` (the drift monitor)."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, *args: str) -> None:
         self.config = config
+        self.args = args
         self.process: subprocess.Popen | None = None
-        self.log = open(config.parent / "stream.log", "ab")  # noqa: SIM115 - closed in close()
+        self.log = open(config.parent / f"{args[0]}.log", "ab")  # noqa: SIM115 - closed in close()
 
     def command(self, *extra: str) -> list[str]:
-        return [sys.executable, "-m", "mlscale", "stream", "run", "--config", str(self.config), "--quiet", *extra]
+        return [sys.executable, "-m", "mlscale", *self.args, "--config", str(self.config), *extra]
 
     def start(self) -> None:
         self.process = subprocess.Popen(
@@ -139,7 +150,7 @@ class StreamProcessor:
             self.process.wait()
 
     def drain(self, timeout: float = 120.0) -> int:
-        """Run to the end of the log (exit after 2 s without events); its exit status."""
+        """The stream processor: run to the end of the log (exit after 2 s without events); its exit status."""
         return subprocess.run(
             self.command("--idle-exit", "2"), stdout=self.log, stderr=subprocess.STDOUT, timeout=timeout
         ).returncode
@@ -252,14 +263,17 @@ def run_soak(root: Path, seconds: float, workers: int = 1, seed: int = 0) -> dic
     rng = random.Random(seed)
     config = write_project(root, workers)
     server = Server(config, free_port())
-    stream = StreamProcessor(config)
+    stream = Worker(config, "stream", "run", "--quiet")
+    monitor = Worker(config, "monitor", "run")
     load = Load(server.url, seed)
     kills = 0
     stream_kills = 0
+    monitor_kills = 0
     threads = [threading.Thread(target=load.infer, daemon=True), threading.Thread(target=load.events, daemon=True)]
     try:
         server.start()
         stream.start()
+        monitor.start()
         for thread in threads:
             thread.start()
         until = time.monotonic() + seconds
@@ -267,14 +281,19 @@ def run_soak(root: Path, seconds: float, workers: int = 1, seed: int = 0) -> dic
             # A random moment: mid-write of a payload file, mid-append of events, mid-cache write,
             # mid-checkpoint of the stream processor.
             time.sleep(rng.uniform(0.5, 3.0))  # the pace of the kills is the experiment, not a wait
-            if rng.random() < 0.5:
+            victim = rng.random()
+            if victim < 0.4:
                 server.kill()
                 kills += 1
                 server.start()
-            else:
+            elif victim < 0.7:
                 stream.kill()
                 stream_kills += 1
                 stream.start()
+            else:
+                monitor.kill()
+                monitor_kills += 1
+                monitor.start()
         load.stop.set()
         for thread in threads:
             thread.join(timeout=10)
@@ -284,11 +303,19 @@ def run_soak(root: Path, seconds: float, workers: int = 1, seed: int = 0) -> dic
         assert httpx.get(server.url + "/v2/health/ready", timeout=5).status_code == 200
         stream.kill()
         stream_kills += 1
-        drained = stream.drain()  # the processor restarted after its last kill catches up
+        monitor.kill()
+        monitor_kills += 1
+        drained = stream.drain()
+        # The drift monitor, killed mid-run, starts again and evaluates what the payload log holds.
+        monitor_once = subprocess.run(
+            monitor.command("--once"), capture_output=True, timeout=120
+        )  # the processor restarted after its last kill catches up
     finally:
         load.stop.set()
         server.close()
         stream.close()
+        monitor.close()
+    state = json.loads((root / "monitoring" / "latest.json").read_text())  # written whole or not at all
     payload = check_parquet(root / "payload-log")
     sqlite = check_sqlite(root)
     events = stored_events(root)
@@ -301,6 +328,8 @@ def run_soak(root: Path, seconds: float, workers: int = 1, seed: int = 0) -> dic
         and not missing
         and drained == 0
         and not windows["wrong"]
+        and monitor_once.returncode == 0
+        and "double-inputs" in json.dumps(state)
         and load.answered > 0
         and load.acknowledged
     )
@@ -310,6 +339,9 @@ def run_soak(root: Path, seconds: float, workers: int = 1, seed: int = 0) -> dic
         "kills": kills,
         "stream_kills": stream_kills,
         "stream_windows": windows,
+        "monitor_kills": monitor_kills,
+        "monitor_once_exit": monitor_once.returncode,
+        "monitor_once_stderr": monitor_once.stderr.decode()[-500:] if monitor_once.returncode else "",
         "answered": load.answered,
         "failed_while_down": load.failed,
         "events_acknowledged": len(load.acknowledged),

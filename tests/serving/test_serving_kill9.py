@@ -1,8 +1,8 @@
-"""Kill -9 soak, shortened (bench/soak/run.py runs it at full length): the server and the stream
-processor are SIGKILLed at random moments under inference and event load and restarted; afterwards
-the payload log's Parquet files are readable (half-written ones quarantined and counted), SQLite
-files pass integrity_check, no acknowledged event is missing, and the online windows count every
-event of the log exactly once."""
+"""Kill -9 soak, shortened (bench/soak/run.py runs it at full length): the server, the stream
+processor and the drift monitor are SIGKILLed at random moments under inference and event load and
+restarted; afterwards the payload log's Parquet files are readable (half-written ones quarantined and
+counted), SQLite files pass integrity_check, no acknowledged event is missing, the online windows count
+every event of the log exactly once, and the drift monitor runs again on what it left."""
 
 from __future__ import annotations
 
@@ -35,6 +35,8 @@ def test_server_killed_at_random_loses_nothing_acknowledged(tmp_path: Path) -> N
     # The stream processor, killed too, still counted every event of the log exactly once.
     assert report["stream_kills"] >= 2 and report["stream_windows"]["windows"] > 0, report
     assert report["stream_windows"]["wrong"] == [], report
+    # The drift monitor, killed too, left a state file that parses and runs again.
+    assert report["monitor_once_exit"] == 0, report
     assert report["ok"], report
 
 
