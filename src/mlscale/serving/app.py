@@ -344,13 +344,29 @@ class InferenceApp:
         chunks: list[bytes] = []
         size = 0
         pause = self.settings.body_timeout
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            task.cancel()
+
         while True:
             # A client that stops sending mid-body holds a connection and a request slot: the
-            # longest pause between two pieces is bounded (nginx's client_body_timeout).
+            # longest pause between two pieces is bounded (nginx's client_body_timeout). A bare
+            # timer per piece: asyncio.timeout / wait_for cost 10-20 us per request here, this 3.
+            timer = loop.call_later(pause, expire)
             try:
-                message = await asyncio.wait_for(receive(), pause)
-            except TimeoutError:
+                message = await receive()
+            except asyncio.CancelledError:
+                if not expired:
+                    raise
+                task.uncancel()
                 raise RequestTimeout(f"the client sent nothing of the body for {pause:g} s") from None
+            finally:
+                timer.cancel()
             if message["type"] == "http.disconnect":
                 raise InvalidInput("the client disconnected")
             chunk = message.get("body", b"")
