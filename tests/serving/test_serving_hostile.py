@@ -135,8 +135,10 @@ def test_decompression_bomb_is_refused_fast_in_bounded_memory(hostile: RunningSe
     assert response.status_code == 413, response.text
     assert f"exceeds the limit of {MAX_BODY} bytes" in response.json()["error"]
     assert elapsed < 2.0
-    # Inflating stops one byte past the limit: peak memory grows by a few limits at most, not 1 GiB.
-    assert peak_rss_kib(hostile.process.pid) - peak_before < 4 * MAX_BODY // 1024
+    # Inflating stops one byte past the limit: peak memory grows by a bounded amount, far from 1 GiB
+    # (the margin over the 8 MiB limit covers what else the process allocates meanwhile: its payload
+    # log's Arrow pool, for one, grew the peak by up to 40 MB on a busy machine).
+    assert peak_rss_kib(hostile.process.pid) - peak_before < 16 * MAX_BODY // 1024
     assert_serving(hostile)
 
 
