@@ -106,8 +106,7 @@ class PostgresCheckpoints(Checkpoints):
             with conn.transaction():
                 current = dict(
                     conn.execute(
-                        f"SELECT part, epoch FROM {_PARTS} WHERE name = %s AND part = ANY(%s)"
-                        " ORDER BY part FOR UPDATE",
+                        f"SELECT part, epoch FROM {_PARTS} WHERE name = %s AND part = ANY(%s) ORDER BY part FOR UPDATE",
                         (name, sorted(updates)),
                     ).fetchall()
                 )

@@ -66,7 +66,9 @@ return fenced
 class RedisCheckpoints(Checkpoints):
     """``RedisCheckpoints("redis://host:6379/0?prefix=app:&wait=1")``: the shared checkpoint store."""
 
-    def __init__(self, url: str, *, timeout: float = 5.0, prefix: str = "mlscale:ckpt:", wait: int | None = None) -> None:
+    def __init__(
+        self, url: str, *, timeout: float = 5.0, prefix: str = "mlscale:ckpt:", wait: int | None = None
+    ) -> None:
         self.url, options = split_options(url)
         self.prefix = options["prefix"] or prefix
         try:
