@@ -180,3 +180,29 @@ def test_a_record_that_is_no_arrow_stream_is_skipped_by_the_archiver(brokers, tm
     log.close()
     assert PayloadArchiver(brokers(), tmp_path / "archive").archive() == 3
     assert sum(pq.read_metadata(p).num_rows for p in (tmp_path / "archive").glob("iris/*.parquet")) == 3
+
+
+def test_monitor_archive_command_writes_the_topic_or_says_what_is_missing(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from mlscale.cli import main
+
+    def mlscale(*args: str) -> int:
+        monkeypatch.setattr(sys, "argv", ["mlscale", *args])
+        try:
+            main()
+        except SystemExit as exc:
+            return exc.code or 0
+        return 0
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mlscale.toml").write_text("[monitoring.payload_log]\nenabled = true\n")
+    assert mlscale("monitor", "archive", "--once") == 2
+    assert "broker is not set" in capsys.readouterr().err
+    (tmp_path / "mlscale.toml").write_text('[monitoring.payload_log]\nenabled = true\nbroker = "embedded:log.db"\n')
+    log = PayloadLog(tmp_path / "unused", publish=PayloadPublisher(open_broker("embedded:log.db", partitions=4)))
+    log.record("iris", "1", *_batch(0, 5, np.random.default_rng(4)))
+    log.close()
+    assert mlscale("monitor", "archive", "--once") == 0
+    assert "archived 5 rows" in capsys.readouterr().out
+    assert len(_archived(tmp_path / "payload-log")) == 5
