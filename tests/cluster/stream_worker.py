@@ -1,11 +1,12 @@
 """A stream processor host for tests/cluster/test_cluster_streams.py, run inside a namespace host.
 
 ``python stream_worker.py '<json config>'``: events from Redis Streams, windows into the Redis
-Cluster, checkpoints in PostgreSQL. It prints one JSON line when its partitions change (and every
-half second): ``{"t": wall time, "owned": [...], "dropped": [...], "processed": n}``, ``dropped``
-being partitions it lost without its group membership moving them (fenced: another host took them
-over while this one was cut off). An error (a store unreachable) is printed and the processor made
-again, as an orchestrator would restart it; SIGTERM stops it after a final checkpoint.
+Cluster, checkpoints in PostgreSQL. It prints one JSON line when its partitions change or it finds
+itself fenced (and every half second): ``{"t": wall time, "owned": [...], "fenced": [...],
+"processed": n}``, ``fenced`` being the partitions whose epoch in the checkpoint store moved while
+this processor held them (another host took them over while this one was cut off), as the
+processor's own fencing checks saw them. An error (a store unreachable) is printed and the
+processor made again, as an orchestrator would restart it; SIGTERM stops it after a final checkpoint.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 from mlscale.storage.redis_store import RedisClusterKeyValue
 from mlscale.streams.checkpoint_postgres import PostgresCheckpoints
@@ -27,6 +29,25 @@ FEATURE = WindowedFeature(
 )
 
 
+class WatchedCheckpoints(PostgresCheckpoints):
+    """Notes each partition the processor holds at an epoch the store no longer has (it is fenced)."""
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__(dsn)
+        self.held: Callable[[], dict[int, int]] = dict  # partition -> epoch the processor holds now
+        self.fenced: set[int] = set()
+
+    def epochs(self, name: str) -> dict[int, int]:
+        current = super().epochs(name)
+        self.fenced.update(p for p, epoch in self.held().items() if current.get(p) != epoch)
+        return current
+
+    def commit(self, name: str, updates: dict) -> list[int]:
+        refused = super().commit(name, updates)
+        self.fenced.update(refused)
+        return refused
+
+
 def main() -> None:
     cfg = json.loads(sys.argv[1])
     stopping = threading.Event()
@@ -34,7 +55,7 @@ def main() -> None:
     broker = open_broker(cfg["broker"], partitions=cfg["partitions"], member_ttl=cfg["member_ttl"],
                          key_fields={"orders": "user"}, prefix=cfg["prefix"])  # fmt: skip
     sink = RedisClusterKeyValue(cfg["sink"], timeout=cfg["timeout"], prefix=cfg["prefix"].encode())
-    checkpoints = PostgresCheckpoints(cfg["checkpoints"])
+    checkpoints = WatchedCheckpoints(cfg["checkpoints"])
     topic, consumer, group = "orders", cfg["consumer"], cfg["group"]
     state = {"owned": [], "processed": 0, "reported": 0.0}
 
@@ -45,16 +66,16 @@ def main() -> None:
     while not stopping.is_set():
         proc = StreamProcessor(broker, [FEATURE], sink, checkpoints, group=group, consumer=consumer,
                                batch_size=200, checkpoint_interval=0.3, flush_interval=0.2)  # fmt: skip
+        checkpoints.held = lambda proc=proc: {p: part.epoch for p, part in proc.parts[topic].items()}
 
         def on_step(res, proc=proc) -> None:
             state["processed"] += res.processed
             owned = sorted(proc.parts[topic])
-            assigned = set(broker.assignment(topic, group, consumer))
-            dropped = sorted(set(state["owned"]) - set(owned) & assigned)
+            fenced, checkpoints.fenced = sorted(checkpoints.fenced), set()
             now = time.monotonic()
-            if owned != state["owned"] or dropped or now - state["reported"] >= 0.5:
+            if owned != state["owned"] or fenced or now - state["reported"] >= 0.5:
                 state["reported"] = now
-                say(owned=owned, dropped=dropped, processed=state["processed"])
+                say(owned=owned, fenced=fenced, processed=state["processed"])
             state["owned"] = owned
 
         try:

@@ -271,7 +271,7 @@ def test_a_stream_host_cut_off_and_healed_leaves_no_zombie_write(stream_hosts: S
         drained = finish(run, producer)
         lost, duplicated = compare_with_oracle(run)
         after_cut = [s for s in run.status("a2") if s["t"] > cut_at]
-        fenced = sorted({p for s in after_cut for p in s.get("dropped", [])})
+        fenced = sorted({p for s in after_cut for p in s.get("fenced", [])})
         errors = [s["error"] for s in after_cut if "error" in s]
         print(
             f"\nstream host cut off: {len(run.sent)} events sent ({len(run.sent) - EVENTS} retries), {lost} lost, "
