@@ -202,3 +202,35 @@ def test_the_stream_settings_take_a_shared_checkpoint_url(tmp_path, postgres_dsn
     assert settings.streams.checkpoint == postgres_dsn
     with open_checkpoints(settings.streams.checkpoint, root=settings.root) as store:
         assert type(store).__name__ == "PostgresCheckpoints"
+
+
+def test_stream_run_keeps_its_checkpoints_in_the_configured_postgres(tmp_path, postgres_dsn):
+    # Through the real CLI: [streams] checkpoint names PostgreSQL, so no checkpoint folder appears
+    # and a second run (another host, say) resumes from the rows the first committed.
+    import subprocess
+    import sys
+
+    group = f"g{uuid.uuid4().hex[:10]}"
+    (tmp_path / "mlscale.toml").write_text(
+        f'[streams]\nbroker = "embedded:log.db"\nonline = "sqlite:///online.db"\npartitions = 2\n'
+        f'group = "{group}"\ncheckpoint = "{postgres_dsn}"\n'
+        '[[streams.features]]\nname = "spend"\nsource = "orders"\nentity_key = "user"\nsize = "10s"\n'
+        'dedup_key = "id"\naggregations = ["count"]\n'
+    )
+    broker = EmbeddedBroker(tmp_path / "log.db", partitions=2, key_fields={"orders": "user"})
+    run = [sys.executable, "-m", "mlscale", "stream", "run", "--idle-exit", "0.3", "--quiet"]
+    try:
+        broker.append("orders", [{"id": i, "user": f"u{i % 3}", "ts": 1000 + i} for i in range(8)])
+        first = subprocess.run(run, cwd=tmp_path, capture_output=True, timeout=120)
+        assert first.returncode == 0, first.stderr.decode()[-2000:]
+        assert not (tmp_path / "streams" / "checkpoints").exists()
+        with open_checkpoints(postgres_dsn) as store:
+            assert sum(o + 1 for o in store.offsets(f"{group}/orders").values()) == 8
+        broker.append("orders", [{"id": 3, "user": "u0", "ts": 1003}, {"id": 8, "user": "u2", "ts": 1008}])
+        second = subprocess.run(run, cwd=tmp_path, capture_output=True, timeout=120)
+        assert second.returncode == 0, second.stderr.decode()[-2000:]
+        assert b"processed 2 events" in second.stderr and b"1 duplicates dropped" in second.stderr
+    finally:
+        broker.close()
+        with open_checkpoints(postgres_dsn) as store:
+            store.forget(f"{group}/orders")
