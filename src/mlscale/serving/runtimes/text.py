@@ -42,9 +42,11 @@ class SentenceEmbeddingRuntime(Runtime):
         self.chunk_size = int(config.parameters.get("chunk_size", 32))
         if self.chunk_size < 1:
             raise ConfigError("parameters.chunk_size must be at least 1")
-        dimension = self.model.get_sentence_embedding_dimension() or -1
+        # Renamed in sentence-transformers 6; older releases only have the long name.
+        model = self.model
+        dimension = (getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension)()
         self.inputs = [TensorSpec("text", "BYTES", (-1,))]
-        self.outputs = [TensorSpec("embedding", "FP32", (-1, dimension))]
+        self.outputs = [TensorSpec("embedding", "FP32", (-1, dimension or -1))]
         self.apply_declared(config)
         self._input_name = self.inputs[0].name
         self._output_name = self.outputs[0].name
