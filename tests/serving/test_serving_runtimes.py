@@ -307,3 +307,11 @@ def load_iris_features() -> np.ndarray:
     from sklearn.datasets import load_iris
 
     return load_iris().data
+
+
+def test_demo_semantic_search_ranks_sentences_of_the_query_topic_first(runtime_server):
+    import semantic_search  # examples/demo, on the path through serving_support
+
+    results = semantic_search.search(runtime_server.url, list(semantic_search.QUERIES))
+    for query, topic in semantic_search.QUERIES.items():
+        assert [semantic_search.topic_of(sentence) for _, sentence in results[query]] == [topic] * 3, results[query]
