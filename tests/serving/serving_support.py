@@ -148,7 +148,11 @@ class RunningServer:
         self.process = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
         )
-        self.wait_ready(ready_timeout)
+        try:
+            self.wait_ready(ready_timeout)
+        except BaseException:  # a server that never became ready must not outlive the test
+            self.stop()
+            raise
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         until = time.monotonic() + timeout
