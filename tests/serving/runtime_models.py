@@ -138,6 +138,15 @@ def build_mlflow(root: Path, oracles: Oracles, scratch: Path) -> None:
     )
     oracles.models["mlflow-sklearn"] = mlflow.pyfunc.load_model(str(root / "mlflow-sklearn" / "1"))
 
+    # No signature: model.toml declares the tensors instead.
+    folder = root / "mlflow-nosig" / "1"
+    folder.parent.mkdir(parents=True)
+    mlflow.sklearn.save_model(logistic, str(folder), serialization_format="cloudpickle", pip_requirements=["mlflow"])
+    (folder / "model.toml").write_text(
+        BATCHING + '[[inputs]]\nname = "features"\ndatatype = "FP64"\nshape = [-1, 4]\n'
+        '[[outputs]]\nname = "species"\ndatatype = "INT64"\nshape = [-1]\n'
+    )
+
     code = scratch / "scorer.py"
     code.write_text(MLFLOW_CODE_MODEL)
     example = pd.DataFrame({"city": ["Oslo", "Lima"], "amount": [1.5, 2.0]})

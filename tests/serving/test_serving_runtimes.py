@@ -199,6 +199,17 @@ def test_mlflow_pyfunc_signature_becomes_metadata_and_answers_as_mlflow(runtime_
         np.testing.assert_array_equal(answer["output"], model.predict(tensors[0][2]))
 
 
+def test_mlflow_model_without_signature_takes_the_tensors_model_toml_declares(runtime_server, built):
+    meta = metadata(runtime_server.url, "mlflow-nosig")
+    assert meta["inputs"] == [{"name": "features", "datatype": "FP64", "shape": [-1, 4]}]
+    features = np.asarray(load_iris_features())
+    requests = [[("features", "FP64", features[i * 9 : i * 9 + 3])] for i in range(12)]
+    answers = batched_equals_alone(runtime_server.url, "mlflow-nosig", requests)
+    model = built[1].models["mlflow-sklearn"]  # the same estimator, saved with a signature
+    for tensors, answer in zip(requests, answers, strict=True):
+        np.testing.assert_array_equal(answer["species"], model.predict(tensors[0][2]))
+
+
 def test_mlflow_column_signature_makes_one_input_per_column(runtime_server, built):
     import pandas as pd
 

@@ -100,7 +100,9 @@ class MlflowRuntime(Runtime):
         self.apply_declared(config)
         if not self.inputs:
             raise ConfigError(f"{where}: the model has no signature; declare [[inputs]] in model.toml")
-        self._unnamed = len(self.inputs) == 1 and not self._columns and signature is not None
+        # One tensor the signature leaves unnamed (or no signature): the model takes the bare array.
+        unnamed = signature is None or signature.inputs is None or not signature.inputs.has_input_names()
+        self._unnamed = len(self.inputs) == 1 and not self._columns and unnamed
 
     def _native(self, path: Path, config: ModelConfig, flavors: dict) -> Runtime | None:
         if config.parameters.get("flavor", "native") == "python_function":
