@@ -123,7 +123,12 @@ class RunningServer:
     """A real `mlscale serve` process and its base URL."""
 
     def __init__(
-        self, repository: Path, workers: int = 2, extra: list[str] | None = None, config: Path | None = None
+        self,
+        repository: Path,
+        workers: int = 2,
+        extra: list[str] | None = None,
+        config: Path | None = None,
+        ready_timeout: float = 60.0,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -143,7 +148,11 @@ class RunningServer:
         self.process = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
         )
-        self.wait_ready()
+        try:
+            self.wait_ready(ready_timeout)
+        except BaseException:  # a server that never became ready must not outlive the test
+            self.stop()
+            raise
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         until = time.monotonic() + timeout
