@@ -127,6 +127,9 @@ class RunningServer:
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # Always a free gRPC port: the default (8001) would be shared between servers through SO_REUSEPORT.
+        self.grpc_port = free_port()
+        self.grpc_url = f"127.0.0.1:{self.grpc_port}"
         command = [
             str(Path(sys.executable).parent / "mlscale"),
             "serve",
@@ -136,6 +139,8 @@ class RunningServer:
             str(self.port),
             "--workers",
             str(workers),
+            "--grpc-port",
+            str(self.grpc_port),
             *(extra or []),
         ]
         if config is not None:
