@@ -118,7 +118,7 @@ def _guarded(method: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any
         try:
             return await method(request, context)
         except MlscaleError as exc:
-            metadata = (("retry-after", str(exc.retry_after)),) if isinstance(exc, Overloaded) else None
+            metadata = (("retry-after", str(exc.retry_after)),) if isinstance(exc, Overloaded) else ()
             await context.abort(status_of(exc), str(exc), metadata)
         except Exception:
             log.exception("unhandled error in %s", getattr(method, "__name__", "rpc"))
