@@ -141,6 +141,8 @@ def start(kind: str, models: dict[str, Path], workers: int) -> tuple[subprocess.
             str(models["mlscale"]),
             "--port",
             str(port),
+            "--grpc-port",
+            "0",  # REST only here; bench/serving/grpc_bench.py measures gRPC
             "--workers",
             str(workers),
         ]
