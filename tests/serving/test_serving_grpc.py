@@ -353,3 +353,87 @@ def test_model_configuration_over_rest_and_grpc_agree(server, client):
     with pytest.raises(InferenceServerException) as caught:
         client.get_model_config("no-such-model")
     assert _status(caught.value) == "NOT_FOUND"
+
+
+WHOAMI_MODEL = '''
+import os
+import numpy as np
+
+class Model:
+    """Answers with the id of the worker process that ran it."""
+    def predict(self, inputs):
+        return {"pid": np.full(len(inputs["x"]), os.getpid(), dtype=np.int64)}
+'''
+
+CACHED_MODEL = '''
+class Model:
+    """Adds one; cached, so repeats are answered from the worker's L1."""
+    def predict(self, inputs):
+        return {"y": inputs["x"] + 1}
+'''
+
+
+def _toml(output: str, output_type: str, extra: str = "") -> str:
+    return (
+        f'execution = "thread"\n{extra}[[inputs]]\nname = "x"\ndatatype = "FP32"\nshape = [-1, 2]\n'
+        f'[[outputs]]\nname = "{output}"\ndatatype = "{output_type}"\nshape = [-1{", 2" if output == "y" else ""}]\n'
+    )
+
+
+def test_workers_share_the_grpc_port_with_cache_and_payload_log(tmp_path):
+    """Two workers each serve gRPC on one port; the prediction cache and the payload log see gRPC calls."""
+    from pyarrow import parquet
+    from serving_support import RunningServer, write_python_model
+
+    from mlscale.monitoring.payload_reader import PayloadReader
+
+    repository = tmp_path / "models"
+    write_python_model(repository, "whoami", WHOAMI_MODEL, _toml("pid", "INT64"))
+    write_python_model(repository, "cached", CACHED_MODEL, _toml("y", "FP32", "[cache]\nenabled = true\n"))
+    config = tmp_path / "mlscale.toml"
+    config.write_text('[monitoring.payload_log]\nenabled = true\ndirectory = "payload"\nsample_rate = 1.0\n')
+    server = RunningServer(repository, workers=2, config=config)
+    x = np.array([[1.0, 2.0]], dtype=np.float32)
+    try:
+        pids = set()
+        for _ in range(16):  # 16 connections: all on one worker would be a 1-in-32768 chance
+            with grpc.insecure_channel(server.grpc_url, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+                request = service_pb2.ModelInferRequest(model_name="whoami")
+                request.inputs.add(name="x", datatype="FP32", shape=[1, 2]).contents.fp32_contents.extend([1, 2])
+                response = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
+                pids.add(response.outputs[0].contents.int64_contents[0])
+        assert len(pids) == 2
+        with triton.InferenceServerClient(server.grpc_url) as client:  # one connection: one worker's L1
+            tensor = triton.InferInput("x", [1, 2], "FP32")
+            tensor.set_data_from_numpy(x)
+            sources = []
+            for _ in range(2):
+                result = client.infer("cached", [tensor])
+                np.testing.assert_array_equal(result.as_numpy("y"), x + 1)
+                sources.append(result.get_response().parameters["cache"].string_param)
+        assert sources == ["miss", "l1"]
+    finally:
+        assert server.stop() == 0
+    files = PayloadReader(tmp_path / "payload").files("cached")
+    assert sum(parquet.read_table(f).num_rows for f in files) == 2
+
+
+def test_serve_refuses_a_grpc_port_it_cannot_have(tmp_path, model_repository):
+    import socket
+    import subprocess
+    import sys
+
+    from serving_support import free_port
+
+    mlscale = [sys.executable, "-m", "mlscale", "serve", "--model-repository", str(model_repository)]
+    port = free_port()
+    same = subprocess.run([*mlscale, "--port", str(port), "--grpc-port", str(port)], capture_output=True, text=True)
+    assert same.returncode != 0 and "is also the HTTP --port" in same.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        result = subprocess.run(
+            [*mlscale, "--port", str(free_port()), "--grpc-port", str(busy)], capture_output=True, text=True
+        )
+    assert result.returncode != 0 and f"cannot listen for gRPC on 127.0.0.1:{busy}" in result.stderr
