@@ -141,8 +141,8 @@ def start(kind: str, models: dict[str, Path], workers: int) -> tuple[subprocess.
             str(models["mlscale"]),
             "--port",
             str(port),
-            "--grpc-port",
-            "0",  # REST only here; bench/serving/grpc_bench.py measures gRPC
+            "--grpc-port",  # listening but idle, as by default; grpc_bench.py measures gRPC
+            str(free_port()),
             "--workers",
             str(workers),
         ]
