@@ -302,6 +302,28 @@ def test_deadlines_are_deadline_exceeded(client):
     assert client.is_model_ready("slow")
 
 
+def test_aio_client_sees_the_same_error_statuses(server):
+    async def status_of(call) -> str:
+        with pytest.raises(InferenceServerException) as caught:
+            await call
+        return _status(caught.value)
+
+    async def scenario():
+        async with triton_aio.InferenceServerClient(server.grpc_url) as c:
+            good = triton_aio.InferInput("input", [1, 4], "FP32")
+            good.set_data_from_numpy(IRIS[:1].astype(np.float32))
+            wrong = triton_aio.InferInput("input", [1, 4], "FP64")
+            wrong.set_data_from_numpy(IRIS[:1])
+            return [
+                await status_of(c.infer("no-such-model", [good])),
+                await status_of(c.infer("iris-onnx", [wrong])),
+                await status_of(c.infer("slow", [_slow(300, triton_aio)], timeout=50_000)),
+                await status_of(c.get_model_metadata("no-such-model")),
+            ]
+
+    assert asyncio.run(scenario()) == ["NOT_FOUND", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND"]
+
+
 def test_grpc_and_rest_share_batches_metrics_and_statistics(server, client):
     """Triton's statistics extension over both transports, summed over both workers."""
     with triton_http.InferenceServerClient(server.url.removeprefix("http://")) as rest:

@@ -90,10 +90,11 @@ def decode_infer_request(message: pb.ModelInferRequest) -> GrpcRequest:
             inputs[name] = array_from_raw(name, shape, tensor.datatype, raw[index])
         else:
             inputs[name] = _array_from_contents(tensor, shape)
-    outputs = [RequestOutput(o.name, parameters_to_dict(o.parameters) or None) for o in message.outputs] or None
-    return GrpcRequest(
-        inputs, message.id or None, parameters_to_dict(message.parameters), outputs, False, raw_outputs=bool(raw)
-    )
+    outputs = None
+    if message.outputs:
+        outputs = [RequestOutput(o.name, parameters_to_dict(o.parameters) or None) for o in message.outputs]
+    parameters = parameters_to_dict(message.parameters) if message.parameters else {}
+    return GrpcRequest(inputs, message.id or None, parameters, outputs, False, raw_outputs=bool(raw))
 
 
 def _array_from_contents(tensor: Any, shape: list[int]) -> np.ndarray:
@@ -114,7 +115,7 @@ def _array_from_contents(tensor: Any, shape: list[int]) -> np.ndarray:
         array = np.empty(count, dtype=object)
         array[:] = list(values)
         return array.reshape(shape)
-    wide = np.array(values, dtype=_WIRE_DTYPE[field])
+    wide = np.fromiter(values, _WIRE_DTYPE[field], count)  # fromiter: half the cost of np.array here
     if dtype.itemsize < wide.dtype.itemsize and dtype.kind in "iu" and count:
         info = np.iinfo(dtype)
         if wide.min() < info.min or wide.max() > info.max:
