@@ -459,3 +459,31 @@ def test_serve_refuses_a_grpc_port_it_cannot_have(tmp_path, model_repository):
             [*mlscale, "--port", str(free_port()), "--grpc-port", str(busy)], capture_output=True, text=True
         )
     assert result.returncode != 0 and f"cannot listen for gRPC on 127.0.0.1:{busy}" in result.stderr
+
+
+def test_sigterm_drains_grpc_calls_in_flight(tmp_path):
+    import time
+
+    from serving_support import SLOW_MODEL, RunningServer, write_python_model
+
+    repository = tmp_path / "models"
+    write_python_model(
+        repository,
+        "slow",
+        SLOW_MODEL,
+        'max_batch_size = 1\nexecution = "thread"\n[[inputs]]\nname = "ms"\ndatatype = "FP32"\nshape = [-1]\n'
+        '[[outputs]]\nname = "ms_out"\ndatatype = "FP32"\nshape = [-1]\n',
+    )
+    running = RunningServer(repository, workers=1)
+    marker = repository / "slow" / "started"
+    with grpc.insecure_channel(running.grpc_url) as channel:
+        request = service_pb2.ModelInferRequest(model_name="slow")
+        request.inputs.add(name="ms", datatype="FP32", shape=[1]).contents.fp32_contents.append(800)
+        call = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer.future(request, timeout=30)
+        until = time.monotonic() + 20
+        while not marker.exists() and time.monotonic() < until:  # the model touches it when it starts
+            time.sleep(0.02)
+        assert marker.exists(), "the slow call never started"
+        assert running.stop() in (0, -15)  # uvicorn re-raises SIGTERM after draining
+        response = call.result()
+    assert list(response.outputs[0].contents.fp32_contents) == [800.0]
