@@ -144,6 +144,25 @@ def run_load(target: str, payload: bytes, concurrency: int, procs: int, seconds:
     }
 
 
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU time (user + system) of every process in a process group: the server's cost per answer,
+    which, unlike throughput, does not depend on how much CPU the load generator left it."""
+    import os
+
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # fields after the name: state, ppid, pgrp, ...
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def wait_grpc_ready(target: str, process: subprocess.Popen, timeout: float = 120) -> None:
     import grpc
     from tritonclient.grpc import service_pb2
@@ -230,11 +249,15 @@ def main() -> None:
             for model in args.models.split(","):
                 payload = request_bytes(model, kind)
                 print(f"{kind} {model}: answers {check_answer(target, payload)}", flush=True)
-                runs = [
-                    run_load(target, payload, args.concurrency, args.procs, args.duration, args.warmup)
-                    for _ in range(args.repeats)
-                ]
-                cell = {key: statistics.median(r[key] for r in runs) for key in ("rps", "p50", "p99")}
+                runs = []
+                for _ in range(args.repeats):
+                    cpu_before = group_cpu_seconds(process.pid)
+                    run = run_load(target, payload, args.concurrency, args.procs, args.duration, args.warmup)
+                    answers = run["rps"] * args.duration
+                    # Includes the warm-up's calls in the CPU but not in the answers: a slight overestimate.
+                    run["cpu_us"] = 1e6 * (group_cpu_seconds(process.pid) - cpu_before) / answers if answers else 0
+                    runs.append(run)
+                cell = {key: statistics.median(r[key] for r in runs) for key in ("rps", "p50", "p99", "cpu_us")}
                 cell["errors"] = {}
                 for r in runs:
                     for code, count in r["errors"].items():
@@ -242,19 +265,20 @@ def main() -> None:
                 results[(kind, model)] = cell
                 print(
                     f"{kind:9s} {model:5s} c={args.concurrency:<3d} {cell['rps']:9.0f} req/s  "
-                    f"p50 {cell['p50']:.3f} ms  p99 {cell['p99']:.3f} ms  errors {cell['errors'] or 0}",
+                    f"p50 {cell['p50']:.3f} ms  p99 {cell['p99']:.3f} ms  server CPU {cell['cpu_us']:.0f} us/answer  "
+                    f"errors {cell['errors'] or 0}",
                     flush=True,
                 )
         finally:
             serving_bench.stop(process)
     print()
-    print("| model | in flight | server | req/s | p50 ms | p99 ms | errors |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | in flight | server | req/s | p50 ms | p99 ms | server CPU us/answer | errors |")
+    print("|---|---|---|---|---|---|---|---|")
     for (kind, model), cell in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         errors = sum(cell["errors"].values())
         print(
             f"| {model} | {args.concurrency} | {kind} gRPC | {cell['rps']:.0f} | {cell['p50']:.3f} "
-            f"| {cell['p99']:.2f} | {errors} |"
+            f"| {cell['p99']:.2f} | {cell['cpu_us']:.0f} | {errors} |"
         )
     print()
     for model in args.models.split(","):
@@ -263,7 +287,8 @@ def main() -> None:
             print(
                 f"- {model} over gRPC at {args.concurrency} in flight: throughput "
                 f"x{ours_cell['rps'] / theirs_cell['rps']:.1f} of MLServer, "
-                f"p99 {theirs_cell['p99'] / ours_cell['p99']:.1f}x lower"
+                f"p99 {theirs_cell['p99'] / ours_cell['p99']:.1f}x lower, "
+                f"server CPU per answer {theirs_cell['cpu_us'] / max(ours_cell['cpu_us'], 1e-9):.1f}x lower"
             )
 
 

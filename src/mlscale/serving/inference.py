@@ -41,12 +41,10 @@ class InferenceCore:
         decode: Callable[[], Awaitable[DecodedRequest]],
         encode: Encode[T],
         timeout: float | None,
-        limit: float | None = None,
     ) -> T:
         """Run one request. ``timeout`` (seconds, None: none) is the default deadline, which a request
-        parameter ``timeout`` (microseconds, as tritonclient sends it) overrides; ``limit`` caps both
-        (a gRPC client's own deadline: past it, nobody waits for the answer). Raises the typed errors
-        of mlscale.errors, which each transport maps to its own status codes."""
+        parameter ``timeout`` (microseconds, as tritonclient sends it) overrides. Raises the typed
+        errors of mlscale.errors, which each transport maps to its own status codes."""
         started = time.perf_counter()
         model = None
         try:
@@ -65,8 +63,6 @@ class InferenceCore:
                 if not isinstance(parameter_timeout, (int, float)) or parameter_timeout < 0:
                     raise InvalidInput("parameter 'timeout' must be a non-negative number of microseconds")
                 timeout = parameter_timeout / 1e6
-            if limit is not None:
-                timeout = limit if not timeout else min(timeout, limit)
             deadline = time.monotonic() + timeout if timeout else None
             model.meters.inflight.inc()
             try:

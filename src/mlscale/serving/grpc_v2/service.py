@@ -92,18 +92,14 @@ class InferenceServicer:
         return json_format.ParseDict(stats, pb.ModelStatisticsResponse())
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
-        remaining = context.time_remaining()
-
+        # The client's own deadline needs no timer here: grpc.aio cancels this call when it passes,
+        # which cancels the request's place in its batcher queue (a cancelled request is skipped, not
+        # computed). Only the server's deadlines (request_timeout, the `timeout` parameter) are timed.
         async def decode() -> GrpcRequest:
             return decode_infer_request(request)
 
         return await self.core.infer(
-            request.model_name,
-            request.model_version or None,
-            decode,
-            _encode,
-            self.default_timeout,
-            None if remaining is None else max(remaining, 1e-6),
+            request.model_name, request.model_version or None, decode, _encode, self.default_timeout
         )
 
 
