@@ -149,6 +149,9 @@ def check_grpc_port(host: str, http_port: int, grpc_port: int) -> None:
         raise ConfigError(f"--grpc-port {grpc_port} is also the HTTP --port: choose another, or 0 to turn gRPC off")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # SO_REUSEADDR, as the workers' sockets: a restart binds despite old connections in TIME_WAIT,
+        # yet any socket listening on the port still makes this bind fail.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, grpc_port))
         except OSError as exc:
