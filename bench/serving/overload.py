@@ -45,7 +45,9 @@ local threads = {}
 function setup(thread) table.insert(threads, thread) end
 function init(args) ok = 0; shed = 0; other = 0 end
 function response(status, headers, body)
-  if status == 200 then ok = ok + 1 elseif status == 503 or status == 429 then shed = shed + 1 else other = other + 1 end
+  if status == 200 then ok = ok + 1
+  elseif status == 503 or status == 429 then shed = shed + 1
+  else other = other + 1 end
 end
 function done(summary, latency, requests)
   local o, s, x = 0, 0, 0

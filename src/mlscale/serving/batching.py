@@ -52,6 +52,11 @@ class _Item:
         self.enqueued = enqueued
 
 
+def _expire(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
+
+
 def _signature(inputs: Arrays, outputs: tuple[str, ...] | None) -> tuple | None:
     """What must agree for requests to share a batch: names, dtypes, non-batch dimensions and
     the outputs asked for (so a model computes only what its batch needs)."""
@@ -93,6 +98,10 @@ class AdaptiveBatcher:
         self._on_shed = on_shed
         self._pending: deque[_Item] = deque()
         self._queued_rows = 0
+        # Requests waiting for room in the queue, before their bodies are read (see admission.py),
+        # and how many were let in since the last take but have not reached submit() yet.
+        self._door: deque[tuple[asyncio.Future, float]] = deque()
+        self._let_in = 0
         self._wakeup = asyncio.Event()
         # Fast models run a lone request inline (no thread hand-off: lowest latency when idle);
         # batches always run on the model's thread, which keeps the event loop answering while a
@@ -105,37 +114,88 @@ class AdaptiveBatcher:
     def queued(self) -> int:
         return len(self._pending)
 
-    def admit(self) -> None:
-        """Raise Overloaded when a new request should not even be read: the queue is being closed,
-        is full, or its expected wait exceeds the queue-delay target. Cheap (no body needed), so
-        the app calls it before reading the request."""
+    def _has_room(self) -> bool:
+        return self._queued_rows + self._let_in < self.admission.room(self.max_batch_size)
+
+    async def admit(self, deadline: float | None = None) -> None:
+        """Return when the request may join the queue; wait at the door while the queue holds
+        what drains within the target. The app calls it before reading the body, so a request
+        refused here (Overloaded after ``max_wait``, DeadlineExceeded) cost no body read or decode.
+        A request let in must then call ``submit(..., admitted=True)``."""
         if self._closing:
             raise Overloaded("the model version is being unloaded")
-        if len(self._pending) >= self.max_queue_size:
+        if not self._door and self._has_room():
+            self._let_in += 1
+            return
+        if len(self._door) >= self.max_queue_size:
             self._shed("queue_full")
             raise Overloaded(
-                f"the model's queue is full ({self.max_queue_size} requests waiting)",
-                retry_after=self.admission.retry_after(self._queued_rows),
+                f"the model is overloaded: {len(self._door)} requests already wait for room in its queue",
+                retry_after=self.admission.retry_after(self._queued_rows + len(self._door)),
             )
-        if self.admission.refuses(self._queued_rows, self.max_batch_size):
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._door.append((future, self._clock()))
+        if self._has_room():  # room freed while others waited, and no take since to open the door
+            self._open_door()
+        wait = self.admission.max_wait
+        expired = False
+        if deadline is not None and deadline - time.monotonic() < wait:
+            wait, expired = max(0.0, deadline - time.monotonic()), True
+        timer = loop.call_later(wait, _expire, future)
+        try:
+            await future
+        except TimeoutError:
+            if expired:
+                raise DeadlineExceeded("the deadline passed while waiting for room in the model's queue") from None
             self._shed("admission")
-            wait = self.admission.expected_wait(self._queued_rows)
             raise Overloaded(
-                f"the model is overloaded: a new request would wait {wait * 1000:.0f} ms in its queue "
-                f"(target {self.admission.target * 1000:.0f} ms)",
-                retry_after=self.admission.retry_after(self._queued_rows),
-            )
+                f"the model is overloaded: no room in its queue within {self.admission.max_wait:g} s",
+                retry_after=self.admission.retry_after(self._queued_rows + len(self._door)),
+            ) from None
+        finally:
+            timer.cancel()
+
+    def _open_door(self) -> None:
+        """Let door waiters in while the queue has room: the oldest first, the newest once the
+        oldest has waited past the target (adaptive LIFO)."""
+        door = self._door
+        if not door:
+            return
+        stale_before = self._clock() - self.admission.target
+        while door and self._has_room():
+            if door[0][1] < stale_before:
+                future, _ = door.pop()  # overloaded: the newest client is the one still waiting
+            else:
+                future, _ = door.popleft()
+            if not future.done():  # not timed out or disconnected
+                future.set_result(None)
+                self._let_in += 1
 
     def _shed(self, reason: str) -> None:
         if self._on_shed is not None:
             self._on_shed(reason)
 
     async def submit(
-        self, inputs: Arrays, deadline: float | None = None, outputs: tuple[str, ...] | None = None
+        self,
+        inputs: Arrays,
+        deadline: float | None = None,
+        outputs: tuple[str, ...] | None = None,
+        admitted: bool = False,
     ) -> Arrays:
         """Outputs for one request's inputs; ``deadline`` is a time.monotonic() instant; ``outputs``
-        names the outputs wanted (None: all)."""
-        self.admit()
+        names the outputs wanted (None: all); ``admitted``: the caller already passed ``admit``."""
+        if not admitted:
+            await self.admit(deadline)
+        elif self._closing and self._let_in <= 0:
+            raise Overloaded("the model version is being unloaded")
+        if len(self._pending) >= self.max_queue_size:  # the hard bound, whatever the estimate says
+            self._shed("queue_full")
+            raise Overloaded(
+                f"the model's queue is full ({self.max_queue_size} requests waiting)",
+                retry_after=self.admission.retry_after(self._queued_rows),
+            )
+        self._let_in = max(0, self._let_in - 1)
         signature = _signature(inputs, outputs)
         rows = next(iter(inputs.values())).shape[0] if signature is not None else 0
         if signature is not None and any(a.shape[0] != rows for a in inputs.values()):
@@ -153,8 +213,14 @@ class AdaptiveBatcher:
             raise DeadlineExceeded("the request's deadline passed before its answer was ready") from None
 
     async def close(self) -> None:
-        """Stop taking requests, finish the queued ones, then stop the runner."""
+        """Stop taking requests, finish the queued ones and those waiting at the door (they are
+        in flight too), then stop the runner."""
         self._closing = True
+        while self._door:
+            future, _ = self._door.popleft()
+            if not future.done():
+                future.set_result(None)
+                self._let_in += 1
         self._wakeup.set()
         await self._runner
         self._executor.shutdown(wait=True)
@@ -164,7 +230,18 @@ class AdaptiveBatcher:
             if not self._pending:
                 self.admission.on_idle()
                 if self._closing:
-                    return
+                    if self._let_in <= 0:
+                        return
+                    # Requests let in are reading their bodies; one that failed to decode never
+                    # comes, so wait a bounded time for the rest.
+                    self._wakeup.clear()
+                    try:
+                        await asyncio.wait_for(self._wakeup.wait(), 1.0)
+                    except TimeoutError:
+                        return
+                    continue
+                self._let_in = 0
+                self._open_door()
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
@@ -190,18 +267,11 @@ class AdaptiveBatcher:
                 return
 
     def _take_batch(self) -> list[_Item]:
-        """The oldest request plus queued ones of the same signature, up to max_batch_size rows;
-        under overload the newest instead, and requests older than the target are refused."""
+        """The oldest request plus queued ones of the same signature, up to max_batch_size rows."""
         if not self._pending:
             return []
         now = time.monotonic()
         clock = self._clock()
-        admission = self.admission
-        admission.on_take(clock - self._pending[0].enqueued, clock)
-        overloaded = admission.overloaded
-        if overloaded:
-            self._pending.reverse()  # adaptive LIFO: the newest requests' clients still wait
-        stale_before = clock - admission.target
         batch: list[_Item] = []
         rows = 0
         drained = 0
@@ -215,16 +285,6 @@ class AdaptiveBatcher:
             if item.deadline is not None and item.deadline <= now:
                 item.future.set_exception(DeadlineExceeded("the deadline passed while queued"))
                 continue
-            if overloaded and item.enqueued < stale_before:
-                self._shed("queue_timeout")
-                item.future.set_exception(
-                    Overloaded(
-                        f"the model is overloaded: the request waited over "
-                        f"{admission.target * 1000:.0f} ms in its queue",
-                        retry_after=admission.retry_after(self._queued_rows),
-                    )
-                )
-                continue
             if signature is None:
                 signature = item.signature
             if item.signature == signature and (not batch or rows + item.rows <= self.max_batch_size):
@@ -236,11 +296,13 @@ class AdaptiveBatcher:
             if rows >= self.max_batch_size:
                 break
         kept.extend(self._pending)
-        if overloaded:
-            kept.reverse()  # back to arrival order
         self._pending = kept
         self._queued_rows -= drained
-        admission.on_drained(drained, clock)
+        self.admission.on_drained(drained, clock)
+        # Requests let in before this take have had a loop turn to reach submit(); any still on
+        # their way are few, and forgetting them keeps a request that never came from holding room.
+        self._let_in = 0
+        self._open_door()
         return batch
 
     async def _call(self, inputs: Arrays, outputs: tuple[str, ...] | None, alone: bool = False) -> Arrays:

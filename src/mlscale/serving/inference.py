@@ -51,8 +51,10 @@ class InferenceCore:
             # The model first: a request to a model or version that does not exist is "not found"
             # whatever its body, and an unknown name costs no body read or decode.
             model = self.repository.resolve(name, version)
-            if model.cache is None:  # a cached answer needs no queue: only misses are admitted
-                model.batcher.admit()  # a refusal costs no body read or decode
+            # Wait for room in the model's queue before the request is decoded, so a refusal costs no
+            # body read or decode. A cached answer needs no queue: with a cache, only misses wait.
+            if model.cache is None:
+                await model.batcher.admit(time.monotonic() + timeout if timeout else None)
             request = await decode()
             if model.enricher is not None:
                 request.inputs = await model.enricher.join(request.inputs)
@@ -67,7 +69,7 @@ class InferenceCore:
             model.meters.inflight.inc()
             try:
                 if model.cache is None:
-                    outputs = await model.batcher.submit(request.inputs, deadline, requested)
+                    outputs = await model.batcher.submit(request.inputs, deadline, requested, admitted=True)
                     parameters = None
                 else:
                     outputs, parameters = await _cached_predict(model, request.inputs, deadline, requested)

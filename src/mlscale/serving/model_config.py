@@ -54,10 +54,10 @@ class ModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_delay: float = 0.0
     # Hard bound of waiting requests (503 with Retry-After beyond it); defaults to the server's.
     max_queue_size: int | None = None
-    # Queue-delay admission (seconds): refuse a request that would wait longer than the target;
-    # after an interval above it, serve newest first. Default: the server's settings.
+    # Queue-delay admission (seconds): the queue holds what drains within the target, other
+    # requests wait at the door up to max_queue_wait. Default: the server's settings.
     queue_delay_target: float | None = None
-    queue_delay_interval: float | None = None
+    max_queue_wait: float | None = None
     # Where predict runs: inline on the event loop, on a thread, or auto (inline when fast).
     execution: str = "auto"
     # Model-level only: alias -> version, and target (alias or version) -> weight for unversioned calls.
@@ -76,7 +76,7 @@ class ModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("max_batch_size must be at least 1")
         if self.max_delay < 0:
             raise ValueError("max_delay must not be negative")
-        for name in ("queue_delay_target", "queue_delay_interval"):
+        for name in ("queue_delay_target", "max_queue_wait"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be a positive number of seconds")
