@@ -27,6 +27,9 @@ class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     host: str = "127.0.0.1"
     port: int = 8000
+    # The Open Inference Protocol over gRPC (inference.GRPCInferenceService) on its own port, on the
+    # same host and in every worker; 0 turns it off.
+    grpc_port: int = 8001
     workers: int = 1
     model_repository: str = "models"
     # Largest request body accepted; larger ones are answered 413 before being read whole.
@@ -56,6 +59,8 @@ class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("queue_delay_target and max_queue_wait must be positive seconds")
         if min(self.header_timeout, self.body_timeout) <= 0:
             raise ValueError("header_timeout and body_timeout must be positive seconds")
+        if not 0 <= self.grpc_port <= 65535:
+            raise ValueError("grpc_port must be a port number (0 turns gRPC off)")
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

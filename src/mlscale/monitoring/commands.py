@@ -176,3 +176,42 @@ def run(config_path: Path | None, once: bool) -> None:
     click.echo(f"running {len(service.monitors)} monitors every {settings.monitoring.interval}s")
     service.serve(settings.monitoring.interval, stop)
     service.close()
+
+
+@monitor.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Project file (default: ./mlscale.toml when present).",
+)
+@click.option("--once", is_flag=True, help="Archive what the topic holds now and exit.")
+@click.option("--interval", type=float, default=5.0, show_default=True, help="Seconds between passes.")
+def archive(config_path: Path | None, once: bool, interval: float) -> None:
+    """Write the payload log topic (every replica's rows) into the payload folder as Parquet.
+
+    `monitor run` does this before each evaluation; run it alone when something else reads the folder.
+    """
+    from mlscale.config import load_settings
+    from mlscale.errors import ConfigError
+    from mlscale.monitoring.monitors import payload_archiver
+
+    if config_path is None and Path("mlscale.toml").is_file():
+        config_path = Path("mlscale.toml")
+    settings = load_settings(config_path)
+    archiver = payload_archiver(settings.monitoring.payload_log, settings.resolve)
+    if archiver is None:
+        raise ConfigError("[monitoring.payload_log] broker is not set: the payload log is written as files already")
+    stop = threading.Event()
+    if not once:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    try:
+        while True:
+            rows = archiver.archive()
+            click.echo(f"archived {rows} rows into {archiver.directory}")
+            if once or stop.wait(interval):
+                return
+    finally:
+        archiver.close()

@@ -18,6 +18,18 @@ from mlscale.errors import ConfigError
 from mlscale.serving.datatypes import V2_TO_NUMPY
 
 CONFIG_FILE = "model.toml"
+# The runtimes a model.toml may name (runtimes/__init__.py maps each to its implementation).
+RUNTIME_NAMES = (
+    "mlflow",
+    "onnx",
+    "sklearn",
+    "torchscript",
+    "torch_export",
+    "xgboost",
+    "lightgbm",
+    "sentence_transformers",
+    "python",
+)
 
 
 class TensorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -44,7 +56,7 @@ class FeaturesConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class ModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Everything a user can set for a model or one of its versions."""
 
-    # sklearn | onnx | python | torchscript; empty means: guess from the files in the version folder.
+    # One of RUNTIME_NAMES; empty means: guess from the files in the version folder.
     runtime: str = ""
     inputs: list[TensorConfig] | None = None
     outputs: list[TensorConfig] | None = None
@@ -70,8 +82,8 @@ class ModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     parameters: dict[str, Any] = msgspec.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.runtime not in ("", "sklearn", "onnx", "python", "torchscript"):
-            raise ValueError(f"unknown runtime {self.runtime!r} (sklearn, onnx, python, torchscript)")
+        if self.runtime and self.runtime not in RUNTIME_NAMES:
+            raise ValueError(f"unknown runtime {self.runtime!r} ({', '.join(RUNTIME_NAMES)})")
         if self.max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         if self.max_delay < 0:

@@ -36,6 +36,7 @@ import re
 import socket
 import threading
 import time
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -44,7 +45,7 @@ import nats
 from nats.js import api
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 
-from mlscale.errors import InvalidInput, ServiceUnavailable
+from mlscale.errors import ConfigError, InvalidInput, ServiceUnavailable
 from mlscale.streams.broker import AppendIncomplete, Broker, Message
 
 SHIFT = 20  # offset = stream sequence << SHIFT | index of the record in its message
@@ -86,8 +87,15 @@ class NatsBroker(Broker):
         max_in_flight: int = 64,
         append_timeout: float = 60.0,
         duplicate_window: float = 120.0,
+        replicas: int | None = None,
     ) -> None:
         super().__init__(partitions, key_fields, member_ttl)
+        servers, options = _parse_url(url)
+        # Copies JetStream keeps of each stream and key-value bucket this broker creates: 3 on a
+        # cluster, so a server lost loses nothing acknowledged (``?replicas=3`` in the URL).
+        self.replicas = replicas or int(options.get("replicas", 1))
+        if not 1 <= self.replicas <= 5:
+            raise ConfigError(f"NATS broker URL {url!r}: replicas must be 1 to 5 (JetStream's limit)")
         self.prefix = _safe(prefix)
         self.append_timeout = append_timeout
         # Retries inside a call stay within the window, so they can never store a message twice.
@@ -100,7 +108,7 @@ class NatsBroker(Broker):
         self._loop.call_soon_threadsafe(started.set)
         started.wait(10)
         try:
-            self._nc = self._run(nats.connect(url, connect_timeout=3, max_reconnect_attempts=3))
+            self._nc = self._run(nats.connect(servers, connect_timeout=3, max_reconnect_attempts=3))
         except Exception as exc:
             self._stop_loop()
             raise ServiceUnavailable(f"cannot reach NATS at {url}: {exc}") from None
@@ -138,7 +146,10 @@ class NatsBroker(Broker):
             await self._js.stream_info(name)
         except NotFoundError:
             await self._js.add_stream(
-                name=name, subjects=[f"{self.prefix}.{_safe(topic)}.*"], duplicate_window=self.duplicate_window
+                name=name,
+                subjects=[f"{self.prefix}.{_safe(topic)}.*"],
+                duplicate_window=self.duplicate_window,
+                num_replicas=self.replicas,
             )
         self._streams.add(name)
 
@@ -260,7 +271,7 @@ class NatsBroker(Broker):
             try:
                 kv = await self._js.key_value(bucket)
             except NotFoundError:
-                kv = await self._js.create_key_value(bucket=bucket, history=1)
+                kv = await self._js.create_key_value(bucket=bucket, history=1, replicas=self.replicas)
             setattr(self, attr, kv)
         return kv
 
@@ -541,3 +552,14 @@ class NatsBroker(Broker):
             self._run(go(), timeout=10)
         finally:
             self._stop_loop()
+
+
+def _parse_url(url: str) -> tuple[list[str], dict[str, str]]:
+    """``nats://a:4222,nats://b:4222?replicas=3``: the servers (any one is enough to find the rest
+    of a cluster, several survive one being down at start) and the broker's options."""
+    base, _, query = url.partition("?")
+    options = dict(urllib.parse.parse_qsl(query))
+    unknown = set(options) - {"replicas"}
+    if unknown:
+        raise ConfigError(f"NATS broker URL {url!r}: unknown option(s) {', '.join(sorted(unknown))} (replicas)")
+    return [server for server in base.split(",") if server], options
