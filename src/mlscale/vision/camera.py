@@ -140,14 +140,21 @@ class CameraDetector:
             if motion.relit or crowded:
                 rules = [f for f in rules if f.kind != "loitering"]
             findings += rules
-        # Direction means little inside a crowd, or while the background is learned again (after a
-        # change of light or an uncovered lens): blobs merge and split and seem to jump.
+        # Direction means little inside a crowd (building up already), or while the background is
+        # learned again (after a change of light or an uncovered lens): blobs merge and split and
+        # seem to jump. Someone walking out of a restricted zone is the zone's incident, whichever
+        # way they go.
         if (
             motion.relit
+            or crowded
             or self._debouncer.recently("crowd", t, 5.0)
             or self._debouncer.recently("camera_covered", t, 3.0)
+            or self._debouncer.recently("restricted_zone", t, 3.0)
         ):
             findings = [f for f in findings if f.kind != "wrong_way"]
+        if crowded:
+            # A crowd spreading over a zone is the crowd: one incident, one event of its kind.
+            findings = [f for f in findings if f.kind != "restricted_zone"]
         findings += extra or []
         fired = self._debouncer.update(t, findings, self._confirm)
         if not any(f.score >= self.feed.rules.threshold for f in findings):

@@ -128,7 +128,7 @@ class ActivityModel:
                 # Against the flow now, and has gone a good way against it: a blob that merges with
                 # a passer-by makes its centre jump back for a moment, and that is no one.
                 back = -(tr.travel[0] * self.flow_[0] + tr.travel[1] * self.flow_[1])
-                if cos < -0.5 and back > 0.05 and back > 0.5 * usual * max(tr.age, 0.2):
+                if cos < -0.5 and back > 0.05 and back > 0.5 * usual * min(max(tr.age, 0.2), 1.5):
                     # Walking straight against the flow scores 1.0; running against it, more.
                     findings.append(Finding("wrong_way", -cos * (0.6 + 0.4 * speed / usual), tr.box))
             # Someone merely faster than usual along the flow is not an anomaly by itself (a

@@ -26,7 +26,7 @@ class TrackView:
     age: float  # seconds since first seen
     hits: int  # frames it was seen in
     dwell: float  # seconds it has stayed within a small radius
-    travel: tuple[float, float] = (0.0, 0.0)  # displacement since first seen (frame widths, heights)
+    travel: tuple[float, float] = (0.0, 0.0)  # displacement over the last 1.5 s (frame widths, heights)
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,18 @@ class _Track:
             if t - t0 <= window + 1e-6 and t - t0 > 0:
                 return (x - x0) / (t - t0), (y - y0) / (t - t0)
         return None
+
+    def travel(self, window: float = 1.5) -> tuple[float, float]:
+        """Displacement over the last ``window`` seconds (or since first seen, if younger).
+
+        Why not since first seen: when two people cross, a track can pass from one to the other,
+        and a runner would inherit the way the walker had come.
+        """
+        t, x, y = self.history[-1]
+        for t0, x0, y0 in self.history:
+            if t - t0 <= window + 1e-6:
+                return x - x0, y - y0
+        return 0.0, 0.0
 
     def dwell(self, radius: float) -> float:
         t, x, y = self.history[-1]
@@ -175,12 +187,15 @@ class MotionAnalyzer:
         # Told apart from people arriving by being everywhere: most of a 4x4 grid of blocks
         # changes brightness the same way (a crowd changes a few blocks, a lamp all of them).
         blocks = cv2.resize(gray, (4, 4), interpolation=cv2.INTER_AREA).astype(np.float32) + 1.0
+        # Compared with the last second only, by 7% at least: a light that flickers or drifts (a
+        # few percent a second) is followed by the gain normalization and must not make the
+        # background be learned again (it would learn someone standing there along with it).
         if self._light is not None and learn:
             change = blocks / self._light - 1.0
-            if max((change > 0.05).mean(), (change < -0.05).mean()) >= 0.75:
+            if max((change > 0.07).mean(), (change < -0.07).mean()) >= 0.75:
                 self._relearn_until = t + 1.5
                 self._light = blocks
-        self._light = blocks if self._light is None else self._light + (blocks - self._light) * min(1.0, dt / 3.0)
+        self._light = blocks if self._light is None else self._light + (blocks - self._light) * min(1.0, dt / 1.0)
         relit = t < self._relearn_until + 1.0
         if learn and t < self._relearn_until:
             rate = 0.2
@@ -245,7 +260,7 @@ class MotionAnalyzer:
                 age=t - tr.first_seen,
                 hits=tr.hits,
                 dwell=tr.dwell(self.dwell_radius),
-                travel=(tr.history[-1][1] - tr.history[0][1], tr.history[-1][2] - tr.history[0][2]),
+                travel=tr.travel(),
             )
             for tr in self._tracks
             if tr.misses == 0
@@ -314,7 +329,13 @@ class MotionAnalyzer:
         self._last_t = t
         # A new track may have moved far (a runner's first step); one with a velocity is looked for
         # near where it should be now, so it is not handed to someone else passing close by.
-        reaches = [max(0.06, 0.6 * dt) if len(tr.history) < 2 else max(0.04, 0.3 * dt) for tr in self._tracks]
+        # Reach grows with the time since the track was last seen (capped): a runner hidden for a
+        # frame while merged with a walker it passes is found again further on.
+        reaches = [
+            max(0.06, 0.6 * gap) if len(tr.history) < 2 else max(0.04, 0.3 * gap)
+            for tr in self._tracks
+            for gap in (min(max(dt, t - tr.history[-1][0]), 0.6),)
+        ]
         reach = max(reaches, default=0.0)
         predicted = [tr.predict(t) for tr in self._tracks]
         pairs = sorted(
