@@ -106,12 +106,18 @@ class CameraDetector:
     def prepare(self, frame: np.ndarray) -> np.ndarray:
         return self.analyzer.prepare(frame)
 
-    def process(self, gray: np.ndarray, t: float, extra: list[Finding] | None = None) -> Verdict:
-        """Analyse a downscaled grey frame (from ``prepare``) captured at ``t`` seconds."""
+    def prepare_chroma(self, frame: np.ndarray) -> np.ndarray | None:
+        return self.analyzer.prepare_chroma(frame)
+
+    def process(
+        self, gray: np.ndarray, t: float, extra: list[Finding] | None = None, chroma: np.ndarray | None = None
+    ) -> Verdict:
+        """Analyse a downscaled grey frame (from ``prepare``) captured at ``t`` seconds, with its
+        colour (from ``prepare_chroma``) when the source has one."""
         if self.model is None:
             if self._warm_start is None:
                 self._warm_start = t
-            motion = self.analyzer.update(gray, t)
+            motion = self.analyzer.update(gray, t, chroma=chroma)
             # The first part of the warm-up learns the background (the empty scene); only then is
             # its foreground people, whose numbers, directions and speeds are learned as normal.
             if t - self._warm_start >= max(1.0, 0.4 * self.warmup_seconds):
@@ -125,7 +131,7 @@ class CameraDetector:
         # Do not learn a covered lens as the new background: look at the texture first.
         texture = float(gray.std())
         covered = texture < 0.35 * self.model.texture_mean_
-        motion = self.analyzer.update(gray, t, learn=not covered)
+        motion = self.analyzer.update(gray, t, learn=not covered, chroma=chroma)
         self.last_motion = motion
         findings = self.model.score(motion)
         # A crowd building up (half way to the boundary already) makes directions and standing
