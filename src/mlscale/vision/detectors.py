@@ -121,8 +121,8 @@ class ActivityModel:
         for tr in _moving(frame.tracks, 3):
             speed = math.hypot(*tr.velocity)
             usual = self.speed_ if self.speed_ is not None else 0.1
-            if speed < max(0.5 * usual, 0.03) or tr.box[0] <= 0.01 or tr.box[2] >= 0.99:
-                continue  # too slow to judge, or half out of the frame (its centre slides)
+            if speed < max(0.5 * usual, 0.03) or tr.box[0] <= 0.01 or tr.box[2] >= 0.99 or tr.seen < 0.5:
+                continue  # too slow to judge, half out of the frame (its centre slides), or flicker
             if self.flow_ is not None:
                 cos = (tr.velocity[0] * self.flow_[0] + tr.velocity[1] * self.flow_[1]) / speed
                 # Against the flow now, and has gone a good way against it: a blob that merges with
@@ -155,7 +155,7 @@ class RuleDetector:
                 x0, y0, x1, y1 = zone.box
                 if zone.kind == "restricted" and x0 <= x <= x1 and y0 <= y <= y1:
                     findings.append(Finding("restricted_zone", 2.0, tr.box))
-            if self.rules.loiter_seconds > 0 and tr.dwell > 0.25 * self.rules.loiter_seconds:
+            if self.rules.loiter_seconds > 0 and tr.dwell > 0.25 * self.rules.loiter_seconds and tr.seen >= 0.5:
                 findings.append(Finding("loitering", tr.dwell / self.rules.loiter_seconds, tr.box))
             flow = self.rules.flow
             if flow is not None and tr.velocity is not None:

@@ -27,6 +27,9 @@ class TrackView:
     hits: int  # frames it was seen in
     dwell: float  # seconds it has stayed within a small radius
     travel: tuple[float, float] = (0.0, 0.0)  # displacement over the last 1.5 s (frame widths, heights)
+    # Fraction of the frames judged since it was first seen in which it was seen: a flickering
+    # speck of noise or of a compression artefact is seen now and then, a person nearly always.
+    seen: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,7 @@ class _Track:
     history: deque = field(default_factory=lambda: deque(maxlen=256))
     hits: int = 0
     misses: int = 0
+    first_frame: int = 0
 
     def center(self) -> tuple[float, float]:
         return self.history[-1][1], self.history[-1][2]
@@ -113,7 +117,7 @@ class MotionAnalyzer:
         dwell_radius: float = 0.06,
         keep_seconds: float = 1.5,
         persistence_seconds: float = 5.0,
-        chroma_threshold: float = 14.0,
+        chroma_threshold: float = 20.0,
     ) -> None:
         self.resolution = resolution
         self.history = history
@@ -142,7 +146,7 @@ class MotionAnalyzer:
         self._window: np.ndarray | None = None
         self._light: np.ndarray | None = None  # brightness of 4x4 blocks, averaged over the last seconds
         self._relearn_until = -math.inf
-        self._chroma_bg: np.ndarray | None = None  # float32 (h, w, 2): the background's colour
+        self._chroma_bg: list[np.ndarray] | None = None  # float32 Cb and Cr of the background
         self._chroma_boot: list[np.ndarray] = []
         self._chroma_light = 128.0
         self._last_shift_check = -math.inf
@@ -171,15 +175,20 @@ class MotionAnalyzer:
             # loiterer: left out until it has gone.
             self._scene = cv2.dilate((self._persist > 0.3 * 255).astype(np.uint8) * 255, self._sway)
 
+    @property
+    def chroma_resolution(self) -> tuple[int, int]:
+        """Colour is judged at half the detection resolution: a camera's colour planes have a
+        quarter of its pixels already (4:2:0), and upscaled colour edges would "move" with every
+        shake of the camera; it is also four times cheaper."""
+        return max(1, self.resolution[0] // 2), max(1, self.resolution[1] // 2)
+
     def prepare_chroma(self, frame: np.ndarray) -> np.ndarray | None:
-        """The colour (Cb, Cr) of a BGR frame at the detection resolution; None for a grey frame."""
+        """The colour (Cb, Cr) of a BGR frame at ``chroma_resolution``; None for a grey frame."""
         from mlscale.vision.sources import to_small_chroma
 
-        return to_small_chroma(frame, self.resolution)
+        return to_small_chroma(frame, self.chroma_resolution)
 
-    def update(
-        self, gray: np.ndarray, t: float, learn: bool = True, chroma: np.ndarray | None = None
-    ) -> MotionFrame:
+    def update(self, gray: np.ndarray, t: float, learn: bool = True, chroma: np.ndarray | None = None) -> MotionFrame:
         """Analyse one downscaled grey frame taken at ``t`` seconds (and its colour, when known).
 
         ``learn=False`` keeps the background model as it is (while the lens is covered, so that the
@@ -283,6 +292,7 @@ class MotionAnalyzer:
                 hits=tr.hits,
                 dwell=tr.dwell(self.dwell_radius),
                 travel=tr.travel(),
+                seen=tr.hits / max(1, self._frames - tr.first_frame + 1),
             )
             for tr in self._tracks
             if tr.misses == 0
@@ -300,30 +310,44 @@ class MotionAnalyzer:
         Why a running average and not a second MOG2: two channels at a quarter of the cost, and
         colour only adds what grey missed (someone as bright as what is behind them).
         """
-        current = (chroma.astype(np.float32) - 128.0) * gain + 128.0
-        if self._chroma_bg is None or self._chroma_bg.shape != current.shape:
+        # Per plane, in uint8 OpenCV calls: a few microseconds each at the detection resolution.
+        current = [cv2.convertScaleAbs(p, alpha=gain, beta=128.0 * (1.0 - gain)) for p in cv2.split(chroma)]
+        if self._chroma_bg is None:
             # Bootstrapped as the per-pixel median of frames of the first seconds: an average would
             # keep a ghost of everyone who passed meanwhile, and the update below (only where
             # nobody is seen) would never remove it.
             if self._frames % 2 == 0 and learn:
-                self._chroma_boot.append(np.clip(current, 0, 255).astype(np.uint8))
+                self._chroma_boot.append(np.dstack(current))
             if self._frames >= 30 and self._chroma_boot:
-                self._chroma_bg = np.median(np.stack(self._chroma_boot), axis=0).astype(np.float32)
+                median = np.median(np.stack(self._chroma_boot), axis=0).astype(np.float32)
+                self._chroma_bg = [np.ascontiguousarray(median[:, :, i]) for i in range(median.shape[2])]
                 self._chroma_boot = []
             return None
         found = None
         if self._frames >= 30:
-            background = self._chroma_bg
-            low = cv2.erode(background, self._kernel) - self.chroma_threshold
-            high = cv2.dilate(background, self._kernel) + self.chroma_threshold
-            found = ((current < low) | (current > high)).any(axis=2).astype(np.uint8) * 255
+            found = np.zeros(current[0].shape, np.uint8)
+            for plane, background in zip(current, self._chroma_bg, strict=True):
+                bg = cv2.convertScaleAbs(background)
+                low = cv2.subtract(cv2.erode(bg, self._kernel), self.chroma_threshold)
+                high = cv2.add(cv2.dilate(bg, self._kernel), self.chroma_threshold)
+                found = cv2.bitwise_or(found, cv2.compare(plane, low, cv2.CMP_LT))
+                found = cv2.bitwise_or(found, cv2.compare(plane, high, cv2.CMP_GT))
+        size = current[0].shape[::-1]
         if learn:
             # Once bootstrapped, learned only where nobody is seen (in grey or in colour): a plain
             # running average would take in the colours of everyone passing by.
             keep = None
             if found is not None:
-                keep = cv2.bitwise_not(cv2.bitwise_or(grey_mask, found))
-            cv2.accumulateWeighted(current, self._chroma_bg, rate, keep)
+                seen = (
+                    cv2.resize(grey_mask, size, interpolation=cv2.INTER_AREA)
+                    if grey_mask.shape != found.shape
+                    else grey_mask
+                )
+                keep = cv2.compare(cv2.bitwise_or(seen, found), 0, cv2.CMP_EQ)
+            for plane, background in zip(current, self._chroma_bg, strict=True):
+                cv2.accumulateWeighted(plane, background, rate, keep)
+        if found is not None and found.shape != grey_mask.shape:
+            found = cv2.resize(found, grey_mask.shape[::-1], interpolation=cv2.INTER_NEAREST)
         return found
 
     def _aligns(self, current: np.ndarray, dx: float, dy: float) -> bool:
@@ -424,7 +448,7 @@ class MotionAnalyzer:
         self._tracks = [tr for tr in self._tracks if t - tr.history[-1][0] <= self.keep_seconds]
         for bi, (box, (cx, cy)) in enumerate(blobs):
             if bi not in used_blobs:
-                track = _Track(self._next_id, box, t)
+                track = _Track(self._next_id, box, t, first_frame=self._frames)
                 track.history.append((t, cx, cy))
                 track.hits = 1
                 self._next_id += 1

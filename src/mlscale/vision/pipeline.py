@@ -258,7 +258,7 @@ class VisionPipeline:
 
     def _process(self, batch: list[tuple[_Feed, _Item]]) -> None:
         grays = [to_small_gray(item.frame, tuple(feed.settings.resolution)) for feed, item in batch]
-        chromas = [to_small_chroma(item.frame, tuple(feed.settings.resolution)) for feed, item in batch]
+        chromas = [to_small_chroma(item.frame, feed.detector.analyzer.chroma_resolution) for feed, item in batch]
         extras: list[list[Finding]] = [[] for _ in batch]
         by_scorer: dict[int, list[int]] = {}
         for i, (feed, _) in enumerate(batch):
