@@ -163,7 +163,9 @@ class CameraDetector:
             findings = [f for f in findings if f.kind != "restricted_zone"]
         findings += extra or []
         fired = self._debouncer.update(t, findings, self._confirm)
-        if not any(f.score >= self.feed.rules.threshold for f in findings):
+        # Only calm frames teach what normal is: not one with a finding, not a crowd building up,
+        # not the moment after a change of light (what moves then is mostly the light).
+        if not crowded and not motion.relit and not any(f.score >= self.feed.rules.threshold for f in findings):
             self.model.adapt(motion)
         score = max((f.score for f in findings), default=0.0)
         if any(f.kind == "camera_moved" for f in fired):
