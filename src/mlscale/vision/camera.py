@@ -89,7 +89,7 @@ class CameraDetector:
         self._model_factory = model_factory
         self._debouncer = _Debouncer(feed.rules.threshold, confirm, cooldown)
         # A crowd is confirmed over a little longer: a few people passing together is not one.
-        self._confirm = {"crowd": max(confirm, 0.8)}
+        self._confirm = {"crowd": max(confirm, 0.6)}
         self._restart(None)
 
     def _restart(self, t: float | None) -> None:
