@@ -45,13 +45,15 @@ class ActivityModel:
     that matter are written as zones; the learned model judges how many, which way and how fast.
     """
 
-    def __init__(self, adapt_seconds: float = 120.0, smooth_seconds: float = 1.0):
+    def __init__(self, adapt_seconds: float = 120.0, smooth_seconds: float = 1.0, level_seconds: float = 120.0):
         # After the warm-up the normal counts follow the scene (the morning rush, an empty evening)
         # with this time constant, learning only from frames where nothing looked abnormal.
         self.adapt_seconds = adapt_seconds
         # The crowd is judged on the median of the last second: one frame's flicker is no crowd.
         self.smooth_seconds = smooth_seconds
         self._recent: deque[tuple[float, float, int]] = deque()
+        self.level_seconds = level_seconds
+        self._levels: deque[tuple[float, float, int]] = deque()
 
     def fit(self, frames: Sequence[MotionFrame]) -> ActivityModel:
         if not frames:
@@ -73,7 +75,22 @@ class ActivityModel:
             if float(np.hypot(*mean)) > 0.6:
                 self.flow_ = tuple(float(v) for v in mean / np.hypot(*mean))
         self._last_t = frames[-1].t
+        # The level of activity of the last ``level_seconds`` (medians of every frame, warm-up
+        # included): what a crowd is measured against. Why not only the warm-up: a warm-up of
+        # seconds may catch a quiet moment or a busy one, and every later hour would be judged
+        # against it; a median of minutes follows the scene and a crowd of seconds barely moves it.
+        self._levels = deque((f.t, f.fg_fraction, len(_moving(f.tracks, 1))) for f in frames)
+        self._level_at = -math.inf
+        self._refresh_level(frames[-1].t)
         return self
+
+    def _refresh_level(self, t: float) -> None:
+        while self._levels and t - self._levels[0][0] > self.level_seconds:
+            self._levels.popleft()
+        if self._levels:
+            values = np.array([(fg, n) for _, fg, n in self._levels], float)
+            self.fg_level_, self.objects_level_ = (float(v) for v in np.median(values, axis=0))
+        self._level_at = t
 
     def adapt(self, frame: MotionFrame) -> None:
         """Fold a frame judged normal into the normal counts (exponential, ``adapt_seconds``)."""
@@ -101,6 +118,10 @@ class ActivityModel:
             return findings  # motion means nothing while the view itself is broken
         moving = _moving(frame.tracks, 1)
         self._recent.append((frame.t, frame.fg_fraction, len(moving)))
+        if not frame.relit:
+            self._levels.append((frame.t, frame.fg_fraction, len(moving)))
+        if frame.t - self._level_at >= 1.0:  # a median of minutes, refreshed once a second
+            self._refresh_level(frame.t)
         while frame.t - self._recent[0][0] > self.smooth_seconds:
             self._recent.popleft()
         fg = float(np.median([r[1] for r in self._recent]))
@@ -109,9 +130,9 @@ class ActivityModel:
         # least triples, beyond the usual spread, and by 3% of the image at least (in a quiet scene a
         # handful of walkers is no crowd). A busy moment of ordinary traffic doubles the area.
         # The count of blobs only backs it up: people in a crowd merge into few blobs.
-        fg_excess = (fg - self.fg_mean_) / max(2.0 * self.fg_mean_, 4.0 * math.sqrt(self.fg_var_), 0.03)
-        count_excess = (count - self.objects_mean_) / max(
-            2.0 * self.objects_mean_, 4.0 * math.sqrt(self.objects_var_), 6.0
+        fg_excess = (fg - self.fg_level_) / max(2.0 * self.fg_level_, 4.0 * math.sqrt(self.fg_var_), 0.03)
+        count_excess = (count - self.objects_level_) / max(
+            2.0 * self.objects_level_, 4.0 * math.sqrt(self.objects_var_), 6.0
         )
         crowd = max(fg_excess, count_excess) if fg_excess > 0.5 else fg_excess
         if frame.relit or frame.fg_fraction > 0.45 or covered > 0.3:
