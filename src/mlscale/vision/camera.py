@@ -98,6 +98,7 @@ class CameraDetector:
         self._warm: list[MotionFrame] = []
         self._warm_start = t
         self._crowd_seen = -math.inf
+        self._crowd_near = -math.inf
 
     @property
     def warming_up(self) -> bool:
@@ -138,6 +139,8 @@ class CameraDetector:
         # people mean little: blobs merge and split, and people in a crowd stand.
         if any(f.kind == "crowd" and f.score >= 0.5 * self.feed.rules.threshold for f in findings):
             self._crowd_seen = t
+        if any(f.kind == "crowd" and f.score >= 0.75 * self.feed.rules.threshold for f in findings):
+            self._crowd_near = t
         crowded = t - self._crowd_seen <= 5.0
         if not any(f.kind.startswith("camera_") and f.score >= 1.0 for f in findings):
             rules = self.rules.score(motion)
@@ -146,13 +149,14 @@ class CameraDetector:
             if motion.relit or crowded:
                 rules = [f for f in rules if f.kind != "loitering"]
             findings += rules
-        # Direction means little inside a crowd (building up already), or while the background is
+        # Direction means little inside a crowd (three quarters there already: a busy moment of
+        # ordinary traffic reaches half way, and a runner must still be seen then), or while the background is
         # learned again (after a change of light or an uncovered lens): blobs merge and split and
         # seem to jump. Someone walking out of a restricted zone is the zone's incident, whichever
         # way they go.
         if (
             motion.relit
-            or crowded
+            or t - self._crowd_near <= 5.0
             or self._debouncer.recently("crowd", t, 5.0)
             or self._debouncer.recently("camera_covered", t, 3.0)
             or self._debouncer.recently("restricted_zone", t, 3.0)

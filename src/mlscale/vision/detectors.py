@@ -179,11 +179,14 @@ class RuleDetector:
             if self.rules.loiter_seconds > 0 and tr.dwell > 0.25 * self.rules.loiter_seconds and tr.seen >= 0.5:
                 findings.append(Finding("loitering", tr.dwell / self.rules.loiter_seconds, tr.box))
             flow = self.rules.flow
-            if flow is not None and tr.velocity is not None:
+            if flow is not None and tr.velocity is not None and tr.hits >= 3 and tr.seen >= 0.5:
                 speed = math.hypot(*tr.velocity)
                 norm = math.hypot(*flow) or 1.0
                 cos = (tr.velocity[0] * flow[0] + tr.velocity[1] * flow[1]) / (norm * max(speed, 1e-9))
-                if speed > 0.08 and cos < -0.5:
+                # Gone a good way against the flow too, as for the learned flow: a new blob's centre
+                # jumps as it merges and splits, and that is no one walking.
+                back = -(tr.travel[0] * flow[0] + tr.travel[1] * flow[1]) / norm
+                if speed > 0.08 and cos < -0.5 and back > 0.05:
                     findings.append(Finding("wrong_way", 1.5, tr.box))
         if self.rules.loiter_seconds > 0:
             for box, level in frame.stationary:

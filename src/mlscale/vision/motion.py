@@ -27,8 +27,8 @@ class TrackView:
     hits: int  # frames it was seen in
     dwell: float  # seconds it has stayed within a small radius
     travel: tuple[float, float] = (0.0, 0.0)  # displacement over the last 1.5 s (frame widths, heights)
-    # Fraction of the frames judged since it was first seen in which it was seen: a flickering
-    # speck of noise or of a compression artefact is seen now and then, a person nearly always.
+    # Fraction of the frames of the last 1.5 s in which it was seen: a flickering speck of noise
+    # or of a compression artefact is seen now and then, a person nearly always.
     seen: float = 1.0
 
 
@@ -57,7 +57,6 @@ class _Track:
     history: deque = field(default_factory=lambda: deque(maxlen=256))
     hits: int = 0
     misses: int = 0
-    first_frame: int = 0
 
     def center(self) -> tuple[float, float]:
         return self.history[-1][1], self.history[-1][2]
@@ -89,6 +88,19 @@ class _Track:
             if t - t0 <= window + 1e-6:
                 return x - x0, y - y0
         return 0.0, 0.0
+
+    def seen(self, t: float, frame_times: deque, window: float = 1.5) -> float:
+        """Fraction of the frames of the last ``window`` seconds (since first seen, if younger)
+        in which this track was seen. Over a window, not since first seen: a track that flickered
+        for a while and is then taken over by someone running is judged on the runner."""
+        since = max(self.first_seen, t - window) - 1e-6
+        frames = sum(1 for ft in reversed(frame_times) if ft >= since) if frame_times else 1
+        hits = 0
+        for t0, _, _ in reversed(self.history):
+            if t0 < since:
+                break
+            hits += 1
+        return min(1.0, hits / max(1, frames))
 
     def dwell(self, radius: float) -> float:
         t, x, y = self.history[-1]
@@ -148,6 +160,7 @@ class MotionAnalyzer:
         self._relearn_until = -math.inf
         self._chroma_bg: list[np.ndarray] | None = None  # float32 Cb and Cr of the background
         self._chroma_boot: list[np.ndarray] = []
+        self._frame_times: deque[float] = deque(maxlen=64)  # times of the last frames analysed
         self._chroma_light = 128.0
         self._last_shift_check = -math.inf
         self._shifted = False
@@ -261,6 +274,7 @@ class MotionAnalyzer:
             for (x, y, bw, bh, area), (cx, cy) in zip(stats[1:count].tolist(), centroids[1:count].tolist(), strict=True)
             if area >= min_px
         ]
+        self._frame_times.append(t)
         self._match(blobs, t)
         stationary = self._stationary(mask, dt) if learn else ()
         # Checked when much of the image changed, while the background is learned again after a
@@ -292,7 +306,7 @@ class MotionAnalyzer:
                 hits=tr.hits,
                 dwell=tr.dwell(self.dwell_radius),
                 travel=tr.travel(),
-                seen=tr.hits / max(1, self._frames - tr.first_frame + 1),
+                seen=tr.seen(t, self._frame_times),
             )
             for tr in self._tracks
             if tr.misses == 0
@@ -448,7 +462,7 @@ class MotionAnalyzer:
         self._tracks = [tr for tr in self._tracks if t - tr.history[-1][0] <= self.keep_seconds]
         for bi, (box, (cx, cy)) in enumerate(blobs):
             if bi not in used_blobs:
-                track = _Track(self._next_id, box, t, first_frame=self._frames)
+                track = _Track(self._next_id, box, t)
                 track.history.append((t, cx, cy))
                 track.hits = 1
                 self._next_id += 1
