@@ -36,3 +36,13 @@ def test_anomalous_frames_score_higher_than_normal_frames(suite_results):
 
 def test_no_event_fires_during_the_warm_up(suite_results):
     assert all(t >= 10.0 for r in suite_results for t, _ in r.events)
+
+
+@pytest.mark.parametrize("name", ["wrong_way-2", "loitering-2", "crowd-1", "restricted_zone-1"])
+def test_clips_that_once_went_wrong_raise_one_event_and_of_their_kind(name):
+    # wrong_way-2: the runner merged with a walker every other frame; loitering-2: the scene's
+    # flicker was taken for a sudden change of light; crowd-1 / restricted_zone-1: a crowd building
+    # up and someone leaving the zone raised wrong_way first.
+    clip = next(c for c in labelled_suite(seeds=3, normal=0) if c.name == name)
+    result = run_clip(clip)
+    assert [k for _, k in result.events] == [clip.scene.anomalies[0].kind], result.events

@@ -89,7 +89,7 @@ class CameraDetector:
         self._model_factory = model_factory
         self._debouncer = _Debouncer(feed.rules.threshold, confirm, cooldown)
         # A crowd is confirmed over a little longer: a few people passing together is not one.
-        self._confirm = {"crowd": max(confirm, 0.8)}
+        self._confirm = {"crowd": max(confirm, 0.6)}
         self._restart(None)
 
     def _restart(self, t: float | None) -> None:
@@ -98,6 +98,7 @@ class CameraDetector:
         self._warm: list[MotionFrame] = []
         self._warm_start = t
         self._crowd_seen = -math.inf
+        self._crowd_near = -math.inf
 
     @property
     def warming_up(self) -> bool:
@@ -106,12 +107,18 @@ class CameraDetector:
     def prepare(self, frame: np.ndarray) -> np.ndarray:
         return self.analyzer.prepare(frame)
 
-    def process(self, gray: np.ndarray, t: float, extra: list[Finding] | None = None) -> Verdict:
-        """Analyse a downscaled grey frame (from ``prepare``) captured at ``t`` seconds."""
+    def prepare_chroma(self, frame: np.ndarray) -> np.ndarray | None:
+        return self.analyzer.prepare_chroma(frame)
+
+    def process(
+        self, gray: np.ndarray, t: float, extra: list[Finding] | None = None, chroma: np.ndarray | None = None
+    ) -> Verdict:
+        """Analyse a downscaled grey frame (from ``prepare``) captured at ``t`` seconds, with its
+        colour (from ``prepare_chroma``) when the source has one."""
         if self.model is None:
             if self._warm_start is None:
                 self._warm_start = t
-            motion = self.analyzer.update(gray, t)
+            motion = self.analyzer.update(gray, t, chroma=chroma)
             # The first part of the warm-up learns the background (the empty scene); only then is
             # its foreground people, whose numbers, directions and speeds are learned as normal.
             if t - self._warm_start >= max(1.0, 0.4 * self.warmup_seconds):
@@ -125,13 +132,15 @@ class CameraDetector:
         # Do not learn a covered lens as the new background: look at the texture first.
         texture = float(gray.std())
         covered = texture < 0.35 * self.model.texture_mean_
-        motion = self.analyzer.update(gray, t, learn=not covered)
+        motion = self.analyzer.update(gray, t, learn=not covered, chroma=chroma)
         self.last_motion = motion
         findings = self.model.score(motion)
         # A crowd building up (half way to the boundary already) makes directions and standing
         # people mean little: blobs merge and split, and people in a crowd stand.
         if any(f.kind == "crowd" and f.score >= 0.5 * self.feed.rules.threshold for f in findings):
             self._crowd_seen = t
+        if any(f.kind == "crowd" and f.score >= 0.75 * self.feed.rules.threshold for f in findings):
+            self._crowd_near = t
         crowded = t - self._crowd_seen <= 5.0
         if not any(f.kind.startswith("camera_") and f.score >= 1.0 for f in findings):
             rules = self.rules.score(motion)
@@ -140,17 +149,27 @@ class CameraDetector:
             if motion.relit or crowded:
                 rules = [f for f in rules if f.kind != "loitering"]
             findings += rules
-        # Direction means little inside a crowd, or while the background is learned again (after a
-        # change of light or an uncovered lens): blobs merge and split and seem to jump.
+        # Direction means little inside a crowd (three quarters there already: a busy moment of
+        # ordinary traffic reaches half way, and a runner must still be seen then), or while the background is
+        # learned again (after a change of light or an uncovered lens): blobs merge and split and
+        # seem to jump. Someone walking out of a restricted zone is the zone's incident, whichever
+        # way they go.
         if (
             motion.relit
+            or t - self._crowd_near <= 5.0
             or self._debouncer.recently("crowd", t, 5.0)
             or self._debouncer.recently("camera_covered", t, 3.0)
+            or self._debouncer.recently("restricted_zone", t, 3.0)
         ):
             findings = [f for f in findings if f.kind != "wrong_way"]
+        if crowded:
+            # A crowd spreading over a zone is the crowd: one incident, one event of its kind.
+            findings = [f for f in findings if f.kind != "restricted_zone"]
         findings += extra or []
         fired = self._debouncer.update(t, findings, self._confirm)
-        if not any(f.score >= self.feed.rules.threshold for f in findings):
+        # Only calm frames teach what normal is: not one with a finding, not a crowd building up,
+        # not the moment after a change of light (what moves then is mostly the light).
+        if not crowded and not motion.relit and not any(f.score >= self.feed.rules.threshold for f in findings):
             self.model.adapt(motion)
         score = max((f.score for f in findings), default=0.0)
         if any(f.kind == "camera_moved" for f in fired):

@@ -45,13 +45,15 @@ class ActivityModel:
     that matter are written as zones; the learned model judges how many, which way and how fast.
     """
 
-    def __init__(self, adapt_seconds: float = 120.0, smooth_seconds: float = 1.0):
+    def __init__(self, adapt_seconds: float = 120.0, smooth_seconds: float = 1.0, level_seconds: float = 120.0):
         # After the warm-up the normal counts follow the scene (the morning rush, an empty evening)
         # with this time constant, learning only from frames where nothing looked abnormal.
         self.adapt_seconds = adapt_seconds
         # The crowd is judged on the median of the last second: one frame's flicker is no crowd.
         self.smooth_seconds = smooth_seconds
         self._recent: deque[tuple[float, float, int]] = deque()
+        self.level_seconds = level_seconds
+        self._levels: deque[tuple[float, float, int]] = deque()
 
     def fit(self, frames: Sequence[MotionFrame]) -> ActivityModel:
         if not frames:
@@ -73,7 +75,22 @@ class ActivityModel:
             if float(np.hypot(*mean)) > 0.6:
                 self.flow_ = tuple(float(v) for v in mean / np.hypot(*mean))
         self._last_t = frames[-1].t
+        # The level of activity of the last ``level_seconds`` (medians of every frame, warm-up
+        # included): what a crowd is measured against. Why not only the warm-up: a warm-up of
+        # seconds may catch a quiet moment or a busy one, and every later hour would be judged
+        # against it; a median of minutes follows the scene and a crowd of seconds barely moves it.
+        self._levels = deque((f.t, f.fg_fraction, len(_moving(f.tracks, 1))) for f in frames)
+        self._level_at = -math.inf
+        self._refresh_level(frames[-1].t)
         return self
+
+    def _refresh_level(self, t: float) -> None:
+        while self._levels and t - self._levels[0][0] > self.level_seconds:
+            self._levels.popleft()
+        if self._levels:
+            values = np.array([(fg, n) for _, fg, n in self._levels], float)
+            self.fg_level_, self.objects_level_ = (float(v) for v in np.median(values, axis=0))
+        self._level_at = t
 
     def adapt(self, frame: MotionFrame) -> None:
         """Fold a frame judged normal into the normal counts (exponential, ``adapt_seconds``)."""
@@ -101,6 +118,10 @@ class ActivityModel:
             return findings  # motion means nothing while the view itself is broken
         moving = _moving(frame.tracks, 1)
         self._recent.append((frame.t, frame.fg_fraction, len(moving)))
+        if not frame.relit:
+            self._levels.append((frame.t, frame.fg_fraction, len(moving)))
+        if frame.t - self._level_at >= 1.0:  # a median of minutes, refreshed once a second
+            self._refresh_level(frame.t)
         while frame.t - self._recent[0][0] > self.smooth_seconds:
             self._recent.popleft()
         fg = float(np.median([r[1] for r in self._recent]))
@@ -109,9 +130,9 @@ class ActivityModel:
         # least triples, beyond the usual spread, and by 3% of the image at least (in a quiet scene a
         # handful of walkers is no crowd). A busy moment of ordinary traffic doubles the area.
         # The count of blobs only backs it up: people in a crowd merge into few blobs.
-        fg_excess = (fg - self.fg_mean_) / max(2.0 * self.fg_mean_, 4.0 * math.sqrt(self.fg_var_), 0.03)
-        count_excess = (count - self.objects_mean_) / max(
-            2.0 * self.objects_mean_, 4.0 * math.sqrt(self.objects_var_), 6.0
+        fg_excess = (fg - self.fg_level_) / max(2.0 * self.fg_level_, 4.0 * math.sqrt(self.fg_var_), 0.03)
+        count_excess = (count - self.objects_level_) / max(
+            2.0 * self.objects_level_, 4.0 * math.sqrt(self.objects_var_), 6.0
         )
         crowd = max(fg_excess, count_excess) if fg_excess > 0.5 else fg_excess
         if frame.relit or frame.fg_fraction > 0.45 or covered > 0.3:
@@ -121,14 +142,14 @@ class ActivityModel:
         for tr in _moving(frame.tracks, 3):
             speed = math.hypot(*tr.velocity)
             usual = self.speed_ if self.speed_ is not None else 0.1
-            if speed < max(0.5 * usual, 0.03) or tr.box[0] <= 0.01 or tr.box[2] >= 0.99:
-                continue  # too slow to judge, or half out of the frame (its centre slides)
+            if speed < max(0.5 * usual, 0.03) or tr.box[0] <= 0.01 or tr.box[2] >= 0.99 or tr.seen < 0.5:
+                continue  # too slow to judge, half out of the frame (its centre slides), or flicker
             if self.flow_ is not None:
                 cos = (tr.velocity[0] * self.flow_[0] + tr.velocity[1] * self.flow_[1]) / speed
                 # Against the flow now, and has gone a good way against it: a blob that merges with
                 # a passer-by makes its centre jump back for a moment, and that is no one.
                 back = -(tr.travel[0] * self.flow_[0] + tr.travel[1] * self.flow_[1])
-                if cos < -0.5 and back > 0.05 and back > 0.5 * usual * max(tr.age, 0.2):
+                if cos < -0.5 and back > 0.05 and back > 0.5 * usual * min(max(tr.age, 0.2), 1.5):
                     # Walking straight against the flow scores 1.0; running against it, more.
                     findings.append(Finding("wrong_way", -cos * (0.6 + 0.4 * speed / usual), tr.box))
             # Someone merely faster than usual along the flow is not an anomaly by itself (a
@@ -155,14 +176,17 @@ class RuleDetector:
                 x0, y0, x1, y1 = zone.box
                 if zone.kind == "restricted" and x0 <= x <= x1 and y0 <= y <= y1:
                     findings.append(Finding("restricted_zone", 2.0, tr.box))
-            if self.rules.loiter_seconds > 0 and tr.dwell > 0.25 * self.rules.loiter_seconds:
+            if self.rules.loiter_seconds > 0 and tr.dwell > 0.25 * self.rules.loiter_seconds and tr.seen >= 0.5:
                 findings.append(Finding("loitering", tr.dwell / self.rules.loiter_seconds, tr.box))
             flow = self.rules.flow
-            if flow is not None and tr.velocity is not None:
+            if flow is not None and tr.velocity is not None and tr.hits >= 3 and tr.seen >= 0.5:
                 speed = math.hypot(*tr.velocity)
                 norm = math.hypot(*flow) or 1.0
                 cos = (tr.velocity[0] * flow[0] + tr.velocity[1] * flow[1]) / (norm * max(speed, 1e-9))
-                if speed > 0.08 and cos < -0.5:
+                # Gone a good way against the flow too, as for the learned flow: a new blob's centre
+                # jumps as it merges and splits, and that is no one walking.
+                back = -(tr.travel[0] * flow[0] + tr.travel[1] * flow[1]) / norm
+                if speed > 0.08 and cos < -0.5 and back > 0.05:
                     findings.append(Finding("wrong_way", 1.5, tr.box))
         if self.rules.loiter_seconds > 0:
             for box, level in frame.stationary:

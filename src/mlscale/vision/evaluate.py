@@ -48,7 +48,7 @@ def run_clip(clip: Clip, detect_fps: float = 5.0, warmup: float = 10.0) -> ClipR
     detector = CameraDetector(synthetic_feed(clip.name), warmup_seconds=warmup)
     result = ClipResult(clip.name, list(clip.scene.anomalies))
     for t, frame in clip.scene.frames(detect_fps, clip.duration):
-        verdict = detector.process(detector.prepare(frame), t)
+        verdict = detector.process(detector.prepare(frame), t, chroma=detector.prepare_chroma(frame))
         result.events += [(t, f.kind) for f in verdict.fired]
         if not verdict.warming_up:
             result.scores.append(verdict.score)

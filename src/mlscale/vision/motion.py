@@ -26,7 +26,10 @@ class TrackView:
     age: float  # seconds since first seen
     hits: int  # frames it was seen in
     dwell: float  # seconds it has stayed within a small radius
-    travel: tuple[float, float] = (0.0, 0.0)  # displacement since first seen (frame widths, heights)
+    travel: tuple[float, float] = (0.0, 0.0)  # displacement over the last 1.5 s (frame widths, heights)
+    # Fraction of the frames of the last 1.5 s in which it was seen: a flickering speck of noise
+    # or of a compression artefact is seen now and then, a person nearly always.
+    seen: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,31 @@ class _Track:
                 return (x - x0) / (t - t0), (y - y0) / (t - t0)
         return None
 
+    def travel(self, window: float = 1.5) -> tuple[float, float]:
+        """Displacement over the last ``window`` seconds (or since first seen, if younger).
+
+        Why not since first seen: when two people cross, a track can pass from one to the other,
+        and a runner would inherit the way the walker had come.
+        """
+        t, x, y = self.history[-1]
+        for t0, x0, y0 in self.history:
+            if t - t0 <= window + 1e-6:
+                return x - x0, y - y0
+        return 0.0, 0.0
+
+    def seen(self, t: float, frame_times: deque, window: float = 1.5) -> float:
+        """Fraction of the frames of the last ``window`` seconds (since first seen, if younger)
+        in which this track was seen. Over a window, not since first seen: a track that flickered
+        for a while and is then taken over by someone running is judged on the runner."""
+        since = max(self.first_seen, t - window) - 1e-6
+        frames = sum(1 for ft in reversed(frame_times) if ft >= since) if frame_times else 1
+        hits = 0
+        for t0, _, _ in reversed(self.history):
+            if t0 < since:
+                break
+            hits += 1
+        return min(1.0, hits / max(1, frames))
+
     def dwell(self, radius: float) -> float:
         t, x, y = self.history[-1]
         since = t
@@ -101,6 +129,7 @@ class MotionAnalyzer:
         dwell_radius: float = 0.06,
         keep_seconds: float = 1.5,
         persistence_seconds: float = 5.0,
+        chroma_threshold: float = 20.0,
     ) -> None:
         self.resolution = resolution
         self.history = history
@@ -109,6 +138,7 @@ class MotionAnalyzer:
         self.dwell_radius = dwell_radius
         self.keep_seconds = keep_seconds
         self.persistence_seconds = persistence_seconds
+        self.chroma_threshold = chroma_threshold
         self._kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
         self._sway = cv2.getStructuringElement(cv2.MORPH_RECT, (5, 5))
         self.reset()
@@ -128,6 +158,10 @@ class MotionAnalyzer:
         self._window: np.ndarray | None = None
         self._light: np.ndarray | None = None  # brightness of 4x4 blocks, averaged over the last seconds
         self._relearn_until = -math.inf
+        self._chroma_bg: list[np.ndarray] | None = None  # float32 Cb and Cr of the background
+        self._chroma_boot: list[np.ndarray] = []
+        self._frame_times: deque[float] = deque(maxlen=64)  # times of the last frames analysed
+        self._chroma_light = 128.0
         self._last_shift_check = -math.inf
         self._shifted = False
 
@@ -154,8 +188,21 @@ class MotionAnalyzer:
             # loiterer: left out until it has gone.
             self._scene = cv2.dilate((self._persist > 0.3 * 255).astype(np.uint8) * 255, self._sway)
 
-    def update(self, gray: np.ndarray, t: float, learn: bool = True) -> MotionFrame:
-        """Analyse one downscaled grey frame taken at ``t`` seconds.
+    @property
+    def chroma_resolution(self) -> tuple[int, int]:
+        """Colour is judged at half the detection resolution: a camera's colour planes have a
+        quarter of its pixels already (4:2:0), and upscaled colour edges would "move" with every
+        shake of the camera; it is also four times cheaper."""
+        return max(1, self.resolution[0] // 2), max(1, self.resolution[1] // 2)
+
+    def prepare_chroma(self, frame: np.ndarray) -> np.ndarray | None:
+        """The colour (Cb, Cr) of a BGR frame at ``chroma_resolution``; None for a grey frame."""
+        from mlscale.vision.sources import to_small_chroma
+
+        return to_small_chroma(frame, self.chroma_resolution)
+
+    def update(self, gray: np.ndarray, t: float, learn: bool = True, chroma: np.ndarray | None = None) -> MotionFrame:
+        """Analyse one downscaled grey frame taken at ``t`` seconds (and its colour, when known).
 
         ``learn=False`` keeps the background model as it is (while the lens is covered, so that the
         dark image does not become "the background").
@@ -175,12 +222,15 @@ class MotionAnalyzer:
         # Told apart from people arriving by being everywhere: most of a 4x4 grid of blocks
         # changes brightness the same way (a crowd changes a few blocks, a lamp all of them).
         blocks = cv2.resize(gray, (4, 4), interpolation=cv2.INTER_AREA).astype(np.float32) + 1.0
+        # Compared with the last second only, by 7% at least: a light that flickers or drifts (a
+        # few percent a second) is followed by the gain normalization and must not make the
+        # background be learned again (it would learn someone standing there along with it).
         if self._light is not None and learn:
             change = blocks / self._light - 1.0
-            if max((change > 0.05).mean(), (change < -0.05).mean()) >= 0.75:
+            if max((change > 0.07).mean(), (change < -0.07).mean()) >= 0.75:
                 self._relearn_until = t + 1.5
                 self._light = blocks
-        self._light = blocks if self._light is None else self._light + (blocks - self._light) * min(1.0, dt / 3.0)
+        self._light = blocks if self._light is None else self._light + (blocks - self._light) * min(1.0, dt / 1.0)
         relit = t < self._relearn_until + 1.0
         if learn and t < self._relearn_until:
             rate = 0.2
@@ -198,6 +248,15 @@ class MotionAnalyzer:
                     cv2.compare(normalized, cv2.add(high, 12), cv2.CMP_GT),
                 )
                 mask = cv2.bitwise_and(mask, outside)
+        if chroma is not None:
+            # Relative to the brightness when the colour background was learned: a dark scene's
+            # colour noise is not amplified, only a change of light undone.
+            if self._chroma_bg is None:
+                self._chroma_light = brightness
+            gain = min(4.0, self._chroma_light / max(brightness, 1.0))
+            colour = self._chroma(chroma, gain, 1.0 / self._frames if rate < 0 else rate, learn, mask)
+            if colour is not None:
+                mask = cv2.bitwise_or(mask, colour)
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, self._kernel)
         mask = cv2.dilate(mask, self._kernel)
         w, h = self.resolution
@@ -215,6 +274,7 @@ class MotionAnalyzer:
             for (x, y, bw, bh, area), (cx, cy) in zip(stats[1:count].tolist(), centroids[1:count].tolist(), strict=True)
             if area >= min_px
         ]
+        self._frame_times.append(t)
         self._match(blobs, t)
         stationary = self._stationary(mask, dt) if learn else ()
         # Checked when much of the image changed, while the background is learned again after a
@@ -245,12 +305,64 @@ class MotionAnalyzer:
                 age=t - tr.first_seen,
                 hits=tr.hits,
                 dwell=tr.dwell(self.dwell_radius),
-                travel=(tr.history[-1][1] - tr.history[0][1], tr.history[-1][2] - tr.history[0][2]),
+                travel=tr.travel(),
+                seen=tr.seen(t, self._frame_times),
             )
             for tr in self._tracks
             if tr.misses == 0
         )
         return MotionFrame(t, fg_fraction, texture, brightness, views, shift, stationary, relit)
+
+    def _chroma(
+        self, chroma: np.ndarray, gain: float, rate: float, learn: bool, grey_mask: np.ndarray
+    ) -> np.ndarray | None:
+        """Foreground by colour: pixels whose Cb or Cr is off the background's by ``chroma_threshold``
+        at every point of their 3x3 neighbourhood (as for grey: a shaking camera moves colour edges
+        too). A gain of the light scales colour about neutral grey (128) as it scales brightness:
+        undone with the same gain as the grey image.
+
+        Why a running average and not a second MOG2: two channels at a quarter of the cost, and
+        colour only adds what grey missed (someone as bright as what is behind them).
+        """
+        # Per plane, in uint8 OpenCV calls: a few microseconds each at the detection resolution.
+        current = [cv2.convertScaleAbs(p, alpha=gain, beta=128.0 * (1.0 - gain)) for p in cv2.split(chroma)]
+        if self._chroma_bg is None:
+            # Bootstrapped as the per-pixel median of frames of the first seconds: an average would
+            # keep a ghost of everyone who passed meanwhile, and the update below (only where
+            # nobody is seen) would never remove it.
+            if self._frames % 2 == 0 and learn:
+                self._chroma_boot.append(np.dstack(current))
+            if self._frames >= 30 and self._chroma_boot:
+                median = np.median(np.stack(self._chroma_boot), axis=0).astype(np.float32)
+                self._chroma_bg = [np.ascontiguousarray(median[:, :, i]) for i in range(median.shape[2])]
+                self._chroma_boot = []
+            return None
+        found = None
+        if self._frames >= 30:
+            found = np.zeros(current[0].shape, np.uint8)
+            for plane, background in zip(current, self._chroma_bg, strict=True):
+                bg = cv2.convertScaleAbs(background)
+                low = cv2.subtract(cv2.erode(bg, self._kernel), self.chroma_threshold)
+                high = cv2.add(cv2.dilate(bg, self._kernel), self.chroma_threshold)
+                found = cv2.bitwise_or(found, cv2.compare(plane, low, cv2.CMP_LT))
+                found = cv2.bitwise_or(found, cv2.compare(plane, high, cv2.CMP_GT))
+        size = current[0].shape[::-1]
+        if learn:
+            # Once bootstrapped, learned only where nobody is seen (in grey or in colour): a plain
+            # running average would take in the colours of everyone passing by.
+            keep = None
+            if found is not None:
+                seen = (
+                    cv2.resize(grey_mask, size, interpolation=cv2.INTER_AREA)
+                    if grey_mask.shape != found.shape
+                    else grey_mask
+                )
+                keep = cv2.compare(cv2.bitwise_or(seen, found), 0, cv2.CMP_EQ)
+            for plane, background in zip(current, self._chroma_bg, strict=True):
+                cv2.accumulateWeighted(plane, background, rate, keep)
+        if found is not None and found.shape != grey_mask.shape:
+            found = cv2.resize(found, grey_mask.shape[::-1], interpolation=cv2.INTER_NEAREST)
+        return found
 
     def _aligns(self, current: np.ndarray, dx: float, dy: float) -> bool:
         """Does moving the frame back by (dx, dy) match the reference much better than leaving it?
@@ -314,7 +426,13 @@ class MotionAnalyzer:
         self._last_t = t
         # A new track may have moved far (a runner's first step); one with a velocity is looked for
         # near where it should be now, so it is not handed to someone else passing close by.
-        reaches = [max(0.06, 0.6 * dt) if len(tr.history) < 2 else max(0.04, 0.3 * dt) for tr in self._tracks]
+        # Reach grows with the time since the track was last seen (capped): a runner hidden for a
+        # frame while merged with a walker it passes is found again further on.
+        reaches = [
+            max(0.06, 0.6 * gap) if len(tr.history) < 2 else max(0.04, 0.3 * gap)
+            for tr in self._tracks
+            for gap in (min(max(dt, t - tr.history[-1][0]), 0.6),)
+        ]
         reach = max(reaches, default=0.0)
         predicted = [tr.predict(t) for tr in self._tracks]
         pairs = sorted(

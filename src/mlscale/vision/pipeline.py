@@ -28,7 +28,7 @@ from mlscale.vision.camera import CameraDetector, Verdict
 from mlscale.vision.detectors import Finding, OnnxScorer
 from mlscale.vision.events import Event, EventLog, Sink, deliver
 from mlscale.vision.settings import FeedSettings, VisionSettings
-from mlscale.vision.sources import Source, open_source, to_bgr, to_small_gray
+from mlscale.vision.sources import Source, open_source, to_bgr, to_small_chroma, to_small_gray
 from mlscale.vision.stats import FeedStats, VisionCollector
 
 log = logging.getLogger("mlscale.vision")
@@ -258,6 +258,7 @@ class VisionPipeline:
 
     def _process(self, batch: list[tuple[_Feed, _Item]]) -> None:
         grays = [to_small_gray(item.frame, tuple(feed.settings.resolution)) for feed, item in batch]
+        chromas = [to_small_chroma(item.frame, feed.detector.analyzer.chroma_resolution) for feed, item in batch]
         extras: list[list[Finding]] = [[] for _ in batch]
         by_scorer: dict[int, list[int]] = {}
         for i, (feed, _) in enumerate(batch):
@@ -272,7 +273,7 @@ class VisionPipeline:
 
         def run(i: int) -> Verdict:
             feed, item = batch[i]
-            return feed.detector.process(grays[i], item.position, extras[i])
+            return feed.detector.process(grays[i], item.position, extras[i], chromas[i])
 
         verdicts = list(self._pool.map(run, range(len(batch)))) if self._pool else [run(i) for i in range(len(batch))]
         done = time.time()

@@ -270,3 +270,28 @@ def to_small_gray(frame: Any, size: tuple[int, int]) -> np.ndarray:
         frame = frame.to_ndarray(format="bgr24")
     small = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
     return cv2.cvtColor(small, cv2.COLOR_BGR2GRAY) if small.ndim == 3 else small
+
+
+def to_small_chroma(frame: Any, size: tuple[int, int]) -> np.ndarray | None:
+    """The colour of a frame without its brightness, downscaled: (h, w, 2) uint8 (Cb, Cr), or None
+    for a grey source.
+
+    Why: someone whose grey level matches the background behind them (a red coat on green grass)
+    is invisible in grey but not in colour. For decoded YUV 4:2:0 frames the chroma planes are read
+    in place (already a quarter of the pixels), no colour conversion of the full frame.
+    """
+    if not isinstance(frame, np.ndarray):
+        name = frame.format.name
+        if name in ("yuv420p", "yuvj420p"):
+            cw, ch = (frame.width + 1) // 2, (frame.height + 1) // 2
+            planes = []
+            for plane in frame.planes[1:3]:
+                data = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:ch, :cw]
+                planes.append(cv2.resize(data, size, interpolation=cv2.INTER_AREA))
+            return np.dstack(planes)
+        frame = frame.to_ndarray(format="bgr24")
+    if frame.ndim != 3:
+        return None
+    small = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+    ycrcb = cv2.cvtColor(small, cv2.COLOR_BGR2YCrCb)
+    return np.ascontiguousarray(ycrcb[:, :, :0:-1])  # Cb, Cr as in the planes of a YUV frame
