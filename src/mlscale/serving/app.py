@@ -25,12 +25,15 @@ from mlscale.cache.keys import prediction_key
 from mlscale.config import ServerSettings
 from mlscale.errors import (
     DeadlineExceeded,
+    Forbidden,
     InvalidInput,
     MlscaleError,
     ModelNotFound,
     NotFound,
     Overloaded,
     PayloadTooLarge,
+    RateLimited,
+    Unauthorized,
 )
 from mlscale.serving import metrics
 from mlscale.serving.control import WorkerControl
@@ -78,6 +81,8 @@ class InferenceApp:
         json_routes: dict[tuple[str, str], JsonHandler] | None = None,
         on_shutdown: list[Callable[[], Any]] | None = None,
         payload_log: Any = None,
+        guard: Any = None,
+        home: str | None = None,
     ) -> None:
         self.repository = repository
         self.settings = settings or ServerSettings()
@@ -89,6 +94,10 @@ class InferenceApp:
         self.payload_log = payload_log
         if payload_log is not None:
             self.on_shutdown.append(payload_log.close)
+        # The edge check (mlscale.auth.Guard: keys, scopes, quotas), or None when all are off.
+        self.guard = guard
+        # Where ``/`` redirects (the dashboard), or None.
+        self.home = home
         self.ready = False
         self._tasks: list[asyncio.Task] = []
         self._purges_seen: dict[str, int] = {}
@@ -103,16 +112,24 @@ class InferenceApp:
 
     async def _http(self, scope: dict, receive: Callable, send: Callable) -> None:
         path: str = scope["path"]
-        for prefix, app in self.mounts.items():
-            if path == prefix or path.startswith(prefix + "/"):
-                await app(scope, receive, send)
-                return
         try:
+            # Before anything else, mounted apps included: admission and the body read come after.
+            if self.guard is not None:
+                await self.guard.check(scope["method"], path, scope["headers"])
+            for prefix, app in self.mounts.items():
+                if path == prefix or path.startswith(prefix + "/"):
+                    await app(scope, receive, send)
+                    return
             response = await self._route(scope["method"], path, scope, receive)
         except MlscaleError as exc:
             response = json_response({"error": str(exc)}, exc.status)
-            if isinstance(exc, Overloaded):
+            if isinstance(exc, (Overloaded, RateLimited)):
                 response.headers.append((b"retry-after", str(exc.retry_after).encode()))
+            if isinstance(exc, Unauthorized):
+                response.headers.append((b"www-authenticate", exc.challenge()))
+            reason = _REFUSALS.get(type(exc))
+            if reason is not None:
+                metrics.EDGE_REFUSALS.labels(reason).inc()
         except Exception:
             log.exception("unhandled error on %s %s", scope["method"], path)
             response = json_response({"error": "internal server error"}, 500)
@@ -169,6 +186,8 @@ class InferenceApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.repository.close()
+        if self.guard is not None:
+            await self.guard.aclose()
         if self.repository.caches is not None:
             self.repository.caches.close()
         for callback in self.on_shutdown:
@@ -223,6 +242,8 @@ class InferenceApp:
         parts = path.strip("/").split("/")
         if parts[0] == "v2":
             return await self._v2(method, parts[1:], scope, receive)
+        if path == "/" and self.home is not None:
+            return Response(307, b"", b"text/plain", [(b"location", self.home.encode())])
         if path == "/metrics" and method == "GET":
             body, content_type = metrics.render_metrics()
             return Response(200, body, content_type.encode())
@@ -412,6 +433,7 @@ async def _cached_predict(
     return unpack_arrays(packed), {"cache": "miss" if source == "computed" else source}
 
 
+_REFUSALS = {Unauthorized: "unauthorized", Forbidden: "forbidden", RateLimited: "rate_limited"}
 _OUTCOMES = {Overloaded: "rejected", DeadlineExceeded: "timeout", ModelNotFound: "not_found"}
 
 
