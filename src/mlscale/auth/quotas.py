@@ -94,7 +94,7 @@ class LocalBuckets:
 class RedisBuckets:
     """Buckets in Redis, shared by every process that uses the same URL and prefix."""
 
-    def __init__(self, url: str, prefix: str = "mlscale:quota:", timeout: float = 0.5) -> None:
+    def __init__(self, url: str, prefix: str = "mlscale:quota:", timeout: float = 1.0) -> None:
         self.url = url
         self.prefix = prefix
         self.timeout = timeout
@@ -107,9 +107,16 @@ class RedisBuckets:
         loop = asyncio.get_running_loop()
         entry = self._clients.get(id(loop))
         if entry is None or entry[0] is not loop:
-            client = redis.asyncio.Redis.from_url(
-                self.url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout
+            # A bounded pool: a burst of thousands of requests queues for 32 connections
+            # instead of opening thousands (and timing out on the connects).
+            pool = redis.asyncio.BlockingConnectionPool.from_url(
+                self.url,
+                max_connections=32,
+                timeout=self.timeout,
+                socket_timeout=self.timeout,
+                socket_connect_timeout=self.timeout,
             )
+            client = redis.asyncio.Redis(connection_pool=pool)
             entry = (loop, (client, client.register_script(TOKEN_BUCKET_LUA)))
             self._clients[id(loop)] = entry
         return entry[1]
@@ -131,6 +138,7 @@ class RedisBuckets:
         for loop, (client, _script) in list(self._clients.values()):
             if loop is asyncio.get_running_loop():
                 await client.aclose()
+                await client.connection_pool.disconnect()
         self._clients.clear()
 
 
