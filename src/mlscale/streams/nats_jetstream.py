@@ -32,6 +32,33 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", name)
 
 
+_TLS_ARGS = ("tls_ca", "tls_cert", "tls_key")
+
+
+def nats_tls_options(url: str) -> tuple[str, dict]:
+    """TLS from the URL: ``tls://host:4222`` verifies the server against the system's CAs;
+    ``?tls_ca=ca.pem`` against a private CA; ``&tls_cert=...&tls_key=...`` adds a client
+    certificate (NATS ``verify``). Returns the URL without those arguments and nats.connect's
+    keyword arguments."""
+    import ssl
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    found = {k: v for k, v in query if k in _TLS_ARGS}
+    clean = urlunsplit(parts._replace(query=urlencode([(k, v) for k, v in query if k not in _TLS_ARGS])))
+    if not found and parts.scheme != "tls":
+        return clean, {}
+    if bool(found.get("tls_cert")) != bool(found.get("tls_key")):
+        from mlscale.errors import ConfigError
+
+        raise ConfigError(f"NATS URL {parts.scheme}://{parts.hostname}: tls_cert and tls_key go together")
+    context = ssl.create_default_context(cafile=found.get("tls_ca") or None)
+    if found.get("tls_cert"):
+        context.load_cert_chain(found["tls_cert"], found["tls_key"])
+    return clean, {"tls": context}
+
+
 class NatsBroker(Broker):
     """Topics as JetStream streams ``{prefix}_{topic}`` with subjects ``{prefix}.{topic}.{partition}``."""
 
@@ -50,11 +77,14 @@ class NatsBroker(Broker):
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="nats-broker")
         self._thread.start()
+        url, tls = nats_tls_options(url)
         try:
-            self._nc = self._run(nats.connect(url, connect_timeout=3, max_reconnect_attempts=3))
+            self._nc = self._run(nats.connect(url, connect_timeout=3, max_reconnect_attempts=3, **tls))
         except Exception as exc:
             self._stop_loop()
-            raise ServiceUnavailable(f"cannot reach NATS at {url}: {exc}") from None
+            # Host and port only: the URL may carry a user and password.
+            where = url.rsplit("@", 1)[-1].split("?", 1)[0]
+            raise ServiceUnavailable(f"cannot reach NATS at {where}: {exc}") from None
         self._js = self._nc.jetstream()
         self._streams: set[str] = set()
         self._subs: dict[tuple[str, str, int], object] = {}
