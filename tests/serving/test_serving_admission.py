@@ -150,3 +150,65 @@ def _refuse_malformed_body_while_full(server: RunningServer) -> None:
     assert statuses.count(200) >= 1
     metrics = httpx.get(server.url + "/metrics").text
     assert 'mlscale_shed_requests_total{model="slow"' in metrics
+
+
+def test_a_light_tenant_is_admitted_and_rides_the_next_batch_past_a_heavy_tenants_backlog():
+    """Tenant A floods the queue past the delay target; tenant B's one request is still admitted
+    (A's next one is refused), and the next batch holds B's request beside A's oldest ones."""
+    model = SteppedModel()
+    now = [0.0]
+
+    def submit(batcher: AdaptiveBatcher, value: float, tenant: str) -> asyncio.Future:
+        return asyncio.ensure_future(batcher.submit({"x": np.full((1, 1), value)}, tenant=tenant))
+
+    async def scenario():
+        admission = QueueDelayAdmission(target=0.05, interval=10.0)
+        batcher = AdaptiveBatcher(model, max_batch_size=4, admission=admission, clock=lambda: now[0])
+        first = submit(batcher, 0, "a")
+        await model.wait_entered()
+        backlog = [submit(batcher, v, "a") for v in range(1, 13)]  # 12 rows of A queued
+        await asyncio.sleep(0)
+        admission.drain_rate = 100.0  # 12 rows = 120 ms of waiting: past the 50 ms target
+        with pytest.raises(Overloaded):
+            batcher.admit("a")
+        with pytest.raises(Overloaded):
+            batcher.admit(None)  # a caller without a tenant is judged on the whole queue
+        batcher.admit("b")  # B holds nothing: under its share
+        light = submit(batcher, 100, "b")
+        await asyncio.sleep(0)
+        model.go.release()  # the first call returns; the next batch forms
+        await model.wait_entered()
+        second = list(model.seen[1:])
+        for _ in range(3):  # A's other 9 rows: batches of 4, 4 and 1
+            model.go.release()
+            await model.wait_entered()
+        model.go.release()
+        await asyncio.gather(first, light, *backlog)
+        await batcher.close()
+        return second
+
+    second = asyncio.run(scenario())
+    assert second == [1, 2, 100, 3]  # A capped at 2 of 4 rows until B was in, then filled in order
+    assert sorted(model.seen) == [0, *range(1, 13), 100]
+
+
+def test_one_tenant_alone_is_batched_in_arrival_order_as_before():
+    model = SteppedModel()
+
+    async def scenario():
+        batcher = AdaptiveBatcher(model, max_batch_size=4)
+        first = asyncio.ensure_future(batcher.submit({"x": np.full((1, 1), 0.0)}, tenant="a"))
+        await model.wait_entered()
+        rest = [
+            asyncio.ensure_future(batcher.submit({"x": np.full((1, 1), float(v))}, tenant="a")) for v in range(1, 9)
+        ]
+        await asyncio.sleep(0)
+        for _ in range(2):  # two batches of 4
+            model.go.release()
+            await model.wait_entered()
+        model.go.release()
+        await asyncio.gather(first, *rest)
+        await batcher.close()
+
+    asyncio.run(scenario())
+    assert model.seen == [float(v) for v in range(9)]

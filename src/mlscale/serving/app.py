@@ -115,7 +115,9 @@ class InferenceApp:
         try:
             # Before anything else, mounted apps included: admission and the body read come after.
             if self.guard is not None:
-                await self.guard.check(scope["method"], path, scope["headers"])
+                principal = await self.guard.check(scope["method"], path, scope["headers"])
+                if principal is not None and self.guard.enabled:  # tenants share model queues fairly
+                    scope["mlscale.tenant"] = principal.tenant
             for prefix, app in self.mounts.items():
                 if path == prefix or path.startswith(prefix + "/"):
                     await app(scope, receive, send)
@@ -375,8 +377,9 @@ class InferenceApp:
             # The model first: a request to a model or version that does not exist is a 404 whatever
             # its body, and an unknown name costs no body read or decode.
             model = self.repository.resolve(name, version)
+            tenant = scope.get("mlscale.tenant")
             if model.cache is None:  # a cached answer needs no queue: only misses are admitted
-                model.batcher.admit()  # a refusal costs no body read or decode
+                model.batcher.admit(tenant)  # a refusal costs no body read or decode
             body = await self._read_body(scope, receive)
             request = decode_request(body, header_length)
             if model.enricher is not None:
@@ -392,10 +395,10 @@ class InferenceApp:
             model.meters.inflight.inc()
             try:
                 if model.cache is None:
-                    outputs = await model.batcher.submit(request.inputs, deadline, requested)
+                    outputs = await model.batcher.submit(request.inputs, deadline, requested, tenant)
                     parameters = None
                 else:
-                    outputs, parameters = await _cached_predict(model, request.inputs, deadline, requested)
+                    outputs, parameters = await _cached_predict(model, request.inputs, deadline, requested, tenant)
             finally:
                 model.meters.inflight.dec()
             if requested:
@@ -420,14 +423,18 @@ class InferenceApp:
 
 
 async def _cached_predict(
-    model: ModelVersion, inputs: dict, deadline: float | None, requested: tuple[str, ...] | None
+    model: ModelVersion,
+    inputs: dict,
+    deadline: float | None,
+    requested: tuple[str, ...] | None,
+    tenant: str | None = None,
 ) -> tuple[dict, dict]:
     """Through the model's prediction cache; the response parameter ``cache`` says where the answer
     came from: l1, l2, shared (waited on an identical request) or miss."""
     key = prediction_key(model.model, model.version, inputs, requested)
 
     async def compute() -> bytes:
-        return pack_arrays(await model.batcher.submit(inputs, deadline, requested))
+        return pack_arrays(await model.batcher.submit(inputs, deadline, requested, tenant))
 
     packed, source = await model.cache.get_or_compute(key, compute)
     return unpack_arrays(packed), {"cache": "miss" if source == "computed" else source}

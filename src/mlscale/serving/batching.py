@@ -6,6 +6,13 @@ grows with load by itself. Admission is by queue delay (see admission.py): a req
 wait longer than the target is refused at once (503), and under sustained overload the newest
 requests are served first. A hard bound on the queue stays as a backstop. A request whose batch
 fails is retried alone, so one bad request never fails its batch-mates.
+
+Tenants share the queue fairly once two or more have requests waiting (the tenant comes from the
+caller's key; without auth there is one tenant and nothing below applies): at the door, a tenant
+holding less than an equal share of the queued rows is admitted even when the queue as a whole is
+past its delay target (the tenant over its share is the one refused); and each batch takes at most
+an equal share of its rows from any one tenant before filling up with whatever waits, so a light
+tenant's request rides the next batch instead of queueing behind a heavy tenant's backlog.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ class InferenceFailed(InvalidInput):
 
 
 class _Item:
-    __slots__ = ("deadline", "enqueued", "future", "inputs", "outputs", "rows", "signature")
+    __slots__ = ("deadline", "enqueued", "future", "inputs", "outputs", "rows", "signature", "tenant")
 
     def __init__(
         self,
@@ -42,6 +49,7 @@ class _Item:
         deadline: float | None,
         future: asyncio.Future,
         enqueued: float,
+        tenant: str | None = None,
     ) -> None:
         self.inputs = inputs
         self.outputs = outputs
@@ -50,6 +58,7 @@ class _Item:
         self.deadline = deadline
         self.future = future
         self.enqueued = enqueued
+        self.tenant = tenant
 
 
 def _signature(inputs: Arrays, outputs: tuple[str, ...] | None) -> tuple | None:
@@ -93,6 +102,8 @@ class AdaptiveBatcher:
         self._on_shed = on_shed
         self._pending: deque[_Item] = deque()
         self._queued_rows = 0
+        # Queued rows per tenant (tenants with none are removed): the fair share's bookkeeping.
+        self._tenant_rows: dict[str | None, int] = {}
         self._wakeup = asyncio.Event()
         # Fast models run a lone request inline (no thread hand-off: lowest latency when idle);
         # batches always run on the model's thread, which keeps the event loop answering while a
@@ -105,10 +116,11 @@ class AdaptiveBatcher:
     def queued(self) -> int:
         return len(self._pending)
 
-    def admit(self) -> None:
+    def admit(self, tenant: str | None = None) -> None:
         """Raise Overloaded when a new request should not even be read: the queue is being closed,
-        is full, or its expected wait exceeds the queue-delay target. Cheap (no body needed), so
-        the app calls it before reading the request."""
+        is full, or its expected wait exceeds the queue-delay target (unless ``tenant`` holds less
+        than an equal share of the queue). Cheap (no body needed), so the app calls it before
+        reading the request."""
         if self._closing:
             raise Overloaded("the model version is being unloaded")
         if len(self._pending) >= self.max_queue_size:
@@ -117,7 +129,7 @@ class AdaptiveBatcher:
                 f"the model's queue is full ({self.max_queue_size} requests waiting)",
                 retry_after=self.admission.retry_after(self._queued_rows),
             )
-        if self.admission.refuses(self._queued_rows, self.max_batch_size):
+        if self.admission.refuses(self._queued_rows, self.max_batch_size) and not self._under_share(tenant):
             self._shed("admission")
             wait = self.admission.expected_wait(self._queued_rows)
             raise Overloaded(
@@ -126,24 +138,40 @@ class AdaptiveBatcher:
                 retry_after=self.admission.retry_after(self._queued_rows),
             )
 
+    def _under_share(self, tenant: str | None) -> bool:
+        """True when other tenants have rows queued and ``tenant`` holds less than an equal share
+        (a request without a tenant is judged on the whole queue, as without auth)."""
+        if tenant is None:
+            return False
+        held = self._tenant_rows.get(tenant, 0)
+        others = len(self._tenant_rows) - (1 if held else 0)
+        if others == 0:
+            return False
+        return held < self._queued_rows / (others + 1)
+
     def _shed(self, reason: str) -> None:
         if self._on_shed is not None:
             self._on_shed(reason)
 
     async def submit(
-        self, inputs: Arrays, deadline: float | None = None, outputs: tuple[str, ...] | None = None
+        self,
+        inputs: Arrays,
+        deadline: float | None = None,
+        outputs: tuple[str, ...] | None = None,
+        tenant: str | None = None,
     ) -> Arrays:
         """Outputs for one request's inputs; ``deadline`` is a time.monotonic() instant; ``outputs``
-        names the outputs wanted (None: all)."""
-        self.admit()
+        names the outputs wanted (None: all); ``tenant`` whose share of the queue it counts in."""
+        self.admit(tenant)
         signature = _signature(inputs, outputs)
         rows = next(iter(inputs.values())).shape[0] if signature is not None else 0
         if signature is not None and any(a.shape[0] != rows for a in inputs.values()):
             raise InvalidInput("all inputs must have the same size on axis 0 (the batch axis)")
         future = asyncio.get_running_loop().create_future()
-        item = _Item(inputs, outputs, rows, signature or (id(inputs),), deadline, future, self._clock())
+        item = _Item(inputs, outputs, rows, signature or (id(inputs),), deadline, future, self._clock(), tenant)
         self._pending.append(item)
         self._queued_rows += max(rows, 1)
+        self._tenant_rows[tenant] = self._tenant_rows.get(tenant, 0) + max(rows, 1)
         self._wakeup.set()
         if deadline is None:
             return await future
@@ -207,9 +235,16 @@ class AdaptiveBatcher:
         drained = 0
         kept: deque[_Item] = deque()
         signature = None
+        # With several tenants waiting, no tenant gets more than an equal share of this batch in a
+        # first pass; requests held back by that cap may still fill the batch afterwards.
+        tenants = len(self._tenant_rows)
+        cap = -(-self.max_batch_size // tenants) if tenants > 1 else self.max_batch_size
+        taken: dict[str | None, int] = {}
+        capped: list[_Item] = []
         while self._pending:
             item = self._pending.popleft()
             drained += max(item.rows, 1)
+            self._forget(item)
             if item.future.done():  # its caller gave up (deadline or disconnect)
                 continue
             if item.deadline is not None and item.deadline <= now:
@@ -227,14 +262,31 @@ class AdaptiveBatcher:
                 continue
             if signature is None:
                 signature = item.signature
-            if item.signature == signature and (not batch or rows + item.rows <= self.max_batch_size):
+            fits = item.signature == signature and (not batch or rows + item.rows <= self.max_batch_size)
+            if fits and batch and taken.get(item.tenant, 0) + item.rows > cap:
+                capped.append(item)
+                fits = False
+            if fits:
                 batch.append(item)
                 rows += item.rows
+                taken[item.tenant] = taken.get(item.tenant, 0) + item.rows
             else:
                 kept.append(item)
                 drained -= max(item.rows, 1)
+                self._remember(item)
             if rows >= self.max_batch_size:
                 break
+        chosen: set[int] = set()
+        for item in capped:  # room left after every tenant had its share: fill it in arrival order
+            if rows + item.rows > self.max_batch_size:
+                break
+            chosen.add(id(item))
+            self._forget(item)
+            batch.append(item)
+            rows += item.rows
+            drained += max(item.rows, 1)
+        if chosen:
+            kept = deque(item for item in kept if id(item) not in chosen)
         kept.extend(self._pending)
         if overloaded:
             kept.reverse()  # back to arrival order
@@ -242,6 +294,16 @@ class AdaptiveBatcher:
         self._queued_rows -= drained
         admission.on_drained(drained, clock)
         return batch
+
+    def _forget(self, item: _Item) -> None:
+        left = self._tenant_rows.get(item.tenant, 0) - max(item.rows, 1)
+        if left > 0:
+            self._tenant_rows[item.tenant] = left
+        else:
+            self._tenant_rows.pop(item.tenant, None)
+
+    def _remember(self, item: _Item) -> None:
+        self._tenant_rows[item.tenant] = self._tenant_rows.get(item.tenant, 0) + max(item.rows, 1)
 
     async def _call(self, inputs: Arrays, outputs: tuple[str, ...] | None, alone: bool = False) -> Arrays:
         if self.inline and alone and not self._pending:
