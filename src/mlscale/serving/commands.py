@@ -38,7 +38,8 @@ def serve(
     if model_repository is None:
         server = msgspec.structs.replace(server, model_repository=str(settings.resolve(server.model_repository)))
     click.echo(
-        f"mlscale: serving {server.model_repository} on http://{server.host}:{server.port} "
+        f"mlscale: serving {server.model_repository} on {'https' if settings.tls.enabled else 'http'}://"
+        f"{server.host}:{server.port} "
         f"with {server.workers} worker(s)"
     )
     run_server(msgspec.structs.replace(settings, server=server))

@@ -9,13 +9,13 @@
   const CONFIG = { displayModeBar: false, responsive: true };
   const state = { updates: 0, last: null, failures: 0 };
   // With auth on, the key lives in this tab's sessionStorage only and travels in the
-  // Authorization header; it is never put in a URL, a cookie or the page.
+  // Authorization header; it is never put in a URL, a cookie or the page. AUTH says the server
+  // itself checks keys (ask before the first poll); a gateway in front may check them too, so a
+  // 401 or 403 always brings up the prompt.
   const AUTH = document.body.dataset.auth === "1";
   const KEY_ITEM = "mlscale.dashboard.key";
-  const authHeaders = () => {
-    const key = AUTH ? sessionStorage.getItem(KEY_ITEM) : null;
-    return key ? { Authorization: "Bearer " + key } : {};
-  };
+  const hasKey = () => !!sessionStorage.getItem(KEY_ITEM);
+  const authHeaders = () => (hasKey() ? { Authorization: "Bearer " + sessionStorage.getItem(KEY_ITEM) } : {});
   function askForKey(message) {
     const form = document.getElementById("auth-form");
     form.hidden = false;
@@ -33,7 +33,7 @@
   // Snapshot pictures need the key too: <img src> cannot send a header, so fetch them as blobs.
   const blobs = new Map();
   function loadImages(root) {
-    if (!AUTH) return;
+    if (!hasKey()) return;
     root.querySelectorAll("img[data-src]").forEach(async (img) => {
       const url = img.dataset.src;
       if (!blobs.has(url)) {
@@ -299,7 +299,7 @@
     const cards = d.cameras.data.map((c) => {
       const [badge, label] = cameraState(c);
       const events = (c.events || []).slice(0, 4).map((e) => `<div class="event">
-        ${e.snapshot_url ? `<img ${AUTH ? "data-src" : "src"}="${esc(e.snapshot_url)}" alt="">` : ""}
+        ${e.snapshot_url ? `<img ${hasKey() ? "data-src" : "src"}="${esc(e.snapshot_url)}" alt="">` : ""}
         <span class="badge firing">${esc(e.label)}</span><span>${isNum(e.score) ? fmt(e.score, 2) : ""}</span>
         <span class="muted">${ago(e.time)}</span></div>`).join("");
       const counts = Object.entries(c.event_counts || {}).map(([k, n]) => `${esc(k)} ${fmt(n, 0)}`).join(" · ");
