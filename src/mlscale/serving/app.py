@@ -112,18 +112,18 @@ class InferenceApp:
 
     async def _http(self, scope: dict, receive: Callable, send: Callable) -> None:
         path: str = scope["path"]
+        mounted = None
         try:
             # Before anything else, mounted apps included: admission and the body read come after.
             if self.guard is not None:
                 principal = await self.guard.check(scope["method"], path, scope["headers"])
                 if principal is not None and self.guard.enabled:  # tenants share model queues fairly
                     scope["mlscale.tenant"] = principal.tenant
-            for prefix, app in self.mounts.items():
-                if path == prefix or path.startswith(prefix + "/"):
-                    await app(scope, receive, send)
-                    return
-            response = await self._route(scope["method"], path, scope, receive)
+            mounted = self._mounted(path)
+            if mounted is None:
+                response = await self._route(scope["method"], path, scope, receive)
         except MlscaleError as exc:
+            mounted = None
             response = json_response({"error": str(exc)}, exc.status)
             if isinstance(exc, (Overloaded, RateLimited)):
                 response.headers.append((b"retry-after", str(exc.retry_after).encode()))
@@ -133,8 +133,12 @@ class InferenceApp:
             if reason is not None:
                 metrics.EDGE_REFUSALS.labels(reason).inc()
         except Exception:
+            mounted = None
             log.exception("unhandled error on %s %s", scope["method"], path)
             response = json_response({"error": "internal server error"}, 500)
+        if mounted is not None:  # outside the try: a mounted app answers (and fails) on its own
+            await mounted(scope, receive, send)
+            return
         headers = [
             (b"content-type", response.content_type),
             (b"content-length", str(len(response.body)).encode()),
@@ -142,6 +146,12 @@ class InferenceApp:
         ]
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         await send({"type": "http.response.body", "body": response.body})
+
+    def _mounted(self, path: str) -> ASGIApp | None:
+        for prefix, app in self.mounts.items():
+            if path == prefix or path.startswith(prefix + "/"):
+                return app
+        return None
 
     async def _lifespan(self, receive: Callable, send: Callable) -> None:
         while True:
