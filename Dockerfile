@@ -23,7 +23,7 @@ COPY --from=build /opt/mlscale /opt/mlscale
 ENV PATH=/opt/mlscale/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 WORKDIR /var/lib/mlscale
 USER 10001:10001
-EXPOSE 8000
+EXPOSE 8000 8001
 # The Deployments pass their own command; by default the model server on every interface.
 ENTRYPOINT ["mlscale"]
 CMD ["serve", "--config", "/etc/mlscale/mlscale.toml", "--host", "0.0.0.0", "--port", "8000"]

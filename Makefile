@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,export]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,export,runtimes,demo-models]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -19,6 +19,7 @@ services:
 	bash scripts/services.sh
 	bash scripts/ensure-chromium.sh
 	PYTHON=$(PYTHON) bash scripts/ensure-feast.sh
+	PYTHON=$(PYTHON) bash scripts/ensure-evidently.sh
 
 test: $(STAMP) services
 	$(VENV)/bin/ruff check src tests bench examples

@@ -136,7 +136,7 @@ def start_server(repo: Path, l2: str | None, workers: int) -> tuple[subprocess.P
     config.write_text(f'[cache]\nl2 = "{l2}"\n' if l2 else "")
     log = open(WORK / f"serve-{port}.log", "w")  # noqa: SIM115 - lives as long as the server
     command = [str(ROOT / ".venv" / "bin" / "mlscale"), "serve", "--model-repository", str(repo),
-               "--port", str(port), "--workers", str(workers), "--config", str(config)]  # fmt: skip
+               "--port", str(port), "--grpc-port", "0", "--workers", str(workers), "--config", str(config)]  # fmt: skip
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120

@@ -44,6 +44,8 @@ def start_with_rate(models: Path, rate: float, workers: int) -> tuple[subprocess
             str(models),
             "--port",
             str(port),
+            "--grpc-port",
+            "0",
             "--workers",
             str(workers),
         ],

@@ -195,7 +195,7 @@ def run_http(folder: Path, n_entities: int, reads: int) -> dict:
     subprocess.run([mlscale, "features", "apply", "--config", str(config)], check=True, capture_output=True)
     port = free_port()
     server = subprocess.Popen(
-        [mlscale, "serve", "--config", str(config), "--port", str(port), "--workers", "1"],
+        [mlscale, "serve", "--config", str(config), "--port", str(port), "--grpc-port", "0", "--workers", "1"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,

@@ -35,7 +35,9 @@ async def run(model: str, requests: int, profile: bool) -> None:
     body_file = WORK / f"{model}-mlscale.json"
     if not repository.exists() or not body_file.exists():
         raise SystemExit("run bench/serving/run.py --quick first: it builds the models and request bodies")
-    settings = msgspec.convert({"server": {"model_repository": str(repository), "poll_interval": 0}}, Settings)
+    settings = msgspec.convert(
+        {"server": {"model_repository": str(repository), "poll_interval": 0, "grpc_port": 0}}, Settings
+    )
     app = build_app(settings)
     lifespan: asyncio.Queue = asyncio.Queue()
     await lifespan.put({"type": "lifespan.startup"})

@@ -141,6 +141,8 @@ def start(kind: str, models: dict[str, Path], workers: int) -> tuple[subprocess.
             str(models["mlscale"]),
             "--port",
             str(port),
+            "--grpc-port",  # listening but idle, as by default; grpc_bench.py measures gRPC
+            str(free_port()),
             "--workers",
             str(workers),
         ]

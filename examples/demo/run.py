@@ -13,6 +13,7 @@ sys.path.insert(0, str(HERE))
 
 from features_data import train_driver_risk, write_driver_profiles, write_driver_stats  # noqa: E402
 from models import build_repository, write_iris_reference  # noqa: E402
+from semantic_search import QUERIES, add_text_model, search  # noqa: E402
 from traffic import run_traffic  # noqa: E402
 
 CURL = """
@@ -43,6 +44,32 @@ def mlscale(*args: str) -> None:
     )
 
 
+def show_semantic_search(base_url: str, stop: threading.Event) -> None:
+    """Once the text model is ready, run the sample queries through the server and print the hits."""
+    import httpx
+
+    for _ in range(600):  # up to ~5 minutes while the workers load the model
+        if stop.wait(0.5):
+            return
+        try:
+            if httpx.get(f"{base_url}/v2/models/minilm/ready", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+    else:
+        return
+    try:
+        results = search(base_url, list(QUERIES)[:3], top=2)
+    except httpx.HTTPError as exc:
+        print(f"mlscale demo: semantic search failed: {exc}", flush=True)
+        return
+    lines = ["\nmlscale demo: semantic search over 288 sentences embedded by the minilm model:"]
+    for query, hits in results.items():
+        lines.append(f"  {query!r}: " + " | ".join(f"{score:.2f} {sentence}" for score, sentence in hits))
+    lines.append('  try: .venv/bin/python examples/demo/semantic_search.py "my train was late"\n')
+    print("\n".join(lines), flush=True)
+
+
 def main() -> None:
     repository = HERE / ".work" / "models"
     if not (repository / "iris").is_dir():
@@ -53,6 +80,7 @@ def main() -> None:
         print("mlscale demo: generating driver statistics and the driver-risk model...", flush=True)
         frame = write_driver_stats(HERE / ".work" / "data" / "driver_stats.parquet")
         train_driver_risk(repository, frame)
+    text_model = add_text_model(repository)
     if not (HERE / ".work" / "data" / "driver_profiles.parquet").exists():
         write_driver_profiles(HERE / ".work" / "data" / "driver_profiles.parquet")
     print("mlscale demo: applying feature definitions and materializing them online...", flush=True)
@@ -69,6 +97,8 @@ def main() -> None:
     stop = threading.Event()
     traffic = threading.Thread(target=run_traffic, args=("http://127.0.0.1:8000", stop), daemon=True)
     traffic.start()
+    if text_model:
+        threading.Thread(target=show_semantic_search, args=("http://127.0.0.1:8000", stop), daemon=True).start()
     print("  traffic:   20 iris + driver-risk requests/s; iris inputs drift after 90 s (watch the alert)\n")
     status = 0
     with contextlib.suppress(KeyboardInterrupt):

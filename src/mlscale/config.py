@@ -28,6 +28,9 @@ class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     host: str = "127.0.0.1"
     port: int = 8000
+    # The Open Inference Protocol over gRPC (inference.GRPCInferenceService) on its own port, on the
+    # same host and in every worker; 0 turns it off.
+    grpc_port: int = 8001
     workers: int = 1
     model_repository: str = "models"
     # Largest request body accepted; larger ones are answered 413 before being read whole.
@@ -36,11 +39,11 @@ class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     request_timeout: float | None = None
     # Hard bound of each model's queue of waiting requests, a backstop behind queue-delay admission.
     max_queue_size: int = 1024
-    # Admission by queue delay (per model in model.toml too): a request that would wait longer than
-    # the target is refused at once with 503 before its body is read; once the queue stayed above
-    # the target for an interval, the newest requests are served first and older ones refused.
+    # Admission by queue delay (per model in model.toml too): a model's queue holds what drains
+    # within the target; other requests wait at the door (body unread), newest first once the
+    # oldest waited past the target, and get 503 after max_queue_wait seconds without room.
     queue_delay_target: float = 0.05
-    queue_delay_interval: float = 0.1
+    max_queue_wait: float = 1.0
     # How often the repository folder is scanned for new or removed versions (seconds; 0 = never).
     poll_interval: float = 2.0
     # Seconds SIGTERM waits for requests in flight before the process exits anyway.
@@ -49,8 +52,10 @@ class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     dashboard: bool = True
 
     def __post_init__(self) -> None:
-        if self.queue_delay_target <= 0 or self.queue_delay_interval <= 0:
-            raise ValueError("queue_delay_target and queue_delay_interval must be positive seconds")
+        if min(self.queue_delay_target, self.max_queue_wait) <= 0:
+            raise ValueError("queue_delay_target and max_queue_wait must be positive seconds")
+        if not 0 <= self.grpc_port <= 65535:
+            raise ValueError("grpc_port must be a port number (0 turns gRPC off)")
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -111,6 +111,7 @@ def setup(tmp_path_factory):
             "terminate": terminate,
             "wrongca": wrongca,
             "verify": verify,
+            "ca": certs.ca,
             "stranger": ssl.create_default_context(cafile=str(stranger.ca)),
         }
     finally:
@@ -134,6 +135,21 @@ def test_the_server_and_its_dashboard_serve_https_with_the_configured_certificat
         httpx.get(url + "/v2/health/live", verify=setup["stranger"])
     with pytest.raises(httpx.HTTPError):  # plain HTTP to the TLS port gets no answer
         httpx.get(url.replace("https://", "http://") + "/v2/health/live", timeout=3)
+
+
+def test_the_grpc_port_serves_tls_with_the_same_certificate_and_checks_the_key(setup):
+    import tritonclient.grpc as grpc_triton
+    from tritonclient.utils import InferenceServerException
+
+    secure, reader = setup["secure"], {"authorization": f"Bearer {setup['reader']}"}
+    with grpc_triton.InferenceServerClient(secure.grpc_url, ssl=True, root_certificates=str(setup["ca"])) as client:
+        assert client.is_server_live()
+        assert client.get_model_metadata("iris", headers=reader).name == "iris"
+        with pytest.raises(InferenceServerException) as refused:
+            client.get_model_metadata("iris")
+        assert refused.value.status() == "StatusCode.UNAUTHENTICATED"
+    with grpc_triton.InferenceServerClient(secure.grpc_url) as plaintext, pytest.raises(InferenceServerException):
+        plaintext.get_model_metadata("iris", headers=reader, client_timeout=5)
 
 
 def test_a_forwarding_gateway_passes_the_key_over_verified_tls(setup):

@@ -39,6 +39,29 @@ def test_consistent_hash_is_sticky_and_orders_the_rest_for_retries():
     assert strategy.order(backends, "iris")[0] is first[1]
 
 
+def test_consistent_hash_spills_a_hot_model_to_the_next_replica_beyond_the_load_bound():
+    backends = [Backend(f"http://h{i}") for i in range(3)]
+    strategy = ConsistentHash(backends, load_factor=1.25)
+    owner, second, third = strategy.order(backends, "hot")
+    assert strategy.order(backends, "hot")[0] is owner  # idle: sticky
+    owner.inflight = 3  # bound: ceil(1.25 * 4 / 3) = 2
+    assert strategy.order(backends, "hot")[:2] == [second, owner]
+    second.inflight = 3  # bound: ceil(1.25 * 7 / 3) = 3
+    assert strategy.order(backends, "hot")[0] is third
+    for b in backends:
+        b.inflight = 4  # all equally busy: back to the owner
+    assert strategy.order(backends, "hot")[0] is owner
+
+
+def test_only_requests_that_cannot_repeat_a_change_are_retried_after_a_mid_way_failure():
+    from mlscale.gateway.proxy import safe_to_retry
+
+    assert safe_to_retry("POST", "/v2/models/iris/infer")
+    assert safe_to_retry("GET", "/v2/models/iris")
+    assert safe_to_retry("POST", "/v1/features")
+    assert not safe_to_retry("POST", "/v1/events/trips")
+
+
 def test_a_replica_shedding_one_model_is_skipped_for_that_model_only():
     a, b = Backend("http://a"), Backend("http://b")
     a.shedding_until["iris"] = time.monotonic() + 60

@@ -198,7 +198,7 @@ def test_prediction_drift_is_a_monitor_over_output_columns(tmp_path):
         model="churn",
         reference="unused",
         columns=["out_label"],
-        categorical=["out_label"],
+        kinds={"out_label": "cat"},
         window_rows=600,
     )
     result = Monitor(settings, PayloadReader(tmp_path), reference).run()

@@ -78,11 +78,11 @@ def write_python_model(repository: Path, name: str, source: str, toml: str, vers
     return folder
 
 
-def echo_toml() -> str:
+def echo_toml(datatypes: list[str] = DATATYPES) -> str:
     lines = []
     for kind in ("inputs", "outputs"):
         prefix = "in_" if kind == "inputs" else "out_"
-        for datatype in DATATYPES:
+        for datatype in datatypes:
             lines.append(f'[[{kind}]]\nname = "{prefix}{datatype}"\ndatatype = "{datatype}"\nshape = [-1, 3]\n')
     return "\n".join(lines)
 
@@ -94,6 +94,8 @@ def build_test_repository(root: Path) -> Path:
     )
     demo_models.train_iris_onnx(root)
     write_python_model(root, "echo", ECHO_MODEL, echo_toml())
+    # Every datatype gRPC can carry as typed contents (FP16 travels raw only).
+    write_python_model(root, "echo-typed", ECHO_MODEL, echo_toml([d for d in DATATYPES if d != "FP16"]))
     write_python_model(
         root,
         "slow",
@@ -123,10 +125,18 @@ class RunningServer:
     """A real `mlscale serve` process and its base URL."""
 
     def __init__(
-        self, repository: Path, workers: int = 2, extra: list[str] | None = None, config: Path | None = None
+        self,
+        repository: Path,
+        workers: int = 2,
+        extra: list[str] | None = None,
+        config: Path | None = None,
+        ready_timeout: float = 60.0,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # Always a free gRPC port: the default (8001) would be shared between servers through SO_REUSEPORT.
+        self.grpc_port = free_port()
+        self.grpc_url = f"127.0.0.1:{self.grpc_port}"
         command = [
             str(Path(sys.executable).parent / "mlscale"),
             "serve",
@@ -136,6 +146,8 @@ class RunningServer:
             str(self.port),
             "--workers",
             str(workers),
+            "--grpc-port",
+            str(self.grpc_port),
             *(extra or []),
         ]
         if config is not None:
@@ -143,7 +155,11 @@ class RunningServer:
         self.process = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
         )
-        self.wait_ready()
+        try:
+            self.wait_ready(ready_timeout)
+        except BaseException:  # a server that never became ready must not outlive the test
+            self.stop()
+            raise
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         until = time.monotonic() + timeout

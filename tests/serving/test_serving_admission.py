@@ -1,4 +1,4 @@
-"""Overload control: refuse by expected queue delay, serve newest first under sustained overload.
+"""Overload control: wait at the door for room in the queue, newest first once the door is old.
 
 The batcher takes a clock, so these tests step time by hand: no sleeps, no timing figures.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -14,39 +15,22 @@ import numpy as np
 import pytest
 from serving_support import RunningServer
 
-from mlscale.errors import Overloaded
+from mlscale.errors import DeadlineExceeded, Overloaded
 from mlscale.serving.admission import QueueDelayAdmission
 from mlscale.serving.batching import AdaptiveBatcher
 
 
-def test_a_request_that_would_wait_past_the_target_is_refused():
-    admission = QueueDelayAdmission(target=0.05, interval=0.1)
-    assert not admission.refuses(10_000, 1)  # no drain rate measured yet: nothing to judge by
+def test_the_queue_holds_what_drains_within_the_target():
+    admission = QueueDelayAdmission(target=0.05)
+    assert admission.room(8) == 8  # no drain rate measured yet: one full batch
     admission.on_drained(0, 0.0)
-    admission.on_drained(100, 1.0)  # 100 rows/s
-    assert admission.drain_rate == pytest.approx(100)
-    assert not admission.refuses(4, 1)  # 40 ms of backlog
-    assert admission.refuses(6, 1)  # 60 ms
-    assert not admission.refuses(6, 64)  # below one full batch the model would only idle
-    assert admission.retry_after(6) == 1
-    assert admission.retry_after(450) == 5  # scaled to the backlog's drain time
-
-
-def test_overload_starts_only_after_an_interval_above_the_target():
-    admission = QueueDelayAdmission(target=0.05, interval=0.1)
-    admission.on_take(0.2, now=10.0)
-    assert not admission.overloaded  # a burst: served in order
-    admission.on_take(0.2, now=10.0625)
-    assert not admission.overloaded
-    admission.on_take(0.2, now=10.125)
-    assert admission.overloaded
-    admission.on_take(0.01, now=10.25)
-    assert not admission.overloaded
-    admission.on_take(0.2, now=10.5)
-    admission.on_take(0.2, now=10.75)
-    assert admission.overloaded
-    admission.on_idle()  # an empty queue is never overloaded
-    assert not admission.overloaded
+    admission.on_drained(1_000, 1.0)  # 1,000 rows/s
+    assert admission.drain_rate == pytest.approx(1_000)
+    assert admission.room(8) == pytest.approx(50)  # 50 ms worth
+    assert admission.room(64) == 64  # never less than one full batch
+    assert admission.expected_wait(500) == pytest.approx(0.5)
+    assert admission.retry_after(4_500) == 5  # scaled to the backlog's drain time
+    assert admission.retry_after(10) == 1
 
 
 class SteppedModel:
@@ -68,10 +52,9 @@ class SteppedModel:
         assert await asyncio.to_thread(self.entered.acquire, True, 5), "the model was not called"
 
 
-def test_sustained_overload_serves_the_newest_first_and_refuses_stale_requests():
+def test_requests_wait_at_the_door_and_the_newest_goes_first_once_the_oldest_waited_past_the_target():
     model = SteppedModel()
     now = [0.0]
-    shed: list[str] = []
 
     def submit(batcher: AdaptiveBatcher, value: float) -> asyncio.Future:
         return asyncio.ensure_future(batcher.submit({"x": np.full((1, 1), value)}))
@@ -82,37 +65,66 @@ def test_sustained_overload_serves_the_newest_first_and_refuses_stale_requests()
         model.go.release()
         await model.wait_entered()
 
+    async def settle() -> None:
+        for _ in range(5):  # submit() reaches the queue or the door within a few loop turns
+            await asyncio.sleep(0)
+
     async def scenario():
         batcher = AdaptiveBatcher(
             model,
             max_batch_size=1,
-            admission=QueueDelayAdmission(target=0.05, interval=0.1),
-            on_shed=shed.append,
+            admission=QueueDelayAdmission(target=0.05, max_wait=30),
             clock=lambda: now[0],
         )
         first = submit(batcher, 0)
         await model.wait_entered()
-        old = [submit(batcher, v) for v in (1, 2, 3)]  # queued at t=0
-        await asyncio.sleep(0)
-        await step(0.001)  # 1 taken at once: the queue drains fast
-        await step(0.2)  # 2 taken 200 ms old: above target, but a burst until an interval passes
-        now[0] = 0.35
-        fresh = [submit(batcher, v) for v in (4, 5)]  # one request ahead: admitted at the door
-        await asyncio.sleep(0)
-        await step(0.35)  # above target for 150 ms: overloaded, newest first
-        await step(0.35)
-        now[0] = 0.35
-        model.go.release()  # 3 is now stale: refused, never run
-        results = await asyncio.gather(first, *old, *fresh, return_exceptions=True)
+        now[0] = 0.46
+        early = [submit(batcher, v) for v in (1, 2, 3)]  # 1 fills the queue, 2 and 3 wait at the door
+        await settle()
+        assert batcher.queued == 1 and len(batcher._door) == 2
+        now[0] = 0.48
+        late = [submit(batcher, v) for v in (4, 5)]  # at the door too, behind 2 and 3
+        await settle()
+        await step(0.5)  # 1 runs (2 rows/s: room for one); the door's oldest waited 40 ms: 2 goes in
+        await settle()
+        await step(1.0)  # 2 runs; the oldest (3) waited 540 ms: overload, the newest (5) goes in
+        await settle()
+        await step(1.0)  # 5 runs; then 4, then 3
+        await settle()
+        await step(1.0)
+        await settle()
+        await step(1.0)
+        model.go.release()
+        results = await asyncio.gather(first, *early, *late)
         await batcher.close()
         return results
 
     results = asyncio.run(scenario())
-    assert model.seen == [0, 1, 2, 5, 4]  # in order while a burst, then newest first
-    refused = [r for r in results if isinstance(r, Overloaded)]
-    assert results[3] is refused[0] and len(refused) == 1
-    assert "waited over 50 ms" in str(refused[0])
-    assert shed == ["queue_timeout"]
+    assert model.seen == [0, 1, 2, 5, 4, 3]
+    assert [float(r["y"][0, 0]) for r in results] == [0, 1, 2, 3, 4, 5]
+
+
+def test_a_request_without_room_within_max_wait_is_refused_and_one_past_its_deadline_answers_504():
+    model = SteppedModel()
+
+    async def scenario():
+        batcher = AdaptiveBatcher(model, max_batch_size=1, admission=QueueDelayAdmission(max_wait=0.05))
+        first = asyncio.ensure_future(batcher.submit({"x": np.zeros((1, 1))}))
+        await model.wait_entered()
+        queued = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 1))}))  # fills the queue
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded, match=r"no room in its queue within 0\.05 s") as refused:
+            await batcher.admit()
+        with pytest.raises(DeadlineExceeded):
+            await batcher.admit(deadline=time.monotonic() + 0.01)
+        model.go.release()
+        await model.wait_entered()
+        model.go.release()
+        await asyncio.gather(first, queued)
+        await batcher.close()
+        return refused.value
+
+    assert asyncio.run(scenario()).retry_after >= 1
 
 
 def test_admission_refuses_before_the_body_is_read(model_repository):
@@ -125,7 +137,7 @@ def test_admission_refuses_before_the_body_is_read(model_repository):
 
 
 def _refuse_malformed_body_while_full(server: RunningServer) -> None:
-    slow = {"inputs": [{"name": "ms", "shape": [1], "datatype": "FP32", "data": [1500]}]}
+    slow = {"inputs": [{"name": "ms", "shape": [1], "datatype": "FP32", "data": [3000]}]}
     gauge = 'mlscale_inflight_requests{model="slow"}'
 
     def inflight() -> float:
@@ -137,24 +149,26 @@ def _refuse_malformed_body_while_full(server: RunningServer) -> None:
     def call(_):
         return httpx.post(server.url + "/v2/models/slow/infer", json=slow, timeout=30)
 
-    with ThreadPoolExecutor(3) as pool:
-        running = [pool.submit(call, i) for i in range(3)]  # one runs, two fill the queue of 2
-        for _ in range(500):
-            if inflight() >= 3:
+    with ThreadPoolExecutor(2) as pool:
+        running = [pool.submit(call, i) for i in range(2)]  # one runs, one fills the queue
+        for _ in range(100):
+            if inflight() >= 2:
                 break
-        assert inflight() >= 3
+        assert inflight() >= 2
+        # No room for 3 s, more than max_queue_wait (1 s): refused at the door, body never decoded.
         response = httpx.post(server.url + "/v2/models/slow/infer", content=b"{not json", timeout=30)
         statuses = [f.result().status_code for f in running]
     assert response.status_code == 503, response.text
+    assert "no room in its queue" in response.json()["error"]
     assert int(response.headers["retry-after"]) >= 1
-    assert statuses.count(200) >= 1
+    assert statuses == [200, 200]
     metrics = httpx.get(server.url + "/metrics").text
-    assert 'mlscale_shed_requests_total{model="slow"' in metrics
+    assert 'mlscale_shed_requests_total{model="slow",reason="admission",version="1"}' in metrics
 
 
-def test_a_light_tenant_is_admitted_and_rides_the_next_batch_past_a_heavy_tenants_backlog():
-    """Tenant A floods the queue past the delay target; tenant B's one request is still admitted
-    (A's next one is refused), and the next batch holds B's request beside A's oldest ones."""
+def test_a_light_tenant_rides_the_next_batch_past_a_heavy_tenants_queued_backlog():
+    """Tenant A queued 12 rows before tenant B's one: the next batch of 4 takes at most an equal
+    share (2) from A until B's request is in, then fills up in arrival order."""
     model = SteppedModel()
     now = [0.0]
 
@@ -162,20 +176,16 @@ def test_a_light_tenant_is_admitted_and_rides_the_next_batch_past_a_heavy_tenant
         return asyncio.ensure_future(batcher.submit({"x": np.full((1, 1), value)}, tenant=tenant))
 
     async def scenario():
-        admission = QueueDelayAdmission(target=0.05, interval=10.0)
+        admission = QueueDelayAdmission(target=0.05, max_wait=30)
         batcher = AdaptiveBatcher(model, max_batch_size=4, admission=admission, clock=lambda: now[0])
         first = submit(batcher, 0, "a")
         await model.wait_entered()
-        backlog = [submit(batcher, v, "a") for v in range(1, 13)]  # 12 rows of A queued
-        await asyncio.sleep(0)
-        admission.drain_rate = 100.0  # 12 rows = 120 ms of waiting: past the 50 ms target
-        with pytest.raises(Overloaded):
-            batcher.admit("a")
-        with pytest.raises(Overloaded):
-            batcher.admit(None)  # a caller without a tenant is judged on the whole queue
-        batcher.admit("b")  # B holds nothing: under its share
+        admission.drain_rate = 1_000.0  # room for 50 rows: everything below queues, nothing waits at the door
+        backlog = [submit(batcher, v, "a") for v in range(1, 13)]
         light = submit(batcher, 100, "b")
-        await asyncio.sleep(0)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert batcher.queued == 13 and not batcher._door
         model.go.release()  # the first call returns; the next batch forms
         await model.wait_entered()
         second = list(model.seen[1:])
@@ -188,8 +198,43 @@ def test_a_light_tenant_is_admitted_and_rides_the_next_batch_past_a_heavy_tenant
         return second
 
     second = asyncio.run(scenario())
-    assert second == [1, 2, 100, 3]  # A capped at 2 of 4 rows until B was in, then filled in order
+    assert second == [1, 2, 100, 3]  # in arrival order it would be [1, 2, 3, 4]
     assert sorted(model.seen) == [0, *range(1, 13), 100]
+
+
+def test_at_the_door_a_tenant_under_its_share_gets_room_before_a_heavy_tenants_older_waiters():
+    """One row of room per take; A's requests wait at the door before B's two. Room alternates
+    between the tenants instead of going to all of A's first."""
+    model = SteppedModel()
+
+    def submit(batcher: AdaptiveBatcher, value: float, tenant: str) -> asyncio.Future:
+        return asyncio.ensure_future(batcher.submit({"x": np.full((1, 1), value)}, tenant=tenant))
+
+    async def settle() -> None:
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    async def scenario():
+        admission = QueueDelayAdmission(target=0.05, max_wait=30)
+        # The clock stands still: no door waiter is ever stale, so without tenants the door is FIFO.
+        batcher = AdaptiveBatcher(model, max_batch_size=1, admission=admission, clock=lambda: 0.0)
+        first = submit(batcher, 0, "a")
+        await model.wait_entered()
+        heavy = [submit(batcher, v, "a") for v in (1, 2, 3, 4)]  # 1 queues, 2, 3 and 4 wait at the door
+        await settle()
+        light = [submit(batcher, v, "b") for v in (100, 101)]
+        await settle()
+        assert batcher.queued == 1 and len(batcher._door) == 5
+        for _ in range(6):
+            model.go.release()
+            await model.wait_entered()
+        model.go.release()
+        await asyncio.gather(first, *heavy, *light)
+        await batcher.close()
+
+    asyncio.run(scenario())
+    # FIFO would be [0, 1, 2, 3, 4, 100, 101].
+    assert model.seen == [0, 1, 2, 100, 3, 101, 4]
 
 
 def test_one_tenant_alone_is_batched_in_arrival_order_as_before():

@@ -39,6 +39,8 @@ def project(tmp_path_factory, redis_url) -> dict:
         "reader": add_key(keys, "viewer", ["read"]),
         "infer": add_key(keys, "app", ["infer"]),
         "quota": add_key(keys, "metered", ["infer"], tenant=tenant, rate=RATE, burst=BURST),
+        # One request, then nothing for ~1,000 s: the gRPC quota refusal.
+        "single": add_key(keys, "single", ["infer"], tenant=f"single-{uuid.uuid4().hex[:8]}", rate=0.001, burst=1),
     }
 
 
@@ -132,6 +134,39 @@ def test_tritonclient_sends_the_key_in_headers(secured, project):
         with pytest.raises(InferenceServerException, match="lacks the scope"):
             client.get_model_metadata("iris", headers=_bearer(project["infer"]))
         assert client.get_model_metadata("iris", headers=_bearer(project["reader"]))["name"] == "iris"
+
+
+def test_grpc_checks_the_key_in_metadata_with_the_scopes_and_quota_of_rest(secured, project):
+    import tritonclient.grpc as grpc_triton
+
+    rows = np.array([[5.1, 3.5, 1.4, 0.2]])
+
+    def status(call) -> str:
+        with pytest.raises(InferenceServerException) as refused:
+            call()
+        return refused.value.status()
+
+    with grpc_triton.InferenceServerClient(secured.grpc_url) as client:
+
+        def infer(key: str | None):
+            tensor = grpc_triton.InferInput("input", [1, 4], "FP64")
+            tensor.set_data_from_numpy(rows)
+            headers = {"authorization": f"Bearer {key}"} if key else None
+            return client.infer("iris", [tensor], headers=headers, client_timeout=30)
+
+        assert client.is_server_live() and client.is_server_ready()  # health stays open
+        assert status(lambda: infer(None)) == "StatusCode.UNAUTHENTICATED"
+        assert status(lambda: infer("mls_not-a-real-key")) == "StatusCode.UNAUTHENTICATED"
+        assert status(lambda: infer(project["reader"])) == "StatusCode.PERMISSION_DENIED"
+        assert status(lambda: client.get_model_metadata("iris")) == "StatusCode.UNAUTHENTICATED"
+        with pytest.raises(InferenceServerException, match="lacks the scope 'read'"):
+            client.get_model_metadata("iris", headers={"authorization": f"Bearer {project['infer']}"})
+        assert (
+            client.get_model_metadata("iris", headers={"authorization": f"Bearer {project['reader']}"}).name == "iris"
+        )
+        assert infer(project["infer"]).as_numpy("label").shape == (1,)
+        assert infer(project["single"]).as_numpy("label").shape == (1,)
+        assert status(lambda: infer(project["single"])) == "StatusCode.RESOURCE_EXHAUSTED"
 
 
 async def _hammer(urls: list[str], key: str, seconds: float, concurrency: int = 12) -> list[tuple[float, float, int]]:

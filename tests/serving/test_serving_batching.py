@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mlscale.errors import DeadlineExceeded, Overloaded
+from mlscale.serving.admission import QueueDelayAdmission
 from mlscale.serving.batching import AdaptiveBatcher, InferenceFailed
 
 
@@ -88,7 +89,7 @@ def test_requests_with_different_feature_shapes_never_share_a_batch():
     assert second["y"].shape == (1, 5)
 
 
-def test_full_queue_refuses_at_once():
+def test_past_the_hard_bound_a_request_is_refused_at_once_and_the_waiting_ones_are_served():
     release, entered = threading.Event(), threading.Event()
 
     def blocked(inputs, outputs=None):
@@ -97,16 +98,17 @@ def test_full_queue_refuses_at_once():
         return {"y": inputs["x"]}
 
     async def scenario():
-        batcher = AdaptiveBatcher(blocked, max_batch_size=1, max_queue_size=2)
+        admission = QueueDelayAdmission(max_wait=30)
+        batcher = AdaptiveBatcher(blocked, max_batch_size=1, max_queue_size=2, admission=admission)
         running = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 1))}))
         while not entered.is_set():  # the first request is running, so the queue is empty
             await asyncio.sleep(0.001)
-        queued = [asyncio.ensure_future(batcher.submit({"x": np.ones((1, 1))})) for _ in range(2)]
-        await asyncio.sleep(0)
-        with pytest.raises(Overloaded):
+        waiting = [asyncio.ensure_future(batcher.submit({"x": np.ones((1, 1))})) for _ in range(3)]
+        await asyncio.sleep(0)  # one queued (room for one batch), two at the door: its bound
+        with pytest.raises(Overloaded, match="already wait for room"):
             await batcher.submit({"x": np.ones((1, 1))})
         release.set()
-        await asyncio.gather(running, *queued)
+        await asyncio.gather(running, *waiting)
         await batcher.close()
 
     run(scenario())

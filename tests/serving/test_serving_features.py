@@ -144,3 +144,21 @@ def test_missing_entity_is_an_error_or_the_declared_default(feature_project):
     missing = httpx.post(server.url + "/v2/models/driver-score/infer", json=no_ids)
     assert missing.status_code == 400
     assert "needs input 'driver_id'" in missing.json()["error"]
+
+
+def test_model_fed_by_entity_ids_over_grpc(feature_project):
+    """gRPC goes through the same feature join as REST: entity ids in, the model's score out."""
+    import tritonclient.grpc as triton
+
+    server, latest = feature_project
+    ids = triton.InferInput("driver_id", [3], "INT64")
+    ids.set_data_from_numpy(np.array([5, 2, 1], dtype=np.int64))
+    with triton.InferenceServerClient(server.grpc_url) as client:
+        scores = client.infer("driver-score", [ids]).as_numpy("score")
+        missing = triton.InferInput("driver_id", [1], "INT64")
+        missing.set_data_from_numpy(np.array([42], dtype=np.int64))
+        with pytest.raises(triton.InferenceServerException) as caught:
+            client.infer("driver-score", [missing])
+    expected = [2.0 * float(latest.loc[i, "conv_rate"]) + float(latest.loc[i, "acc_rate"]) for i in (5, 2, 1)]
+    assert scores.tolist() == pytest.approx(expected, rel=1e-6)
+    assert caught.value.status() == "StatusCode.INVALID_ARGUMENT" and "driver_id=[42]" in caught.value.message()

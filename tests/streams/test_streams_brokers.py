@@ -89,3 +89,15 @@ def test_a_record_that_is_neither_object_nor_bytes_is_refused(broker_factory):
     broker = broker_factory(partitions=1)
     with pytest.raises(InvalidInput, match="record 1"):
         broker.append("events", [{"ok": 1}, 42])
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [("nats://127.0.0.1:4222?replicas=9", "replicas must be 1 to 5"), ("nats://127.0.0.1:4222?replica=3", "unknown")],
+)
+def test_a_nats_url_with_a_bad_option_is_a_config_error(url, message):
+    from mlscale.errors import ConfigError
+    from mlscale.streams.nats_jetstream import NatsBroker
+
+    with pytest.raises(ConfigError, match=message):
+        NatsBroker(url)

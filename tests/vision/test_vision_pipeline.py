@@ -51,9 +51,10 @@ def test_overloaded_detector_drops_old_frames_and_keeps_lag_bounded(tmp_path):
         cam = pipeline.status()["cameras"][0]
     assert cam["dropped"] > 0
     assert cam["frames_in"] > 3 * cam["frames_processed"]
-    # Latest frame wins: the verdict is never more than one slow batch behind the newest frame.
-    assert cam["lag_seconds"] < 0.5
-    assert cam["latency_p99"] < 0.5
+    # Frames older than the backlog bound (0.6 s) are dropped: the verdict stays within that bound
+    # plus a slow batch or two of the newest frame, under a second.
+    assert cam["lag_seconds"] < 0.95
+    assert cam["latency_p99"] < 0.95
 
 
 def test_status_is_json_and_metrics_carry_the_documented_names(tmp_path):

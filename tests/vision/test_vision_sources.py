@@ -174,7 +174,9 @@ def test_cli_run_processes_a_file_feed_and_reports_status(normal_clip, tmp_path)
     assert result.returncode == 0, result.stderr
     import json
 
-    last = json.loads(result.stdout.strip().splitlines()[-2])
+    lines = [json.loads(line) for line in result.stdout.strip().splitlines()]  # JSON lines only
+    assert "events logged" in result.stderr
+    last = lines[-1]
     assert last["cameras"][0]["camera"] == "gate"
     assert last["cameras"][0]["frames_processed"] > 0
     assert json.loads((tmp_path / "ev" / "status.json").read_text())["cameras"][0]["camera"] == "gate"

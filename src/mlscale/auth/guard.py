@@ -72,14 +72,18 @@ class Guard:
     async def check(self, method: str, path: str, headers: list[tuple[bytes, bytes]]) -> Principal | None:
         """Raise Unauthorized (401), Forbidden (403) or RateLimited (429); else the principal
         (None for open routes)."""
-        scope = required_scope(method, path)
+        return await self.check_scope(required_scope(method, path), headers, f"{method} {path}")
+
+    async def check_scope(self, scope: str | None, headers: list[tuple[bytes, bytes]], what: str) -> Principal | None:
+        """``check`` for a call that needs ``scope`` (None: open), described as ``what`` in a
+        refusal: the gRPC edge maps its methods to the same scopes as the REST routes."""
         if scope is None:
             return None
         principal = ANONYMOUS
         if self.enabled:
             principal = self.authenticate(headers)
             if scope not in principal.scopes:
-                raise Forbidden(f"this key lacks the scope {scope!r} that {method} {path} needs")
+                raise Forbidden(f"this key lacks the scope {scope!r} that {what} needs")
         if self.quotas is not None and scope == "infer":
             await self.quotas.check(principal.tenant, principal.rate, principal.burst)
         return principal

@@ -8,6 +8,7 @@ stable, so its caches stay warm, and moves only ~1/N of the models when a replic
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Sequence
@@ -59,13 +60,26 @@ class PowerOfTwo:
 
 
 class ConsistentHash:
-    """The key's owner first, then the next replicas on the ring (the retry order)."""
+    """The key's owner first, then the next replicas on the ring (the retry order), with bounded
+    loads (Mirrokni, Thorup and Zadimoghaddam, 2018): a replica already holding more than
+    ``load_factor`` times the average requests in flight is passed over for the next one on the
+    ring, so one hot model spills onto a neighbour instead of queueing on its owner, while every
+    other model stays where its caches are warm."""
 
-    def __init__(self, backends: Sequence[Backend]) -> None:
+    def __init__(self, backends: Sequence[Backend], load_factor: float = 1.25) -> None:
+        if load_factor < 1:
+            raise ValueError("load_factor must be at least 1")
         self._by_url = {b.url: b for b in backends}
         self._ring = HashRing(self._by_url, replicas=len(backends))
+        self.load_factor = load_factor
 
     def order(self, backends: Sequence[Backend], key: str) -> list[Backend]:
         owners = [self._by_url[name] for name in self._ring.owners(key.encode())]
         usable = [b for b in owners if b.usable(key)]
+        if len(usable) > 1:
+            # +1: the request being placed; a replica may always take one beyond the bound's floor.
+            bound = math.ceil(self.load_factor * (sum(b.inflight for b in usable) + 1) / len(usable))
+            first = next((b for b in usable if b.inflight < bound), usable[0])
+            usable.remove(first)
+            usable.insert(0, first)
         return usable + [b for b in owners if b not in usable]

@@ -58,7 +58,9 @@ class Gateway:
             raise ConfigError("the gateway needs at least one backend (--backend URL or gateway.backends)")
         self.settings = settings
         self.backends = [Backend(url) for url in settings.backends]
-        self.strategy = ConsistentHash(self.backends) if settings.strategy == "hash" else PowerOfTwo()
+        self.strategy = (
+            ConsistentHash(self.backends, settings.hash_load_factor) if settings.strategy == "hash" else PowerOfTwo()
+        )
         # mlscale.auth.Guard when the gateway terminates auth; None forwards it to the replicas.
         self.guard = guard
         # How https:// replicas are verified: an SSL context with the configured CA, or True.
@@ -209,6 +211,9 @@ class Gateway:
                 backend.failures += 1
                 if backend.failures >= self.settings.unhealthy_after:
                     backend.healthy = False
+                if not isinstance(exc, _NOT_SENT) and not safe_to_retry(scope["method"], scope["path"]):
+                    # The replica may have applied it (events appended): another try could repeat it.
+                    return _error(502, f"{backend.url} failed after the request was sent ({exc!r}); not retried")
                 continue
             finally:
                 backend.inflight -= 1
@@ -225,6 +230,22 @@ class Gateway:
             ]
             return response.status_code, out_headers, response.content
         return _error(502, f"every backend refused the request (last: {last_error})")
+
+
+# Failures where the replica never received the request: a retry elsewhere cannot repeat anything.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+def safe_to_retry(method: str, path: str) -> bool:
+    """Whether a request may go to another replica after one failed mid-way (sent, no answer).
+
+    Reads and inference are: a model call changes nothing. Event ingestion (/v1/events/...) is not:
+    the first replica may have appended the events. Repository and cache control calls are
+    idempotent (load, unload, purge twice = once). A 503 is always retried: the server refuses
+    before doing anything."""
+    if method in ("GET", "HEAD", "OPTIONS"):
+        return True
+    return not path.startswith("/v1/events")
 
 
 def _pause(response: httpx.Response, limit: float) -> float:

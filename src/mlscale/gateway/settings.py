@@ -15,6 +15,9 @@ class GatewaySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # p2c: power of two choices on in-flight requests (the default; good for mixed latencies);
     # hash: consistent hashing on the model name, so each model's caches stay warm on few replicas.
     strategy: str = "p2c"
+    # hash only: a replica holding more than this times the average requests in flight is passed
+    # over for the next one on the ring (consistent hashing with bounded loads).
+    hash_load_factor: float = 1.25
     health_interval: float = 1.0
     # Consecutive failed checks before a replica is taken out; one success brings it back.
     unhealthy_after: int = 2
@@ -35,5 +38,7 @@ class GatewaySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("gateway.strategy must be p2c or hash")
         if self.auth not in ("forward", "terminate"):
             raise ValueError("gateway.auth must be forward or terminate")
+        if self.hash_load_factor < 1:
+            raise ValueError("gateway.hash_load_factor must be at least 1")
         if self.retries < 0 or self.unhealthy_after < 1:
             raise ValueError("gateway.retries must be >= 0 and unhealthy_after >= 1")

@@ -20,48 +20,91 @@ def _split(value: str | None) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()] if value else []
 
 
+def _kinds(values: tuple[str, ...]) -> dict[str, str]:
+    """``--kind col=cat,other=num`` (repeatable) as column -> kind."""
+    kinds = {}
+    for item in (part for value in values for part in _split(value)):
+        column, sep, kind = item.partition("=")
+        if not sep or not column.strip() or kind.strip() not in ("num", "cat", "text", "datetime"):
+            raise InvalidInput(f"--kind {item!r}: write COLUMN=KIND with KIND one of num, cat, text, datetime")
+        kinds[column.strip()] = kind.strip()
+    return kinds
+
+
+KIND_HELP = (
+    "COLUMN=KIND (num, cat, text, datetime), comma-separated or repeated: overrides the inferred kind "
+    "(floats num; integers with at most 10 distinct values cat, more num; booleans cat; strings cat, "
+    "or text when more than half are distinct)."
+)
+
+
 @monitor.command()
 @click.argument("reference", type=click.Path(path_type=Path))
 @click.argument("current", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("report.html"), show_default=True)
 @click.option("--categorical", help="Comma-separated columns to treat as categorical.")
+@click.option("--kind", "kind", multiple=True, help=KIND_HELP)
 @click.option("--columns", help="Comma-separated columns to compare (default: all of the reference).")
 @click.option("--test", "test_name", help="One test for every column (ks, wasserstein, psi, ...).")
 @click.option("--threshold", type=float, help="One threshold for every column.")
 @click.option("--drift-share", type=float, default=0.5, show_default=True)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path),
+    help="Also write the per-column results and the dataset verdict to this JSON file.",
+)
 def report(
     reference: Path,
     current: Path,
     output: Path,
     categorical: str | None,
+    kind: tuple[str, ...],
     columns: str | None,
     test_name: str | None,
     threshold: float | None,
     drift_share: float,
+    json_path: Path | None,
 ) -> None:
     """Write a self-contained HTML drift report of CURRENT against REFERENCE (Parquet or CSV)."""
-    from mlscale.monitoring.drift import DriftDetector, as_columns
-    from mlscale.monitoring.monitors import load_reference
+    import json
+
+    # Only what the report needs: monitors (alerts, httpx, pandas) stay out of this command's start-up.
+    from mlscale.monitoring.drift import DriftDetector, ReferenceProfile, as_columns
     from mlscale.monitoring.report import render_report
     from mlscale.monitoring.tables import read_table
 
-    ref = load_reference(reference)
+    ref = ReferenceProfile.load(reference) if reference.suffix == ".npz" else as_columns(read_table(reference))
     cur = as_columns(read_table(current))
     detector = DriftDetector(
         columns=_split(columns) or None,
         categorical=_split(categorical),
+        kinds=_kinds(kind),
         test=test_name,
         threshold=threshold,
         drift_share=drift_share,
     )
     try:
-        result = detector.fit(ref).score(cur)
+        detector.fit(ref)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{reference}: {exc}") from None
+    try:
+        result = detector.score(cur)
     except InvalidInput as exc:
         raise InvalidInput(f"{current}: {exc}") from None
     output.write_text(render_report(result, reference.name, current.name))
+    if json_path is not None:
+        json_path.write_text(json.dumps(result.verdict(), indent=2) + "\n")
+    if result.empty_columns:
+        click.echo(
+            f"warning: empty column{'s' if len(result.empty_columns) > 1 else ''} (all null) left out of the "
+            f"dataset share: {', '.join(result.empty_columns)}",
+            err=True,
+        )
     click.echo(
-        f"{result.drifted_columns}/{len(result.columns)} columns drifted"
+        f"{result.drifted_columns}/{len(result.scored_columns)} columns drifted"
         f"{' (dataset drift)' if result.drifted else ''}; report written to {output}"
+        + (f", results to {json_path}" if json_path is not None else "")
     )
 
 
@@ -69,6 +112,7 @@ def report(
 @click.argument("reference", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Profile file (.npz).")
 @click.option("--categorical", help="Comma-separated columns to treat as categorical.")
+@click.option("--kind", "kind", multiple=True, help=KIND_HELP)
 @click.option(
     "--max-sample",
     type=int,
@@ -76,14 +120,14 @@ def report(
     show_default=True,
     help="Columns longer than this keep a quantile sketch of this size (approximate tests).",
 )
-def profile(reference: Path, output: Path, categorical: str | None, max_sample: int) -> None:
+def profile(reference: Path, output: Path, categorical: str | None, kind: tuple[str, ...], max_sample: int) -> None:
     """Compute a reference profile from training data once, so monitors need not keep the rows."""
     from mlscale.monitoring.drift import ReferenceProfile, as_columns
     from mlscale.monitoring.tables import read_table
 
     if output.suffix != ".npz":
         raise InvalidInput(f"{output}: a profile file must end in .npz")
-    prof = ReferenceProfile.fit(as_columns(read_table(reference)), _split(categorical), max_sample)
+    prof = ReferenceProfile.fit(as_columns(read_table(reference)), _split(categorical), max_sample, _kinds(kind))
     prof.save(output)
     exact = sum(c.exact for c in prof.columns.values())
     click.echo(f"profiled {len(prof.columns)} columns ({exact} exact) into {output}")
@@ -132,3 +176,42 @@ def run(config_path: Path | None, once: bool) -> None:
     click.echo(f"running {len(service.monitors)} monitors every {settings.monitoring.interval}s")
     service.serve(settings.monitoring.interval, stop)
     service.close()
+
+
+@monitor.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Project file (default: ./mlscale.toml when present).",
+)
+@click.option("--once", is_flag=True, help="Archive what the topic holds now and exit.")
+@click.option("--interval", type=float, default=5.0, show_default=True, help="Seconds between passes.")
+def archive(config_path: Path | None, once: bool, interval: float) -> None:
+    """Write the payload log topic (every replica's rows) into the payload folder as Parquet.
+
+    `monitor run` does this before each evaluation; run it alone when something else reads the folder.
+    """
+    from mlscale.config import load_settings
+    from mlscale.errors import ConfigError
+    from mlscale.monitoring.monitors import payload_archiver
+
+    if config_path is None and Path("mlscale.toml").is_file():
+        config_path = Path("mlscale.toml")
+    settings = load_settings(config_path)
+    archiver = payload_archiver(settings.monitoring.payload_log, settings.resolve)
+    if archiver is None:
+        raise ConfigError("[monitoring.payload_log] broker is not set: the payload log is written as files already")
+    stop = threading.Event()
+    if not once:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    try:
+        while True:
+            rows = archiver.archive()
+            click.echo(f"archived {rows} rows into {archiver.directory}")
+            if once or stop.wait(interval):
+                return
+    finally:
+        archiver.close()

@@ -50,6 +50,7 @@ class Monitor:
             self.detector = DriftDetector(
                 columns=settings.columns,
                 categorical=settings.categorical,
+                kinds=settings.kinds,
                 test=settings.test,
                 tests=settings.tests,
                 threshold=settings.threshold,
@@ -94,10 +95,15 @@ def export(monitor: str, result: DatasetDrift) -> None:
 class MonitorService:
     """All configured monitors, their alert manager, and the latest results."""
 
-    def __init__(self, monitors: list[Monitor], alerts: AlertManager, state_file: Path | None = None) -> None:
+    def __init__(
+        self, monitors: list[Monitor], alerts: AlertManager, state_file: Path | None = None, archiver=None
+    ) -> None:
         self.monitors = monitors
         self.alerts = alerts
         self.state_file = state_file
+        # With the payload log on a broker: archived into the payload folder before each run, so
+        # the monitors see every replica's rows (payload_stream.PayloadArchiver).
+        self.archiver = archiver
         self._latest: dict[str, Any] = {}
         self._lock = threading.Lock()
 
@@ -113,12 +119,20 @@ class MonitorService:
         monitors = [Monitor(m, reader, load_reference(resolve(m.reference))) for m in settings.monitors]
         rules = [rule_from_settings(msgspec_to_dict(r)) for r in settings.alerts]
         return cls(
-            monitors, AlertManager(rules, channels_from_settings(settings, resolve)), resolve(settings.state_file)
+            monitors,
+            AlertManager(rules, channels_from_settings(settings, resolve)),
+            resolve(settings.state_file),
+            archiver=payload_archiver(settings.payload_log, resolve),
         )
 
     def run_once(self, now: float | None = None) -> dict[str, Any]:
         """Run every monitor, export metrics, evaluate alerts, store and return the latest results."""
         now = time.time() if now is None else now
+        if self.archiver is not None:
+            try:
+                self.archiver.archive()
+            except Exception:  # the broker down: judge what was archived so far
+                log.exception("payload archive failed")
         samples: list[Sample] = []
         results: dict[str, Any] = {}
         for monitor in self.monitors:
@@ -157,6 +171,18 @@ class MonitorService:
 
     def close(self) -> None:
         self.alerts.close()
+        if self.archiver is not None:
+            self.archiver.close()
+
+
+def payload_archiver(settings, resolve):
+    """The archiver of ``[monitoring.payload_log]`` when it has a broker, else None."""
+    if not settings.broker:
+        return None
+    from mlscale.monitoring.payload_log import payload_broker
+    from mlscale.monitoring.payload_stream import PayloadArchiver
+
+    return PayloadArchiver(payload_broker(settings, resolve), resolve(settings.directory), settings.topic)
 
 
 def msgspec_to_dict(struct: Any) -> dict[str, Any]:

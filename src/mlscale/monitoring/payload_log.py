@@ -9,6 +9,8 @@ Layout: ``<directory>/<model>/<model>-<start ms>-<pid>-<seq>.parquet``. A file i
 ``.parquet.tmp`` and renamed when rolled or closed, so readers only see complete files; the pid in
 the name lets several server workers share one directory. Data in the open file becomes visible
 when the file rolls (``roll_seconds``) and is lost only on a hard kill (SIGTERM → ``close()``).
+With ``publish`` (payload_stream.PayloadPublisher) the writer appends each table to the broker's
+``inference-log`` topic instead of a file, so one archiver and one monitor see every replica.
 
 Columns, one row per batch item: ``model``, ``version``, ``timestamp`` (UTC), then each input by
 name, and each output prefixed ``out_``. An input of shape [n] is one column; of shape [n, k] (or
@@ -24,7 +26,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +98,8 @@ class PayloadLog:
     max_buffer_records: batch items held in memory at most; beyond it records are dropped, counted.
     roll_bytes / roll_seconds: a model's file is closed and a new one started past either bound.
     flush_interval: seconds between the writer's passes over the buffer.
+    publish: ``publish(model, table)`` instead of files (the broker's topic); a table it fails to
+    take is dropped and counted, as a full buffer is.
     """
 
     def __init__(
@@ -108,9 +112,12 @@ class PayloadLog:
         roll_bytes: int = 64 * 1024 * 1024,
         roll_seconds: float = 60.0,
         flush_interval: float = 1.0,
+        publish: Callable[[str, pa.Table], None] | None = None,
     ) -> None:
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.publish = publish
+        if publish is None:
+            self.directory.mkdir(parents=True, exist_ok=True)
         if isinstance(sample_rate, Mapping):
             self._rates = dict(sample_rate)
             self._default_rate = default_rate
@@ -268,6 +275,17 @@ class PayloadLog:
         self._write_table(model, table)
 
     def _write_table(self, model: str, table: pa.Table) -> None:
+        if self.publish is not None:
+            try:
+                self.publish(model, table)
+            except Exception as exc:  # the broker is down: these rows are lost, and counted
+                log.warning("payload log: cannot publish %s rows of %s: %s", table.num_rows, model, exc)
+                rows = table.num_rows
+                with self._count_lock:
+                    self._counts["logged"] -= rows
+                    self._unpublished[(model, "logged")] = self._unpublished.get((model, "logged"), 0) - rows
+                self._count(model, "dropped", rows)
+            return
         handle = self._files.get(model)
         if handle is not None and (handle.schema != table.schema or handle.size() >= self.roll_bytes):
             handle.close()
@@ -326,6 +344,9 @@ class PayloadLog:
         self._wake.set()
         self._thread.join(timeout=30)
         self._write_pass(close_all=True)
+        close = getattr(self.publish, "close", None)
+        if close is not None:
+            close()
 
     def __enter__(self) -> PayloadLog:
         return self
@@ -350,6 +371,11 @@ def payload_log_from_settings(settings, resolve) -> PayloadLog | None:
     """
     if not settings.enabled:
         return None
+    publish = None
+    if settings.broker:
+        from mlscale.monitoring.payload_stream import PayloadPublisher
+
+        publish = PayloadPublisher(payload_broker(settings, resolve), settings.topic)
     return PayloadLog(
         resolve(settings.directory),
         settings.sample_rates or settings.sample_rate,
@@ -357,4 +383,12 @@ def payload_log_from_settings(settings, resolve) -> PayloadLog | None:
         max_buffer_records=settings.max_buffer_records,
         roll_bytes=settings.roll_bytes,
         roll_seconds=settings.roll_seconds,
+        publish=publish,
     )
+
+
+def payload_broker(settings, resolve):
+    """The broker of ``[monitoring.payload_log] broker`` (publishers and the archiver open the same)."""
+    from mlscale.streams.connect import open_broker
+
+    return open_broker(settings.broker, partitions=settings.partitions, root=resolve("."))

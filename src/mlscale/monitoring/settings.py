@@ -11,6 +11,8 @@ Kept free of heavy imports: config.py imports this for every command.
     directory = "payload-log"
     sample_rate = 1.0                  # every model, unless named in sample_rates
     sample_rates = { iris = 0.1 }
+    broker = "nats://nats:4222"        # every replica publishes to the topic inference-log; the
+                                       # monitor archives it into `directory` (default: files per process)
 
     [[monitoring.monitors]]
     name = "iris-inputs"
@@ -46,6 +48,11 @@ class PayloadLogSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tru
     max_buffer_records: int = 100_000
     roll_bytes: int = 64 * 1024 * 1024
     roll_seconds: float = 60.0
+    # A broker URL (redis://..., nats://..., embedded:PATH): publish to ``topic`` instead of writing
+    # files; `mlscale monitor run` (or `monitor archive`) writes the topic into ``directory``.
+    broker: str = ""
+    topic: str = "inference-log"
+    partitions: int = 4
 
 
 class MonitorSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -56,6 +63,8 @@ class MonitorSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     reference: str
     columns: list[str] | None = None  # default: every reference column (outputs are "out_<name>")
     categorical: list[str] = msgspec.field(default_factory=list)
+    # column -> num, cat, text or datetime: overrides the kind inferred as Evidently infers it
+    kinds: dict[str, str] = msgspec.field(default_factory=dict)
     window_rows: int | None = 1000
     window_seconds: float | None = None
     test: str | None = None

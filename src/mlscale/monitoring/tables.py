@@ -19,7 +19,7 @@ def read_table(path: str | Path) -> pa.Table:
     suffix = path.suffix.lower()
     try:
         if suffix in (".parquet", ".pq"):
-            table = pq.read_table(path)
+            table = pq.ParquetFile(path).read()  # not pq.read_table: that imports pyarrow.dataset
         elif suffix in (".csv", ".txt"):
             table = pacsv.read_csv(path)
         else:

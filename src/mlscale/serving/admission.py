@@ -4,14 +4,17 @@ A fixed queue bound refuses too late: with 1,000 requests admitted ahead of it, 
 waits a second, its client times out, and the work done for it is wasted while refusals still cost a
 body read and a decode ("Fail at Scale", Maurer 2015; CoDel, Nichols and Jacobson 2012). Instead:
 
-- At the door, a request is refused when the time it would wait (rows queued ahead of it divided by
-  the rate at which the queue has been draining) exceeds ``target``. The app asks before it reads
-  the body, so a refusal costs only the headers.
-- In the queue, CoDel's rule tells a burst from overload: when the oldest waiting request has been
-  older than ``target`` for a whole ``interval``, the queue is overloaded. Then the newest requests
-  are served first (adaptive LIFO: their clients are still waiting) and requests older than
-  ``target`` are answered 503 at once instead of late. A burst shorter than ``interval`` is served
-  in order, as usual.
+- The model's queue holds at most what drains within ``target`` (rows queued divided by the rate at
+  which the queue has been draining), so a request in it waits about ``target`` at most.
+- A request that finds the queue full waits at the door, before its body is read or decoded: it
+  costs only its headers. Room in the queue goes to the oldest door waiter while the door is short,
+  to the newest once the oldest has waited over ``target`` (adaptive LIFO: under overload the
+  newest clients are the ones still waiting for an answer), and a request that found no room within
+  ``max_wait`` (or its deadline) is answered 503. Refusing at once instead would only make a client
+  that retries come back at once: with a fast model, a refusal costs nearly as much as an answer.
+- Nothing already in the queue is dropped: it was decoded, and dropping it would waste that work
+  (an earlier version dropped queued requests CoDel-style and failed requests of 4 clients on a
+  busy machine). A request's own deadline still applies everywhere.
 
 One instance per model version per worker, driven by its batcher on the event loop (no locks).
 """
@@ -27,15 +30,13 @@ _RATE_WEIGHT = 0.2
 class QueueDelayAdmission:
     """Decides who waits, who is served first and who is refused, from measured queue delay."""
 
-    def __init__(self, target: float = 0.05, interval: float = 0.1) -> None:
-        if target <= 0 or interval <= 0:
-            raise ValueError("queue_delay_target and queue_delay_interval must be positive")
+    def __init__(self, target: float = 0.05, max_wait: float = 1.0) -> None:
+        if target <= 0 or max_wait <= 0:
+            raise ValueError("queue_delay_target and max_queue_wait must be positive")
         self.target = target
-        self.interval = interval
+        self.max_wait = max_wait
         # Rows per second the queue drains at while it is busy (0 until the first measured batch).
         self.drain_rate = 0.0
-        self.overloaded = False
-        self._above_since: float | None = None
         self._busy_since: float | None = None
 
     def expected_wait(self, queued_rows: int) -> float:
@@ -44,26 +45,14 @@ class QueueDelayAdmission:
             return 0.0
         return queued_rows / self.drain_rate
 
-    def refuses(self, queued_rows: int, batch_rows: int) -> bool:
-        """True when a new request should be refused before its body is read. A full batch is
-        always admitted: refusing below one batch would only idle the model."""
-        return queued_rows >= batch_rows and self.expected_wait(queued_rows) > self.target
+    def room(self, batch_rows: int) -> float:
+        """Rows the queue may hold: what drains within the target, and never less than one full
+        batch (less would only idle the model)."""
+        return max(batch_rows, self.drain_rate * self.target)
 
     def retry_after(self, queued_rows: int) -> int:
         """Whole seconds a refused client should wait: the backlog's drain time, at least 1."""
         return max(1, min(60, math.ceil(self.expected_wait(queued_rows))))
-
-    def on_take(self, oldest_age: float, now: float) -> None:
-        """Called when a batch is taken; ``oldest_age`` is how long the oldest queued request has
-        waited. Overload starts once that age stayed above target for an interval (CoDel)."""
-        if oldest_age <= self.target:
-            self._above_since = None
-            self.overloaded = False
-            return
-        if self._above_since is None:
-            self._above_since = now
-        if now - self._above_since >= self.interval:
-            self.overloaded = True
 
     def on_drained(self, rows: int, now: float) -> None:
         """``rows`` left the queue (served or shed) while it stayed non-empty: a drain-rate sample."""
@@ -77,8 +66,5 @@ class QueueDelayAdmission:
         self._busy_since = now
 
     def on_idle(self) -> None:
-        """The queue emptied: the next drain-rate sample starts with the next busy period, and an
-        empty queue is never overloaded."""
+        """The queue emptied: the next drain-rate sample starts with the next busy period."""
         self._busy_since = None
-        self._above_since = None
-        self.overloaded = False

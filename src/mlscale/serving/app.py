@@ -12,7 +12,6 @@ import contextlib
 import gc
 import logging
 import os
-import time
 import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -20,24 +19,21 @@ from typing import Any
 import msgspec
 
 import mlscale
-from mlscale.cache.codec import pack_arrays, unpack_arrays
-from mlscale.cache.keys import prediction_key
 from mlscale.config import ServerSettings
 from mlscale.errors import (
-    DeadlineExceeded,
     Forbidden,
     InvalidInput,
     MlscaleError,
-    ModelNotFound,
     NotFound,
     Overloaded,
     PayloadTooLarge,
     RateLimited,
     Unauthorized,
 )
-from mlscale.serving import metrics
+from mlscale.serving import metrics, triton
 from mlscale.serving.control import WorkerControl
-from mlscale.serving.protocol import decode_request, encode_json, encode_response
+from mlscale.serving.inference import InferenceCore
+from mlscale.serving.protocol import DecodedRequest, decode_request, encode_json, encode_response
 from mlscale.serving.repository import ModelRepository, ModelVersion
 
 log = logging.getLogger("mlscale.serving")
@@ -47,7 +43,14 @@ ASGIApp = Callable[[dict, Callable, Callable], Awaitable[None]]
 JsonHandler = Callable[[Any, str | None], Awaitable[Any]]
 
 JSON = b"application/json"
-EXTENSIONS = ["binary_tensor_data", "model_repository", "parameters", "metrics"]
+EXTENSIONS = [
+    "binary_tensor_data",
+    "model_repository",
+    "parameters",
+    "metrics",
+    "model_configuration",
+    "statistics",
+]
 
 
 class Response:
@@ -83,6 +86,7 @@ class InferenceApp:
         payload_log: Any = None,
         guard: Any = None,
         home: str | None = None,
+        services: list[Any] | None = None,
     ) -> None:
         self.repository = repository
         self.settings = settings or ServerSettings()
@@ -92,6 +96,11 @@ class InferenceApp:
         self.on_shutdown = on_shutdown or []
         # Sampled requests and responses for drift monitoring (mlscale.monitoring.PayloadLog), or None.
         self.payload_log = payload_log
+        # The inference path REST shares with gRPC.
+        self.core = InferenceCore(repository, payload_log)
+        # Other listeners in this worker's loop (the gRPC server): ``start(app)`` once the models are
+        # loaded, ``stop()`` before they are released.
+        self.services = services or []
         if payload_log is not None:
             self.on_shutdown.append(payload_log.close)
         # The edge check (mlscale.auth.Guard: keys, scopes, quotas), or None when all are off.
@@ -187,11 +196,15 @@ class InferenceApp:
             self._tasks.append(asyncio.create_task(self._follow_control()))
         if self.settings.poll_interval > 0:
             self._tasks.append(asyncio.create_task(self._poll_disk()))
+        for service in self.services:
+            await service.start(self)
         self.ready = True
 
     async def shutdown(self) -> None:
         """Stop watchers, then let queued requests finish before models are released."""
         self.ready = False
+        for service in self.services:
+            await service.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -283,6 +296,8 @@ class InferenceApp:
         if count == 0 or parts == [""]:
             return json_response({"name": "mlscale", "version": mlscale.__version__, "extensions": EXTENSIONS})
         head = parts[0]
+        if head == "models" and parts[1:] == ["stats"] and method == "GET":  # Triton: every model's
+            return json_response(triton.model_statistics(self.repository))
         if head == "models" and count >= 2:
             name = parts[1]
             rest = parts[2:]
@@ -299,6 +314,10 @@ class InferenceApp:
             if action == "ready" and method == "GET" and len(rest) == 1:
                 self.repository.resolve(name, version)
                 return json_response({"name": name, "ready": True})
+            if action == "config" and method == "GET" and len(rest) == 1:
+                return json_response(triton.model_config(self.repository.resolve(name, version)))
+            if action == "stats" and method == "GET" and len(rest) == 1:
+                return json_response(triton.model_statistics(self.repository, name, version or ""))
         elif head == "health" and count == 2 and method == "GET":
             if parts[1] == "live":
                 return json_response({"live": True})
@@ -374,7 +393,6 @@ class InferenceApp:
         return body
 
     async def _infer(self, name: str, version: str | None, scope: dict, receive: Callable) -> Response:
-        started = time.perf_counter()
         header_length = None
         timeout = self.settings.request_timeout
         for key, value in scope["headers"]:
@@ -382,76 +400,23 @@ class InferenceApp:
                 header_length = _int_header(key, value)
             elif key == b"x-request-timeout":
                 timeout = _float_header(key, value)
-        model = None
-        try:
-            # The model first: a request to a model or version that does not exist is a 404 whatever
-            # its body, and an unknown name costs no body read or decode.
-            model = self.repository.resolve(name, version)
-            tenant = scope.get("mlscale.tenant")
-            if model.cache is None:  # a cached answer needs no queue: only misses are admitted
-                model.batcher.admit(tenant)  # a refusal costs no body read or decode
-            body = await self._read_body(scope, receive)
-            request = decode_request(body, header_length)
-            if model.enricher is not None:
-                request.inputs = await model.enricher.join(request.inputs)
-            requested = tuple(o.name for o in request.outputs) if request.outputs else None
-            model.validate(request.inputs, requested)
-            parameter_timeout = request.parameters.get("timeout")
-            if parameter_timeout is not None:  # tritonclient sends microseconds
-                if not isinstance(parameter_timeout, (int, float)) or parameter_timeout < 0:
-                    raise InvalidInput("parameter 'timeout' must be a non-negative number of microseconds")
-                timeout = parameter_timeout / 1e6
-            deadline = time.monotonic() + timeout if timeout else None
-            model.meters.inflight.inc()
-            try:
-                if model.cache is None:
-                    outputs = await model.batcher.submit(request.inputs, deadline, requested, tenant)
-                    parameters = None
-                else:
-                    outputs, parameters = await _cached_predict(model, request.inputs, deadline, requested, tenant)
-            finally:
-                model.meters.inflight.dec()
-            if requested:
-                outputs = {n: outputs[n] for n in requested if n in outputs}
-            payload, json_length = encode_response(model.model, model.version, request, outputs, parameters)
-        except MlscaleError as exc:
-            outcome = _OUTCOMES.get(type(exc), "error")
-            if model is not None:
-                model.meters.outcome(outcome).inc()
-            else:
-                metrics.REQUESTS.labels(name, "", outcome).inc()
-            raise
-        model.meters.success.inc()
-        model.meters.duration.observe(time.perf_counter() - started)
-        if self.payload_log is not None:  # never blocks: a full buffer drops and counts
-            self.payload_log.record(model.model, model.version, request.inputs, outputs)
-        if json_length is None:
-            return Response(200, payload)
-        return Response(
-            200, payload, b"application/octet-stream", [(b"inference-header-content-length", str(json_length).encode())]
-        )
+
+        async def decode() -> DecodedRequest:
+            return decode_request(await self._read_body(scope, receive), header_length)
+
+        return await self.core.infer(name, version, decode, _encode_rest, timeout, scope.get("mlscale.tenant"))
 
 
-async def _cached_predict(
-    model: ModelVersion,
-    inputs: dict,
-    deadline: float | None,
-    requested: tuple[str, ...] | None,
-    tenant: str | None = None,
-) -> tuple[dict, dict]:
-    """Through the model's prediction cache; the response parameter ``cache`` says where the answer
-    came from: l1, l2, shared (waited on an identical request) or miss."""
-    key = prediction_key(model.model, model.version, inputs, requested)
-
-    async def compute() -> bytes:
-        return pack_arrays(await model.batcher.submit(inputs, deadline, requested, tenant))
-
-    packed, source = await model.cache.get_or_compute(key, compute)
-    return unpack_arrays(packed), {"cache": "miss" if source == "computed" else source}
+def _encode_rest(model: ModelVersion, request: DecodedRequest, outputs: dict, parameters: dict | None) -> Response:
+    payload, json_length = encode_response(model.model, model.version, request, outputs, parameters)
+    if json_length is None:
+        return Response(200, payload)
+    return Response(
+        200, payload, b"application/octet-stream", [(b"inference-header-content-length", str(json_length).encode())]
+    )
 
 
 _REFUSALS = {Unauthorized: "unauthorized", Forbidden: "forbidden", RateLimited: "rate_limited"}
-_OUTCOMES = {Overloaded: "rejected", DeadlineExceeded: "timeout", ModelNotFound: "not_found"}
 
 
 def _int_header(key: bytes, value: bytes) -> int:

@@ -7,12 +7,13 @@ wait longer than the target is refused at once (503), and under sustained overlo
 requests are served first. A hard bound on the queue stays as a backstop. A request whose batch
 fails is retried alone, so one bad request never fails its batch-mates.
 
-Tenants share the queue fairly once two or more have requests waiting (the tenant comes from the
-caller's key; without auth there is one tenant and nothing below applies): at the door, a tenant
-holding less than an equal share of the queued rows is admitted even when the queue as a whole is
-past its delay target (the tenant over its share is the one refused); and each batch takes at most
-an equal share of its rows from any one tenant before filling up with whatever waits, so a light
-tenant's request rides the next batch instead of queueing behind a heavy tenant's backlog.
+Tenants share the model fairly once two or more wait (the tenant comes from the caller's key;
+without auth there is one tenant and nothing below applies). At the door, room goes first to the
+tenant holding the least of the queue (rows queued plus requests let in but not yet queued), ties
+to the tenant let in least recently, so a tenant under its equal share gets room before a heavy
+tenant's older backlog. And each batch takes at most an equal share of its rows from any one
+tenant before filling up with whatever waits, so a light tenant's request already queued rides
+the next batch instead of waiting behind a heavy tenant's rows.
 """
 
 from __future__ import annotations
@@ -61,6 +62,20 @@ class _Item:
         self.tenant = tenant
 
 
+def _expire(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
+
+
+def _add(counts: dict[str | None, int], tenant: str | None, change: int) -> None:
+    """Change a per-tenant count, dropping tenants that reach zero (so len() counts the present)."""
+    left = counts.get(tenant, 0) + change
+    if left > 0:
+        counts[tenant] = left
+    else:
+        counts.pop(tenant, None)
+
+
 def _signature(inputs: Arrays, outputs: tuple[str, ...] | None) -> tuple | None:
     """What must agree for requests to share a batch: names, dtypes, non-batch dimensions and
     the outputs asked for (so a model computes only what its batch needs)."""
@@ -102,8 +117,18 @@ class AdaptiveBatcher:
         self._on_shed = on_shed
         self._pending: deque[_Item] = deque()
         self._queued_rows = 0
-        # Queued rows per tenant (tenants with none are removed): the fair share's bookkeeping.
+        # Requests waiting for room in the queue, before their bodies are read (see admission.py),
+        # and how many were let in since the last take but have not reached submit() yet.
+        self._door: deque[tuple[asyncio.Future, float, str | None]] = deque()
+        self._let_in = 0
+        # Fair sharing between tenants (entries with nothing are removed, so these stay small):
+        # rows queued, requests let in but not yet queued, and door entries, per tenant; and the
+        # order in which tenants were last let in through the door (the tie-break between equals).
         self._tenant_rows: dict[str | None, int] = {}
+        self._tenant_let_in: dict[str | None, int] = {}
+        self._door_tenants: dict[str | None, int] = {}
+        self._last_in: dict[str | None, int] = {}
+        self._door_turn = 0
         self._wakeup = asyncio.Event()
         # Fast models run a lone request inline (no thread hand-off: lowest latency when idle);
         # batches always run on the model's thread, which keeps the event loop answering while a
@@ -116,38 +141,94 @@ class AdaptiveBatcher:
     def queued(self) -> int:
         return len(self._pending)
 
-    def admit(self, tenant: str | None = None) -> None:
-        """Raise Overloaded when a new request should not even be read: the queue is being closed,
-        is full, or its expected wait exceeds the queue-delay target (unless ``tenant`` holds less
-        than an equal share of the queue). Cheap (no body needed), so the app calls it before
-        reading the request."""
+    def _has_room(self) -> bool:
+        return self._queued_rows + self._let_in < self.admission.room(self.max_batch_size)
+
+    async def admit(self, deadline: float | None = None, tenant: str | None = None) -> None:
+        """Return when the request may join the queue; wait at the door while the queue holds
+        what drains within the target. The app calls it before reading the body, so a request
+        refused here (Overloaded after ``max_wait``, DeadlineExceeded) cost no body read or decode.
+        ``tenant``: whose share of the queue the request counts in (None: the one shared tenant).
+        A request let in must then call ``submit(..., admitted=True, tenant=tenant)``."""
         if self._closing:
             raise Overloaded("the model version is being unloaded")
-        if len(self._pending) >= self.max_queue_size:
+        if not self._door and self._has_room():
+            self._enter(tenant)
+            return
+        if len(self._door) >= self.max_queue_size:
             self._shed("queue_full")
             raise Overloaded(
-                f"the model's queue is full ({self.max_queue_size} requests waiting)",
-                retry_after=self.admission.retry_after(self._queued_rows),
+                f"the model is overloaded: {len(self._door)} requests already wait for room in its queue",
+                retry_after=self.admission.retry_after(self._queued_rows + len(self._door)),
             )
-        if self.admission.refuses(self._queued_rows, self.max_batch_size) and not self._under_share(tenant):
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._door.append((future, self._clock(), tenant))
+        _add(self._door_tenants, tenant, 1)
+        if self._has_room():  # room freed while others waited, and no take since to open the door
+            self._open_door()
+        wait = self.admission.max_wait
+        expired = False
+        if deadline is not None and deadline - time.monotonic() < wait:
+            wait, expired = max(0.0, deadline - time.monotonic()), True
+        timer = loop.call_later(wait, _expire, future)
+        try:
+            await future
+        except TimeoutError:
+            if expired:
+                raise DeadlineExceeded("the deadline passed while waiting for room in the model's queue") from None
             self._shed("admission")
-            wait = self.admission.expected_wait(self._queued_rows)
             raise Overloaded(
-                f"the model is overloaded: a new request would wait {wait * 1000:.0f} ms in its queue "
-                f"(target {self.admission.target * 1000:.0f} ms)",
-                retry_after=self.admission.retry_after(self._queued_rows),
-            )
+                f"the model is overloaded: no room in its queue within {self.admission.max_wait:g} s",
+                retry_after=self.admission.retry_after(self._queued_rows + len(self._door)),
+            ) from None
+        finally:
+            timer.cancel()
 
-    def _under_share(self, tenant: str | None) -> bool:
-        """True when other tenants have rows queued and ``tenant`` holds less than an equal share
-        (a request without a tenant is judged on the whole queue, as without auth)."""
-        if tenant is None:
-            return False
-        held = self._tenant_rows.get(tenant, 0)
-        others = len(self._tenant_rows) - (1 if held else 0)
-        if others == 0:
-            return False
-        return held < self._queued_rows / (others + 1)
+    def _enter(self, tenant: str | None) -> None:
+        self._let_in += 1
+        _add(self._tenant_let_in, tenant, 1)
+
+    def _open_door(self) -> None:
+        """Let door waiters in while the queue has room: the oldest first, the newest once the
+        oldest has waited past the target (adaptive LIFO); with several tenants at the door, the
+        tenant holding the least of the queue first, and the same order within its own waiters."""
+        door = self._door
+        if not door:
+            self._last_in.clear()
+            return
+        stale_before = self._clock() - self.admission.target
+        while door and self._has_room():
+            if len(self._door_tenants) > 1:
+                future, tenant = self._pop_fair(stale_before)
+            elif door[0][1] < stale_before:
+                future, _, tenant = door.pop()  # overloaded: the newest client is the one still waiting
+            else:
+                future, _, tenant = door.popleft()
+            _add(self._door_tenants, tenant, -1)
+            if not future.done():  # not timed out or disconnected
+                future.set_result(None)
+                self._enter(tenant)
+                self._door_turn += 1
+                self._last_in[tenant] = self._door_turn
+        if not door:
+            self._last_in.clear()
+
+    def _pop_fair(self, stale_before: float) -> tuple[asyncio.Future, str | None]:
+        """The next door waiter of the tenant holding the least (rows queued plus let in; ties:
+        the tenant let in least recently, then the one waiting longest)."""
+
+        def held(tenant: str | None) -> tuple[int, int]:
+            share = self._tenant_rows.get(tenant, 0) + self._tenant_let_in.get(tenant, 0)
+            return share, self._last_in.get(tenant, 0)
+
+        tenant = min(self._door_tenants, key=held)  # dicts keep insertion order: longest waiting first
+        positions = [i for i, entry in enumerate(self._door) if entry[2] == tenant]
+        oldest = positions[0]
+        index = positions[-1] if self._door[oldest][1] < stale_before else oldest
+        future = self._door[index][0]
+        del self._door[index]
+        return future, tenant
 
     def _shed(self, reason: str) -> None:
         if self._on_shed is not None:
@@ -158,11 +239,25 @@ class AdaptiveBatcher:
         inputs: Arrays,
         deadline: float | None = None,
         outputs: tuple[str, ...] | None = None,
+        admitted: bool = False,
         tenant: str | None = None,
     ) -> Arrays:
         """Outputs for one request's inputs; ``deadline`` is a time.monotonic() instant; ``outputs``
-        names the outputs wanted (None: all); ``tenant`` whose share of the queue it counts in."""
-        self.admit(tenant)
+        names the outputs wanted (None: all); ``admitted``: the caller already passed ``admit``;
+        ``tenant``: whose share of the queue it counts in."""
+        if not admitted:
+            await self.admit(deadline, tenant)
+        elif self._closing and self._let_in <= 0:
+            raise Overloaded("the model version is being unloaded")
+        if len(self._pending) >= self.max_queue_size:  # the hard bound, whatever the estimate says
+            self._shed("queue_full")
+            raise Overloaded(
+                f"the model's queue is full ({self.max_queue_size} requests waiting)",
+                retry_after=self.admission.retry_after(self._queued_rows),
+            )
+        self._let_in = max(0, self._let_in - 1)
+        if tenant in self._tenant_let_in:
+            _add(self._tenant_let_in, tenant, -1)
         signature = _signature(inputs, outputs)
         rows = next(iter(inputs.values())).shape[0] if signature is not None else 0
         if signature is not None and any(a.shape[0] != rows for a in inputs.values()):
@@ -171,7 +266,7 @@ class AdaptiveBatcher:
         item = _Item(inputs, outputs, rows, signature or (id(inputs),), deadline, future, self._clock(), tenant)
         self._pending.append(item)
         self._queued_rows += max(rows, 1)
-        self._tenant_rows[tenant] = self._tenant_rows.get(tenant, 0) + max(rows, 1)
+        _add(self._tenant_rows, tenant, max(rows, 1))
         self._wakeup.set()
         if deadline is None:
             return await future
@@ -181,8 +276,15 @@ class AdaptiveBatcher:
             raise DeadlineExceeded("the request's deadline passed before its answer was ready") from None
 
     async def close(self) -> None:
-        """Stop taking requests, finish the queued ones, then stop the runner."""
+        """Stop taking requests, finish the queued ones and those waiting at the door (they are
+        in flight too), then stop the runner."""
         self._closing = True
+        while self._door:
+            future, _, tenant = self._door.popleft()
+            if not future.done():
+                future.set_result(None)
+                self._enter(tenant)
+        self._door_tenants.clear()
         self._wakeup.set()
         await self._runner
         self._executor.shutdown(wait=True)
@@ -192,7 +294,19 @@ class AdaptiveBatcher:
             if not self._pending:
                 self.admission.on_idle()
                 if self._closing:
-                    return
+                    if self._let_in <= 0:
+                        return
+                    # Requests let in are reading their bodies; one that failed to decode never
+                    # comes, so wait a bounded time for the rest.
+                    self._wakeup.clear()
+                    try:
+                        await asyncio.wait_for(self._wakeup.wait(), 1.0)
+                    except TimeoutError:
+                        return
+                    continue
+                self._let_in = 0
+                self._tenant_let_in.clear()
+                self._open_door()
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
@@ -218,24 +332,17 @@ class AdaptiveBatcher:
                 return
 
     def _take_batch(self) -> list[_Item]:
-        """The oldest request plus queued ones of the same signature, up to max_batch_size rows;
-        under overload the newest instead, and requests older than the target are refused."""
+        """The oldest request plus queued ones of the same signature, up to max_batch_size rows."""
         if not self._pending:
             return []
         now = time.monotonic()
         clock = self._clock()
-        admission = self.admission
-        admission.on_take(clock - self._pending[0].enqueued, clock)
-        overloaded = admission.overloaded
-        if overloaded:
-            self._pending.reverse()  # adaptive LIFO: the newest requests' clients still wait
-        stale_before = clock - admission.target
         batch: list[_Item] = []
         rows = 0
         drained = 0
         kept: deque[_Item] = deque()
         signature = None
-        # With several tenants waiting, no tenant gets more than an equal share of this batch in a
+        # With several tenants queued, no tenant gets more than an equal share of this batch in a
         # first pass; requests held back by that cap may still fill the batch afterwards.
         tenants = len(self._tenant_rows)
         cap = -(-self.max_batch_size // tenants) if tenants > 1 else self.max_batch_size
@@ -244,21 +351,11 @@ class AdaptiveBatcher:
         while self._pending:
             item = self._pending.popleft()
             drained += max(item.rows, 1)
-            self._forget(item)
+            _add(self._tenant_rows, item.tenant, -max(item.rows, 1))
             if item.future.done():  # its caller gave up (deadline or disconnect)
                 continue
             if item.deadline is not None and item.deadline <= now:
                 item.future.set_exception(DeadlineExceeded("the deadline passed while queued"))
-                continue
-            if overloaded and item.enqueued < stale_before:
-                self._shed("queue_timeout")
-                item.future.set_exception(
-                    Overloaded(
-                        f"the model is overloaded: the request waited over "
-                        f"{admission.target * 1000:.0f} ms in its queue",
-                        retry_after=admission.retry_after(self._queued_rows),
-                    )
-                )
                 continue
             if signature is None:
                 signature = item.signature
@@ -273,7 +370,7 @@ class AdaptiveBatcher:
             else:
                 kept.append(item)
                 drained -= max(item.rows, 1)
-                self._remember(item)
+                _add(self._tenant_rows, item.tenant, max(item.rows, 1))
             if rows >= self.max_batch_size:
                 break
         chosen: set[int] = set()
@@ -281,29 +378,22 @@ class AdaptiveBatcher:
             if rows + item.rows > self.max_batch_size:
                 break
             chosen.add(id(item))
-            self._forget(item)
+            _add(self._tenant_rows, item.tenant, -max(item.rows, 1))
             batch.append(item)
             rows += item.rows
             drained += max(item.rows, 1)
         if chosen:
             kept = deque(item for item in kept if id(item) not in chosen)
         kept.extend(self._pending)
-        if overloaded:
-            kept.reverse()  # back to arrival order
         self._pending = kept
         self._queued_rows -= drained
-        admission.on_drained(drained, clock)
+        self.admission.on_drained(drained, clock)
+        # Requests let in before this take have had a loop turn to reach submit(); any still on
+        # their way are few, and forgetting them keeps a request that never came from holding room.
+        self._let_in = 0
+        self._tenant_let_in.clear()
+        self._open_door()
         return batch
-
-    def _forget(self, item: _Item) -> None:
-        left = self._tenant_rows.get(item.tenant, 0) - max(item.rows, 1)
-        if left > 0:
-            self._tenant_rows[item.tenant] = left
-        else:
-            self._tenant_rows.pop(item.tenant, None)
-
-    def _remember(self, item: _Item) -> None:
-        self._tenant_rows[item.tenant] = self._tenant_rows.get(item.tenant, 0) + max(item.rows, 1)
 
     async def _call(self, inputs: Arrays, outputs: tuple[str, ...] | None, alone: bool = False) -> Arrays:
         if self.inline and alone and not self._pending:

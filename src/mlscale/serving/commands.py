@@ -17,12 +17,18 @@ import msgspec
 )
 @click.option("--host", help="Address to listen on (default 127.0.0.1).")
 @click.option("--port", type=int, help="Port to listen on (default 8000).")
+@click.option("--grpc-port", "grpc_port", type=int, help="Port of the v2 gRPC protocol (default 8001; 0: off).")
 @click.option("--workers", type=int, help="Worker processes sharing the port (default 1).")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="Project file mlscale.toml.")
 def serve(
-    model_repository: Path | None, host: str | None, port: int | None, workers: int | None, config_path: Path | None
+    model_repository: Path | None,
+    host: str | None,
+    port: int | None,
+    grpc_port: int | None,
+    workers: int | None,
+    config_path: Path | None,
 ) -> None:
-    """Serve models over the Open Inference Protocol (v2) on HTTP."""
+    """Serve models over the Open Inference Protocol (v2) on HTTP and gRPC."""
     from mlscale.config import load_settings
     from mlscale.serving.server import run_server
 
@@ -31,15 +37,17 @@ def serve(
     overrides = {
         "host": host,
         "port": port,
+        "grpc_port": grpc_port,
         "workers": workers,
         "model_repository": str(model_repository.resolve()) if model_repository else None,
     }
     server = msgspec.structs.replace(server, **{k: v for k, v in overrides.items() if v is not None})
     if model_repository is None:
         server = msgspec.structs.replace(server, model_repository=str(settings.resolve(server.model_repository)))
+    grpc = f" and grpc://{server.host}:{server.grpc_port}" if server.grpc_port else ""
     click.echo(
         f"mlscale: serving {server.model_repository} on {'https' if settings.tls.enabled else 'http'}://"
-        f"{server.host}:{server.port} "
+        f"{server.host}:{server.port}{grpc} "
         f"with {server.workers} worker(s)"
     )
     run_server(msgspec.structs.replace(settings, server=server))

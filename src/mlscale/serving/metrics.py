@@ -65,9 +65,8 @@ QUEUE_WAIT = Histogram(
 )
 SHED = Counter(
     "mlscale_shed_requests",
-    "Requests refused by overload control, by reason: admission (expected queue delay over the "
-    "target, refused before the body is read), queue_timeout (waited past the target under "
-    "overload), queue_full (the hard bound).",
+    "Requests refused by overload control, by reason: admission (no room in the model's queue "
+    "within max_queue_wait; refused before the body is read), queue_full (a hard bound).",
     ["model", "version", "reason"],
 )
 INFLIGHT = Gauge(

@@ -18,6 +18,18 @@ from mlscale.errors import ConfigError
 from mlscale.serving.datatypes import V2_TO_NUMPY
 
 CONFIG_FILE = "model.toml"
+# The runtimes a model.toml may name (runtimes/__init__.py maps each to its implementation).
+RUNTIME_NAMES = (
+    "mlflow",
+    "onnx",
+    "sklearn",
+    "torchscript",
+    "torch_export",
+    "xgboost",
+    "lightgbm",
+    "sentence_transformers",
+    "python",
+)
 
 
 class TensorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -44,7 +56,7 @@ class FeaturesConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class ModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Everything a user can set for a model or one of its versions."""
 
-    # sklearn | onnx | python | torchscript; empty means: guess from the files in the version folder.
+    # One of RUNTIME_NAMES; empty means: guess from the files in the version folder.
     runtime: str = ""
     inputs: list[TensorConfig] | None = None
     outputs: list[TensorConfig] | None = None
@@ -54,10 +66,10 @@ class ModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_delay: float = 0.0
     # Hard bound of waiting requests (503 with Retry-After beyond it); defaults to the server's.
     max_queue_size: int | None = None
-    # Queue-delay admission (seconds): refuse a request that would wait longer than the target;
-    # after an interval above it, serve newest first. Default: the server's settings.
+    # Queue-delay admission (seconds): the queue holds what drains within the target, other
+    # requests wait at the door up to max_queue_wait. Default: the server's settings.
     queue_delay_target: float | None = None
-    queue_delay_interval: float | None = None
+    max_queue_wait: float | None = None
     # Where predict runs: inline on the event loop, on a thread, or auto (inline when fast).
     execution: str = "auto"
     # Model-level only: alias -> version, and target (alias or version) -> weight for unversioned calls.
@@ -70,13 +82,13 @@ class ModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     parameters: dict[str, Any] = msgspec.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.runtime not in ("", "sklearn", "onnx", "python", "torchscript"):
-            raise ValueError(f"unknown runtime {self.runtime!r} (sklearn, onnx, python, torchscript)")
+        if self.runtime and self.runtime not in RUNTIME_NAMES:
+            raise ValueError(f"unknown runtime {self.runtime!r} ({', '.join(RUNTIME_NAMES)})")
         if self.max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         if self.max_delay < 0:
             raise ValueError("max_delay must not be negative")
-        for name in ("queue_delay_target", "queue_delay_interval"):
+        for name in ("queue_delay_target", "max_queue_wait"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be a positive number of seconds")

@@ -242,7 +242,7 @@ def encode_response(
         datatype = v2_datatype(array.dtype)
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
         if as_binary:
-            raw = _pack_bytes(array) if datatype == "BYTES" else np.ascontiguousarray(array).tobytes()
+            raw = raw_from_array(array, datatype)
             entry["parameters"] = {"binary_data_size": len(raw)}
             binary_chunks.append(raw)
         else:
@@ -260,6 +260,17 @@ def encode_response(
     return b"".join([header, *binary_chunks]), len(header)
 
 
+def array_from_raw(name: str, shape: list[int], datatype: str, raw: bytes | memoryview) -> np.ndarray:
+    """A tensor from its raw little-endian bytes (BYTES: length-prefixed elements), as the binary
+    extension and gRPC's ``raw_input_contents`` both carry it."""
+    return _array_from_binary(RequestInput(name, shape, datatype), memoryview(raw))
+
+
+def raw_from_array(array: np.ndarray, datatype: str) -> bytes:
+    """The raw bytes of an output tensor, the inverse of ``array_from_raw``."""
+    return _pack_bytes(array) if datatype == "BYTES" else np.ascontiguousarray(array).tobytes()
+
+
 def encode_json(value: Any) -> bytes:
     """JSON bytes of any plain value (used for metadata and errors)."""
     return _json_encoder.encode(value)
@@ -269,7 +280,9 @@ __all__ = [
     "V2_TO_NUMPY",
     "DecodedRequest",
     "InferenceRequest",
+    "array_from_raw",
     "decode_request",
     "encode_json",
     "encode_response",
+    "raw_from_array",
 ]

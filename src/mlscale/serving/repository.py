@@ -162,7 +162,7 @@ class ModelRepository:
         root: Path,
         *,
         max_queue_size: int = 1024,
-        queue_delay: tuple[float, float] = (0.05, 0.1),
+        queue_delay: tuple[float, float] = (0.05, 1.0),
         caches: Caches | None = None,
         features: Callable[[], OnlineStore] | None = None,
     ) -> None:
@@ -171,7 +171,7 @@ class ModelRepository:
         # Opens the online feature store on first need (models declaring [features]).
         self.features = features
         self.max_queue_size = max_queue_size
-        # Default (target, interval) of queue-delay admission; model.toml may override either.
+        # Default (target, max wait) of queue-delay admission; model.toml may override either.
         self.queue_delay = queue_delay
         self.models: dict[str, ModelEntry] = {}
         # Models unloaded through the API stay unloaded until loaded through the API.
@@ -311,7 +311,7 @@ class ModelRepository:
             on_batch=meters.on_batch,
             admission=QueueDelayAdmission(
                 config.queue_delay_target or self.queue_delay[0],
-                config.queue_delay_interval or self.queue_delay[1],
+                config.max_queue_wait or self.queue_delay[1],
             ),
             on_shed=meters.on_shed,
         )

@@ -34,7 +34,7 @@ def build_app(settings: Settings, *, control_dir: Path | None = None, workers: i
     repository = ModelRepository(
         settings.resolve(settings.server.model_repository),
         max_queue_size=settings.server.max_queue_size,
-        queue_delay=(settings.server.queue_delay_target, settings.server.queue_delay_interval),
+        queue_delay=(settings.server.queue_delay_target, settings.server.max_queue_wait),
         caches=caches,
         features=feature_store.online,
     )
@@ -44,6 +44,21 @@ def build_app(settings: Settings, *, control_dir: Path | None = None, workers: i
         ("POST", "/v1/features"): feature_store.handle_request,
         ("POST", "/v1/events/*"): events.handle_request,
     }
+    services = []
+    if settings.server.grpc_port:
+        from mlscale.serving.grpc_v2.service import GrpcListener
+
+        server = settings.server
+        tls = settings.tls
+        services.append(
+            GrpcListener(
+                server.host,
+                server.grpc_port,
+                server.max_body_bytes,
+                grace=server.graceful_timeout,
+                tls=(str(settings.resolve(tls.certfile)), str(settings.resolve(tls.keyfile))) if tls.enabled else None,
+            )
+        )
     payload_log = None
     if settings.monitoring.payload_log.enabled:
         from mlscale.monitoring.payload_log import payload_log_from_settings
@@ -59,6 +74,7 @@ def build_app(settings: Settings, *, control_dir: Path | None = None, workers: i
         payload_log=payload_log,
         on_shutdown=[events.close],
         guard=guard_from_settings(settings, workers),
+        services=services,
     )
     if not settings.server.dashboard:
         return app
@@ -131,6 +147,30 @@ def app_from_environment():
     return build_app(settings, control_dir=Path(os.environ[STATE_ENV]), workers=int(os.environ[WORKERS_ENV]))
 
 
+def check_grpc_port(host: str, http_port: int, grpc_port: int) -> None:
+    """Refuse a gRPC port that is taken, before any worker starts. Workers bind it with SO_REUSEPORT
+    (to share it between themselves), which would also let them share it silently with another
+    server of the same user; a plain bind here fails instead, with a clear message."""
+    import socket
+
+    from mlscale.errors import ConfigError
+
+    if grpc_port == http_port:
+        raise ConfigError(f"--grpc-port {grpc_port} is also the HTTP --port: choose another, or 0 to turn gRPC off")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # SO_REUSEADDR, as the workers' sockets: a restart binds despite old connections in TIME_WAIT,
+        # yet any socket listening on the port still makes this bind fail.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, grpc_port))
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen for gRPC on {host}:{grpc_port} ({exc.strerror}): choose another --grpc-port, "
+                "or 0 to turn gRPC off"
+            ) from None
+
+
 def run_server(project: Settings) -> None:
     """Serve until SIGINT/SIGTERM; in-flight requests are drained before workers exit."""
     import uvicorn
@@ -145,6 +185,8 @@ def run_server(project: Settings) -> None:
         raise ConfigError(f"{repository}: the model repository folder does not exist")
     if settings.workers < 1:
         raise ConfigError("--workers must be at least 1")
+    if settings.grpc_port:
+        check_grpc_port(settings.host, settings.port, settings.grpc_port)
     scratch = Path(tempfile.mkdtemp(prefix="mlscale-serve-"))
     (scratch / "metrics").mkdir()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(scratch / "metrics")

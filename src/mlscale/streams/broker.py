@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from mlscale.errors import InvalidInput
+from mlscale.errors import InvalidInput, ServiceUnavailable
 
 _encoder = msgspec.json.Encoder()
 
@@ -34,6 +34,18 @@ class Message:
     partition: int
     offset: int
     value: bytes
+
+
+class AppendIncomplete(ServiceUnavailable):
+    """An append stopped part way: ``appended`` of ``total`` records are in the log.
+
+    Raised only after the backend's own retries; the message says whether running the same call
+    again is safe (a backend with publish deduplication appends only the rest).
+    """
+
+    def __init__(self, message: str, appended: int, total: int) -> None:
+        super().__init__(message)
+        self.appended, self.total = appended, total
 
 
 def partition_for(key: bytes, partitions: int) -> int:
@@ -116,17 +128,29 @@ class Broker(ABC):
         return payloads, parts
 
     def append(
-        self, topic: str, records: Sequence[bytes | dict], keys: Sequence[bytes | str] | None = None
+        self,
+        topic: str,
+        records: Sequence[bytes | dict],
+        keys: Sequence[bytes | str] | None = None,
+        call_id: str | None = None,
     ) -> list[int]:
-        """Append records (JSON objects or bytes); returns each record's offset in its partition."""
+        """Append records (JSON objects or bytes); returns each record's offset in its partition.
+
+        ``call_id`` names the call for brokers that deduplicate publishes (NATS JetStream): the same
+        id with the same records within the broker's duplicate window is stored once, so a caller
+        that retries a failed call with the same id appends only what is missing. Without it, every
+        call is new: identical records sent twice are stored twice, on every broker."""
         if not records:
             return []
         payloads, parts = self.route(topic, records, keys)
-        return self._append(topic, payloads, parts)
+        return self._append(topic, payloads, parts, call_id)
 
     @abstractmethod
-    def _append(self, topic: str, payloads: list[bytes], partitions: list[int]) -> list[int]:
-        """Write encoded payloads to their partitions, keeping their order within each partition."""
+    def _append(
+        self, topic: str, payloads: list[bytes], partitions: list[int], call_id: str | None = None
+    ) -> list[int]:
+        """Write encoded payloads to their partitions, keeping their order within each partition.
+        ``call_id``: see ``append``."""
 
     # -- consumer groups -----------------------------------------------------------------------
     def assignment(self, topic: str, group: str, consumer: str) -> list[int]:

@@ -11,6 +11,14 @@ Fencing: taking a partition over bumps its epoch; a commit from an instance hold
 epoch also versions every online value the owner writes (the store keeps a value with a newer
 one), so it must outrank every epoch that ever wrote to the online store, even from a checkpoint
 file since deleted: a new epoch is the greater of the old one + 1 and the wall clock in ms.
+
+Backends (one interface, ``Checkpoints``; ``open_checkpoints`` picks one from a spec):
+- ``CheckpointStore``: embedded SQLite file, the default on one host;
+- ``PostgresCheckpoints`` (checkpoint_postgres.py) and ``RedisCheckpoints`` (checkpoint_redis.py):
+  shared by processors on several hosts, so a host that dies has its partitions taken over from
+  its last checkpoint. Each keeps the same rules: acquire bumps the epoch atomically, a commit is
+  refused for a partition whose epoch moved, and the new epoch comes from the store's clock (one
+  clock for every host, so clock skew between hosts cannot make a new owner's epoch smaller).
 """
 
 from __future__ import annotations
@@ -18,7 +26,10 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from abc import ABC, abstractmethod
 from pathlib import Path
+
+from mlscale.errors import ConfigError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS partitions (
@@ -34,8 +45,72 @@ class Fenced(Exception):
     """Another instance took this partition over; drop it without committing."""
 
 
-class CheckpointStore:
-    """Per (processor name, partition): epoch, last processed offset and one state blob per feature."""
+class Checkpoints(ABC):
+    """Per (processor name, partition): epoch, last processed offset and one state blob per feature.
+
+    A processor name is ``<group>/<topic>``; several processors (hosts) with the same name share
+    the partitions, each taking some with ``acquire`` and committing them with ``commit``.
+    """
+
+    @abstractmethod
+    def acquire(self, name: str, part: int) -> tuple[int, int, dict[str, bytes]]:
+        """Take a partition: bump its epoch; return (epoch, offset, state blobs by feature).
+
+        A partition never seen starts at offset -1 with no state."""
+
+    @abstractmethod
+    def commit(self, name: str, updates: dict[int, tuple[int, int, dict[str, bytes]]]) -> list[int]:
+        """Commit {partition: (epoch, offset, blobs)} atomically; returns partitions fenced off (skipped).
+
+        A partition is fenced when its epoch is no longer ``epoch`` (another instance acquired it):
+        nothing of it is written. Blobs not named keep their previous value."""
+
+    @abstractmethod
+    def epochs(self, name: str) -> dict[int, int]:
+        """Current epoch per partition: a processor holding an older one has been taken over."""
+
+    @abstractmethod
+    def offsets(self, name: str) -> dict[int, int]:
+        """Last committed offset per partition."""
+
+    @abstractmethod
+    def forget(self, name: str) -> None:
+        """Delete every partition of ``name`` (a reset; tests clean up with it)."""
+
+    def close(self) -> None:  # noqa: B027 - nothing to release by default
+        """Release connections and files."""
+
+    def __enter__(self) -> Checkpoints:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def open_checkpoints(spec: str | Path, root: str | Path = ".") -> Checkpoints:
+    """``postgresql://...``, ``redis://...`` or an SQLite file (``sqlite:PATH`` or a bare path,
+    relative to ``root``; ``:memory:`` for one process)."""
+    text = str(spec)
+    if text.startswith(("postgresql://", "postgres://")):
+        from mlscale.streams.checkpoint_postgres import PostgresCheckpoints
+
+        return PostgresCheckpoints(text)
+    if text.startswith(("redis://", "rediss://", "unix://")):
+        from mlscale.streams.checkpoint_redis import RedisCheckpoints
+
+        return RedisCheckpoints(text)
+    if "://" in text and not text.startswith("sqlite:"):
+        raise ConfigError(f"checkpoint store {text!r}: expected postgresql://..., redis://... or an SQLite path")
+    path = text.removeprefix("sqlite:").removeprefix("//")
+    if not path:
+        raise ConfigError("checkpoint store 'sqlite:' needs a path")
+    if path != ":memory:" and not Path(path).is_absolute():
+        path = str(Path(root) / path)
+    return CheckpointStore(path)
+
+
+class CheckpointStore(Checkpoints):
+    """The embedded backend: one SQLite file shared by the processors of one host."""
 
     def __init__(self, path: str | Path) -> None:
         if str(path) != ":memory:":
@@ -94,7 +169,6 @@ class CheckpointStore:
         return fenced
 
     def epochs(self, name: str) -> dict[int, int]:
-        """Current epoch per partition: a processor holding an older one has been taken over."""
         with self._lock:
             rows = self._db.execute("SELECT part, epoch FROM partitions WHERE name=?", (name,)).fetchall()
         return dict(rows)
@@ -102,6 +176,13 @@ class CheckpointStore:
     def offsets(self, name: str) -> dict[int, int]:
         with self._lock:
             return dict(self._db.execute("SELECT part, off FROM partitions WHERE name=?", (name,)).fetchall())
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("DELETE FROM partitions WHERE name=?", (name,))
+            self._db.execute("DELETE FROM state WHERE name=?", (name,))
+            self._db.execute("COMMIT")
 
     def close(self) -> None:
         with self._lock:

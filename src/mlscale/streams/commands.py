@@ -52,6 +52,7 @@ def run(config_path, consumer, idle_exit, metrics_port, quiet) -> None:
     from rich.table import Table
 
     from mlscale.storage import open_store
+    from mlscale.streams.checkpoint import open_checkpoints
     from mlscale.streams.connect import broker_from_settings
     from mlscale.streams.processor import StreamProcessor
 
@@ -69,7 +70,7 @@ def run(config_path, consumer, idle_exit, metrics_port, quiet) -> None:
         broker,
         s.features,
         online,
-        settings.resolve(s.checkpoint_dir) / "checkpoints.db",
+        open_checkpoints(s.checkpoint or settings.resolve(s.checkpoint_dir) / "checkpoints.db", root=settings.root),
         group=s.group,
         consumer=consumer,
         batch_size=s.batch_size,

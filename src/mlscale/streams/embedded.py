@@ -54,7 +54,9 @@ class EmbeddedBroker(Broker):
         self._position: dict[tuple[str, str, str, int], int] = {}
         self._rotate = 0
 
-    def _append(self, topic: str, payloads: list[bytes], partitions: list[int]) -> list[int]:
+    def _append(
+        self, topic: str, payloads: list[bytes], partitions: list[int], call_id: str | None = None
+    ) -> list[int]:
         offsets = [0] * len(payloads)
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")

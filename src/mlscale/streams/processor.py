@@ -38,7 +38,7 @@ import numpy as np
 from mlscale.storage.base import KeyValue
 from mlscale.streams import metrics
 from mlscale.streams.broker import Broker, Message
-from mlscale.streams.checkpoint import CheckpointStore
+from mlscale.streams.checkpoint import Checkpoints, open_checkpoints
 from mlscale.streams.decode import Columns, FeatureDecoder
 from mlscale.streams.dedup import Deduplicator, state_name
 from mlscale.streams.definitions import CompiledFeature, WindowedFeature
@@ -90,7 +90,7 @@ class StreamProcessor:
         broker: Broker,
         features: Sequence[WindowedFeature | CompiledFeature],
         sink: KeyValue,
-        checkpoints: CheckpointStore | str | Path,
+        checkpoints: Checkpoints | str | Path,
         group: str = "mlscale-features",
         consumer: str | None = None,
         batch_size: int = 20_000,
@@ -100,7 +100,7 @@ class StreamProcessor:
         self.broker = broker
         self.features = [f.compile() if isinstance(f, WindowedFeature) else f for f in features]
         self.sink = sink
-        self.checkpoints = checkpoints if isinstance(checkpoints, CheckpointStore) else CheckpointStore(checkpoints)
+        self.checkpoints = checkpoints if isinstance(checkpoints, Checkpoints) else open_checkpoints(checkpoints)
         self.group = group
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.batch_size = batch_size

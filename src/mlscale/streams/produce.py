@@ -16,7 +16,7 @@ from typing import BinaryIO
 import msgspec
 
 from mlscale.errors import InvalidInput
-from mlscale.streams.broker import Broker
+from mlscale.streams.broker import AppendIncomplete, Broker
 from mlscale.streams.ingest import check_topic
 
 CHUNK = 10_000
@@ -50,7 +50,15 @@ def produce(
         return _produce_array(broker, topic, source.read(), chunk, on_progress)
     appended = done = 0
     pending: list[dict] = []
+    first = 1  # line number of pending's first event
     decode = msgspec.json.decode
+
+    def flush(before: int) -> None:
+        nonlocal appended, pending, first
+        _append_chunk(broker, topic, pending, first, before, appended)
+        appended += len(pending)
+        pending, first = [], before
+
     for lineno, line in enumerate(source, 1):
         done += len(line)
         if not line.strip():
@@ -63,29 +71,37 @@ def produce(
             if isinstance(event, dict):
                 pending.append(event)
                 if len(pending) >= chunk:
-                    broker.append(topic, pending)
-                    appended += len(pending)
-                    pending = []
+                    flush(lineno + 1)
                     if on_progress:
                         on_progress(done)
                 continue
             reason = f"a JSON {type(event).__name__}, not an object"
         if pending:
-            broker.append(topic, pending)
-            appended += len(pending)
+            flush(lineno)
         raise ProduceError(
             f"line {lineno}: {reason}; appended the {appended} events before it to {topic!r}, "
             f"none from line {lineno} on (resume with: tail -n +{lineno} FILE)",
             appended,
         )
     if pending:
-        broker.append(topic, pending)
-        appended += len(pending)
+        flush(lineno + 1)
     if on_progress:
         on_progress(done)
     if not appended:
         raise ProduceError("no events in the input", 0)
     return appended
+
+
+def _append_chunk(broker: Broker, topic: str, events: list[dict], first: int, end: int, before: int) -> None:
+    """Append lines first..end-1; the call is named by its first line, so a broker that deduplicates
+    publishes (NATS) stores only what is missing when the same file is produced again."""
+    try:
+        broker.append(topic, events, call_id=f"produce:line:{first}")
+    except AppendIncomplete as exc:
+        raise ProduceError(
+            f"lines {first}-{end - 1}: {exc}; the {before} events before line {first} are in {topic!r}",
+            before + exc.appended,
+        ) from None
 
 
 def _is_array(source: BinaryIO, first: bytes) -> bool:

@@ -60,7 +60,9 @@ class RedisStreamsBroker(Broker):
     def _stream(self, topic: str, partition: int) -> str:
         return f"{self.prefix}{topic}:{partition}"
 
-    def _append(self, topic: str, payloads: list[bytes], partitions: list[int]) -> list[int]:
+    def _append(
+        self, topic: str, payloads: list[bytes], partitions: list[int], call_id: str | None = None
+    ) -> list[int]:
         pipe = self._r.pipeline(transaction=False)
         for payload, p in zip(payloads, partitions, strict=True):
             pipe.xadd(self._stream(topic, p), {b"v": payload})

@@ -3,6 +3,7 @@
 [streams]
 broker = "embedded:streams/log.db"      # or redis://127.0.0.1:6379/0, nats://127.0.0.1:4222
 online = "sqlite:///streams/online.db"   # any storage spec (memory://, redis://..., shards)
+checkpoint = "postgresql://app@db:5432/mlscale"  # shared checkpoints (or redis://...); default: checkpoint_dir
 offline_dir = "offline"
 [[streams.features]]
 name = "spend_1m"
@@ -27,6 +28,10 @@ class StreamSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     partitions: int = 8
     group: str = "mlscale-features"
     checkpoint_dir: str = "streams/checkpoints"
+    # Where checkpoints (window state, offsets, epochs, dedup state) live: "" keeps an SQLite file in
+    # checkpoint_dir (one host); postgresql://... or redis://... lets processors on several hosts
+    # share the partitions and take over from a dead host.
+    checkpoint: str = ""
     online: str = "sqlite:///streams/online.db"
     offline_dir: str = "offline"
     # Seconds between checkpoints (state + offsets); shorter means less replay after a crash.

@@ -107,7 +107,9 @@ class NetCluster:
     """``with NetCluster(hosts=4) as cluster: cluster.redis_url``: the engines above on namespace hosts.
 
     ``kill(host, name)`` SIGKILLs one engine, ``kill_host`` every process of a host, ``link(host, up)``
-    cuts or heals a host's link (processes stay alive).
+    cuts or heals a host's link (processes stay alive). ``add_host`` plugs in one more host with no
+    engine (an application host: stream processors, servers) that a test may kill or cut off without
+    touching the engines; ``remove_host`` takes it away again.
     """
 
     def __init__(
@@ -131,9 +133,8 @@ class NetCluster:
         self.subnet = f"10.213.{net}"
         self.bridge = f"{self.prefix}-br"
         self.gateway = f"{self.subnet}.1"
-        self.hosts = [
-            Host(i, f"{self.prefix}-h{i}", f"{self.subnet}.{10 + i}", f"{self.prefix}-v{i}") for i in range(hosts)
-        ]
+        self.hosts = [self._host(i) for i in range(hosts)]
+        self.engine_hosts = hosts  # the first hosts hold the engines; add_host appends application hosts
         self.want_nats, self.want_redis, self.want_postgres = nats, redis, postgres
         self.redis_node_timeout_ms = redis_node_timeout_ms
         self.workdir = Path(workdir) if workdir else Path(tempfile.gettempdir()) / f"mlscale-netcluster-{tag}"
@@ -151,7 +152,7 @@ class NetCluster:
 
     def redis_replica_host(self, primary: int) -> Host:
         """The host of the replica of the primary on host ``primary``: the next host."""
-        return self.hosts[(primary + 1) % len(self.hosts)]
+        return self.hosts[(primary + 1) % self.engine_hosts]
 
     @property
     def nats_urls(self) -> list[str]:
@@ -169,7 +170,7 @@ class NetCluster:
 
     @property
     def postgres_host(self) -> Host:
-        return self.hosts[-1]
+        return self.hosts[self.engine_hosts - 1]
 
     @property
     def postgres_dsn(self) -> str:
@@ -215,19 +216,43 @@ class NetCluster:
             host.processes.clear()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
+    def _host(self, i: int) -> Host:
+        return Host(i, f"{self.prefix}-h{i}", f"{self.subnet}.{10 + i}", f"{self.prefix}-v{i}")
+
     def _build_network(self) -> None:
         _ip("link", "add", self.bridge, "type", "bridge")
         _ip("addr", "add", f"{self.gateway}/24", "dev", self.bridge)
         _ip("link", "set", self.bridge, "up")
         for host in self.hosts:
-            _ip("netns", "add", host.namespace)
-            _ip("link", "add", host.veth, "type", "veth", "peer", "name", "eth0", "netns", host.namespace)
-            _ip("link", "set", host.veth, "master", self.bridge)
-            _ip("link", "set", host.veth, "up")
-            self.exec_ip(host, "addr", "add", f"{host.address}/24", "dev", "eth0")
-            self.exec_ip(host, "link", "set", "eth0", "up")
-            self.exec_ip(host, "link", "set", "lo", "up")
-            self.exec_ip(host, "route", "add", "default", "via", self.gateway)
+            self._plug(host)
+
+    def _plug(self, host: Host) -> None:
+        """Make ``host``'s namespace and join it to the bridge."""
+        _ip("netns", "add", host.namespace)
+        _ip("link", "add", host.veth, "type", "veth", "peer", "name", "eth0", "netns", host.namespace)
+        _ip("link", "set", host.veth, "master", self.bridge)
+        _ip("link", "set", host.veth, "up")
+        self.exec_ip(host, "addr", "add", f"{host.address}/24", "dev", "eth0")
+        self.exec_ip(host, "link", "set", "eth0", "up")
+        self.exec_ip(host, "link", "set", "lo", "up")
+        self.exec_ip(host, "route", "add", "default", "via", self.gateway)
+
+    def add_host(self) -> Host:
+        """One more host on the bridge, with no engine: where a test runs the processes it kills."""
+        host = self._host(len(self.hosts))
+        self.hosts.append(host)  # before plugging, so cleanup() finds its veth even if plugging fails
+        self._plug(host)
+        return host
+
+    def remove_host(self, host: Host) -> None:
+        """Kill every process of an added host and delete it (the engine hosts stay); newest first,
+        so host numbers stay positions in ``hosts``."""
+        if host.index < self.engine_hosts or host is not self.hosts[-1]:
+            raise ValueError("only the newest host made by add_host can be removed")
+        self.kill_host(host.index)
+        _ip("netns", "del", host.namespace, check=False)
+        _ip("link", "del", host.veth, check=False)
+        self.hosts.remove(host)
 
     def exec_ip(self, host: Host, *args: str) -> None:
         _ip("netns", "exec", host.namespace, "ip", *args)

@@ -16,7 +16,7 @@ _EXPORTS = {
     "FeedSettings": "mlscale.vision.settings",
     "Finding": "mlscale.vision.detectors",
     "ImageFolderSource": "mlscale.vision.sources",
-    "LatestSlot": "mlscale.vision.pipeline",
+    "FrameQueue": "mlscale.vision.pipeline",
     "OnnxScorer": "mlscale.vision.detectors",
     "RuleDetector": "mlscale.vision.detectors",
     "RuleSettings": "mlscale.vision.settings",
@@ -32,6 +32,7 @@ _EXPORTS = {
     "ZoneSettings": "mlscale.vision.settings",
     "demo_settings": "mlscale.vision.pipeline",
     "labelled_suite": "mlscale.vision.synthetic",
+    "score_clip": "mlscale.vision.evaluate",
     "start_vision": "mlscale.vision.pipeline",
 }
 __all__ = sorted(_EXPORTS)

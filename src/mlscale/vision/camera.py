@@ -5,7 +5,6 @@ events (one event per incident, not one per frame).
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -28,33 +27,43 @@ class Verdict:
 
 
 class _Debouncer:
-    """A kind fires when it is above threshold in ``min_frames`` of the last ``min_frames + 1``
-    frames (one missed frame, an occlusion say, does not reset it), then stays silent until it has
-    been below threshold for ``cooldown`` seconds: one incident, one event."""
+    """A kind fires when it has been above threshold for ``confirm`` seconds of the footage's own
+    time (a gap shorter than ``gap`` seconds, an occlusion say, does not reset it), then stays
+    silent until it has been below threshold for ``cooldown`` seconds: one incident, one event.
 
-    def __init__(self, threshold: float, min_frames: int, cooldown: float):
-        self.threshold, self.min_frames, self.cooldown = threshold, min_frames, cooldown
-        self.recent: dict[str, deque] = {}
+    Why seconds and not frames: when a loaded machine judges fewer frames of a camera, a rule
+    counted in frames would wait longer (or shorter) in time, and the same clip would give
+    different events at 1 feed and at 64.
+    """
+
+    def __init__(self, threshold: float, confirm: float, cooldown: float, gap: float = 0.5):
+        self.threshold, self.confirm, self.cooldown, self.gap = threshold, confirm, cooldown, gap
+        self.since: dict[str, float] = {}  # kind -> start of its current run above threshold
         self.active: dict[str, bool] = {}
         self.last_above: dict[str, float] = {}
 
-    def update(self, t: float, findings: list[Finding]) -> list[Finding]:
+    def update(self, t: float, findings: list[Finding], confirm: dict[str, float] | None = None) -> list[Finding]:
         best: dict[str, Finding] = {}
         for f in findings:
             if f.score >= self.threshold and (f.kind not in best or f.score > best[f.kind].score):
                 best[f.kind] = f
         fired = []
-        for kind in best.keys() | self.recent.keys():
-            recent = self.recent.setdefault(kind, deque(maxlen=self.min_frames + 1))
-            recent.append(kind in best)
-            if kind in best:
-                self.last_above[kind] = t
-                if sum(recent) >= self.min_frames and not self.active.get(kind):
-                    self.active[kind] = True
-                    fired.append(best[kind])
-            elif self.active.get(kind) and t - self.last_above[kind] >= self.cooldown:
+        for kind, finding in best.items():
+            if kind not in self.since or t - self.last_above[kind] > self.gap:
+                self.since[kind] = t
+            self.last_above[kind] = t
+            needed = (confirm or {}).get(kind, self.confirm)
+            if t - self.since[kind] >= needed - 1e-6 and not self.active.get(kind):
+                self.active[kind] = True
+                fired.append(finding)
+        for kind in list(self.active):
+            if kind not in best and self.active[kind] and t - self.last_above[kind] >= self.cooldown:
                 self.active[kind] = False
         return fired
+
+    def recently(self, kind: str, t: float, within: float) -> bool:
+        """Was ``kind`` above threshold within the last ``within`` seconds?"""
+        return kind in self.last_above and t - self.last_above[kind] <= within
 
 
 class CameraDetector:
@@ -65,7 +74,7 @@ class CameraDetector:
         feed: FeedSettings,
         warmup_seconds: float = 10.0,
         cooldown: float = 10.0,
-        min_frames: int = 2,
+        confirm: float = 0.4,
         model_factory: Callable[[], ActivityModel] = ActivityModel,
     ):
         self.feed = feed
@@ -78,7 +87,9 @@ class CameraDetector:
         self.analyzer = MotionAnalyzer(tuple(feed.resolution), history=history, persistence_seconds=persistence)
         self.rules = RuleDetector(feed.zones, feed.rules)
         self._model_factory = model_factory
-        self._debouncer = _Debouncer(feed.rules.threshold, min_frames, cooldown)
+        self._debouncer = _Debouncer(feed.rules.threshold, confirm, cooldown)
+        # A crowd is confirmed over a little longer: a few people passing together is not one.
+        self._confirm = {"crowd": max(confirm, 0.8)}
         self._restart(None)
 
     def _restart(self, t: float | None) -> None:
@@ -86,6 +97,7 @@ class CameraDetector:
         self.model: ActivityModel | None = None
         self._warm: list[MotionFrame] = []
         self._warm_start = t
+        self._crowd_seen = -math.inf
 
     @property
     def warming_up(self) -> bool:
@@ -100,8 +112,9 @@ class CameraDetector:
             if self._warm_start is None:
                 self._warm_start = t
             motion = self.analyzer.update(gray, t)
-            # The first second lets the background model settle; its foreground is not "normal".
-            if t - self._warm_start >= 1.0:
+            # The first part of the warm-up learns the background (the empty scene); only then is
+            # its foreground people, whose numbers, directions and speeds are learned as normal.
+            if t - self._warm_start >= max(1.0, 0.4 * self.warmup_seconds):
                 self._warm.append(motion)
             if t - self._warm_start >= self.warmup_seconds and self._warm:
                 self.model = self._model_factory().fit(self._warm)
@@ -113,11 +126,32 @@ class CameraDetector:
         texture = float(gray.std())
         covered = texture < 0.35 * self.model.texture_mean_
         motion = self.analyzer.update(gray, t, learn=not covered)
+        self.last_motion = motion
         findings = self.model.score(motion)
+        # A crowd building up (half way to the boundary already) makes directions and standing
+        # people mean little: blobs merge and split, and people in a crowd stand.
+        if any(f.kind == "crowd" and f.score >= 0.5 * self.feed.rules.threshold for f in findings):
+            self._crowd_seen = t
+        crowded = t - self._crowd_seen <= 5.0
         if not any(f.kind.startswith("camera_") and f.score >= 1.0 for f in findings):
-            findings += self.rules.score(motion)
+            rules = self.rules.score(motion)
+            # People standing in a crowd are the crowd, not loiterers; a moment after the light
+            # changed the background is still being learned again.
+            if motion.relit or crowded:
+                rules = [f for f in rules if f.kind != "loitering"]
+            findings += rules
+        # Direction means little inside a crowd, or while the background is learned again (after a
+        # change of light or an uncovered lens): blobs merge and split and seem to jump.
+        if (
+            motion.relit
+            or self._debouncer.recently("crowd", t, 5.0)
+            or self._debouncer.recently("camera_covered", t, 3.0)
+        ):
+            findings = [f for f in findings if f.kind != "wrong_way"]
         findings += extra or []
-        fired = self._debouncer.update(t, findings)
+        fired = self._debouncer.update(t, findings, self._confirm)
+        if not any(f.score >= self.feed.rules.threshold for f in findings):
+            self.model.adapt(motion)
         score = max((f.score for f in findings), default=0.0)
         if any(f.kind == "camera_moved" for f in fired):
             self._restart(t)  # a moved camera sees a new scene: learn it again

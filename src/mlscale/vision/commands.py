@@ -119,33 +119,110 @@ def run(config_path: str, duration: float | None, metrics_port: int | None, as_j
     finally:
         pipeline.stop()
     events = pipeline.events.read()
-    click.echo(f"{len(events)} events logged to {pipeline.events.path}")
+    # With --json, stdout carries JSON lines only (a consumer parses every line); the summary goes to stderr.
+    click.echo(f"{len(events)} events logged to {pipeline.events.path}", err=as_json)
+
+
+def _clean(value):
+    """NaN (no positive, or no event to judge) as null: --json output must be valid JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
 @vision.command(name="eval")
-@click.option("--seeds", type=int, default=3, show_default=True, help="Seeds per anomaly kind.")
-@click.option("--detect-fps", type=float, default=5.0, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def eval_(seeds: int, detect_fps: float, as_json: bool) -> None:
-    """Score the detector on the labelled synthetic suite (event P/R/F1, frame ROC AUC)."""
+@click.option("--clip", type=click.Path(dir_okay=False), default=None, help="A video file to score.")
+@click.option("--labels", type=click.Path(dir_okay=False), default=None, help="LABELS.json of the clip.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, help="Project file.")
+@click.option("--feed", "feed_name", default=None, help="Use this feed's settings from --config.")
+@click.option("--seeds", type=int, default=3, show_default=True, help="Without --clip: seeds per anomaly kind.")
+@click.option("--detect-fps", type=float, default=5.0, show_default=True, help="Without --clip.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def eval_(
+    clip: str | None,
+    labels: str | None,
+    config_path: str | None,
+    feed_name: str | None,
+    seeds: int,
+    detect_fps: float,
+    as_json: bool,
+) -> None:
+    """Score the detector: on a labelled video file (--clip and --labels), or without --clip on the
+    built-in synthetic suite. Event precision/recall/F1, kind accuracy, time to detection, false
+    alarms, frame ROC AUC."""
+    if clip is not None or labels is not None:
+        _eval_clip(clip, labels, config_path, feed_name, as_json)
+        return
     from mlscale.vision.evaluate import evaluate
 
     if seeds < 1:
         raise ConfigError("--seeds must be at least 1")
     summary, results = evaluate(seeds=seeds, detect_fps=detect_fps)
     if as_json:
-        click.echo(json.dumps(summary))
+        click.echo(json.dumps(_clean(summary)))
         return
     for r in results:
-        labels = ", ".join(f"{a.kind}@{a.start:.1f}s" for a in r.labels) or "normal"
+        truth = ", ".join(f"{a.kind}@{a.start:.1f}s" for a in r.labels) or "normal"
         fired = ", ".join(f"{k}@{t:.1f}s" for t, k in r.events) or "-"
-        click.echo(f"{r.name:20s} truth: {labels:28s} events: {fired}")
+        click.echo(f"{r.name:20s} truth: {truth:28s} events: {fired}")
     click.echo(
         f"\nclips {summary['clips']}  anomalies {summary['anomalies']}  found {summary['found']}  "
         f"events {summary['events']}  false {summary['false_events']}\n"
         f"event precision {summary['precision']:.3f}  recall {summary['recall']:.3f}  "
         f"F1 {summary['f1']:.3f}  "
-        f"kind accuracy {summary['kind_accuracy']:.3f}  frame ROC AUC {summary['roc_auc']:.3f}"
+        f"kind accuracy {_fmt(summary['kind_accuracy'])}  frame ROC AUC {_fmt(summary['roc_auc'])}"
+    )
+
+
+def _eval_clip(clip: str | None, labels: str | None, config_path: str | None, feed_name: str | None, as_json: bool):
+    from mlscale.vision.evaluate import load_labels, score_clip
+    from mlscale.vision.settings import VisionSettings
+
+    if clip is None or labels is None:
+        raise ConfigError("--clip and --labels go together")
+    if feed_name is not None and config_path is None:
+        raise ConfigError("--feed needs --config")
+    vision, feed = VisionSettings(), None
+    if config_path is not None:
+        from mlscale.config import load_settings
+
+        vision = load_settings(config_path).vision
+        if feed_name is not None:
+            feed = next((f for f in vision.feeds if f.name == feed_name), None)
+            if feed is None:
+                names = ", ".join(f.name for f in vision.feeds) or "none"
+                raise ConfigError(f"no feed {feed_name!r} in {config_path} (feeds: {names})")
+        elif len(vision.feeds) == 1:
+            feed = vision.feeds[0]
+        elif vision.feeds:
+            raise ConfigError(f"{config_path} has {len(vision.feeds)} feeds: say which with --feed")
+    summary = score_clip(clip, load_labels(labels), feed, vision)
+    if as_json:
+        click.echo(json.dumps(_clean(summary)))
+        return
+    for e in summary["events"]:
+        click.echo(f"  event {e['kind']:16s} at {e['time_s']:8.2f} s  score {e['score']:.2f}")
+    for d in summary["detections"]:
+        found = (
+            f"found as {d['detected_kind']} after {d['time_to_detection_s']:.2f} s" if d["detected_kind"] else "MISSED"
+        )
+        click.echo(f"  anomaly {d['kind']:16s} {d['start_s']:7.2f}-{d['end_s']:7.2f} s: {found}")
+    per_hour = summary["false_alarms_per_hour"]
+    click.echo(
+        f"\n{summary['clip']}: {summary['duration_s']:.1f} s, {summary['frames_judged']} frames judged\n"
+        f"anomalies {summary['anomalies']}  found {summary['found']}  events {summary['event_count']}  "
+        f"false alarms {summary['false_alarms']}"
+        + (f" ({per_hour:.1f} per camera-hour)" if per_hour is not None else "")
+        + f"\nevent precision {summary['precision']:.3f}  recall {summary['recall']:.3f}  F1 {summary['f1']:.3f}  "
+        f"kind accuracy {_fmt(summary['kind_accuracy'])}  frame ROC AUC {_fmt(summary['roc_auc'])}"
     )
 
 

@@ -1,5 +1,6 @@
-"""Scoring the detector on the labelled synthetic suite: event-level precision/recall/F1 and
-frame-level ROC AUC.
+"""Scoring the detector: on the labelled synthetic suite, or on any labelled video file a user has
+(``score_clip``, behind ``mlscale vision eval --clip``): event-level precision/recall/F1, kind
+accuracy, time to detection, false alarms and frame-level ROC AUC.
 
 An event is a true positive when it fires inside a labelled anomaly of its clip (with a little slack
 after the end, since an event needs a couple of frames to confirm); a labelled anomaly is found
@@ -9,11 +10,16 @@ when at least one event matches it. Frames of the warm-up are left out of the RO
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from mlscale.vision.camera import CameraDetector
-from mlscale.vision.settings import FeedSettings, RuleSettings, ZoneSettings
-from mlscale.vision.synthetic import FLOW, RESTRICTED_ZONE, Clip, labelled_suite
+import msgspec
+
+from mlscale.errors import ConfigError
+from mlscale.vision.camera import CameraDetector, Verdict
+from mlscale.vision.settings import FeedSettings, RuleSettings, VisionSettings, ZoneSettings
+from mlscale.vision.synthetic import FLOW, RESTRICTED_ZONE, Anomaly, Clip, labelled_suite
 
 
 def synthetic_feed(name: str = "synthetic", **overrides) -> FeedSettings:
@@ -95,3 +101,98 @@ def evaluate(seeds: int = 3, detect_fps: float = 5.0, size: tuple[int, int] = (3
     """Run the whole labelled suite; returns the summary and the per-clip results."""
     results = [run_clip(clip, detect_fps) for clip in labelled_suite(seeds, size)]
     return summarize(results), results
+
+
+# -- a user's labelled clip ----------------------------------------------------------------------
+class LabelledAnomaly(msgspec.Struct, forbid_unknown_fields=True):
+    """One labelled anomaly of LABELS.json, in clip seconds."""
+
+    kind: str
+    start_s: float
+    end_s: float
+
+
+class Labels(msgspec.Struct, forbid_unknown_fields=True):
+    anomalies: list[LabelledAnomaly]
+
+
+def load_labels(path: str | Path) -> list[Anomaly]:
+    """Read ``{"anomalies": [{"kind", "start_s", "end_s"}, ...]}``; a bad file is a ConfigError."""
+    try:
+        labels = msgspec.json.decode(Path(path).read_bytes(), type=Labels)
+    except FileNotFoundError:
+        raise ConfigError(f"labels file {str(path)!r} does not exist") from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"labels file {str(path)!r}: {exc}") from None
+    for a in labels.anomalies:
+        if a.end_s < a.start_s:
+            raise ConfigError(f"labels file {str(path)!r}: {a.kind} ends ({a.end_s}) before it starts ({a.start_s})")
+    return [Anomaly(a.kind, a.start_s, a.end_s) for a in labels.anomalies]
+
+
+def score_clip(
+    clip: str | Path,
+    labels: list[Anomaly],
+    feed: FeedSettings | None = None,
+    vision: VisionSettings | None = None,
+    slack: float = 2.0,
+    timeout: float = 3600.0,
+) -> dict:
+    """Run a video file through the same pipeline as ``vision run`` (as fast as it decodes, every
+    frame due for detection judged, none dropped) and score its events against the labels.
+
+    Returns precision, recall, F1, kind accuracy, time to detection per anomaly, false alarms (and
+    per camera-hour), frame ROC AUC, and the events in clip time.
+    """
+    import tempfile
+
+    from mlscale.vision.pipeline import VisionPipeline
+
+    clip = Path(clip)
+    if not clip.exists():
+        raise ConfigError(f"clip {str(clip)!r} does not exist")
+    vision = vision or VisionSettings()
+    feed = msgspec.structs.replace(feed or FeedSettings(name="clip"), source=str(clip.resolve()), loop=False)
+    verdicts: list[tuple[float, Verdict]] = []
+    with tempfile.TemporaryDirectory(prefix="mlscale-vision-eval-") as folder:
+        settings = msgspec.structs.replace(vision, feeds=[feed], events_dir=folder, workers=1)
+        pipeline = VisionPipeline(settings, paced=False)
+        pipeline.on_verdict = lambda camera, t, verdict: verdicts.append((t, verdict))
+        deadline = time.monotonic() + timeout
+        with pipeline:
+            while not pipeline.finished() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not pipeline.finished():
+                raise ConfigError(f"clip {str(clip)!r} was not scored within {timeout:g} s")
+        events = [e for e in pipeline.events.read() if e.clip_time is not None]
+    duration = max((t for t, _ in verdicts), default=0.0)
+    judged = [(t, v) for t, v in verdicts if not v.warming_up]
+    result = ClipResult(clip.name, labels, [(e.clip_time, e.kind) for e in events])
+    result.scores = [v.score for _, v in judged]
+    result.truth = [int(any(a.start <= t < a.end for a in labels)) for t, _ in judged]
+    summary = summarize([result], slack)
+    detection = []
+    for a in labels:
+        hits = [(t, k) for t, k in result.events if _matches(t, a, slack)]
+        detection.append(
+            {
+                "kind": a.kind,
+                "start_s": a.start,
+                "end_s": a.end,
+                "detected_kind": hits[0][1] if hits else None,
+                "time_to_detection_s": round(max(0.0, hits[0][0] - a.start), 3) if hits else None,
+            }
+        )
+    warm = min((t for t, v in verdicts if not v.warming_up), default=duration)
+    hours = max(duration - warm, 0.0) / 3600.0
+    summary["event_count"] = summary.pop("events")
+    summary.update(
+        clip=str(clip),
+        duration_s=round(duration, 3),
+        frames_judged=len(verdicts),
+        false_alarms=summary["false_events"],
+        false_alarms_per_hour=summary["false_events"] / hours if hours else None,
+        detections=detection,
+        events=[{"kind": e.kind, "time_s": e.clip_time, "score": e.score} for e in events],
+    )
+    return summary

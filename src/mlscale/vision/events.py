@@ -22,6 +22,7 @@ class Event(msgspec.Struct, kw_only=True, omit_defaults=True):
 
     camera: str
     time: float  # wall-clock capture time (Unix seconds)
+    clip_time: float | None = None  # seconds from the start of the file, for events from a file
     kind: str
     score: float
     box: tuple[float, float, float, float] | None = None  # normalized x0, y0, x1, y1

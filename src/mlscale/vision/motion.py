@@ -26,6 +26,7 @@ class TrackView:
     age: float  # seconds since first seen
     hits: int  # frames it was seen in
     dwell: float  # seconds it has stayed within a small radius
+    travel: tuple[float, float] = (0.0, 0.0)  # displacement since first seen (frame widths, heights)
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,9 @@ class MotionFrame:
     shift: float | None = None  # global image shift against the reference (camera moved), if checked
     # Regions that have been foreground nearly all the time lately: (box, persistence 0..1).
     stationary: tuple[tuple[tuple[float, float, float, float], float], ...] = ()
+    # The light changed suddenly a moment ago and the background is being learned again: what moves
+    # now is mostly the change of light, not people.
+    relit: bool = False
 
 
 @dataclass
@@ -80,6 +84,11 @@ class _Track:
         return t - since
 
 
+def _detail(image: np.ndarray) -> np.ndarray:
+    """The image less its blur (float32, a new array: phaseCorrelate writes into its inputs)."""
+    return image - cv2.GaussianBlur(image, (0, 0), 4.0)
+
+
 class MotionAnalyzer:
     """Background subtraction + blob tracking for one camera (stateful: one per feed)."""
 
@@ -88,7 +97,7 @@ class MotionAnalyzer:
         resolution: tuple[int, int] = (160, 120),
         history: int = 1500,
         var_threshold: float = 16.0,
-        min_area: float = 0.001,
+        min_area: float = 0.0006,
         dwell_radius: float = 0.06,
         keep_seconds: float = 1.5,
         persistence_seconds: float = 5.0,
@@ -115,7 +124,12 @@ class MotionAnalyzer:
         self._last_t: float | None = None
         self.reference: np.ndarray | None = None
         self._persist: np.ndarray | None = None
+        self._scene: np.ndarray | None = None  # persistent already at the end of the warm-up
         self._window: np.ndarray | None = None
+        self._light: np.ndarray | None = None  # brightness of 4x4 blocks, averaged over the last seconds
+        self._relearn_until = -math.inf
+        self._last_shift_check = -math.inf
+        self._shifted = False
 
     def prepare(self, frame: np.ndarray) -> np.ndarray:
         """Downscale a BGR or grey frame to the detection resolution, in grey."""
@@ -134,6 +148,11 @@ class MotionAnalyzer:
                 background = cv2.cvtColor(background, cv2.COLOR_BGR2GRAY)
             self.reference = background.astype(np.float32)
             self._window = cv2.createHanningWindow(self.resolution, cv2.CV_32F)
+        if self._persist is not None:
+            # What already stayed put through the warm-up is part of the scene (a parked car, the
+            # ghost of someone who stood there while the background was first learned), not a
+            # loiterer: left out until it has gone.
+            self._scene = cv2.dilate((self._persist > 0.3 * 255).astype(np.uint8) * 255, self._sway)
 
     def update(self, gray: np.ndarray, t: float, learn: bool = True) -> MotionFrame:
         """Analyse one downscaled grey frame taken at ``t`` seconds.
@@ -143,19 +162,51 @@ class MotionAnalyzer:
         """
         mean, std = cv2.meanStdDev(gray)
         brightness, texture = float(mean[0, 0]), float(std[0, 0])
-        # Compensate global lighting so a cloud is not motion everywhere.
-        normalized = cv2.convertScaleAbs(gray, alpha=1.0, beta=128.0 - brightness)
+        # Compensate global lighting (a gain, as a cloud or a camera's exposure control applies it) so
+        # a change of light is not motion everywhere.
+        normalized = cv2.convertScaleAbs(gray, alpha=min(4.0, 128.0 / max(brightness, 1.0)))
         # Bootstrap fast (OpenCV's automatic rate), then learn at 1/history: with the automatic rate a
         # young model absorbs someone standing still within seconds, and loitering would go unseen.
         self._frames += 1
         rate = -1.0 if self._frames < 30 else 1.0 / self.history
+        dt = 0.2 if self._last_t is None else max(1e-3, t - self._last_t)
+        # A sudden change of light (a lamp, a cloud, the camera's exposure): gain normalization does
+        # not undo it where the image saturates, so the background is learned again for a moment.
+        # Told apart from people arriving by being everywhere: most of a 4x4 grid of blocks
+        # changes brightness the same way (a crowd changes a few blocks, a lamp all of them).
+        blocks = cv2.resize(gray, (4, 4), interpolation=cv2.INTER_AREA).astype(np.float32) + 1.0
+        if self._light is not None and learn:
+            change = blocks / self._light - 1.0
+            if max((change > 0.05).mean(), (change < -0.05).mean()) >= 0.75:
+                self._relearn_until = t + 1.5
+                self._light = blocks
+        self._light = blocks if self._light is None else self._light + (blocks - self._light) * min(1.0, dt / 3.0)
+        relit = t < self._relearn_until + 1.0
+        if learn and t < self._relearn_until:
+            rate = 0.2
         mask = self._subtractor.apply(normalized, learningRate=rate if learn else 0.0)
+        if self._frames >= 30:
+            # A shaking camera moves every strong edge by a pixel: a pixel is foreground only if it
+            # differs from the background at every point of its 3x3 neighbourhood (the darkest and
+            # brightest of them), otherwise the edges of the scene "move" all the time.
+            background = self._subtractor.getBackgroundImage()
+            if background is not None:
+                low = cv2.erode(background, self._kernel)
+                high = cv2.dilate(background, self._kernel)
+                outside = cv2.bitwise_or(
+                    cv2.compare(normalized, cv2.subtract(low, 12), cv2.CMP_LT),
+                    cv2.compare(normalized, cv2.add(high, 12), cv2.CMP_GT),
+                )
+                mask = cv2.bitwise_and(mask, outside)
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, self._kernel)
         mask = cv2.dilate(mask, self._kernel)
         w, h = self.resolution
-        fg_fraction = float(cv2.countNonZero(mask)) / (w * h)
         count, _, stats, centroids = cv2.connectedComponentsWithStats(mask, connectivity=8)
         min_px = self.min_area * w * h
+        # Moving area counted over blobs large enough to be someone: compression artefacts (a
+        # keyframe's sudden sharpness) and sensor noise light up specks all over the image.
+        areas = stats[1:count, cv2.CC_STAT_AREA]
+        fg_fraction = float(areas[areas >= min_px].sum()) / (w * h)
         blobs = [
             (
                 (float(x) / w, float(y) / h, float(x + bw) / w, float(y + bh) / h),
@@ -164,20 +215,27 @@ class MotionAnalyzer:
             for (x, y, bw, bh, area), (cx, cy) in zip(stats[1:count].tolist(), centroids[1:count].tolist(), strict=True)
             if area >= min_px
         ]
-        dt = 0.2 if self._last_t is None else max(1e-3, t - self._last_t)
         self._match(blobs, t)
         stationary = self._stationary(mask, dt) if learn else ()
+        # Checked when much of the image changed, while the background is learned again after a
+        # change of light (it would learn the moved view too), after a shift was seen, and once a
+        # second anyway: a view that moved while the background was adapting shows little motion.
+        due = fg_fraction > 0.2 or relit or self._shifted or t - self._last_shift_check >= 1.0
         shift = None
-        if self.reference is not None and fg_fraction > 0.2:
-            # Against the view at the end of the warm-up and against the background as learned now
-            # (lighting and parked objects drift); either one seeing the image shifted is enough.
+        if self.reference is not None and due:
+            self._last_shift_check = t
+            # Against the view at the end of the warm-up (its background), with the peak's strength:
+            # a weak peak is the correlation of noise and passers-by, not a moved view.
             current = normalized.astype(np.float32)
-            background = self._subtractor.getBackgroundImage()
-            shift = 0.0
-            for reference in (self.reference, None if background is None else background.astype(np.float32)):
-                if reference is not None:
-                    (dx, dy), _ = cv2.phaseCorrelate(reference, current, self._window)
-                    shift = max(shift, math.hypot(dx / w, dy / h))
+            # A copy: OpenCV's phaseCorrelate multiplies its inputs by the window in place, and
+            # the reference would fade a little more at every check.
+            # Correlated on detail (each image less its blur): the broad shading of a scene (a sky
+            # gradient, a lamp's pool of light) says little about where the view points.
+            (dx, dy), response = cv2.phaseCorrelate(_detail(self.reference), _detail(current), self._window)
+            shift = math.hypot(dx / w, dy / h) if response >= 0.05 else 0.0
+            if shift >= 0.02 and not self._aligns(current, dx, dy):
+                shift = 0.0
+            self._shifted = shift >= 0.02
         views = tuple(
             TrackView(
                 id=tr.id,
@@ -187,11 +245,42 @@ class MotionAnalyzer:
                 age=t - tr.first_seen,
                 hits=tr.hits,
                 dwell=tr.dwell(self.dwell_radius),
+                travel=(tr.history[-1][1] - tr.history[0][1], tr.history[-1][2] - tr.history[0][2]),
             )
             for tr in self._tracks
             if tr.misses == 0
         )
-        return MotionFrame(t, fg_fraction, texture, brightness, views, shift, stationary)
+        return MotionFrame(t, fg_fraction, texture, brightness, views, shift, stationary, relit)
+
+    def _aligns(self, current: np.ndarray, dx: float, dy: float) -> bool:
+        """Does moving the frame back by (dx, dy) match the reference much better than leaving it?
+
+        Why: on a repetitive texture (bricks, tiles, a fence) the correlation peak can land on the
+        pattern's period while the view has not moved at all; then the frame as it is already
+        matches the reference.
+        """
+        w, h = self.resolution
+        mx, my = int(abs(dx)) + 2, int(abs(dy)) + 2
+        inner = (slice(my, h - my), slice(mx, w - mx))
+        if h - 2 * my < 8 or w - 2 * mx < 8:
+            return True
+        # Blurred: a slight turn of the camera comes with the shift, and fine texture (gravel,
+        # leaves) would decorrelate under it even when aligned.
+        ref = cv2.GaussianBlur(self.reference, (0, 0), 2.0)[inner]
+        current = cv2.GaussianBlur(current, (0, 0), 2.0)
+        still = float(np.mean(np.abs(current[inner] - ref)))
+        size = (w, h)
+        # Both directions tried: which way round the peak reads is OpenCV's convention, and
+        # getting it wrong must not hide a moved camera.
+        moved = min(
+            float(
+                np.mean(
+                    np.abs(cv2.warpAffine(current, np.float32([[1, 0, s * dx], [0, 1, s * dy]]), size)[inner] - ref)
+                )
+            )
+            for s in (-1.0, 1.0)
+        )
+        return still > 1.3 * moved
 
     def _stationary(self, mask: np.ndarray, dt: float) -> tuple:
         """Foreground persistence per pixel, an exponential average over ``persistence_seconds``.
@@ -207,6 +296,9 @@ class MotionAnalyzer:
         cv2.accumulateWeighted(cv2.dilate(mask, self._sway), self._persist, alpha)
         level = self._persist  # mask is 0/255, so full persistence is 255
         hot = cv2.compare(level, 0.8 * 255.0, cv2.CMP_GT)
+        if self._scene is not None:
+            self._scene[level < 0.1 * 255] = 0  # gone: watched again from now on
+            hot[self._scene > 0] = 0
         count, _, stats, _ = cv2.connectedComponentsWithStats(hot, connectivity=8)
         w, h = self.resolution
         found = []
@@ -220,7 +312,10 @@ class MotionAnalyzer:
         """Greedy nearest-centroid association of blobs to tracks (cheap, and enough at 5 fps)."""
         dt = 0.2 if self._last_t is None else max(1e-3, t - self._last_t)
         self._last_t = t
-        reach = max(0.06, 0.6 * dt)
+        # A new track may have moved far (a runner's first step); one with a velocity is looked for
+        # near where it should be now, so it is not handed to someone else passing close by.
+        reaches = [max(0.06, 0.6 * dt) if len(tr.history) < 2 else max(0.04, 0.3 * dt) for tr in self._tracks]
+        reach = max(reaches, default=0.0)
         predicted = [tr.predict(t) for tr in self._tracks]
         pairs = sorted(
             (math.hypot(c[0] - p[0], c[1] - p[1]), ti, bi)
@@ -232,7 +327,7 @@ class MotionAnalyzer:
         for dist, ti, bi in pairs:
             if dist > reach:
                 break
-            if ti in used_tracks or bi in used_blobs:
+            if ti in used_tracks or bi in used_blobs or dist > reaches[ti]:
                 continue
             used_tracks.add(ti)
             used_blobs.add(bi)

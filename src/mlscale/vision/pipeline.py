@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,33 +36,58 @@ log = logging.getLogger("mlscale.vision")
 
 @dataclass(frozen=True)
 class _Item:
-    captured: float
+    captured: float  # wall clock when the frame was read
     frame: Any
+    position: float  # the frame's own time (seconds): what the detector judges on
+    clip_time: float | None  # time within the file, for events from files
 
 
-class LatestSlot:
-    """Holds at most one frame: a newer frame replaces an older one not yet taken (counted as dropped).
+class FrameQueue:
+    """A feed's frames waiting for the detector, oldest first, bounded by age.
 
-    A slow detector therefore always sees the newest frame and memory never grows, unlike a queue.
+    Why not a single latest-frame slot: under a passing burst of load the slot threw frames away
+    whenever the detector was a little late, so a camera's events depended on how many other
+    cameras shared the machine. Here every frame due for detection waits its turn while the backlog
+    is younger than ``max_backlog`` seconds (wall clock), so results are the same at 1 feed and at
+    many as long as the detector keeps up on average; only when it does not are the oldest frames
+    dropped (counted), which keeps the lag bounded. ``lossless`` makes the reader wait instead of
+    dropping (scoring a file: every due frame is judged).
     """
 
-    def __init__(self, stats: FeedStats, wake: threading.Event):
-        self._lock = threading.Lock()
-        self._item: _Item | None = None
+    def __init__(self, stats: FeedStats, wake: threading.Event, max_backlog: float = 0.6, lossless: bool = False):
+        self._cond = threading.Condition()
+        self._items: deque[_Item] = deque()
         self._stats = stats
         self._wake = wake
+        self.max_backlog = max_backlog
+        self.lossless = lossless
+        self.closed = False
 
     def put(self, item: _Item) -> None:
-        with self._lock:
-            if self._item is not None:
-                self._stats.dropped += 1
-            self._item = item
+        with self._cond:
+            if self.lossless:
+                while len(self._items) >= 8 and not self.closed:
+                    self._cond.wait(0.5)
+            self._items.append(item)
+            if not self.lossless:
+                while len(self._items) > 1 and item.captured - self._items[0].captured > self.max_backlog:
+                    self._items.popleft()
+                    self._stats.dropped += 1
         self._wake.set()
 
     def take(self) -> _Item | None:
-        with self._lock:
-            item, self._item = self._item, None
+        with self._cond:
+            item = self._items.popleft() if self._items else None
+            self._cond.notify_all()
         return item
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
 
 
 class _Feed:
@@ -69,10 +95,13 @@ class _Feed:
         self.settings = settings
         self.source = source
         self.stats = FeedStats(settings.name)
-        self.slot = LatestSlot(self.stats, wake)
+        self.slot = FrameQueue(self.stats, wake, lossless=not source.paced and not source.live)
         self.detector = CameraDetector(settings, vision.warmup_seconds, vision.cooldown_seconds)
         self.scorer = OnnxScorer(settings.onnx_model) if settings.onnx_model else None
         self.thread: threading.Thread | None = None
+        self.ended = False  # the source reached its end (files with loop = false)
+        self.queued = 0  # frames handed to the detector / judged by it
+        self.judged = 0
 
 
 class VisionPipeline:
@@ -85,6 +114,7 @@ class VisionPipeline:
         root: str | Path | None = None,
         sources: dict[str, Source] | None = None,
         detector_threads: int = 1,
+        paced: bool = True,
     ):
         if not settings.feeds:
             raise ConfigError("[vision] has no feeds: add at least one [[vision.feeds]] table")
@@ -102,13 +132,15 @@ class VisionPipeline:
         self.feeds = [
             _Feed(
                 f,
-                sources.get(f.name) or open_source(f, settings.warmup_seconds, self.root),
+                sources.get(f.name) or open_source(f, settings.warmup_seconds, self.root, paced=paced),
                 settings,
                 self._wake,
             )
             for f in settings.feeds
         ]
         self._pool = ThreadPoolExecutor(detector_threads) if detector_threads > 1 else None
+        # Called with (camera, clip time or position, verdict) for every judged frame (``vision eval``).
+        self.on_verdict: Callable[[str, float, Verdict], None] | None = None
         self._detector_thread: threading.Thread | None = None
         self.started_at: float | None = None
 
@@ -133,6 +165,8 @@ class VisionPipeline:
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
         self._wake.set()
+        for feed in self.feeds:
+            feed.slot.close()
         for feed in self.feeds:
             if feed.thread is not None:
                 feed.thread.join(timeout)
@@ -183,26 +217,44 @@ class VisionPipeline:
                 stats.corrupt = feed.source.corrupt
             if item is None:
                 stats.connected = False
+                feed.ended = True
+                self._wake.set()
                 return
-            captured, frame = item
+            captured, frame, *rest = item
+            position = rest[0] if rest else captured
+            clip_time = rest[1] if len(rest) > 1 else None
             stats.frame_read(captured)
-            # The detection rate is applied here, so skipped frames never reach the slot; only
-            # frames the detector was due to see and could not are counted as dropped.
-            if captured >= next_due:
-                next_due = max(next_due + interval, captured - interval / 2)
-                feed.slot.put(_Item(captured, frame))
+            # The detection rate is applied to the frame's own time, so which frames are judged
+            # depends on the footage alone, not on how fast it was read; skipped frames never
+            # reach the queue.
+            if position < next_due - 2 * interval:  # the clock went back (a live stream reconnected)
+                next_due = position
+            if position >= next_due - 1e-6:
+                next_due = max(next_due + interval, position - interval / 2)
+                feed.queued += 1
+                feed.slot.put(_Item(captured, frame, position, clip_time))
 
     # -- detecting -------------------------------------------------------------------------------
     def _detect_loop(self) -> None:
         while not self._stop.is_set():
             self._wake.wait(0.25)
             self._wake.clear()
-            batch = [(feed, item) for feed in self.feeds if (item := feed.slot.take()) is not None]
-            if batch:
+            while not self._stop.is_set():
+                # One frame per feed per batch, oldest first: every camera advances in step.
+                batch = [(feed, item) for feed in self.feeds if (item := feed.slot.take()) is not None]
+                if not batch:
+                    break
                 try:
                     self._process(batch)
                 except Exception:  # one bad frame must not stop every camera
                     log.exception("vision detector failed on a batch")
+                finally:
+                    for feed, _ in batch:
+                        feed.judged += 1
+
+    def finished(self) -> bool:
+        """True when every file or synthetic feed has reached its end and all its frames are judged."""
+        return all(f.ended and f.judged >= f.queued for f in self.feeds)
 
     def _process(self, batch: list[tuple[_Feed, _Item]]) -> None:
         grays = [to_small_gray(item.frame, tuple(feed.settings.resolution)) for feed, item in batch]
@@ -220,12 +272,15 @@ class VisionPipeline:
 
         def run(i: int) -> Verdict:
             feed, item = batch[i]
-            return feed.detector.process(grays[i], item.captured, extras[i])
+            return feed.detector.process(grays[i], item.position, extras[i])
 
         verdicts = list(self._pool.map(run, range(len(batch)))) if self._pool else [run(i) for i in range(len(batch))]
         done = time.time()
         for (feed, item), verdict in zip(batch, verdicts, strict=True):
             feed.stats.frame_processed(item.captured, done)
+            if self.on_verdict is not None:
+                clip = item.clip_time if item.clip_time is not None else item.position
+                self.on_verdict(feed.settings.name, clip, verdict)
             for finding in verdict.fired:
                 self._emit(feed, item, finding)
 
@@ -240,6 +295,7 @@ class VisionPipeline:
         event = Event(
             camera=feed.settings.name,
             time=item.captured,
+            clip_time=None if item.clip_time is None else round(item.clip_time, 3),
             kind=finding.kind,
             score=round(finding.score, 3),
             box=tuple(float(v) for v in finding.box) if finding.box is not None else None,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import msgspec
 
+ZONE_KINDS = ("restricted",)
+
 
 class ZoneSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """A named region of the image; ``restricted`` zones raise an event as soon as anyone is inside."""
@@ -16,7 +18,16 @@ class ZoneSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     name: str
     # x0, y0, x1, y1 as fractions of the frame.
     box: tuple[float, float, float, float]
+    # What the zone means; "restricted" is the only kind so far. Anything else is an error, not a
+    # zone silently ignored.
     kind: str = "restricted"
+
+    def __post_init__(self) -> None:
+        if self.kind not in ZONE_KINDS:
+            raise ValueError(f"zone {self.name!r}: unknown kind {self.kind!r} (known: {', '.join(ZONE_KINDS)})")
+        x0, y0, x1, y1 = self.box
+        if not (0.0 <= x0 < x1 <= 1.0 and 0.0 <= y0 < y1 <= 1.0):
+            raise ValueError(f"zone {self.name!r}: box must be x0 < x1 and y0 < y1 within 0..1, got {self.box}")
 
 
 class RuleSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -1,7 +1,12 @@
 """Camera sources: video files and RTSP/HTTP streams (PyAV), image folders, synthetic scenes.
 
-A source is opened, then read frame by frame; ``read`` returns ``(capture_time, frame)`` or None at
-the end. A frame is a BGR ndarray or, from PyAV, an ``av.VideoFrame`` kept undecoded to pixels until
+A source is opened, then read frame by frame; ``read`` returns ``(capture_time, frame)`` or
+``(capture_time, frame, position, clip_time)``, or None at the end. ``position`` is the frame's own time
+in seconds (a file's presentation time, increasing across loops): the detector decides on it, so its
+answers do not depend on how fast the machine reads. ``clip_time`` is the time within the file (it
+restarts when a file loops), which events carry so a user can find the moment in the file.
+
+A frame is a BGR ndarray or, from PyAV, an ``av.VideoFrame`` kept undecoded to pixels until
 the detector actually wants it (most frames are skipped by the detection rate, so converting them
 all would waste most of the decoding budget). Errors a user causes (a missing or corrupt file) raise
 ConfigError at ``open``; a stream that drops raises ConnectionError from ``read`` and the pipeline
@@ -24,9 +29,14 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
 class Source:
-    """Base of all sources. ``live`` sources (streams) set their own pace and are reconnected."""
+    """Base of all sources. ``live`` sources (streams) set their own pace and are reconnected.
+
+    ``paced`` sources release frames at their frame rate in wall-clock time, like a camera; unpaced
+    ones as fast as they are read (``vision eval``, which scores a file as fast as it can).
+    """
 
     live = False
+    paced = True
 
     def __init__(self, name: str):
         self.name = name
@@ -70,8 +80,10 @@ class AVSource(Source):
         loop: bool = True,
         timeout: float = 5.0,
         decoder_threads: int = 1,
+        paced: bool = True,
     ):
         super().__init__(name)
+        self.paced = paced
         self.decoder_threads = decoder_threads
         self.url = url
         self.live = "://" in url
@@ -81,6 +93,9 @@ class AVSource(Source):
         self._container = None
         self._frames = None
         self._pacer: _Pacer | None = None
+        self._offset = 0.0  # position of the current pass's start (a looping file goes on in time)
+        self._last_clip = 0.0
+        self._index = 0
 
     def open(self) -> None:
         import av
@@ -103,7 +118,10 @@ class AVSource(Source):
         ctx.thread_count = self.decoder_threads
         ctx.options = {"skip_loop_filter": "all", "flags2": "fast"}
         rate = self.fps or float(stream.average_rate or 15)
-        self._pacer = None if self.live else _Pacer(rate)
+        self._pacer = _Pacer(rate) if self.paced and not self.live else None
+        self._rate = float(stream.average_rate or rate)
+        self._index = 0
+        self._first_pts: float | None = None
         self._frames = self._decode(stream)
 
     def _decode(self, stream):
@@ -129,11 +147,21 @@ class AVSource(Source):
                 raise ConnectionError(f"stream {self.url} ended")
             if not self.loop:
                 return None
+            self._offset += self._last_clip + 1.0 / self._rate
             self.close()
             self.open()
             return self.read()
         captured = self._pacer.wait() if self._pacer else time.time()
-        return captured, frame
+        if self.live:  # a stream's timestamps restart when it reconnects: judge it on arrival time
+            return captured, frame, captured, None
+        # The presentation time, from the file's first frame; a frame without one is placed by count.
+        clip = float(frame.time) if frame.time is not None else self._index / self._rate
+        if self._first_pts is None:
+            self._first_pts = clip
+        clip = max(0.0, clip - self._first_pts)
+        self._index += 1
+        self._last_clip = clip
+        return captured, frame, self._offset + clip, clip
 
     def close(self) -> None:
         if self._container is not None:
@@ -144,8 +172,9 @@ class AVSource(Source):
 class ImageFolderSource(Source):
     """A folder of images read in name order at ``fps`` (a timelapse, or frames dumped by another tool)."""
 
-    def __init__(self, name: str, folder: str, fps: float = 15.0, loop: bool = True):
+    def __init__(self, name: str, folder: str, fps: float = 15.0, loop: bool = True, paced: bool = True):
         super().__init__(name)
+        self.paced = paced
         self.folder = Path(folder)
         self.fps = fps
         self.loop = loop
@@ -159,9 +188,10 @@ class ImageFolderSource(Source):
         if not self._files:
             raise ConfigError(f"camera {self.name!r}: image folder {str(self.folder)!r} has no images")
         self._index = 0
-        self._pacer = _Pacer(self.fps)
+        self._count = 0
+        self._pacer = _Pacer(self.fps) if self.paced else None
 
-    def read(self) -> tuple[float, Any] | None:
+    def read(self) -> tuple[float, Any, float, float] | None:
         while True:
             if self._index >= len(self._files):
                 if not self.loop:
@@ -169,51 +199,56 @@ class ImageFolderSource(Source):
                 self._index = 0
             path = self._files[self._index]
             self._index += 1
+            self._count += 1
             image = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if image is None:
                 self.corrupt += 1
                 if self.corrupt > 10 * len(self._files):
                     raise ConfigError(f"camera {self.name!r}: no readable image in {str(self.folder)!r}")
                 continue
-            return self._pacer.wait(), image
+            captured = self._pacer.wait() if self._pacer else time.time()
+            return captured, image, (self._count - 1) / self.fps, (self._index - 1) / self.fps
 
 
 class SyntheticSource(Source):
     """A synthetic scene rendered at ``fps`` in real time."""
 
-    def __init__(self, name: str, scene: SyntheticScene, fps: float = 15.0):
+    def __init__(self, name: str, scene: SyntheticScene, fps: float = 15.0, paced: bool = True):
         super().__init__(name)
         self.scene = scene
         self.fps = fps
+        self.paced = paced
 
     def open(self) -> None:
-        self._pacer = _Pacer(self.fps)
+        self._pacer = _Pacer(self.fps) if self.paced else None
         self._index = 0
 
-    def read(self) -> tuple[float, np.ndarray] | None:
+    def read(self) -> tuple[float, np.ndarray, float, float] | None:
         t = self._index / self.fps
         if self.scene.duration is not None and t >= self.scene.duration:
             return None
         self._index += 1
         frame = self.scene.render(t)
-        return self._pacer.wait(), frame
+        captured = self._pacer.wait() if self._pacer else time.time()
+        return captured, frame, t, t
 
 
-def open_source(feed, warmup: float = 10.0, root: Path | None = None) -> Source:
-    """The source a feed's settings describe (not opened yet)."""
+def open_source(feed, warmup: float = 10.0, root: Path | None = None, paced: bool = True) -> Source:
+    """The source a feed's settings describe (not opened yet). ``paced=False`` reads files as fast
+    as they decode (scoring a clip); streams always run at their own pace."""
     spec = feed.source
     if spec == "synthetic":
         try:
             scene = SyntheticScene(tuple(feed.size), seed=feed.seed, scenario=feed.scenario, warmup=warmup)
         except ValueError as exc:
             raise ConfigError(f"camera {feed.name!r}: {exc}") from None
-        return SyntheticSource(feed.name, scene, feed.fps)
+        return SyntheticSource(feed.name, scene, feed.fps, paced=paced)
     if "://" in spec:
         return AVSource(feed.name, spec)
     path = Path(spec) if root is None or Path(spec).is_absolute() else root / spec
     if path.is_dir():
-        return ImageFolderSource(feed.name, str(path), feed.fps, feed.loop)
-    return AVSource(feed.name, str(path), feed.fps, feed.loop)
+        return ImageFolderSource(feed.name, str(path), feed.fps, feed.loop, paced=paced)
+    return AVSource(feed.name, str(path), feed.fps, feed.loop, paced=paced)
 
 
 def to_bgr(frame: Any) -> np.ndarray:

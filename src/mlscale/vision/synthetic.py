@@ -74,7 +74,12 @@ class SyntheticScene:
         rng = np.random.default_rng([seed, 0])
         self.speed = self.width / 8.0 * (0.9 + 0.2 * rng.random())  # crossing the image takes ~8 s
         self.person = (max(4, round(self.width * 0.03)), max(8, round(self.height * 0.1)))
-        self.spawn_interval = 1.3
+        # Each seed is its own camera: its own walker rate, palette and, in the "mixed" scenario, its
+        # own order and timing of anomalies (demo cameras must not all raise the same event at once).
+        self.spawn_interval = 1.1 + 0.5 * rng.random()
+        self.tint = rng.uniform(0.75, 1.25, size=3)
+        self.phase = (13.0 * seed) % 40.0  # neighbouring seeds 13 s apart
+        self.rotation = seed % len(ANOMALY_KINDS)
         self._params: dict[int, tuple | None] = {}
         self.background = self._background(rng)
         self._noise = rng.normal(0.0, 3.0, size=(8, self.height, self.width, 1)).astype(np.int16)
@@ -89,8 +94,8 @@ class SyntheticScene:
         h, w = self.height, self.width
         ys = np.linspace(0, 1, h, dtype=np.float32)[:, None]
         base = 90 + 70 * ys + np.zeros((1, w), np.float32)
-        img = np.repeat(base[:, :, None], 3, axis=2)
-        for _ in range(14):  # buildings, windows, street furniture: texture for registration
+        img = np.repeat(base[:, :, None], 3, axis=2) * self.tint
+        for _ in range(int(rng.integers(10, 20))):  # buildings, windows, street furniture: texture for registration
             x0, y0 = rng.integers(0, w), rng.integers(0, int(h * 0.55))
             bw, bh = rng.integers(w // 20, w // 5), rng.integers(h // 20, h // 3)
             img[y0 : y0 + bh, x0 : x0 + bw] = rng.integers(60, 200, size=3)
@@ -151,11 +156,12 @@ class SyntheticScene:
 
     def _mixed(self, t: float) -> Anomaly | None:
         period = 40.0
-        index = math.floor((t - self.warmup - 5.0) / period)
+        first = self.warmup + 5.0 + self.phase
+        index = math.floor((t - first) / period)
         if index < 0:
             return None
-        kind = ANOMALY_KINDS[index % len(ANOMALY_KINDS)]
-        episode = self._episode(kind, self.warmup + 5.0 + index * period, None)
+        kind = ANOMALY_KINDS[(index + self.rotation) % len(ANOMALY_KINDS)]
+        episode = self._episode(kind, first + index * period, None)
         if kind == "camera_moved":
             episode = Anomaly(kind, episode.start, episode.start + 15.0)
         return episode
@@ -244,7 +250,9 @@ class SyntheticScene:
                 img[:] = 25
             elif episode.kind == "camera_moved":
                 img = np.roll(img, (round(0.05 * self.height), round(0.07 * self.width)), axis=(0, 1))
-        img += self._noise[round(t * 1000) % len(self._noise)]
+        # A different noise pattern each frame whatever the rate (t * 1000 % 8 was always 0 at 5 fps:
+        # fixed-pattern noise, which phase correlation locks onto).
+        img += self._noise[round(t * 997) % len(self._noise)]
         img += round(light)
         return np.clip(img, 0, 255).astype(np.uint8)
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from mlscale.errors import InvalidInput
 from mlscale.monitoring.drift import stattests
+from mlscale.monitoring.drift.arrow_columns import column_to_numpy
 from mlscale.monitoring.drift.profile import (
     DEFAULT_MAX_SAMPLE,
     ColumnProfile,
@@ -26,6 +27,11 @@ from mlscale.monitoring.drift.profile import (
 )
 
 HISTOGRAM_BINS = 20
+SCORED_KINDS = ("num", "cat")
+UNSCORED_KINDS = {
+    "text": "not scored: text (more than half of the values distinct); set its kind to cat to compare categories",
+    "datetime": "not scored: dates and times are not compared",
+}
 MAX_CATEGORIES_SHOWN = 20
 
 
@@ -43,6 +49,27 @@ class ColumnDrift:
     exact: bool
     reference: dict[str, list] = field(default_factory=dict)  # {"bins": [...], "counts": [...]}
     current: dict[str, list] = field(default_factory=dict)
+    # All null in the reference or in the current data: not scored, left out of the dataset share.
+    empty: bool = False
+    # Why the column was not scored (empty, text, datetime, values of another type); "" when scored.
+    reason: str = ""
+
+    @property
+    def scored(self) -> bool:
+        return not self.reason
+
+    def summary(self) -> dict[str, Any]:
+        """The verdict without the histograms, JSON-able (a NaN value becomes None)."""
+        return {
+            "column": self.column,
+            "kind": self.kind,
+            "test": self.test or None,
+            "value": self.value if math.isfinite(self.value) else None,
+            "threshold": self.threshold if math.isfinite(self.threshold) else None,
+            "drifted": self.drifted,
+            "empty": self.empty,
+            "reason": self.reason or None,
+        }
 
 
 @dataclass
@@ -55,33 +82,52 @@ class DatasetDrift:
     current_rows: int
 
     @property
+    def scored_columns(self) -> list[ColumnDrift]:
+        """The columns with a verdict; empty and unscorable columns are not among them."""
+        return [c for c in self.columns if c.scored]
+
+    @property
+    def empty_columns(self) -> list[str]:
+        return [c.column for c in self.columns if c.empty]
+
+    @property
     def drifted_columns(self) -> int:
         return sum(c.drifted for c in self.columns)
 
     @property
     def share(self) -> float:
-        return self.drifted_columns / len(self.columns) if self.columns else 0.0
+        """Drifted share of the scored columns (empty and unscorable ones left out)."""
+        scored = len(self.scored_columns)
+        return self.drifted_columns / scored if scored else 0.0
 
     @property
     def drifted(self) -> bool:
-        return bool(self.columns) and self.share >= self.drift_share
+        return bool(self.scored_columns) and self.share >= self.drift_share
+
+    def verdict(self) -> dict[str, Any]:
+        """The dataset verdict and every column's, without histograms: what ``--json`` writes."""
+        return {
+            "drifted": self.drifted,
+            "share": self.share,
+            "drift_share": self.drift_share,
+            "drifted_columns": self.drifted_columns,
+            "scored_columns": len(self.scored_columns),
+            "empty_columns": self.empty_columns,
+            "reference_rows": self.reference_rows,
+            "current_rows": self.current_rows,
+            "columns": [c.summary() for c in self.columns],
+        }
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form (NaN values become None)."""
+        """JSON-able form with the histograms (NaN values become None)."""
         columns = []
         for col in self.columns:
             item = asdict(col)
-            item["value"] = None if not math.isfinite(col.value) else col.value
+            item.update(col.summary())
             columns.append(item)
-        return {
-            "share": self.share,
-            "drifted": self.drifted,
-            "drift_share": self.drift_share,
-            "drifted_columns": self.drifted_columns,
-            "reference_rows": self.reference_rows,
-            "current_rows": self.current_rows,
-            "columns": columns,
-        }
+        data = self.verdict()
+        data["columns"] = columns
+        return data
 
 
 def as_columns(data: Any) -> dict[str, np.ndarray]:
@@ -89,7 +135,7 @@ def as_columns(data: Any) -> dict[str, np.ndarray]:
     if isinstance(data, dict):
         return {str(k): np.asarray(v) for k, v in data.items()}
     if hasattr(data, "column_names") and hasattr(data, "column"):  # pyarrow.Table
-        return {name: data.column(name).to_numpy(zero_copy_only=False) for name in data.column_names}
+        return {name: column_to_numpy(data.column(name)) for name in data.column_names}
     if hasattr(data, "columns") and hasattr(data, "__getitem__"):  # pandas.DataFrame
         return {str(name): data[name].to_numpy() for name in data.columns}
     raise InvalidInput(f"cannot read columns from {type(data).__name__}")
@@ -107,6 +153,7 @@ class DriftDetector:
         *,
         columns: list[str] | None = None,
         categorical: list[str] | tuple[str, ...] = (),
+        kinds: dict[str, str] | None = None,
         test: str | None = None,
         tests: dict[str, str] | None = None,
         threshold: float | None = None,
@@ -119,6 +166,7 @@ class DriftDetector:
                 raise InvalidInput(f"unknown drift test {name!r}; known: {', '.join(stattests.TESTS)}")
         self.columns = columns
         self.categorical = tuple(categorical)
+        self.kinds = dict(kinds or {})
         self.test = test
         self.tests = dict(tests or {})
         self.threshold = threshold
@@ -137,7 +185,7 @@ class DriftDetector:
                 if missing:
                     raise InvalidInput(f"reference has no column {missing[0]!r}")
                 data = {c: data[c] for c in self.columns}
-            profile = ReferenceProfile.fit(data, self.categorical, self.max_sample)
+            profile = ReferenceProfile.fit(data, self.categorical, self.max_sample, self.kinds)
         if self.columns is not None:
             profile = ReferenceProfile({c: profile.columns[c] for c in self.columns if c in profile.columns})
         self.profile_ = profile
@@ -150,48 +198,82 @@ class DriftDetector:
             raise InvalidInput("the drift detector is not fitted: call fit(reference) first")
         data = as_columns(current)
         plan: list[tuple[ColumnProfile, np.ndarray, str]] = []
+        unscored: dict[str, ColumnDrift] = {}
+        current_rows = 0
         for name, col in profile.columns.items():
             if name not in data:
                 raise InvalidInput(f"current data has no column {name!r}")
             raw = np.asarray(data[name]).reshape(-1)
-            if col.kind == "num":
-                try:
-                    values = np.sort(clean_numeric(raw))
-                except (TypeError, ValueError):
-                    raise InvalidInput(f"column {name!r} is numeric in the reference but not here") from None
-            else:
-                values = clean_categorical(raw)
+            current_rows = max(current_rows, raw.size)
             test = self.tests.get(name) or self.test
+            if test is not None and col.kind in SCORED_KINDS and col.kind not in stattests.TESTS[test].kinds:
+                raise InvalidInput(f"test {test!r} does not apply to {col.kind} column {name!r}")
+            values, reason = self._current_values(col, raw)
+            if reason:
+                unscored[name] = self._unscored(col, test, reason)
+                continue
             if test is None:
                 test = stattests.default_test(col, stattests.distinct_values(col, values))
-            if col.kind not in stattests.TESTS[test].kinds:
-                raise InvalidInput(f"test {test!r} does not apply to {col.kind} column {name!r}")
             plan.append((col, values, test))
         values = self._run(plan)
-        results = []
+        scored = {}
         for (col, cur, test), value in zip(plan, values, strict=True):
             spec = stattests.TESTS[test]
-            threshold = self.thresholds.get(col.name, self.threshold)
-            threshold = spec.threshold if threshold is None else threshold
+            threshold = self._threshold(col.name, test)
             ref_hist, cur_hist = histograms(col, cur)
             exact = col.exact or (test in ("chisquare", "z") or (col.values is not None and not spec.is_pvalue))
-            results.append(
-                ColumnDrift(
-                    col.name,
-                    col.kind,
-                    test,
-                    spec.title,
-                    float(value),
-                    threshold,
-                    spec.drifted(float(value), threshold),
-                    bool(exact),
-                    ref_hist,
-                    cur_hist,
-                )
+            scored[col.name] = ColumnDrift(
+                col.name,
+                col.kind,
+                test,
+                spec.title,
+                float(value),
+                threshold,
+                spec.drifted(float(value), threshold),
+                bool(exact),
+                ref_hist,
+                cur_hist,
             )
+        results = [scored.get(name) or unscored[name] for name in profile.columns]
         rows = max((c.count for c in profile.columns.values()), default=0)
-        cur_rows = max((v.size for _, v, _ in plan), default=0)
-        return DatasetDrift(results, self.drift_share, rows, cur_rows)
+        return DatasetDrift(results, self.drift_share, rows, current_rows)
+
+    def _threshold(self, column: str, test: str) -> float:
+        threshold = self.thresholds.get(column, self.threshold)
+        return stattests.TESTS[test].threshold if threshold is None else threshold
+
+    @staticmethod
+    def _current_values(col: ColumnProfile, raw: np.ndarray) -> tuple[np.ndarray, str]:
+        """The current column cleaned for its test, or the reason it cannot be scored."""
+        if col.kind not in SCORED_KINDS:
+            return raw, UNSCORED_KINDS[col.kind]
+        if col.count == 0:
+            return raw, "empty: no values in the reference (all null)"
+        if col.kind == "num":
+            try:
+                values = np.sort(clean_numeric(raw))
+            except (TypeError, ValueError):
+                return raw, "not scored: numeric in the reference, values that are not numbers in current"
+        else:
+            values = clean_categorical(raw)
+        if values.size == 0:
+            return values, "empty: no values in current (all null)"
+        return values, ""
+
+    def _unscored(self, col: ColumnProfile, test: str | None, reason: str) -> ColumnDrift:
+        spec = stattests.TESTS.get(test or "")
+        return ColumnDrift(
+            col.name,
+            col.kind,
+            test or "",
+            spec.title if spec else "",
+            math.nan,
+            self._threshold(col.name, test) if spec else math.nan,
+            False,
+            col.exact,
+            empty=reason.startswith("empty"),
+            reason=reason,
+        )
 
     @staticmethod
     def _run(plan: list[tuple[ColumnProfile, np.ndarray, str]]) -> list[float]:
@@ -236,7 +318,7 @@ def histograms(col: ColumnProfile, current: np.ndarray) -> tuple[dict[str, list]
     keys, ref, cur = stattests.value_counts(col, current)
     order = np.argsort(-(ref / max(col.count, 1) + cur / max(current.size, 1)), kind="stable")
     order = order[:MAX_CATEGORIES_SHOWN]
-    labels = [str(k) for k in keys[order].tolist()]
+    labels = [f"{k:.6g}" if col.kind == "num" else str(k) for k in keys[order].tolist()]
     return (
         {"bins": labels, "counts": ref[order].astype(int).tolist()},
         {"bins": labels, "counts": cur[order].astype(int).tolist()},

@@ -19,14 +19,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import special, stats
 
+from mlscale.monitoring.drift import distributions
 from mlscale.monitoring.drift.profile import ColumnProfile
-
-try:  # scipy's exact two-sample KS distribution: private, so fall back to the asymptotic one if gone
-    from scipy.stats._stats_py import _attempt_exact_2kssamp
-except ImportError:  # pragma: no cover - depends on the scipy version
-    _attempt_exact_2kssamp = None
 
 # scipy's ks_2samp(method="auto") is exact up to this many values in the larger sample.
 KS_EXACT_MAX_N = 10_000
@@ -104,15 +99,10 @@ def ks_pvalue(profile: ColumnProfile, current_sorted: np.ndarray) -> tuple[float
     cdf2 = np.searchsorted(current_sorted, points, side="right") / n2
     diffs = cdf1 - cdf2
     d = float(max(np.clip(-diffs.min(), 0, 1), diffs.max()))
-    g = math.gcd(n1, n2)
-    prob = None
-    if max(n1, n2) <= KS_EXACT_MAX_N and _attempt_exact_2kssamp is not None:
-        success, _d_exact, p = _attempt_exact_2kssamp(n1, n2, g, d, "two-sided")
-        if success:
-            prob = p
+    prob = distributions.ks_2samp_exact(n1, n2, d) if max(n1, n2) <= KS_EXACT_MAX_N else None
     if prob is None:
         big, small = sorted([float(n1), float(n2)], reverse=True)
-        prob = stats.kstwo.sf(d, np.round(big * small / (big + small)))
+        prob = distributions.kolmogorov_sf(d, int(np.round(big * small / (big + small))))
     return float(np.clip(prob, 0, 1)), d
 
 
@@ -219,7 +209,7 @@ def jensenshannon(profile: ColumnProfile, current: np.ndarray) -> float:
     p, q = binned(profile, current)
     p, q = p / p.sum(), q / q.sum()
     mid = (p + q) / 2.0
-    return float(np.sqrt(np.sum(special.rel_entr(p, mid) + special.rel_entr(q, mid)) / 2.0))
+    return float(np.sqrt(np.sum(distributions.rel_entr(p, mid) + distributions.rel_entr(q, mid)) / 2.0))
 
 
 def chisquare(profile: ColumnProfile, current: np.ndarray) -> float:
@@ -230,7 +220,7 @@ def chisquare(profile: ColumnProfile, current: np.ndarray) -> float:
     expected = ref * (current.size / profile.count)
     with np.errstate(divide="ignore", invalid="ignore"):
         statistic = float(np.sum((cur - expected) ** 2 / expected))
-    return float(stats.chi2.sf(statistic, ref.size - 1))
+    return distributions.chi2_sf(statistic, ref.size - 1)
 
 
 def ztest(profile: ColumnProfile, current: np.ndarray) -> float:
@@ -247,4 +237,4 @@ def ztest(profile: ColumnProfile, current: np.ndarray) -> float:
     pooled = (p1 * n1 + p2 * n2) / (n1 + n2)
     with np.errstate(divide="ignore", invalid="ignore"):
         z = (p1 - p2) / np.sqrt(pooled * (1 - pooled) * (1.0 / n1 + 1.0 / n2))
-    return float(2 * (1 - stats.norm.cdf(np.abs(z))))
+    return distributions.two_sided_normal_pvalue(float(z))

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import importlib
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
+from mlscale.errors import ConfigError
 from mlscale.serving.model_config import ModelConfig, TensorConfig
+
+# Set by the server in each worker's environment: how many worker processes share the cores.
+WORKERS_ENV = "MLSCALE_WORKERS"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,3 +61,39 @@ class Runtime(ABC):
             self.inputs = [TensorSpec.from_config(t) for t in config.inputs]
         if config.outputs:
             self.outputs = [TensorSpec.from_config(t) for t in config.outputs]
+
+
+def require(module: str, extra: str, what: str) -> ModuleType:
+    """Import an optional dependency, or fail with the extra that installs it: the user sees
+    ``pip install 'mlscale[xgboost]'`` instead of a bare ModuleNotFoundError from a worker."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ConfigError(
+            f"{what} need the Python package {module!r} ({exc}): pip install 'mlscale[{extra}]'"
+        ) from None
+
+
+def worker_threads(config: ModelConfig) -> int:
+    """Threads one model may use inside one worker: ``parameters.threads`` when set, else the
+    cores divided among the server's workers, so N workers never run N x cores threads."""
+    declared = config.parameters.get("threads")
+    if declared is not None:
+        if not isinstance(declared, int) or declared < 1:
+            raise ConfigError(f"parameters.threads must be a positive integer, got {declared!r}")
+        return declared
+    workers = max(1, int(os.environ.get(WORKERS_ENV, "1") or 1))
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+def model_file(path: Path, config: ModelConfig, candidates: tuple[str, ...]) -> Path:
+    """The model file of a version folder: ``parameters.file`` or the first candidate present."""
+    if "file" in config.parameters:
+        file = path / str(config.parameters["file"])
+        if not file.is_file():
+            raise ConfigError(f"{file}: no such model file")
+        return file
+    for name in candidates:
+        if (path / name).is_file():
+            return path / name
+    raise ConfigError(f"{path}: no model file ({', '.join(candidates)})")

@@ -1,0 +1,114 @@
+"""One inference, whatever carried it: the steps REST and gRPC share, in one place.
+
+Both transports hand over a model name and version, a way to decode the request and a way to encode
+the answer; this module does what lies between (resolve the model, admit, join features, validate,
+deadline, cache or batch, metrics, payload log). Decoding is a callback so that a refused request
+costs no decode: admission runs first, as in the REST path's "refuse before reading the body".
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from mlscale.cache.codec import pack_arrays, unpack_arrays
+from mlscale.cache.keys import prediction_key
+from mlscale.errors import DeadlineExceeded, InvalidInput, MlscaleError, ModelNotFound, Overloaded
+from mlscale.serving import metrics
+from mlscale.serving.protocol import DecodedRequest
+from mlscale.serving.repository import ModelRepository, ModelVersion
+
+T = TypeVar("T")
+# encode(model, request, outputs, response parameters or None) -> what the transport sends.
+Encode = Callable[[ModelVersion, DecodedRequest, dict, dict | None], T]
+
+_OUTCOMES = {Overloaded: "rejected", DeadlineExceeded: "timeout", ModelNotFound: "not_found"}
+
+
+class InferenceCore:
+    """The transport-neutral inference path over a model repository."""
+
+    def __init__(self, repository: ModelRepository, payload_log: Any = None) -> None:
+        self.repository = repository
+        # Sampled requests and responses for drift monitoring (mlscale.monitoring.PayloadLog), or None.
+        self.payload_log = payload_log
+
+    async def infer(
+        self,
+        name: str,
+        version: str | None,
+        decode: Callable[[], Awaitable[DecodedRequest]],
+        encode: Encode[T],
+        timeout: float | None,
+        tenant: str | None = None,
+    ) -> T:
+        """Run one request. ``timeout`` (seconds, None: none) is the default deadline, which a request
+        parameter ``timeout`` (microseconds, as tritonclient sends it) overrides. ``tenant`` (from the
+        caller's key, None without auth) is whose fair share of the model's queue the request uses.
+        Raises the typed errors of mlscale.errors, which each transport maps to its own status codes."""
+        started = time.perf_counter()
+        model = None
+        try:
+            # The model first: a request to a model or version that does not exist is "not found"
+            # whatever its body, and an unknown name costs no body read or decode.
+            model = self.repository.resolve(name, version)
+            # Wait for room in the model's queue before the request is decoded, so a refusal costs no
+            # body read or decode. A cached answer needs no queue: with a cache, only misses wait.
+            if model.cache is None:
+                await model.batcher.admit(time.monotonic() + timeout if timeout else None, tenant)
+            request = await decode()
+            if model.enricher is not None:
+                request.inputs = await model.enricher.join(request.inputs)
+            requested = tuple(o.name for o in request.outputs) if request.outputs else None
+            model.validate(request.inputs, requested)
+            parameter_timeout = request.parameters.get("timeout")
+            if parameter_timeout is not None:
+                if not isinstance(parameter_timeout, (int, float)) or parameter_timeout < 0:
+                    raise InvalidInput("parameter 'timeout' must be a non-negative number of microseconds")
+                timeout = parameter_timeout / 1e6
+            deadline = time.monotonic() + timeout if timeout else None
+            model.meters.inflight.inc()
+            try:
+                if model.cache is None:
+                    outputs = await model.batcher.submit(
+                        request.inputs, deadline, requested, admitted=True, tenant=tenant
+                    )
+                    parameters = None
+                else:
+                    outputs, parameters = await _cached_predict(model, request.inputs, deadline, requested, tenant)
+            finally:
+                model.meters.inflight.dec()
+            if requested:
+                outputs = {n: outputs[n] for n in requested if n in outputs}
+            answer = encode(model, request, outputs, parameters)
+        except MlscaleError as exc:
+            outcome = _OUTCOMES.get(type(exc), "error")
+            if model is not None:
+                model.meters.outcome(outcome).inc()
+            else:
+                metrics.REQUESTS.labels(name, "", outcome).inc()
+            raise
+        model.meters.success.inc()
+        model.meters.duration.observe(time.perf_counter() - started)
+        if self.payload_log is not None:  # never blocks: a full buffer drops and counts
+            self.payload_log.record(model.model, model.version, request.inputs, outputs)
+        return answer
+
+
+async def _cached_predict(
+    model: ModelVersion,
+    inputs: dict,
+    deadline: float | None,
+    requested: tuple[str, ...] | None,
+    tenant: str | None = None,
+) -> tuple[dict, dict]:
+    """Through the model's prediction cache; the response parameter ``cache`` says where the answer
+    came from: l1, l2, shared (waited on an identical request) or miss."""
+    key = prediction_key(model.model, model.version, inputs, requested)
+
+    async def compute() -> bytes:
+        return pack_arrays(await model.batcher.submit(inputs, deadline, requested, tenant=tenant))
+
+    packed, source = await model.cache.get_or_compute(key, compute)
+    return unpack_arrays(packed), {"cache": "miss" if source == "computed" else source}
