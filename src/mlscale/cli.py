@@ -12,6 +12,7 @@ from mlscale.errors import MlscaleError
 
 # name -> "module:attribute" of a click command or group.
 COMMANDS: dict[str, str] = {
+    "auth": "mlscale.auth.commands:auth",
     "features": "mlscale.features.commands:features",
     "gateway": "mlscale.gateway.commands:gateway",
     "monitor": "mlscale.monitoring.commands:monitor",

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import msgspec
 
+from mlscale.auth.settings import AuthSettings, QuotaSettings, TLSSettings
 from mlscale.cache.settings import CacheSettings
 from mlscale.errors import ConfigError
 from mlscale.features.settings import FeaturesSettings
@@ -74,6 +75,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     streams: StreamSettings = msgspec.field(default_factory=StreamSettings)
     monitoring: MonitoringSettings = msgspec.field(default_factory=MonitoringSettings)
     vision: VisionSettings = msgspec.field(default_factory=VisionSettings)
+    auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
+    quotas: QuotaSettings = msgspec.field(default_factory=QuotaSettings)
+    tls: TLSSettings = msgspec.field(default_factory=TLSSettings)
     # Folder of the project file; relative paths in the sections are resolved against it.
     root: str = "."
 

@@ -68,3 +68,38 @@ class ServiceUnavailable(MlscaleError):
     """A backing service (Redis, a shard) cannot be reached in time."""
 
     status = 503
+
+
+class Unauthorized(MlscaleError):
+    """No credentials, or credentials that do not verify (HTTP 401 with WWW-Authenticate).
+    The message never repeats the credential."""
+
+    status = 401
+
+    def __init__(self, message: str, error: str | None = None) -> None:
+        super().__init__(message)
+        # RFC 6750 error code for the challenge: None when no credentials were sent at all.
+        self.error = error
+
+    def challenge(self) -> bytes:
+        """The WWW-Authenticate header value."""
+        value = 'Bearer realm="mlscale"'
+        if self.error:
+            value += f', error="{self.error}"'
+        return value.encode()
+
+
+class Forbidden(MlscaleError):
+    """The credentials are valid but lack the scope the route needs (HTTP 403)."""
+
+    status = 403
+
+
+class RateLimited(MlscaleError):
+    """The caller's quota is spent; retry after ``retry_after`` seconds (HTTP 429 with Retry-After)."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

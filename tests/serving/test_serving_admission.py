@@ -164,3 +164,96 @@ def _refuse_malformed_body_while_full(server: RunningServer) -> None:
     assert statuses == [200, 200]
     metrics = httpx.get(server.url + "/metrics").text
     assert 'mlscale_shed_requests_total{model="slow",reason="admission",version="1"}' in metrics
+
+
+def test_a_light_tenant_rides_the_next_batch_past_a_heavy_tenants_queued_backlog():
+    """Tenant A queued 12 rows before tenant B's one: the next batch of 4 takes at most an equal
+    share (2) from A until B's request is in, then fills up in arrival order."""
+    model = SteppedModel()
+    now = [0.0]
+
+    def submit(batcher: AdaptiveBatcher, value: float, tenant: str) -> asyncio.Future:
+        return asyncio.ensure_future(batcher.submit({"x": np.full((1, 1), value)}, tenant=tenant))
+
+    async def scenario():
+        admission = QueueDelayAdmission(target=0.05, max_wait=30)
+        batcher = AdaptiveBatcher(model, max_batch_size=4, admission=admission, clock=lambda: now[0])
+        first = submit(batcher, 0, "a")
+        await model.wait_entered()
+        admission.drain_rate = 1_000.0  # room for 50 rows: everything below queues, nothing waits at the door
+        backlog = [submit(batcher, v, "a") for v in range(1, 13)]
+        light = submit(batcher, 100, "b")
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert batcher.queued == 13 and not batcher._door
+        model.go.release()  # the first call returns; the next batch forms
+        await model.wait_entered()
+        second = list(model.seen[1:])
+        for _ in range(3):  # A's other 9 rows: batches of 4, 4 and 1
+            model.go.release()
+            await model.wait_entered()
+        model.go.release()
+        await asyncio.gather(first, light, *backlog)
+        await batcher.close()
+        return second
+
+    second = asyncio.run(scenario())
+    assert second == [1, 2, 100, 3]  # in arrival order it would be [1, 2, 3, 4]
+    assert sorted(model.seen) == [0, *range(1, 13), 100]
+
+
+def test_at_the_door_a_tenant_under_its_share_gets_room_before_a_heavy_tenants_older_waiters():
+    """One row of room per take; A's requests wait at the door before B's two. Room alternates
+    between the tenants instead of going to all of A's first."""
+    model = SteppedModel()
+
+    def submit(batcher: AdaptiveBatcher, value: float, tenant: str) -> asyncio.Future:
+        return asyncio.ensure_future(batcher.submit({"x": np.full((1, 1), value)}, tenant=tenant))
+
+    async def settle() -> None:
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    async def scenario():
+        admission = QueueDelayAdmission(target=0.05, max_wait=30)
+        # The clock stands still: no door waiter is ever stale, so without tenants the door is FIFO.
+        batcher = AdaptiveBatcher(model, max_batch_size=1, admission=admission, clock=lambda: 0.0)
+        first = submit(batcher, 0, "a")
+        await model.wait_entered()
+        heavy = [submit(batcher, v, "a") for v in (1, 2, 3, 4)]  # 1 queues, 2, 3 and 4 wait at the door
+        await settle()
+        light = [submit(batcher, v, "b") for v in (100, 101)]
+        await settle()
+        assert batcher.queued == 1 and len(batcher._door) == 5
+        for _ in range(6):
+            model.go.release()
+            await model.wait_entered()
+        model.go.release()
+        await asyncio.gather(first, *heavy, *light)
+        await batcher.close()
+
+    asyncio.run(scenario())
+    # FIFO would be [0, 1, 2, 3, 4, 100, 101].
+    assert model.seen == [0, 1, 2, 100, 3, 101, 4]
+
+
+def test_one_tenant_alone_is_batched_in_arrival_order_as_before():
+    model = SteppedModel()
+
+    async def scenario():
+        batcher = AdaptiveBatcher(model, max_batch_size=4)
+        first = asyncio.ensure_future(batcher.submit({"x": np.full((1, 1), 0.0)}, tenant="a"))
+        await model.wait_entered()
+        rest = [
+            asyncio.ensure_future(batcher.submit({"x": np.full((1, 1), float(v))}, tenant="a")) for v in range(1, 9)
+        ]
+        await asyncio.sleep(0)
+        for _ in range(2):  # two batches of 4
+            model.go.release()
+            await model.wait_entered()
+        model.go.release()
+        await asyncio.gather(first, *rest)
+        await batcher.close()
+
+    asyncio.run(scenario())
+    assert model.seen == [float(v) for v in range(9)]

@@ -20,15 +20,25 @@ def gateway(
     """Balance requests over server replicas, with health checks and retries."""
     import uvicorn
 
+    from mlscale.auth.tls import client_context, uvicorn_ssl_options
     from mlscale.config import load_settings
     from mlscale.gateway.proxy import Gateway
 
-    settings = load_settings(config_path).gateway
+    project = load_settings(config_path)
+    settings = project.gateway
     overrides = {"backends": list(backends) or None, "strategy": strategy, "host": host, "port": port}
     settings = msgspec.structs.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
-    app = Gateway(settings)
+    guard = None
+    if settings.auth == "terminate":
+        from mlscale.auth.guard import guard_from_settings
+
+        guard = guard_from_settings(project)
+    ssl_options = uvicorn_ssl_options(project.tls, project.resolve)
+    verify = client_context(project.tls.ca_file, project.resolve)
+    app = Gateway(settings, guard=guard, verify=verify)
+    scheme = "https" if ssl_options else "http"
     click.echo(
-        f"mlscale gateway: http://{settings.host}:{settings.port} -> {', '.join(settings.backends)} "
+        f"mlscale gateway: {scheme}://{settings.host}:{settings.port} -> {', '.join(settings.backends)} "
         f"({settings.strategy})"
     )
     uvicorn.run(
@@ -41,4 +51,5 @@ def gateway(
         proxy_headers=False,  # unused here, and costly per request (see serving/server.py)
         log_level="warning",
         lifespan="on",
+        **ssl_options,
     )

@@ -6,6 +6,10 @@ when every candidate refused. A replica that answered 503 gets no new requests f
 Retry-After (at most ``shed_pause``), and when every replica is shedding the gateway answers 503
 itself before reading the body, so an overloaded cluster is not also flooded by its gateway.
 Answers pass through unchanged (status, headers, body), binary tensors included.
+
+Auth is checked once: either each replica checks the forwarded Authorization header, or the
+gateway terminates it (``guard`` given): keys, scopes and quotas are checked here, before the body
+is read, and the header is not passed on.
 """
 
 from __future__ import annotations
@@ -14,12 +18,15 @@ import asyncio
 import contextlib
 import logging
 import math
+import ssl
 import time
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import msgspec
 
+from mlscale.errors import MlscaleError
 from mlscale.gateway.balancing import Backend, ConsistentHash, PowerOfTwo
 from mlscale.gateway.settings import GatewaySettings
 
@@ -44,7 +51,7 @@ def route_key(path: str) -> str:
 class Gateway:
     """ASGI app; ``backends`` and health are shared by all requests of this process."""
 
-    def __init__(self, settings: GatewaySettings) -> None:
+    def __init__(self, settings: GatewaySettings, *, guard: Any = None, verify: ssl.SSLContext | bool = True) -> None:
         if not settings.backends:
             from mlscale.errors import ConfigError
 
@@ -54,6 +61,10 @@ class Gateway:
         self.strategy = (
             ConsistentHash(self.backends, settings.hash_load_factor) if settings.strategy == "hash" else PowerOfTwo()
         )
+        # mlscale.auth.Guard when the gateway terminates auth; None forwards it to the replicas.
+        self.guard = guard
+        # How https:// replicas are verified: an SSL context with the configured CA, or True.
+        self.verify = verify
         self._client: httpx.AsyncClient | None = None
         self._health_task: asyncio.Task | None = None
 
@@ -63,7 +74,10 @@ class Gateway:
             return
         if scope["type"] != "http":
             return
-        if scope["path"] == "/gateway/backends":
+        refusal = await self._check(scope) if self.guard is not None else None
+        if refusal is not None:
+            status, headers, body = refusal
+        elif scope["path"] == "/gateway/backends":
             status, headers, body = (
                 200,
                 [(b"content-type", b"application/json")],
@@ -80,6 +94,21 @@ class Gateway:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
+    async def _check(self, scope: dict) -> tuple[int, list, bytes] | None:
+        """The guard's refusal as a response, or None to go on."""
+        try:
+            await self.guard.check(scope["method"], scope["path"], scope["headers"])
+        except MlscaleError as exc:
+            status, headers, body = _error(exc.status, str(exc))
+            retry = getattr(exc, "retry_after", None)
+            if retry is not None:
+                headers.append((b"retry-after", str(retry).encode()))
+            challenge = getattr(exc, "challenge", None)
+            if challenge is not None:
+                headers.append((b"www-authenticate", challenge()))
+            return status, headers, body
+        return None
+
     async def _lifespan(self, receive: Callable, send: Callable) -> None:
         while True:
             message = await receive()
@@ -93,7 +122,7 @@ class Gateway:
 
     async def start(self) -> None:
         limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
-        self._client = httpx.AsyncClient(timeout=self.settings.timeout, limits=limits)
+        self._client = httpx.AsyncClient(timeout=self.settings.timeout, limits=limits, verify=self.verify)
         await self.check_health()
         self._health_task = asyncio.create_task(self._health_loop())
 
@@ -104,6 +133,8 @@ class Gateway:
                 await self._health_task
         if self._client is not None:
             await self._client.aclose()
+        if self.guard is not None:
+            await self.guard.aclose()
 
     async def _health_loop(self) -> None:
         while True:
@@ -165,7 +196,8 @@ class Gateway:
         if body is None:
             return _error(413, f"the body exceeds the gateway's limit of {self.settings.max_body_bytes} bytes")
         path = scope["path"] + (("?" + scope["query_string"].decode()) if scope.get("query_string") else "")
-        headers = [(k, v) for k, v in scope["headers"] if k not in _HOP_BY_HOP]
+        drop = _HOP_BY_HOP | {b"authorization"} if self.guard is not None and self.guard.enabled else _HOP_BY_HOP
+        headers = [(k, v) for k, v in scope["headers"] if k not in drop]
         candidates = self.strategy.order(self.backends, key)[: self.settings.retries + 1]
         last_error = "no healthy backend"
         for backend in candidates:

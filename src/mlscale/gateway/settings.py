@@ -28,10 +28,16 @@ class GatewaySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # model's requests for its Retry-After, capped here, while another replica can take them.
     shed_pause: float = 0.1
     max_body_bytes: int = 64 * 1024 * 1024
+    # forward: pass Authorization through, each replica checks it ([auth] on the replicas);
+    # terminate: the gateway checks keys, scopes and quotas ([auth], [quotas] of its project
+    # file) and strips the header, for replicas reachable only from the gateway.
+    auth: str = "forward"
 
     def __post_init__(self) -> None:
         if self.strategy not in ("p2c", "hash"):
             raise ValueError("gateway.strategy must be p2c or hash")
+        if self.auth not in ("forward", "terminate"):
+            raise ValueError("gateway.auth must be forward or terminate")
         if self.hash_load_factor < 1:
             raise ValueError("gateway.hash_load_factor must be at least 1")
         if self.retries < 0 or self.unhealthy_after < 1:

@@ -22,12 +22,15 @@ import msgspec
 import mlscale
 from mlscale.config import ServerSettings
 from mlscale.errors import (
+    Forbidden,
     InvalidInput,
     MlscaleError,
     NotFound,
     Overloaded,
     PayloadTooLarge,
+    RateLimited,
     RequestTimeout,
+    Unauthorized,
 )
 from mlscale.serving import metrics, triton
 from mlscale.serving.control import WorkerControl
@@ -83,6 +86,8 @@ class InferenceApp:
         json_routes: dict[tuple[str, str], JsonHandler] | None = None,
         on_shutdown: list[Callable[[], Any]] | None = None,
         payload_log: Any = None,
+        guard: Any = None,
+        home: str | None = None,
         services: list[Any] | None = None,
     ) -> None:
         self.repository = repository
@@ -100,6 +105,10 @@ class InferenceApp:
         self.services = services or []
         if payload_log is not None:
             self.on_shutdown.append(payload_log.close)
+        # The edge check (mlscale.auth.Guard: keys, scopes, quotas), or None when all are off.
+        self.guard = guard
+        # Where ``/`` redirects (the dashboard), or None.
+        self.home = home
         self.ready = False
         self._tasks: list[asyncio.Task] = []
         self._purges_seen: dict[str, int] = {}
@@ -114,21 +123,35 @@ class InferenceApp:
 
     async def _http(self, scope: dict, receive: Callable, send: Callable) -> None:
         path: str = scope["path"]
-        for prefix, app in self.mounts.items():
-            if path == prefix or path.startswith(prefix + "/"):
-                await app(scope, receive, send)
-                return
+        mounted = None
         try:
-            response = await self._route(scope["method"], path, scope, receive)
+            # Before anything else, mounted apps included: admission and the body read come after.
+            if self.guard is not None:
+                principal = await self.guard.check(scope["method"], path, scope["headers"])
+                if principal is not None and self.guard.enabled:  # tenants share model queues fairly
+                    scope["mlscale.tenant"] = principal.tenant
+            mounted = self._mounted(path)
+            if mounted is None:
+                response = await self._route(scope["method"], path, scope, receive)
         except MlscaleError as exc:
+            mounted = None
             response = json_response({"error": str(exc)}, exc.status)
-            if isinstance(exc, Overloaded):
+            if isinstance(exc, (Overloaded, RateLimited)):
                 response.headers.append((b"retry-after", str(exc.retry_after).encode()))
             elif isinstance(exc, RequestTimeout):  # the rest of a stalled body is not worth waiting for
                 response.headers.append((b"connection", b"close"))
+            if isinstance(exc, Unauthorized):
+                response.headers.append((b"www-authenticate", exc.challenge()))
+            reason = _REFUSALS.get(type(exc))
+            if reason is not None:
+                metrics.EDGE_REFUSALS.labels(reason).inc()
         except Exception:
+            mounted = None
             log.exception("unhandled error on %s %s", scope["method"], path)
             response = json_response({"error": "internal server error"}, 500)
+        if mounted is not None:  # outside the try: a mounted app answers (and fails) on its own
+            await mounted(scope, receive, send)
+            return
         headers = [
             (b"content-type", response.content_type),
             (b"content-length", str(len(response.body)).encode()),
@@ -136,6 +159,12 @@ class InferenceApp:
         ]
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         await send({"type": "http.response.body", "body": response.body})
+
+    def _mounted(self, path: str) -> ASGIApp | None:
+        for prefix, app in self.mounts.items():
+            if path == prefix or path.startswith(prefix + "/"):
+                return app
+        return None
 
     async def _lifespan(self, receive: Callable, send: Callable) -> None:
         while True:
@@ -186,6 +215,8 @@ class InferenceApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.repository.close()
+        if self.guard is not None:
+            await self.guard.aclose()
         if self.repository.caches is not None:
             self.repository.caches.close()
         for callback in self.on_shutdown:
@@ -240,6 +271,8 @@ class InferenceApp:
         parts = path.strip("/").split("/")
         if parts[0] == "v2":
             return await self._v2(method, parts[1:], scope, receive)
+        if path == "/" and self.home is not None:
+            return Response(307, b"", b"text/plain", [(b"location", self.home.encode())])
         if path == "/metrics" and method == "GET":
             body, content_type = metrics.render_metrics()
             return Response(200, body, content_type.encode())
@@ -411,7 +444,7 @@ class InferenceApp:
         async def decode() -> DecodedRequest:
             return decode_request(await self._read_body(scope, receive), header_length)
 
-        return await self.core.infer(name, version, decode, _encode_rest, timeout)
+        return await self.core.infer(name, version, decode, _encode_rest, timeout, scope.get("mlscale.tenant"))
 
 
 def _encode_rest(model: ModelVersion, request: DecodedRequest, outputs: dict, parameters: dict | None) -> Response:
@@ -421,6 +454,9 @@ def _encode_rest(model: ModelVersion, request: DecodedRequest, outputs: dict, pa
     return Response(
         200, payload, b"application/octet-stream", [(b"inference-header-content-length", str(json_length).encode())]
     )
+
+
+_REFUSALS = {Unauthorized: "unauthorized", Forbidden: "forbidden", RateLimited: "rate_limited"}
 
 
 def _int_header(key: bytes, value: bytes) -> int:

@@ -6,6 +6,14 @@ grows with load by itself. Admission is by queue delay (see admission.py): a req
 wait longer than the target is refused at once (503), and under sustained overload the newest
 requests are served first. A hard bound on the queue stays as a backstop. A request whose batch
 fails is retried alone, so one bad request never fails its batch-mates.
+
+Tenants share the model fairly once two or more wait (the tenant comes from the caller's key;
+without auth there is one tenant and nothing below applies). At the door, room goes first to the
+tenant holding the least of the queue (rows queued plus requests let in but not yet queued), ties
+to the tenant let in least recently, so a tenant under its equal share gets room before a heavy
+tenant's older backlog. And each batch takes at most an equal share of its rows from any one
+tenant before filling up with whatever waits, so a light tenant's request already queued rides
+the next batch instead of waiting behind a heavy tenant's rows.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ class InferenceFailed(InvalidInput):
 
 
 class _Item:
-    __slots__ = ("deadline", "enqueued", "future", "inputs", "outputs", "rows", "signature")
+    __slots__ = ("deadline", "enqueued", "future", "inputs", "outputs", "rows", "signature", "tenant")
 
     def __init__(
         self,
@@ -42,6 +50,7 @@ class _Item:
         deadline: float | None,
         future: asyncio.Future,
         enqueued: float,
+        tenant: str | None = None,
     ) -> None:
         self.inputs = inputs
         self.outputs = outputs
@@ -50,11 +59,21 @@ class _Item:
         self.deadline = deadline
         self.future = future
         self.enqueued = enqueued
+        self.tenant = tenant
 
 
 def _expire(future: asyncio.Future) -> None:
     if not future.done():
         future.set_exception(TimeoutError())
+
+
+def _add(counts: dict[str | None, int], tenant: str | None, change: int) -> None:
+    """Change a per-tenant count, dropping tenants that reach zero (so len() counts the present)."""
+    left = counts.get(tenant, 0) + change
+    if left > 0:
+        counts[tenant] = left
+    else:
+        counts.pop(tenant, None)
 
 
 def _signature(inputs: Arrays, outputs: tuple[str, ...] | None) -> tuple | None:
@@ -100,8 +119,16 @@ class AdaptiveBatcher:
         self._queued_rows = 0
         # Requests waiting for room in the queue, before their bodies are read (see admission.py),
         # and how many were let in since the last take but have not reached submit() yet.
-        self._door: deque[tuple[asyncio.Future, float]] = deque()
+        self._door: deque[tuple[asyncio.Future, float, str | None]] = deque()
         self._let_in = 0
+        # Fair sharing between tenants (entries with nothing are removed, so these stay small):
+        # rows queued, requests let in but not yet queued, and door entries, per tenant; and the
+        # order in which tenants were last let in through the door (the tie-break between equals).
+        self._tenant_rows: dict[str | None, int] = {}
+        self._tenant_let_in: dict[str | None, int] = {}
+        self._door_tenants: dict[str | None, int] = {}
+        self._last_in: dict[str | None, int] = {}
+        self._door_turn = 0
         self._wakeup = asyncio.Event()
         # Fast models run a lone request inline (no thread hand-off: lowest latency when idle);
         # batches always run on the model's thread, which keeps the event loop answering while a
@@ -117,15 +144,16 @@ class AdaptiveBatcher:
     def _has_room(self) -> bool:
         return self._queued_rows + self._let_in < self.admission.room(self.max_batch_size)
 
-    async def admit(self, deadline: float | None = None) -> None:
+    async def admit(self, deadline: float | None = None, tenant: str | None = None) -> None:
         """Return when the request may join the queue; wait at the door while the queue holds
         what drains within the target. The app calls it before reading the body, so a request
         refused here (Overloaded after ``max_wait``, DeadlineExceeded) cost no body read or decode.
-        A request let in must then call ``submit(..., admitted=True)``."""
+        ``tenant``: whose share of the queue the request counts in (None: the one shared tenant).
+        A request let in must then call ``submit(..., admitted=True, tenant=tenant)``."""
         if self._closing:
             raise Overloaded("the model version is being unloaded")
         if not self._door and self._has_room():
-            self._let_in += 1
+            self._enter(tenant)
             return
         if len(self._door) >= self.max_queue_size:
             self._shed("queue_full")
@@ -135,7 +163,8 @@ class AdaptiveBatcher:
             )
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._door.append((future, self._clock()))
+        self._door.append((future, self._clock(), tenant))
+        _add(self._door_tenants, tenant, 1)
         if self._has_room():  # room freed while others waited, and no take since to open the door
             self._open_door()
         wait = self.admission.max_wait
@@ -156,28 +185,59 @@ class AdaptiveBatcher:
         finally:
             timer.cancel()
 
-    def release(self) -> None:
+    def release(self, tenant: str | None = None) -> None:
         """Give back the room of a request ``admit`` let in that will not ``submit`` (its body was
         malformed, too large or too slow). Without it that room stayed taken until the next batch,
         and with no batch coming, enough such requests kept every later one at the door for good."""
         self._let_in = max(0, self._let_in - 1)
+        if tenant in self._tenant_let_in:
+            _add(self._tenant_let_in, tenant, -1)
         self._open_door()
+
+    def _enter(self, tenant: str | None) -> None:
+        self._let_in += 1
+        _add(self._tenant_let_in, tenant, 1)
 
     def _open_door(self) -> None:
         """Let door waiters in while the queue has room: the oldest first, the newest once the
-        oldest has waited past the target (adaptive LIFO)."""
+        oldest has waited past the target (adaptive LIFO); with several tenants at the door, the
+        tenant holding the least of the queue first, and the same order within its own waiters."""
         door = self._door
         if not door:
+            self._last_in.clear()
             return
         stale_before = self._clock() - self.admission.target
         while door and self._has_room():
-            if door[0][1] < stale_before:
-                future, _ = door.pop()  # overloaded: the newest client is the one still waiting
+            if len(self._door_tenants) > 1:
+                future, tenant = self._pop_fair(stale_before)
+            elif door[0][1] < stale_before:
+                future, _, tenant = door.pop()  # overloaded: the newest client is the one still waiting
             else:
-                future, _ = door.popleft()
+                future, _, tenant = door.popleft()
+            _add(self._door_tenants, tenant, -1)
             if not future.done():  # not timed out or disconnected
                 future.set_result(None)
-                self._let_in += 1
+                self._enter(tenant)
+                self._door_turn += 1
+                self._last_in[tenant] = self._door_turn
+        if not door:
+            self._last_in.clear()
+
+    def _pop_fair(self, stale_before: float) -> tuple[asyncio.Future, str | None]:
+        """The next door waiter of the tenant holding the least (rows queued plus let in; ties:
+        the tenant let in least recently, then the one waiting longest)."""
+
+        def held(tenant: str | None) -> tuple[int, int]:
+            share = self._tenant_rows.get(tenant, 0) + self._tenant_let_in.get(tenant, 0)
+            return share, self._last_in.get(tenant, 0)
+
+        tenant = min(self._door_tenants, key=held)  # dicts keep insertion order: longest waiting first
+        positions = [i for i, entry in enumerate(self._door) if entry[2] == tenant]
+        oldest = positions[0]
+        index = positions[-1] if self._door[oldest][1] < stale_before else oldest
+        future = self._door[index][0]
+        del self._door[index]
+        return future, tenant
 
     def _shed(self, reason: str) -> None:
         if self._on_shed is not None:
@@ -189,11 +249,13 @@ class AdaptiveBatcher:
         deadline: float | None = None,
         outputs: tuple[str, ...] | None = None,
         admitted: bool = False,
+        tenant: str | None = None,
     ) -> Arrays:
         """Outputs for one request's inputs; ``deadline`` is a time.monotonic() instant; ``outputs``
-        names the outputs wanted (None: all); ``admitted``: the caller already passed ``admit``."""
+        names the outputs wanted (None: all); ``admitted``: the caller already passed ``admit``;
+        ``tenant``: whose share of the queue it counts in."""
         if not admitted:
-            await self.admit(deadline)
+            await self.admit(deadline, tenant)
         elif self._closing and self._let_in <= 0:
             raise Overloaded("the model version is being unloaded")
         if len(self._pending) >= self.max_queue_size:  # the hard bound, whatever the estimate says
@@ -203,14 +265,17 @@ class AdaptiveBatcher:
                 retry_after=self.admission.retry_after(self._queued_rows),
             )
         self._let_in = max(0, self._let_in - 1)
+        if tenant in self._tenant_let_in:
+            _add(self._tenant_let_in, tenant, -1)
         signature = _signature(inputs, outputs)
         rows = next(iter(inputs.values())).shape[0] if signature is not None else 0
         if signature is not None and any(a.shape[0] != rows for a in inputs.values()):
             raise InvalidInput("all inputs must have the same size on axis 0 (the batch axis)")
         future = asyncio.get_running_loop().create_future()
-        item = _Item(inputs, outputs, rows, signature or (id(inputs),), deadline, future, self._clock())
+        item = _Item(inputs, outputs, rows, signature or (id(inputs),), deadline, future, self._clock(), tenant)
         self._pending.append(item)
         self._queued_rows += max(rows, 1)
+        _add(self._tenant_rows, tenant, max(rows, 1))
         self._wakeup.set()
         if deadline is None:
             return await future
@@ -224,10 +289,11 @@ class AdaptiveBatcher:
         in flight too), then stop the runner."""
         self._closing = True
         while self._door:
-            future, _ = self._door.popleft()
+            future, _, tenant = self._door.popleft()
             if not future.done():
                 future.set_result(None)
-                self._let_in += 1
+                self._enter(tenant)
+        self._door_tenants.clear()
         self._wakeup.set()
         await self._runner
         self._executor.shutdown(wait=True)
@@ -248,6 +314,7 @@ class AdaptiveBatcher:
                         return
                     continue
                 self._let_in = 0
+                self._tenant_let_in.clear()
                 self._open_door()
                 self._wakeup.clear()
                 await self._wakeup.wait()
@@ -284,9 +351,16 @@ class AdaptiveBatcher:
         drained = 0
         kept: deque[_Item] = deque()
         signature = None
+        # With several tenants queued, no tenant gets more than an equal share of this batch in a
+        # first pass; requests held back by that cap may still fill the batch afterwards.
+        tenants = len(self._tenant_rows)
+        cap = -(-self.max_batch_size // tenants) if tenants > 1 else self.max_batch_size
+        taken: dict[str | None, int] = {}
+        capped: list[_Item] = []
         while self._pending:
             item = self._pending.popleft()
             drained += max(item.rows, 1)
+            _add(self._tenant_rows, item.tenant, -max(item.rows, 1))
             if item.future.done():  # its caller gave up (deadline or disconnect)
                 continue
             if item.deadline is not None and item.deadline <= now:
@@ -294,14 +368,31 @@ class AdaptiveBatcher:
                 continue
             if signature is None:
                 signature = item.signature
-            if item.signature == signature and (not batch or rows + item.rows <= self.max_batch_size):
+            fits = item.signature == signature and (not batch or rows + item.rows <= self.max_batch_size)
+            if fits and batch and taken.get(item.tenant, 0) + item.rows > cap:
+                capped.append(item)
+                fits = False
+            if fits:
                 batch.append(item)
                 rows += item.rows
+                taken[item.tenant] = taken.get(item.tenant, 0) + item.rows
             else:
                 kept.append(item)
                 drained -= max(item.rows, 1)
+                _add(self._tenant_rows, item.tenant, max(item.rows, 1))
             if rows >= self.max_batch_size:
                 break
+        chosen: set[int] = set()
+        for item in capped:  # room left after every tenant had its share: fill it in arrival order
+            if rows + item.rows > self.max_batch_size:
+                break
+            chosen.add(id(item))
+            _add(self._tenant_rows, item.tenant, -max(item.rows, 1))
+            batch.append(item)
+            rows += item.rows
+            drained += max(item.rows, 1)
+        if chosen:
+            kept = deque(item for item in kept if id(item) not in chosen)
         kept.extend(self._pending)
         self._pending = kept
         self._queued_rows -= drained
@@ -309,6 +400,7 @@ class AdaptiveBatcher:
         # Requests let in before this take have had a loop turn to reach submit(); any still on
         # their way are few, and forgetting them keeps a request that never came from holding room.
         self._let_in = 0
+        self._tenant_let_in.clear()
         self._open_door()
         return batch
 

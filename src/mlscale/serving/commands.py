@@ -46,7 +46,8 @@ def serve(
         server = msgspec.structs.replace(server, model_repository=str(settings.resolve(server.model_repository)))
     grpc = f" and grpc://{server.host}:{server.grpc_port}" if server.grpc_port else ""
     click.echo(
-        f"mlscale: serving {server.model_repository} on http://{server.host}:{server.port}{grpc} "
+        f"mlscale: serving {server.model_repository} on {'https' if settings.tls.enabled else 'http'}://"
+        f"{server.host}:{server.port}{grpc} "
         f"with {server.workers} worker(s)"
     )
     run_server(msgspec.structs.replace(settings, server=server))

@@ -45,8 +45,9 @@ def _json_file(path: Path) -> Callable[[], Any]:
 
 
 def with_dashboard(app, repository: ModelRepository, settings: Settings):
-    """``app`` with the dashboard under /dashboard and / redirecting there."""
-    from mlscale.monitoring.dashboard import DashboardSources, create_dashboard_app, mount_dashboard
+    """``app`` with the dashboard under /dashboard and / redirecting there. Mounted inside the
+    app, so the app's edge check (keys, scopes) covers the dashboard's data API too."""
+    from mlscale.monitoring.dashboard import DashboardSources, create_dashboard_app
 
     state = _json_file(settings.resolve(settings.monitoring.state_file))
 
@@ -67,4 +68,8 @@ def with_dashboard(app, repository: ModelRepository, settings: Settings):
         alerts=alerts if settings.monitoring.alerts else None,
         cameras=cameras,
     )
-    return mount_dashboard(app, create_dashboard_app(sources, snapshots_dir=snapshots))
+    app.mounts["/dashboard"] = create_dashboard_app(
+        sources, snapshots_dir=snapshots, prefix="/dashboard", auth=settings.auth.enabled
+    )
+    app.home = "/dashboard/"
+    return app

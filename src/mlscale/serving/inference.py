@@ -41,10 +41,12 @@ class InferenceCore:
         decode: Callable[[], Awaitable[DecodedRequest]],
         encode: Encode[T],
         timeout: float | None,
+        tenant: str | None = None,
     ) -> T:
         """Run one request. ``timeout`` (seconds, None: none) is the default deadline, which a request
-        parameter ``timeout`` (microseconds, as tritonclient sends it) overrides. Raises the typed
-        errors of mlscale.errors, which each transport maps to its own status codes."""
+        parameter ``timeout`` (microseconds, as tritonclient sends it) overrides. ``tenant`` (from the
+        caller's key, None without auth) is whose fair share of the model's queue the request uses.
+        Raises the typed errors of mlscale.errors, which each transport maps to its own status codes."""
         started = time.perf_counter()
         model = None
         admitted = None  # the batcher whose room this request holds until it submits
@@ -55,7 +57,7 @@ class InferenceCore:
             # Wait for room in the model's queue before the request is decoded, so a refusal costs no
             # body read or decode. A cached answer needs no queue: with a cache, only misses wait.
             if model.cache is None:
-                await model.batcher.admit(time.monotonic() + timeout if timeout else None)
+                await model.batcher.admit(time.monotonic() + timeout if timeout else None, tenant)
                 admitted = model.batcher
             request = await decode()
             if model.enricher is not None:
@@ -72,10 +74,12 @@ class InferenceCore:
             try:
                 if model.cache is None:
                     admitted = None  # submit takes the room over
-                    outputs = await model.batcher.submit(request.inputs, deadline, requested, admitted=True)
+                    outputs = await model.batcher.submit(
+                        request.inputs, deadline, requested, admitted=True, tenant=tenant
+                    )
                     parameters = None
                 else:
-                    outputs, parameters = await _cached_predict(model, request.inputs, deadline, requested)
+                    outputs, parameters = await _cached_predict(model, request.inputs, deadline, requested, tenant)
             finally:
                 model.meters.inflight.dec()
             if requested:
@@ -92,7 +96,7 @@ class InferenceCore:
             raise
         finally:
             if admitted is not None:  # let in, but its body was bad, too large or too slow
-                admitted.release()
+                admitted.release(tenant)
         model.meters.success.inc()
         model.meters.duration.observe(time.perf_counter() - started)
         if self.payload_log is not None:  # never blocks: a full buffer drops and counts
@@ -105,14 +109,18 @@ UNKNOWN_MODEL = "(unknown)"
 
 
 async def _cached_predict(
-    model: ModelVersion, inputs: dict, deadline: float | None, requested: tuple[str, ...] | None
+    model: ModelVersion,
+    inputs: dict,
+    deadline: float | None,
+    requested: tuple[str, ...] | None,
+    tenant: str | None = None,
 ) -> tuple[dict, dict]:
     """Through the model's prediction cache; the response parameter ``cache`` says where the answer
     came from: l1, l2, shared (waited on an identical request) or miss."""
     key = prediction_key(model.model, model.version, inputs, requested)
 
     async def compute() -> bytes:
-        return pack_arrays(await model.batcher.submit(inputs, deadline, requested))
+        return pack_arrays(await model.batcher.submit(inputs, deadline, requested, tenant=tenant))
 
     packed, source = await model.cache.get_or_compute(key, compute)
     return unpack_arrays(packed), {"cache": "miss" if source == "computed" else source}

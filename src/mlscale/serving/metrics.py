@@ -42,6 +42,9 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 REQUESTS = Counter(
     "mlscale_requests", "Inference requests by model, version and outcome.", ["model", "version", "outcome"]
 )
+# Refusals at the edge by reason (unauthorized, forbidden, rate_limited); never a key or tenant label:
+# secrets stay out of metrics, and thousands of tenants would explode the series count.
+EDGE_REFUSALS = Counter("mlscale_edge_refusals", "Requests refused by authentication, scopes or quotas.", ["reason"])
 REQUEST_DURATION = Histogram(
     "mlscale_request_duration_seconds",
     "Time from a request's arrival to its answer.",

@@ -49,14 +49,23 @@ def build_app(settings: Settings, *, control_dir: Path | None = None, workers: i
         from mlscale.serving.grpc_v2.service import GrpcListener
 
         server = settings.server
+        tls = settings.tls
         services.append(
-            GrpcListener(server.host, server.grpc_port, server.max_body_bytes, grace=server.graceful_timeout)
+            GrpcListener(
+                server.host,
+                server.grpc_port,
+                server.max_body_bytes,
+                grace=server.graceful_timeout,
+                tls=(str(settings.resolve(tls.certfile)), str(settings.resolve(tls.keyfile))) if tls.enabled else None,
+            )
         )
     payload_log = None
     if settings.monitoring.payload_log.enabled:
         from mlscale.monitoring.payload_log import payload_log_from_settings
 
         payload_log = payload_log_from_settings(settings.monitoring.payload_log, settings.resolve)
+    from mlscale.auth.guard import guard_from_settings
+
     app = InferenceApp(
         repository,
         settings.server,
@@ -64,6 +73,7 @@ def build_app(settings: Settings, *, control_dir: Path | None = None, workers: i
         json_routes=json_routes,
         payload_log=payload_log,
         on_shutdown=[events.close],
+        guard=guard_from_settings(settings, workers),
         services=services,
     )
     if not settings.server.dashboard:
@@ -165,10 +175,12 @@ def run_server(project: Settings) -> None:
     """Serve until SIGINT/SIGTERM; in-flight requests are drained before workers exit."""
     import uvicorn
 
+    from mlscale.auth.tls import uvicorn_ssl_options
     from mlscale.errors import ConfigError
     from mlscale.serving.slow_clients import HEADER_TIMEOUT_ENV
 
     settings = project.server
+    ssl_options = uvicorn_ssl_options(project.tls, project.resolve)
     repository = project.resolve(settings.model_repository)
     if not repository.is_dir():
         raise ConfigError(f"{repository}: the model repository folder does not exist")
@@ -207,6 +219,7 @@ def run_server(project: Settings) -> None:
             backlog=4096,
             timeout_keep_alive=30,
             timeout_graceful_shutdown=int(settings.graceful_timeout),
+            **ssl_options,
         )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -60,6 +60,26 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", name)
 
 
+_TLS_OPTIONS = ("tls_ca", "tls_cert", "tls_key")
+
+
+def nats_tls_options(servers: Sequence[str], options: Mapping[str, str]) -> dict:
+    """TLS from the URL: ``tls://host:4222`` verifies the server against the system's CAs;
+    ``?tls_ca=ca.pem`` against a private CA; ``&tls_cert=...&tls_key=...`` adds a client
+    certificate (NATS ``verify``). Returns nats.connect's keyword arguments."""
+    import ssl
+
+    found = {k: v for k, v in options.items() if k in _TLS_OPTIONS}
+    if not found and not any(server.startswith("tls://") for server in servers):
+        return {}
+    if bool(found.get("tls_cert")) != bool(found.get("tls_key")):
+        raise ConfigError("NATS broker URL: tls_cert and tls_key go together")
+    context = ssl.create_default_context(cafile=found.get("tls_ca") or None)
+    if found.get("tls_cert"):
+        context.load_cert_chain(found["tls_cert"], found["tls_key"])
+    return {"tls": context}
+
+
 @dataclass
 class _Reader:
     """An ephemeral pull consumer of one partition and where its delivery stands."""
@@ -91,6 +111,7 @@ class NatsBroker(Broker):
     ) -> None:
         super().__init__(partitions, key_fields, member_ttl)
         servers, options = _parse_url(url)
+        tls = nats_tls_options(servers, options)
         # Copies JetStream keeps of each stream and key-value bucket this broker creates: 3 on a
         # cluster, so a server lost loses nothing acknowledged (``?replicas=3`` in the URL).
         self.replicas = replicas or int(options.get("replicas", 1))
@@ -108,10 +129,12 @@ class NatsBroker(Broker):
         self._loop.call_soon_threadsafe(started.set)
         started.wait(10)
         try:
-            self._nc = self._run(nats.connect(servers, connect_timeout=3, max_reconnect_attempts=3))
+            self._nc = self._run(nats.connect(servers, connect_timeout=3, max_reconnect_attempts=3, **tls))
         except Exception as exc:
             self._stop_loop()
-            raise ServiceUnavailable(f"cannot reach NATS at {url}: {exc}") from None
+            # Hosts and ports only: the URL may carry a user and password.
+            where = ",".join(server.rsplit("@", 1)[-1] for server in servers)
+            raise ServiceUnavailable(f"cannot reach NATS at {where}: {exc}") from None
         self._js = self._nc.jetstream(publish_async_max_pending=max_in_flight)
         self._max_bytes = min(MAX_BYTES, self._nc.max_payload - 1024)
         self._streams: set[str] = set()
@@ -559,7 +582,10 @@ def _parse_url(url: str) -> tuple[list[str], dict[str, str]]:
     of a cluster, several survive one being down at start) and the broker's options."""
     base, _, query = url.partition("?")
     options = dict(urllib.parse.parse_qsl(query))
-    unknown = set(options) - {"replicas"}
+    unknown = set(options) - {"replicas", *_TLS_OPTIONS}
     if unknown:
-        raise ConfigError(f"NATS broker URL {url!r}: unknown option(s) {', '.join(sorted(unknown))} (replicas)")
+        raise ConfigError(
+            f"NATS broker URL {url!r}: unknown option(s) {', '.join(sorted(unknown))} "
+            f"(replicas, {', '.join(_TLS_OPTIONS)})"
+        )
     return [server for server in base.split(",") if server], options

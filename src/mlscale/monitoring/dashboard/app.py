@@ -109,8 +109,12 @@ class DashboardApp:
         title: str = "mlscale",
         prefix: str = "",
         snapshots_dir: str | Path | None = None,
+        auth: bool = False,
     ) -> None:
         self.sources = sources
+        # The page asks for an API key and sends it with every data request; the server that
+        # mounts the dashboard checks it (the page shell and scripts hold no data).
+        self.auth = auth
         self.snapshots_dir = Path(snapshots_dir) if snapshots_dir is not None else None
         self.prefix = "/" + prefix.strip("/") if prefix.strip("/") else ""
         self.window = window
@@ -127,7 +131,7 @@ class DashboardApp:
             self.assets[name] = _Asset(body, _TYPES["." + name.rsplit(".", 1)[1]], "no-cache")
         page = (_STATIC / "index.html").read_text(encoding="utf-8")
         page = page.replace("{{PLOTLY}}", plotly_name).replace("{{TITLE}}", title)
-        page = page.replace("{{REFRESH_MS}}", str(int(refresh_ms)))
+        page = page.replace("{{REFRESH_MS}}", str(int(refresh_ms))).replace("{{AUTH}}", "1" if auth else "0")
         page = page.replace("{{ASSET_VERSION}}", self.assets["dashboard.js"].etag.strip('"')[:12])
         self.page = page.encode()
 
@@ -283,16 +287,24 @@ def create_dashboard_app(
     title: str = "mlscale",
     prefix: str = "",
     snapshots_dir: str | Path | None = None,
+    auth: bool = False,
 ) -> DashboardApp:
     """Build the dashboard ASGI app.
 
     Mount it with :func:`mount_dashboard`, or under any router that sets ``root_path``; a router
     that passes the full path without ``root_path`` (a plain prefix dispatch) needs ``prefix`` set to
     the same prefix. ``snapshots_dir`` is the vision events' ``snapshots`` folder, served at
-    ``snapshots/<name>`` so camera events show their pictures.
+    ``snapshots/<name>`` so camera events show their pictures. ``auth`` makes the page ask for an
+    API key and send it (the mounting server checks it).
     """
     return DashboardApp(
-        sources, window=window, refresh_ms=refresh_ms, title=title, prefix=prefix, snapshots_dir=snapshots_dir
+        sources,
+        window=window,
+        refresh_ms=refresh_ms,
+        title=title,
+        prefix=prefix,
+        snapshots_dir=snapshots_dir,
+        auth=auth,
     )
 
 

@@ -8,10 +8,17 @@ caches, metrics and payload log through ``InferenceCore``. Workers share the por
 The handlers are registered by hand under Triton's method paths rather than through generated
 ``*_pb2_grpc`` code: the messages live in their own protobuf package (see the .proto), and a
 hand-written table needs no grpcio-tools version check at import.
+
+Auth is checked at this edge as on REST, before the request is looked at: the key or JWT comes in
+the call's metadata (``authorization: Bearer <key>``), each method needs the scope of its REST
+twin (health open, inference ``infer``, everything else ``read``), and the quota applies to
+inference. Refusals are UNAUTHENTICATED, PERMISSION_DENIED and RESOURCE_EXHAUSTED (with
+``retry-after`` metadata). With ``[tls]`` on, the port serves TLS with the same certificate.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -20,7 +27,18 @@ import grpc
 from google.protobuf import json_format
 
 import mlscale
-from mlscale.errors import DeadlineExceeded, MlscaleError, ModelNotReady, NotFound, Overloaded, PayloadTooLarge
+from mlscale.errors import (
+    DeadlineExceeded,
+    Forbidden,
+    MlscaleError,
+    ModelNotReady,
+    NotFound,
+    Overloaded,
+    PayloadTooLarge,
+    RateLimited,
+    Unauthorized,
+)
+from mlscale.serving import metrics
 from mlscale.serving.grpc_v2 import grpc_predict_v2_pb2 as pb
 from mlscale.serving.grpc_v2.codec import GrpcRequest, decode_infer_request, encode_infer_response
 from mlscale.serving.triton import model_config, model_statistics
@@ -32,11 +50,22 @@ if TYPE_CHECKING:
 log = logging.getLogger("mlscale.serving.grpc")
 
 SERVICE = "inference.GRPCInferenceService"
+# The scope each method needs, as its REST twin (mlscale.auth.scopes); methods not listed: "read".
+SCOPES: dict[str, str | None] = {"ServerLive": None, "ServerReady": None, "ModelInfer": "infer"}
+_REFUSALS = {Unauthorized: "unauthorized", Forbidden: "forbidden", RateLimited: "rate_limited"}
+# The caller's tenant, set by the edge check for the call's task (None without auth).
+_tenant: contextvars.ContextVar[str | None] = contextvars.ContextVar("mlscale_grpc_tenant", default=None)
 EXTENSIONS = ["model_repository", "parameters", "metrics", "model_configuration", "statistics"]
 
 
 def status_of(exc: MlscaleError) -> grpc.StatusCode:
     """The gRPC status of a typed error: the same meaning as its HTTP status on REST."""
+    if isinstance(exc, Unauthorized):
+        return grpc.StatusCode.UNAUTHENTICATED
+    if isinstance(exc, Forbidden):
+        return grpc.StatusCode.PERMISSION_DENIED
+    if isinstance(exc, RateLimited):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
     if isinstance(exc, Overloaded | ModelNotReady):
         return grpc.StatusCode.UNAVAILABLE
     if isinstance(exc, DeadlineExceeded):
@@ -59,6 +88,8 @@ class InferenceServicer:
         self.app = app
         self.repository = app.repository
         self.core = app.core
+        # The edge check (mlscale.auth.Guard), or None when auth and quotas are off.
+        self.guard = getattr(app, "guard", None)
         self.default_timeout = app.settings.request_timeout
 
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
@@ -99,7 +130,7 @@ class InferenceServicer:
             return decode_infer_request(request)
 
         return await self.core.infer(
-            request.model_name, request.model_version or None, decode, _encode, self.default_timeout
+            request.model_name, request.model_version or None, decode, _encode, self.default_timeout, _tenant.get()
         )
 
 
@@ -107,14 +138,35 @@ def _encode(model: ModelVersion, request: GrpcRequest, outputs: dict, parameters
     return encode_infer_response(model.model, model.version, request, outputs, parameters)
 
 
-def _guarded(method: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any], Awaitable[Any]]:
-    """Typed errors become their gRPC status (with a message); anything else is INTERNAL, logged."""
+def _metadata(context: Any) -> list[tuple[bytes, bytes]]:
+    """The call's metadata as ASGI-style header pairs (what the guard reads)."""
+    pairs = []
+    for key, value in context.invocation_metadata() or ():
+        if isinstance(value, str):  # "-bin" keys carry bytes, and are never credentials
+            pairs.append((key.lower().encode("latin-1"), value.encode("latin-1")))
+    return pairs
+
+
+def _guarded(
+    method: Callable[[Any, Any], Awaitable[Any]], guard: Any = None, scope: str | None = "read"
+) -> Callable[[Any, Any], Awaitable[Any]]:
+    """The edge check first (when ``guard`` is set), then the method; typed errors become their gRPC
+    status (with a message); anything else is INTERNAL, logged."""
+    name = getattr(method, "__name__", "rpc")
 
     async def handler(request: Any, context: Any) -> Any:
         try:
+            if guard is not None:
+                principal = await guard.check_scope(scope, _metadata(context), f"{SERVICE}/{name}")
+                if principal is not None and guard.enabled:  # tenants share model queues fairly
+                    _tenant.set(principal.tenant)
             return await method(request, context)
         except MlscaleError as exc:
-            metadata = (("retry-after", str(exc.retry_after)),) if isinstance(exc, Overloaded) else ()
+            reason = _REFUSALS.get(type(exc))
+            if reason is not None:
+                metrics.EDGE_REFUSALS.labels(reason).inc()
+            retry = isinstance(exc, Overloaded | RateLimited)
+            metadata = (("retry-after", str(exc.retry_after)),) if retry else ()
             await context.abort(status_of(exc), str(exc), metadata)
         except Exception:
             log.exception("unhandled error in %s", getattr(method, "__name__", "rpc"))
@@ -139,7 +191,7 @@ def method_handlers(servicer: InferenceServicer) -> dict[str, grpc.RpcMethodHand
     """The service's method table, for ``grpc.aio.Server``."""
     return {
         name: grpc.unary_unary_rpc_method_handler(
-            _guarded(getattr(servicer, name)),
+            _guarded(getattr(servicer, name), servicer.guard, SCOPES.get(name, "read")),
             request_deserializer=request_type.FromString,
             response_serializer=response_type.SerializeToString,
         )
@@ -151,10 +203,14 @@ class GrpcListener:
     """One worker's gRPC server: started after the app's models are loaded, stopped before they are
     released (in-flight calls get ``grace`` seconds)."""
 
-    def __init__(self, host: str, port: int, max_message_bytes: int, grace: float = 30.0) -> None:
+    def __init__(
+        self, host: str, port: int, max_message_bytes: int, grace: float = 30.0, tls: tuple[str, str] | None = None
+    ) -> None:
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.max_message_bytes = max_message_bytes
         self.grace = grace
+        # (certificate chain file, private key file): serve TLS, as the HTTP port does; None: plaintext.
+        self.tls = tls
         self.server: grpc.aio.Server | None = None
 
     async def start(self, app: InferenceApp) -> None:
@@ -171,7 +227,13 @@ class GrpcListener:
         if hasattr(server, "add_registered_method_handlers"):  # grpcio >= 1.62: skips a lookup per call
             server.add_registered_method_handlers(SERVICE, handlers)
         try:
-            server.add_insecure_port(self.address)
+            if self.tls is None:
+                server.add_insecure_port(self.address)
+            else:
+                certfile, keyfile = self.tls
+                with open(certfile, "rb") as cert, open(keyfile, "rb") as key:
+                    credentials = grpc.ssl_server_credentials([(key.read(), cert.read())])
+                server.add_secure_port(self.address, credentials)
         except RuntimeError as exc:
             raise RuntimeError(f"cannot listen for gRPC on {self.address}: {exc}") from None
         await server.start()

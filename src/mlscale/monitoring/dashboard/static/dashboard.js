@@ -8,6 +8,42 @@
               muted: "#8793a8", grid: "#1e2738", text: "#c9d3e3" };
   const CONFIG = { displayModeBar: false, responsive: true };
   const state = { updates: 0, last: null, failures: 0 };
+  // With auth on, the key lives in this tab's sessionStorage only and travels in the
+  // Authorization header; it is never put in a URL, a cookie or the page. AUTH says the server
+  // itself checks keys (ask before the first poll); a gateway in front may check them too, so a
+  // 401 or 403 always brings up the prompt.
+  const AUTH = document.body.dataset.auth === "1";
+  const KEY_ITEM = "mlscale.dashboard.key";
+  const hasKey = () => !!sessionStorage.getItem(KEY_ITEM);
+  const authHeaders = () => (hasKey() ? { Authorization: "Bearer " + sessionStorage.getItem(KEY_ITEM) } : {});
+  function askForKey(message) {
+    const form = document.getElementById("auth-form");
+    form.hidden = false;
+    document.getElementById("auth-error").textContent = message || "";
+  }
+  document.getElementById("auth-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const input = document.getElementById("auth-key");
+    sessionStorage.setItem(KEY_ITEM, input.value.trim());
+    input.value = "";
+    document.getElementById("auth-form").hidden = true;
+    clearTimeout(state.timer);
+    refresh();
+  });
+  // Snapshot pictures need the key too: <img src> cannot send a header, so fetch them as blobs.
+  const blobs = new Map();
+  function loadImages(root) {
+    if (!hasKey()) return;
+    root.querySelectorAll("img[data-src]").forEach(async (img) => {
+      const url = img.dataset.src;
+      if (!blobs.has(url)) {
+        const response = await fetch(url, { headers: authHeaders() });
+        if (!response.ok) return;
+        blobs.set(url, URL.createObjectURL(await response.blob()));
+      }
+      img.src = blobs.get(url);
+    });
+  }
   window.__dashboard = state;
 
   function baseLayout(extra) {
@@ -263,7 +299,7 @@
     const cards = d.cameras.data.map((c) => {
       const [badge, label] = cameraState(c);
       const events = (c.events || []).slice(0, 4).map((e) => `<div class="event">
-        ${e.snapshot_url ? `<img src="${esc(e.snapshot_url)}" alt="">` : ""}
+        ${e.snapshot_url ? `<img ${hasKey() ? "data-src" : "src"}="${esc(e.snapshot_url)}" alt="">` : ""}
         <span class="badge firing">${esc(e.label)}</span><span>${isNum(e.score) ? fmt(e.score, 2) : ""}</span>
         <span class="muted">${ago(e.time)}</span></div>`).join("");
       const counts = Object.entries(c.event_counts || {}).map(([k, n]) => `${esc(k)} ${fmt(n, 0)}`).join(" · ");
@@ -277,6 +313,7 @@
         <div class="events">${counts ? `<div class="muted">${counts}</div>` : ""}${events || '<span class="muted">no anomalies</span>'}</div></div>`;
     });
     document.getElementById("cameras").innerHTML = cards.join("") || `<div class="muted">no cameras</div>`;
+    loadImages(document.getElementById("cameras"));
   }
 
   function setStatus(live, text) {
@@ -286,7 +323,16 @@
 
   async function refresh() {
     try {
-      const response = await fetch("api/summary", { cache: "no-store" });
+      if (AUTH && !sessionStorage.getItem(KEY_ITEM)) {
+        askForKey("");
+        throw new Error("waiting for an API key");
+      }
+      const response = await fetch("api/summary", { cache: "no-store", headers: authHeaders() });
+      if (response.status === 401 || response.status === 403) {
+        sessionStorage.removeItem(KEY_ITEM);
+        askForKey(response.status === 401 ? "That key was not accepted." : "That key lacks the read scope.");
+        throw new Error("HTTP " + response.status);
+      }
       if (!response.ok) throw new Error("HTTP " + response.status);
       const d = await response.json();
       drawHeadline(d);
@@ -304,7 +350,7 @@
       state.failures += 1;
       setStatus(false, "no data: " + err.message);
     } finally {
-      setTimeout(refresh, REFRESH_MS);
+      state.timer = setTimeout(refresh, REFRESH_MS);
     }
   }
   refresh();
