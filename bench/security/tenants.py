@@ -118,7 +118,7 @@ def burst_process(url: str, key: str, connections: int, seconds: float, out) -> 
 
 
 async def scenario(url: str, keys: dict, seconds: float, rate_b: float, connections: int) -> dict:
-    target = url + "/v2/models/work/infer"
+    target = url + "/v2/models/shared/infer"
     limits = httpx.Limits(max_connections=connections + 64)
     async with (
         httpx.AsyncClient(headers={"Authorization": f"Bearer {keys['b']}"}, limits=limits, timeout=30) as b,
@@ -158,7 +158,7 @@ def main() -> None:
     for label, quota in (("no quota on A", None), (f"A limited to {args.quota_a:g}/s", args.quota_a)):
         with tempfile.TemporaryDirectory(prefix="mlscale-tenants-") as tmp:
             root = Path(tmp)
-            folder = root / "models" / "work" / "1"
+            folder = root / "models" / "shared" / "1"
             folder.mkdir(parents=True)
             (folder / "model.py").write_text(MODEL)
             (folder / "model.toml").write_text(MODEL_TOML)

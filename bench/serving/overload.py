@@ -22,7 +22,6 @@ import io
 import os
 import re
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -63,16 +62,6 @@ def raise_open_files() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def ensure_hey() -> str:
-    found = shutil.which("hey")
-    if found:
-        return found
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        subprocess.run(["apt-get", "install", "-y", "-q", "hey"], check=True, capture_output=True)
-        return shutil.which("hey") or sys.exit("hey did not install")
-    sys.exit("hey is needed: apt-get install hey")
 
 
 def wrk_counts(wrk: str, url: str, body: Path, script: Path, connections: int, seconds: int) -> dict:
@@ -146,7 +135,7 @@ def main() -> None:
     if args.quick:
         args.duration, args.repeats, args.levels = 3, 1, "64,1000"
     raise_open_files()
-    wrk, hey = serving_bench.ensure_wrk(), ensure_hey()
+    wrk, hey = serving_bench.ensure_wrk(), serving_bench.ensure_debian_tool("hey")
     servers = args.servers.split(",")
     if "mlserver" in servers:
         serving_bench.ensure_mlserver()

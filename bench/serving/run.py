@@ -33,14 +33,19 @@ MLSERVER_VENV = CACHE / "bench-venvs" / "mlserver"
 sys.path.insert(0, str(ROOT / "examples" / "demo"))
 
 
-def ensure_wrk() -> str:
-    found = shutil.which("wrk")
+def ensure_debian_tool(name: str) -> str:
+    """The path of a load generator from Debian's packages, installed when missing and root."""
+    found = shutil.which(name)
     if found:
         return found
     if os.geteuid() == 0 and shutil.which("apt-get"):
-        subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=True, capture_output=True)
-        return shutil.which("wrk") or sys.exit("wrk did not install")
-    sys.exit("wrk is needed: apt-get install wrk")
+        subprocess.run(["apt-get", "install", "-y", "-q", name], check=True, capture_output=True)
+        return shutil.which(name) or sys.exit(f"{name} did not install")
+    sys.exit(f"{name} is needed: apt-get install {name}")
+
+
+def ensure_wrk() -> str:
+    return ensure_debian_tool("wrk")
 
 
 def ensure_mlserver() -> Path:
