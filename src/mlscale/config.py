@@ -20,6 +20,7 @@ from mlscale.gateway.settings import GatewaySettings
 from mlscale.monitoring.settings import MonitoringSettings
 from mlscale.storage.settings import StorageSettings
 from mlscale.streams.settings import StreamSettings
+from mlscale.tracing.settings import TracingSettings
 from mlscale.vision.settings import VisionSettings
 
 
@@ -78,6 +79,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
     quotas: QuotaSettings = msgspec.field(default_factory=QuotaSettings)
     tls: TLSSettings = msgspec.field(default_factory=TLSSettings)
+    tracing: TracingSettings = msgspec.field(default_factory=TracingSettings)
     # Folder of the project file; relative paths in the sections are resolved against it.
     root: str = "."
 

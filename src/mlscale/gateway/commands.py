@@ -41,15 +41,21 @@ def gateway(
         f"mlscale gateway: {scheme}://{settings.host}:{settings.port} -> {', '.join(settings.backends)} "
         f"({settings.strategy})"
     )
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        proxy_headers=False,  # unused here, and costly per request (see serving/server.py)
-        log_level="warning",
-        lifespan="on",
-        **ssl_options,
-    )
+    from mlscale import tracing
+
+    tracing.configure(project.tracing, "mlscale-gateway")
+    try:
+        uvicorn.run(
+            app,
+            host=settings.host,
+            port=settings.port,
+            loop="uvloop",
+            http="httptools",
+            access_log=False,
+            proxy_headers=False,  # unused here, and costly per request (see serving/server.py)
+            log_level="warning",
+            lifespan="on",
+            **ssl_options,
+        )
+    finally:
+        tracing.shutdown()  # exports the spans still buffered

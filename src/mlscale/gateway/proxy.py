@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 import msgspec
 
+from mlscale import tracing
 from mlscale.errors import MlscaleError
 from mlscale.gateway.balancing import Backend, ConsistentHash, PowerOfTwo
 from mlscale.gateway.settings import GatewaySettings
@@ -88,6 +89,8 @@ class Gateway:
                     ]
                 ),
             )
+        elif tracing.enabled:
+            status, headers, body = await self._forward_traced(scope, receive)
         else:
             status, headers, body = await self._forward(scope, receive)
         headers = [*headers, (b"content-length", str(len(body)).encode())]
@@ -203,9 +206,12 @@ class Gateway:
         for backend in candidates:
             backend.inflight += 1
             try:
-                response = await self._client.request(
-                    scope["method"], backend.url + path, content=body, headers=headers
-                )
+                if tracing.enabled:
+                    response = await self._send_traced(scope["method"], backend.url + path, body, headers)
+                else:
+                    response = await self._client.request(
+                        scope["method"], backend.url + path, content=body, headers=headers
+                    )
             except httpx.HTTPError as exc:
                 last_error = f"{backend.url}: {exc!r}"
                 backend.failures += 1
@@ -231,6 +237,25 @@ class Gateway:
             return response.status_code, out_headers, response.content
         return _error(502, f"every backend refused the request (last: {last_error})")
 
+    async def _forward_traced(self, scope: dict, receive: Callable) -> tuple[int, list, bytes]:
+        """``_forward`` in a SERVER span continuing the client's trace (its ``traceparent``)."""
+        from mlscale.tracing import spans
+
+        attributes = {"http.request.method": scope["method"], "url.path": scope["path"]}
+        return await spans.serve(
+            f"gateway {scope['method']}", scope["headers"], attributes, self._forward(scope, receive), status=_status
+        )
+
+    async def _send_traced(self, method: str, url: str, body: bytes, headers: list) -> httpx.Response:
+        """One try at one replica in a CLIENT span whose ``traceparent`` the replica continues."""
+        from mlscale.tracing import spans
+
+        attributes = {"http.request.method": method, "url.full": url}
+        with spans.client("gateway forward", attributes, headers) as (span, outgoing):
+            response = await self._client.request(method, url, content=body, headers=outgoing)
+            span.set_attribute("http.response.status_code", response.status_code)
+            return response
+
 
 # Failures where the replica never received the request: a retry elsewhere cannot repeat anything.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
@@ -246,6 +271,10 @@ def safe_to_retry(method: str, path: str) -> bool:
     if method in ("GET", "HEAD", "OPTIONS"):
         return True
     return not path.startswith("/v1/events")
+
+
+def _status(answer: tuple[int, list, bytes]) -> int:
+    return answer[0]
 
 
 def _pause(response: httpx.Response, limit: float) -> float:

@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 
 import mlscale
+from mlscale import tracing
 from mlscale.config import ServerSettings
 from mlscale.errors import (
     Forbidden,
@@ -444,7 +445,13 @@ class InferenceApp:
         async def decode() -> DecodedRequest:
             return decode_request(await self._read_body(scope, receive), header_length)
 
-        return await self.core.infer(name, version, decode, _encode_rest, timeout, scope.get("mlscale.tenant"))
+        call = self.core.infer(name, version, decode, _encode_rest, timeout, scope.get("mlscale.tenant"))
+        if not tracing.enabled:
+            return await call
+        from mlscale.tracing import spans
+
+        attributes = {"http.request.method": "POST", "url.path": scope["path"], "mlscale.model": name}
+        return await spans.serve(_INFER_ROUTE, scope["headers"], attributes, call, status=_status_of)
 
 
 def _encode_rest(model: ModelVersion, request: DecodedRequest, outputs: dict, parameters: dict | None) -> Response:
@@ -454,6 +461,14 @@ def _encode_rest(model: ModelVersion, request: DecodedRequest, outputs: dict, pa
     return Response(
         200, payload, b"application/octet-stream", [(b"inference-header-content-length", str(json_length).encode())]
     )
+
+
+# The REST server span's name: the route, not the path (a name per model would be unbounded).
+_INFER_ROUTE = "POST /v2/models/{model}/infer"
+
+
+def _status_of(response: Response) -> int:
+    return response.status
 
 
 _REFUSALS = {Unauthorized: "unauthorized", Forbidden: "forbidden", RateLimited: "rate_limited"}

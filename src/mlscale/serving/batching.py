@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from mlscale import tracing
 from mlscale.errors import DeadlineExceeded, InvalidInput, MlscaleError, Overloaded
 from mlscale.serving.admission import QueueDelayAdmission
 
@@ -39,7 +40,7 @@ class InferenceFailed(InvalidInput):
 
 
 class _Item:
-    __slots__ = ("deadline", "enqueued", "future", "inputs", "outputs", "rows", "signature", "tenant")
+    __slots__ = ("deadline", "enqueued", "future", "inputs", "outputs", "rows", "signature", "tenant", "trace")
 
     def __init__(
         self,
@@ -60,6 +61,8 @@ class _Item:
         self.future = future
         self.enqueued = enqueued
         self.tenant = tenant
+        # The request's span and enqueue time (mlscale.tracing.spans.capture) when it is traced.
+        self.trace = None
 
 
 def _expire(future: asyncio.Future) -> None:
@@ -103,8 +106,11 @@ class AdaptiveBatcher:
         admission: QueueDelayAdmission | None = None,
         on_shed: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        trace_attributes: dict[str, str] | None = None,
     ) -> None:
         self._predict = predict
+        # Attributes of this batcher's batch spans when tracing is on (the model and version).
+        self.trace_attributes = trace_attributes or {}
         self.max_batch_size = max_batch_size
         self.max_delay = max_delay
         self.max_queue_size = max_queue_size
@@ -163,7 +169,8 @@ class AdaptiveBatcher:
             )
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._door.append((future, self._clock(), tenant))
+        arrived = self._clock()
+        self._door.append((future, arrived, tenant))
         _add(self._door_tenants, tenant, 1)
         if self._has_room():  # room freed while others waited, and no take since to open the door
             self._open_door()
@@ -174,6 +181,9 @@ class AdaptiveBatcher:
         timer = loop.call_later(wait, _expire, future)
         try:
             await future
+            if tracing.enabled:
+                waited = (self._clock() - arrived) * 1000
+                tracing.event("waited for room in the queue", {"mlscale.admission.wait_ms": waited})
         except TimeoutError:
             if expired:
                 raise DeadlineExceeded("the deadline passed while waiting for room in the model's queue") from None
@@ -273,6 +283,10 @@ class AdaptiveBatcher:
             raise InvalidInput("all inputs must have the same size on axis 0 (the batch axis)")
         future = asyncio.get_running_loop().create_future()
         item = _Item(inputs, outputs, rows, signature or (id(inputs),), deadline, future, self._clock(), tenant)
+        if tracing.enabled:
+            from mlscale.tracing import spans
+
+            item.trace = spans.capture()
         self._pending.append(item)
         self._queued_rows += max(rows, 1)
         _add(self._tenant_rows, tenant, max(rows, 1))
@@ -326,7 +340,10 @@ class AdaptiveBatcher:
                 await asyncio.sleep(0)
             batch = self._take_batch()
             if batch:
-                await self._execute(batch)
+                if tracing.enabled:
+                    await self._execute_traced(batch)
+                else:
+                    await self._execute(batch)
 
     async def _wait_to_fill(self) -> None:
         until = self._pending[0].enqueued + self.max_delay
@@ -405,9 +422,17 @@ class AdaptiveBatcher:
         return batch
 
     async def _call(self, inputs: Arrays, outputs: tuple[str, ...] | None, alone: bool = False) -> Arrays:
+        if tracing.enabled:  # a child of the batch span, when the batch is traced
+            return await self._call_traced(inputs, outputs, alone)
         if self.inline and alone and not self._pending:
             return self._predict(inputs, outputs)
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._predict, inputs, outputs)
+
+    async def _call_traced(self, inputs: Arrays, outputs: tuple[str, ...] | None, alone: bool) -> Arrays:
+        with tracing.span("model", {"mlscale.batch.size": len(next(iter(inputs.values()), ()))}):
+            if self.inline and alone and not self._pending:
+                return self._predict(inputs, outputs)
+            return await asyncio.get_running_loop().run_in_executor(self._executor, self._predict, inputs, outputs)
 
     async def _execute(self, batch: list[_Item]) -> None:
         started = self._clock()
@@ -435,6 +460,17 @@ class AdaptiveBatcher:
             if not item.future.done():
                 item.future.set_result({n: v[start:end] for n, v in outputs.items()})
             start = end
+
+    async def _execute_traced(self, batch: list[_Item]) -> None:
+        """``_execute`` inside a batch span when any of its requests is traced (see tracing.spans)."""
+        captured = [i.trace for i in batch if i.trace is not None]
+        if not captured:
+            await self._execute(batch)
+            return
+        from mlscale.tracing import spans
+
+        with spans.batch(captured, sum(i.rows for i in batch), len(batch), self.trace_attributes):
+            await self._execute(batch)
 
     async def _execute_alone(self, item: _Item) -> None:
         try:

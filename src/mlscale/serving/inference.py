@@ -12,6 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from mlscale import tracing
 from mlscale.cache.codec import pack_arrays, unpack_arrays
 from mlscale.cache.keys import prediction_key
 from mlscale.errors import DeadlineExceeded, InvalidInput, MlscaleError, ModelNotFound, Overloaded
@@ -61,7 +62,8 @@ class InferenceCore:
                 admitted = model.batcher
             request = await decode()
             if model.enricher is not None:
-                request.inputs = await model.enricher.join(request.inputs)
+                with tracing.span("feature lookup", {"mlscale.model": model.model}):
+                    request.inputs = await model.enricher.join(request.inputs)
             requested = tuple(o.name for o in request.outputs) if request.outputs else None
             model.validate(request.inputs, requested)
             parameter_timeout = request.parameters.get("timeout")
@@ -122,5 +124,8 @@ async def _cached_predict(
     async def compute() -> bytes:
         return pack_arrays(await model.batcher.submit(inputs, deadline, requested, tenant=tenant))
 
-    packed, source = await model.cache.get_or_compute(key, compute)
+    with tracing.span("cache lookup", {"mlscale.model": model.model}) as span:
+        packed, source = await model.cache.get_or_compute(key, compute)
+        span.set_attribute("mlscale.cache.source", source)
+        span.set_attribute("mlscale.cache.hit", source != "computed")
     return unpack_arrays(packed), {"cache": "miss" if source == "computed" else source}

@@ -314,6 +314,7 @@ class ModelRepository:
                 config.max_queue_wait or self.queue_delay[1],
             ),
             on_shed=meters.on_shed,
+            trace_attributes={"mlscale.model": name, "mlscale.model.version": version},
         )
         seconds = time.perf_counter() - started
         metrics.MODEL_LOAD.labels(name, version).observe(seconds)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import msgspec
 
+from mlscale import tracing
 from mlscale.config import Settings
 
 SETTINGS_ENV = "MLSCALE_SERVER_SETTINGS"
@@ -66,13 +67,16 @@ def build_app(settings: Settings, *, control_dir: Path | None = None, workers: i
         payload_log = payload_log_from_settings(settings.monitoring.payload_log, settings.resolve)
     from mlscale.auth.guard import guard_from_settings
 
+    shutdown = [events.close]
+    if tracing.configure(settings.tracing, "mlscale-server"):
+        shutdown.append(tracing.shutdown)  # exports the spans still buffered
     app = InferenceApp(
         repository,
         settings.server,
         control=control,
         json_routes=json_routes,
         payload_log=payload_log,
-        on_shutdown=[events.close],
+        on_shutdown=shutdown,
         guard=guard_from_settings(settings, workers),
         services=services,
     )

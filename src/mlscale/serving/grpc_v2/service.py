@@ -27,6 +27,7 @@ import grpc
 from google.protobuf import json_format
 
 import mlscale
+from mlscale import tracing
 from mlscale.errors import (
     DeadlineExceeded,
     Forbidden,
@@ -129,13 +130,29 @@ class InferenceServicer:
         async def decode() -> GrpcRequest:
             return decode_infer_request(request)
 
-        return await self.core.infer(
+        call = self.core.infer(
             request.model_name, request.model_version or None, decode, _encode, self.default_timeout, _tenant.get()
         )
+        if not tracing.enabled:
+            return await call
+        from mlscale.tracing import spans
+
+        attributes = {
+            "rpc.system": "grpc",
+            "rpc.service": SERVICE,
+            "rpc.method": "ModelInfer",
+            "mlscale.model": request.model_name,
+        }
+        return await spans.serve(f"{SERVICE}/ModelInfer", _metadata(context), attributes, call, error_code=_grpc_code)
 
 
 def _encode(model: ModelVersion, request: GrpcRequest, outputs: dict, parameters: dict | None) -> Any:
     return encode_infer_response(model.model, model.version, request, outputs, parameters)
+
+
+def _grpc_code(exc: MlscaleError) -> tuple[str, int]:
+    """The span attribute of a typed error's gRPC status (tracing)."""
+    return "rpc.grpc.status_code", status_of(exc).value[0]
 
 
 def _metadata(context: Any) -> list[tuple[bytes, bytes]]:
