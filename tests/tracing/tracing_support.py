@@ -1,0 +1,91 @@
+"""A small model repository, an in-process server (build_app) and trace-context helpers for the tracing tests."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+
+from mlscale.config import ServerSettings, Settings
+
+DOUBLE_MODEL = '''
+class Model:
+    """Doubles its input."""
+    def predict(self, inputs):
+        return {"y": inputs["x"] * 2}
+'''
+
+TOML = """max_batch_size = 64
+max_delay = {delay}
+execution = "thread"
+{cache}
+[[inputs]]
+name = "x"
+datatype = "FP32"
+shape = [-1, 2]
+[[outputs]]
+name = "y"
+datatype = "FP32"
+shape = [-1, 2]
+"""
+
+
+def build_repository(root: Path) -> Path:
+    """Models: ``double`` (batches requests arriving within 50 ms) and ``double-cached`` (prediction cache on)."""
+    for name, delay, cache in (("double", 0.05, ""), ("double-cached", 0.0, "[cache]\nenabled = true\n")):
+        folder = root / name / "1"
+        folder.mkdir(parents=True)
+        (folder / "model.py").write_text(DOUBLE_MODEL)
+        (folder / "model.toml").write_text(TOML.format(delay=delay, cache=cache))
+    return root
+
+
+def body(rows: list[list[float]]) -> dict:
+    flat = [v for row in rows for v in row]
+    return {"inputs": [{"name": "x", "shape": [len(rows), 2], "datatype": "FP32", "data": flat}]}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def new_parent(sampled: bool = True) -> tuple[int, int, str]:
+    """A caller's trace id, span id and the ``traceparent`` header carrying them."""
+    trace_id, span_id = int(secrets.token_hex(16), 16), int(secrets.token_hex(8), 16)
+    return trace_id, span_id, f"00-{trace_id:032x}-{span_id:016x}-{'01' if sampled else '00'}"
+
+
+def settings_for(repository: Path, grpc_port: int = 0) -> Settings:
+    server = ServerSettings(model_repository=str(repository), grpc_port=grpc_port, poll_interval=0, dashboard=False)
+    return Settings(root=str(repository.parent), server=server)
+
+
+@contextlib.asynccontextmanager
+async def running_app(repository: Path, grpc_port: int = 0) -> AsyncIterator[tuple[object, httpx.AsyncClient]]:
+    """The server's app in this event loop (models loaded, gRPC listening when a port is given) and
+    an HTTP client calling it in-process."""
+    from mlscale.serving.server import build_app
+
+    app = build_app(settings_for(repository, grpc_port))
+    await app.startup()
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://replica") as client:
+            yield app, client
+    finally:
+        await app.shutdown()
+
+
+def by_name(spans, name: str) -> list:
+    return [s for s in spans if s.name == name]
+
+
+def one(spans, name: str, trace_id: int | None = None):
+    found = [s for s in by_name(spans, name) if trace_id is None or s.context.trace_id == trace_id]
+    assert len(found) == 1, f"expected one {name!r} span, got {[(s.name, s.context.trace_id) for s in spans]}"
+    return found[0]
