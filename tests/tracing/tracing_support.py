@@ -89,3 +89,60 @@ def one(spans, name: str, trace_id: int | None = None):
     found = [s for s in by_name(spans, name) if trace_id is None or s.context.trace_id == trace_id]
     assert len(found) == 1, f"expected one {name!r} span, got {[(s.name, s.context.trace_id) for s in spans]}"
     return found[0]
+
+
+class OtlpReceiver:
+    """A tiny OTLP/HTTP traces receiver (what a collector does first): decodes each POST to
+    /v1/traces (protobuf ExportTraceServiceRequest) into (service name, span) pairs."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceRequest,
+            ExportTraceServiceResponse,
+        )
+
+        self.spans: list[tuple[str, object]] = []
+        self.arrived = threading.Condition()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                payload = self.rfile.read(int(self.headers["content-length"]))
+                status = 404
+                if self.path == "/v1/traces" and self.headers["content-type"] == "application/x-protobuf":
+                    request = ExportTraceServiceRequest.FromString(payload)
+                    with receiver.arrived:
+                        for resource_spans in request.resource_spans:
+                            attributes = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+                            for scope_spans in resource_spans.scope_spans:
+                                receiver.spans.extend((attributes["service.name"], s) for s in scope_spans.spans)
+                        receiver.arrived.notify_all()
+                    status = 200
+                answer = ExportTraceServiceResponse().SerializeToString()
+                self.send_response(status)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def wait_for(self, predicate, timeout: float = 20.0) -> list[tuple[str, object]]:
+        """The spans received once ``predicate(spans)`` holds; fails after ``timeout`` seconds."""
+        with self.arrived:
+            if not self.arrived.wait_for(lambda: predicate(self.spans), timeout):
+                raise AssertionError(f"the expected spans never arrived; got {[s.name for _, s in self.spans]}")
+            return list(self.spans)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
