@@ -20,7 +20,7 @@ from mlscale.gateway.settings import GatewaySettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serving"))
 
-from serving_support import RunningServer  # noqa: E402
+from serving_support import RunningServer
 
 REST = "POST /v2/models/{model}/infer"
 

@@ -84,7 +84,7 @@ def test_tracing_on_without_opentelemetry_installed_names_the_extra():
     ],
 )
 def test_bad_tracing_settings_are_refused_with_the_reason(section, message):
-    with pytest.raises(ConfigError, match="mlscale.toml") as caught:
+    with pytest.raises(ConfigError, match=r"mlscale\.toml") as caught:
         parse_settings({"tracing": section})
     assert message in str(caught.value)
 

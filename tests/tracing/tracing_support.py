@@ -67,12 +67,19 @@ def settings_for(repository: Path, grpc_port: int = 0) -> Settings:
 
 
 @contextlib.asynccontextmanager
-async def running_app(repository: Path, grpc_port: int = 0) -> AsyncIterator[tuple[object, httpx.AsyncClient]]:
+async def running_app(
+    repository: Path, grpc_port: int = 0, project: Settings | None = None
+) -> AsyncIterator[tuple[object, httpx.AsyncClient]]:
     """The server's app in this event loop (models loaded, gRPC listening when a port is given) and
-    an HTTP client calling it in-process."""
+    an HTTP client calling it in-process. ``project``: the other sections (features, cache...)."""
+    import msgspec
+
     from mlscale.serving.server import build_app
 
-    app = build_app(settings_for(repository, grpc_port))
+    settings = settings_for(repository, grpc_port)
+    if project is not None:
+        settings = msgspec.structs.replace(project, server=settings.server)
+    app = build_app(settings)
     await app.startup()
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://replica") as client:
