@@ -1,6 +1,7 @@
 """The gateway -> replica path: one trace across the two, the replica's request a child of the
-gateway's forward (whose ``traceparent`` replaced the client's), in one process and across processes
-(a real ``mlscale serve`` exporting over OTLP/HTTP to a receiver in the test)."""
+gateway's forward (whose ``traceparent`` replaced the client's), in one process (in-memory exporter)
+and across processes (real ``mlscale gateway`` and ``mlscale serve`` exporting over OTLP/HTTP to a
+receiver in the test)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import httpx
 import pytest
 import uvicorn
 from opentelemetry.trace import SpanKind
-from tracing_support import OtlpReceiver, body, free_port, new_parent, one, running_app
+from tracing_support import GatewayProcess, OtlpReceiver, body, free_port, new_parent, one, running_app
 
 from mlscale.gateway.proxy import Gateway
 from mlscale.gateway.settings import GatewaySettings
@@ -80,39 +81,44 @@ def receiver():
     otlp.close()
 
 
-def test_gateway_and_replica_process_share_the_trace_over_otlp(exporter, repository, receiver, tmp_path, monkeypatch):
-    """A replica in its own process, tracing on by its project file and exporting where the standard
-    OTEL_EXPORTER_OTLP_ENDPOINT variable says; the gateway in this process."""
+def test_gateway_and_replica_processes_share_the_trace_over_otlp(repository, receiver, tmp_path, monkeypatch):
+    """Both in their own processes, exporting over OTLP/HTTP: the replica where the standard
+    OTEL_EXPORTER_OTLP_ENDPOINT variable says; the gateway where its project file says, which wins
+    over the variable (pointed at a dead port for it). The gateway's spans arrive only through the
+    flush at its shutdown (its exporter keeps the default 5 s delay)."""
     (tmp_path / "replica.toml").write_text('[tracing]\nenabled = true\nservice_name = "replica-a"\n')
+    (tmp_path / "gateway.toml").write_text(f'[tracing]\nenabled = true\notlp_endpoint = "{receiver.url}"\n')
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url)
-    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")  # export within 50 ms, not the default 5 s
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")  # the replica exports within 50 ms
     replica = RunningServer(repository, workers=1, config=tmp_path / "replica.toml")
+    gateway = None
     trace_id, parent_id, header = new_parent()
     try:
+        dead = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9", "OTEL_BSP_SCHEDULE_DELAY": "5000"}
+        gateway = GatewayProcess(tmp_path / "gateway.toml", replica.url, dead)
+        response = httpx.post(
+            gateway.url + "/v2/models/double/infer", json=body([[1, 2]]), headers={"traceparent": header}, timeout=30
+        )
+        assert response.status_code == 200, response.text
+        gateway.stop()  # SIGTERM: the gateway exports its spans as it stops
 
-        async def scenario():
-            async with gateway_to(replica.url) as client:
-                response = await client.post(
-                    "/v2/models/double/infer", json=body([[1, 2]]), headers={"traceparent": header}
-                )
-                assert response.status_code == 200, response.text
+        def mine(spans) -> dict:
+            return {s.name: (service, s) for service, s in spans if int.from_bytes(s.trace_id, "big") == trace_id}
 
-        asyncio.run(scenario())
-        names = {"model", "batch", "queue wait", REST}
-
-        def complete(spans) -> bool:
-            return names <= {s.name for _, s in spans if int.from_bytes(s.trace_id, "big") == trace_id}
-
-        received = receiver.wait_for(complete)
+        names = {"gateway POST", "gateway forward", "model", "batch", "queue wait", REST}
+        received = mine(receiver.wait_for(lambda spans: names <= set(mine(spans))))
     finally:
+        if gateway is not None:
+            gateway.stop()
         replica.stop()
-    forward = one(exporter.get_finished_spans(), "gateway forward")
-    assert forward.context.trace_id == trace_id and forward.resource.attributes["service.name"] == "mlscale-test"
-    mine = {s.name: (service, s) for service, s in received if int.from_bytes(s.trace_id, "big") == trace_id}
-    service, server = mine[REST]
-    assert service == "replica-a"
-    assert int.from_bytes(server.parent_span_id, "big") == forward.context.span_id
-    assert server.kind == server.SPAN_KIND_SERVER
-    assert mine["batch"][1].parent_span_id == server.span_id
-    assert mine["model"][1].parent_span_id == mine["batch"][1].span_id
-    assert forward.parent.span_id != parent_id  # under the gateway's own span
+    (service, entry), (_, forward), (replica_service, server) = (
+        received["gateway POST"],
+        received["gateway forward"],
+        received[REST],
+    )
+    assert (service, replica_service) == ("mlscale-gateway", "replica-a")
+    assert int.from_bytes(entry.parent_span_id, "big") == parent_id
+    assert forward.parent_span_id == entry.span_id and forward.kind == forward.SPAN_KIND_CLIENT
+    assert server.parent_span_id == forward.span_id and server.kind == server.SPAN_KIND_SERVER
+    assert received["batch"][1].parent_span_id == server.span_id
+    assert received["model"][1].parent_span_id == received["batch"][1].span_id

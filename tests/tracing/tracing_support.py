@@ -153,3 +153,44 @@ class OtlpReceiver:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class GatewayProcess:
+    """``mlscale gateway --config`` as a process in front of one replica."""
+
+    def __init__(self, config: Path, backend: str, env: dict[str, str]) -> None:
+        import os
+        import subprocess
+        import sys
+        import time
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [str(Path(sys.executable).parent / "mlscale"), "gateway", "--config", str(config)]
+        command += ["--port", str(self.port), "--backend", backend]
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, **env}
+        )
+        until = time.monotonic() + 30
+        while time.monotonic() < until:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gateway exited: {self.process.stdout.read().decode()}")
+            try:
+                httpx.get(self.url + "/gateway/backends", timeout=1)
+                return
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("gateway did not start")
+
+    def stop(self) -> int:
+        import subprocess
+
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode

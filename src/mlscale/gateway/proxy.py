@@ -138,6 +138,8 @@ class Gateway:
             await self._client.aclose()
         if self.guard is not None:
             await self.guard.aclose()
+        if tracing.enabled:  # uvicorn re-raises SIGTERM once the app stopped: export the last spans now
+            await asyncio.to_thread(tracing.flush)
 
     async def _health_loop(self) -> None:
         while True:

@@ -19,7 +19,7 @@ from typing import Any
 from mlscale.errors import ConfigError
 from mlscale.tracing.settings import TracingSettings
 
-__all__ = ["TracingSettings", "configure", "enabled", "event", "shutdown", "span"]
+__all__ = ["TracingSettings", "configure", "enabled", "event", "flush", "shutdown", "span"]
 
 # True between configure() (with tracing enabled) and shutdown().
 enabled = False
@@ -75,6 +75,15 @@ def shutdown() -> None:
     from mlscale.tracing import spans
 
     spans.uninstall()
+
+
+def flush(timeout: float = 10.0) -> None:
+    """Export what is buffered now, waiting at most ``timeout`` seconds; tracing stays on. For a
+    process about to exit by a signal, where code after the server's return never runs."""
+    if enabled:
+        from mlscale.tracing import spans
+
+        spans.flush(timeout)
 
 
 def span(name: str, attributes: dict[str, Any] | None = None) -> Any:

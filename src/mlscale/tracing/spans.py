@@ -74,6 +74,11 @@ def uninstall() -> None:
     _tracer = trace.NoOpTracer()
 
 
+def flush(timeout: float) -> None:
+    if _provider is not None:
+        _provider.force_flush(int(timeout * 1000))
+
+
 def extract(headers: list[tuple[bytes, bytes]]) -> Any:
     """The remote parent in ``traceparent``/``tracestate`` headers (ASGI pairs), or None."""
     carrier = {}
