@@ -182,3 +182,20 @@ def test_after_shutdown_requests_create_no_spans(exporter, repository):
 
     asyncio.run(scenario())
     assert exporter.get_finished_spans() == ()
+
+
+def test_a_malformed_traceparent_starts_a_new_trace(exporter, repository):
+    bad = ["00-zz-01", "00-" + "0" * 32 + "-" + "1" * 16 + "-01", "ff-" + "a" * 2000, "\u00e9t\u00e9"]
+
+    async def scenario():
+        async with running_app(repository) as (_, client):
+            for header in bad:
+                headers = {"traceparent": header.encode("utf-8")}
+                response = await client.post("/v2/models/double/infer", json=body([[1, 2]]), headers=headers)
+                assert response.status_code == 200, response.text
+
+    asyncio.run(scenario())
+    servers = by_name(exporter.get_finished_spans(), REST)
+    assert len(servers) == len(bad)
+    assert all(s.parent is None and s.context.trace_id != 0 for s in servers)
+    assert len({s.context.trace_id for s in servers}) == len(bad)
