@@ -429,7 +429,9 @@ class AdaptiveBatcher:
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._predict, inputs, outputs)
 
     async def _call_traced(self, inputs: Arrays, outputs: tuple[str, ...] | None, alone: bool) -> Arrays:
-        with tracing.span("model", {"mlscale.batch.size": len(next(iter(inputs.values()), ()))}):
+        first = next(iter(inputs.values()), None)
+        rows = first.shape[0] if getattr(first, "ndim", 0) > 0 else 0  # 0: a request without a batch axis
+        with tracing.span("model", {"mlscale.batch.size": rows}):
             if self.inline and alone and not self._pending:
                 return self._predict(inputs, outputs)
             return await asyncio.get_running_loop().run_in_executor(self._executor, self._predict, inputs, outputs)
