@@ -1,22 +1,29 @@
 """TLS to the backing services, against real servers started here with certificates from our own
 CA: Redis (quotas and the key-value store over rediss://) and NATS JetStream (tls:// with a private
-CA). PostgreSQL takes libpq's sslmode/sslrootcert in its URL; tested only when the local server
-has ssl on."""
+CA) and PostgreSQL (a private TLS-only server: stream checkpoints and the feature registry with
+sslmode=verify-full)."""
 
 from __future__ import annotations
 
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
+from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
+from postgres_tls import dsn as pg_dsn
+from postgres_tls import tls_postgres, unavailable_reason
 from tls_support import make_certs
 
 from mlscale.auth.quotas import RedisBuckets
-from mlscale.errors import ServiceUnavailable
+from mlscale.errors import ConfigError, ServiceUnavailable
+from mlscale.features.registry import Registry
 from mlscale.storage.localredis import LocalRedis, free_port
+from mlscale.streams.checkpoint import open_checkpoints
 
 
 def _redis_has_tls() -> bool:
@@ -108,12 +115,42 @@ def test_nats_broker_over_tls_with_a_private_ca(tls_nats):
     # (A wrong CA is refused too, but nats-py retries the handshake until the broker's 30 s timeout.)
 
 
-def test_postgres_takes_libpq_tls_options_in_its_url(postgres_dsn):
+@pytest.fixture(scope="module")
+def tls_pg():
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    # Not pytest's tmp_path: its parents are private to root, and the server runs as postgres.
+    with tls_postgres(Path(tempfile.mkdtemp(prefix="mlscale-pgtls-"))) as (port, certs):
+        yield port, certs
+
+
+def test_stream_checkpoints_and_feature_registry_work_over_verified_tls(tls_pg):
     import psycopg
 
-    with psycopg.connect(postgres_dsn, connect_timeout=3) as conn:
-        ssl_on = conn.execute("show ssl").fetchone()[0] == "on"
-    if not ssl_on:
-        pytest.skip("the local PostgreSQL runs with ssl = off: sslmode=verify-full cannot be exercised here")
-    with psycopg.connect(postgres_dsn + "?sslmode=require", connect_timeout=3) as conn:
-        assert conn.execute("select ssl from pg_stat_ssl where pid = pg_backend_pid()").fetchone()[0]
+    port, certs = tls_pg
+    url = pg_dsn(port, certs)
+    with psycopg.connect(url) as conn:  # the link really is encrypted, by the server's own account
+        assert conn.execute("select ssl from pg_stat_ssl where pid = pg_backend_pid()").fetchone()[0] is True
+    with open_checkpoints(url) as store:
+        epoch, _offset, _state = store.acquire("tls-proc", 0)
+        assert store.commit("tls-proc", {0: (epoch, 42, {"f": b"state"})}) == []  # none fenced
+        assert store.offsets("tls-proc") == {0: 42}
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    with Registry(url) as registry:
+        registry.set_watermark("orders", when)
+    with Registry(url) as registry:
+        assert registry.watermark("orders") == when
+
+
+def test_postgres_refuses_plain_links_and_an_unknown_ca_with_a_clear_error(tls_pg, tmp_path):
+    port, _certs = tls_pg
+    with pytest.raises(ServiceUnavailable, match=r"no encryption|SSL off|pg_hba"):
+        open_checkpoints(pg_dsn(port, None, sslmode="disable"))
+    stranger = make_certs(tmp_path / "other", "stranger")
+    with pytest.raises(ServiceUnavailable, match="certificate verify failed") as refused:
+        open_checkpoints(pg_dsn(port, stranger))
+    assert "postgres@" not in str(refused.value)
+    with pytest.raises(ConfigError, match="certificate verify failed") as refused:
+        Registry(pg_dsn(port, stranger).replace("postgres@", "postgres:s3cret@"))
+    assert "s3cret" not in str(refused.value)

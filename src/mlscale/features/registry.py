@@ -33,6 +33,17 @@ class ApplyResult:
         self.added, self.updated, self.removed, self.unchanged = added, updated, removed, unchanged
 
 
+def _where(dsn: str) -> str:
+    """Host, port and database of a DSN: never its user or password (errors end up in logs)."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        info = conninfo_to_dict(dsn)
+    except Exception:  # an unparsable DSN: say so without echoing it
+        return "(an unparsable PostgreSQL URL)"
+    return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
+
+
 class Registry:
     """Definitions and watermarks kept in a SQLite file or a PostgreSQL database (a DSN)."""
 
@@ -46,7 +57,7 @@ class Registry:
             try:
                 self._conn: Any = psycopg.connect(target, autocommit=False)
             except psycopg.OperationalError as exc:
-                raise ConfigError(f"cannot reach the feature registry at {target}: {exc}") from None
+                raise ConfigError(f"cannot reach the feature registry at {_where(target)}: {exc}") from None
             self._ph = "%s"
         else:
             Path(target).parent.mkdir(parents=True, exist_ok=True)
