@@ -56,6 +56,7 @@ def start_server(root: Path, workers: int) -> tuple[subprocess.Popen, str]:
     port = free_port()
     command = [sys.executable, "-m", "mlscale", "serve", "--config", str(root / "mlscale.toml")]
     command += ["--model-repository", str(root / "models"), "--port", str(port), "--workers", str(workers)]
+    command += ["--grpc-port", "0"]  # REST only: several servers side by side
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
