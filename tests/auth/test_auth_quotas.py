@@ -58,7 +58,8 @@ async def test_redis_bucket_matches_the_reference(redis_url, seed):
 async def test_redis_bucket_grants_each_token_once_under_concurrency(redis_url):
     """200 concurrent callers at one instant on a bucket of 37: exactly 37 get through."""
     prefix = f"test-quota-{uuid.uuid4().hex}:"
-    clients = [RedisBuckets(redis_url, prefix=prefix) for _ in range(4)]
+    # A generous pool timeout: 200 callers queue for 32 connections, and a busy test machine is slow.
+    clients = [RedisBuckets(redis_url, prefix=prefix, timeout=10.0) for _ in range(4)]
     try:
         waits = await asyncio.gather(*(clients[i % 4].atake("t", 1.0, 37.0, now_us=5_000_000) for i in range(200)))
     finally:

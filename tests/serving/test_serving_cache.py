@@ -99,10 +99,23 @@ def test_workers_share_answers_through_redis_and_purge_reaches_all(cached_server
     assert purge.status_code == 200
     assert purge.json()["purged"] >= 1
     assert _infer(server, 3.0)["parameters"]["cache"] == "miss"
-    _wait_for_l2(client, prefix, server)
+    # A worker that learns of the purge (it polls the purge mark) while computing this answer refuses to
+    # store it, by design: it cannot tell it from an answer of the purged model. So the first answers
+    # after a purge may be misses; a later one lands in L2, and from then on the cache answers.
+    until = time.monotonic() + 30
+    while not _in_l2(client, prefix):
+        assert time.monotonic() < until, "no answer reached Redis within 30 s of the purge"
+        assert _infer(server, 3.0)["parameters"]["cache"] in {"miss", "l1", "l2"}
+        time.sleep(0.05)
+    calls = _calls(repository)
+    assert calls >= 2
     after = {_infer(server, 3.0)["parameters"]["cache"] for _ in range(10)}
     assert after <= {"l1", "l2"}
-    assert _calls(repository) == 2
+    assert _calls(repository) == calls
+
+
+def _in_l2(client: redis.Redis, prefix: str) -> bool:
+    return any(True for _ in client.scan_iter(match=prefix + "counted*", count=1000))
 
 
 def _wait_for_l2(client: redis.Redis, prefix: str, server=None) -> None:
@@ -111,7 +124,7 @@ def _wait_for_l2(client: redis.Redis, prefix: str, server=None) -> None:
     30 s: in the whole suite this once took over 10 s on an idle machine (not understood yet; it
     passes in about 3 s alone), so on failure the server's own log is part of the message."""
     until = time.monotonic() + 30
-    while not any(True for _ in client.scan_iter(match=prefix + "counted*", count=1000)):
+    while not _in_l2(client, prefix):
         if time.monotonic() >= until:
             log = ""
             if server is not None:
