@@ -170,8 +170,14 @@ class Gateway:
         await asyncio.gather(*(self._probe_loop(b) for b in self.backends))
 
     async def _probe_loop(self, backend: Backend) -> None:
+        """A probe every ``health_interval`` from the start of the last, however long it took:
+        a replica that does not answer its probes is found out in about ``unhealthy_after``
+        intervals, not that many intervals plus timeouts."""
+        loop = asyncio.get_running_loop()
+        due = loop.time() + self.settings.health_interval
         while True:
-            await asyncio.sleep(self.settings.health_interval)
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            due = loop.time() + self.settings.health_interval
             await self.probe(backend)
 
     async def check_health(self) -> None:
