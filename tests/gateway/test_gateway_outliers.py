@@ -10,6 +10,8 @@ namespace hosts killed under load.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 
@@ -201,3 +203,17 @@ def test_gateway_timeouts_must_be_positive():
         GatewaySettings(backends=["http://a"], connect_timeout=0)
     with pytest.raises(ValueError, match=r"gateway\.health_timeout must be a positive"):
         GatewaySettings(backends=["http://a"], health_timeout=-1)
+
+
+def test_gateway_with_a_zero_connect_timeout_exits_with_one_line(tmp_path):
+    config = tmp_path / "mlscale.toml"
+    config.write_text('[gateway]\nbackends = ["http://127.0.0.1:9"]\nconnect_timeout = 0\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "mlscale", "gateway", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "gateway.connect_timeout must be a positive number of seconds" in result.stderr
