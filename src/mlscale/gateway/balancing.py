@@ -8,6 +8,7 @@ stable, so its caches stay warm, and moves only ~1/N of the models when a replic
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 import time
@@ -17,24 +18,53 @@ from mlscale.storage.hashring import HashRing
 
 
 class Backend:
-    """One replica as the gateway sees it."""
+    """One replica as the gateway sees it: health, load, and the tries in flight to it."""
 
-    __slots__ = ("failures", "healthy", "inflight", "served", "shedding_until", "url")
+    __slots__ = ("aborted", "failures", "healthy", "inflight", "served", "shedding_until", "tries", "url")
 
     def __init__(self, url: str) -> None:
         self.url = url.rstrip("/")
         self.inflight = 0
         self.healthy = True
+        # Failures since the last successful probe, probes and requests alike.
         self.failures = 0
         self.served = 0
         # Route key (model) -> time.monotonic() until which this replica, having answered 503 for
         # that model, gets no new requests for it unless every replica is shedding. Per model:
         # one model's overload must not take the replica away from the others.
         self.shedding_until: dict[str, float] = {}
+        # The tasks with a try waiting on this replica now, and those of them cancelled by abort().
+        self.tries: set[asyncio.Task] = set()
+        self.aborted: set[asyncio.Task] = set()
 
     def usable(self, key: str) -> bool:
         """Healthy and not shedding load for ``key`` right now."""
         return self.healthy and self.shedding_until.get(key, 0.0) <= time.monotonic()
+
+    def failed(self, threshold: int, *, unreachable: bool) -> bool:
+        """Count one failure; True when it takes the replica out (the ``threshold``-th since the
+        last successful probe).
+
+        ``unreachable``: no connection could be made (refused, or no answer to connecting), so
+        the tries in flight here will never be answered either (a host that died or was cut off
+        sends nothing); past the threshold they are aborted, to be retried elsewhere, instead of
+        waiting out the whole timeout. A replica that answers slowly is only taken out: its
+        tries in flight may still complete."""
+        self.failures += 1
+        if self.failures < threshold:
+            return False
+        if unreachable:
+            self.abort()
+        if self.healthy:
+            self.healthy = False
+            return True
+        return False
+
+    def abort(self) -> None:
+        """Cancel every try in flight to this replica; each sees it as this replica's failure."""
+        for task in self.tries - self.aborted:
+            self.aborted.add(task)
+            task.cancel()
 
     def __repr__(self) -> str:
         return f"Backend({self.url!r}, healthy={self.healthy}, inflight={self.inflight})"

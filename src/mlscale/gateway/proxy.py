@@ -1,8 +1,18 @@
-"""The gateway: an ASGI reverse proxy over replicas with health checks and retries.
+"""The gateway: an ASGI reverse proxy over replicas with health checks, outlier ejection and retries.
 
 The body is read once and kept, so a request refused by one replica (connection error, or 503
 from a replica shedding load or draining) is sent to the next one; the client sees an error only
-when every candidate refused. A replica that answered 503 gets no new requests for its
+when every candidate refused. A request that failed after it was sent (the connection reset or
+closed with no answer) is retried only where repeating it cannot apply a change twice
+(``safe_to_retry``).
+
+Health: each replica is probed every ``health_interval`` on a new connection (so a probe tests
+that the host can still be reached, not an old pooled connection), and requests count too:
+``unhealthy_after`` failures since its last successful probe, probes or requests, take a replica
+out (outlier ejection); one successful probe brings it back. When the failures say the replica cannot be reached at all
+(refused or no answer to connecting), the tries still waiting on it are aborted and retried
+elsewhere: a host that died or was cut off never answers them, and waiting for ``timeout`` would
+turn its loss into client errors. A replica that answered 503 gets no new requests for its
 Retry-After (at most ``shed_pause``), and when every replica is shedding the gateway answers 503
 itself before reading the body, so an overloaded cluster is not also flooded by its gateway.
 Answers pass through unchanged (status, headers, body), binary tensors included.
@@ -67,6 +77,7 @@ class Gateway:
         # How https:// replicas are verified: an SSL context with the configured CA, or True.
         self.verify = verify
         self._client: httpx.AsyncClient | None = None
+        self._probe_client: httpx.AsyncClient | None = None
         self._health_task: asyncio.Task | None = None
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
@@ -84,7 +95,13 @@ class Gateway:
                 [(b"content-type", b"application/json")],
                 msgspec.json.encode(
                     [
-                        {"url": b.url, "healthy": b.healthy, "inflight": b.inflight, "served": b.served}
+                        {
+                            "url": b.url,
+                            "healthy": b.healthy,
+                            "inflight": b.inflight,
+                            "served": b.served,
+                            "failures": b.failures,
+                        }
                         for b in self.backends
                     ]
                 ),
@@ -125,7 +142,13 @@ class Gateway:
 
     async def start(self) -> None:
         limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
-        self._client = httpx.AsyncClient(timeout=self.settings.timeout, limits=limits, verify=self.verify)
+        timeout = httpx.Timeout(self.settings.timeout, connect=self.settings.connect_timeout)
+        self._client = httpx.AsyncClient(timeout=timeout, limits=limits, verify=self.verify)
+        self._probe_client = httpx.AsyncClient(
+            timeout=self.settings.health_timeout,
+            limits=httpx.Limits(max_keepalive_connections=0),  # every probe connects anew
+            verify=self.verify,
+        )
         await self.check_health()
         self._health_task = asyncio.create_task(self._health_loop())
 
@@ -134,39 +157,48 @@ class Gateway:
             self._health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_task
-        if self._client is not None:
-            await self._client.aclose()
+        for client in (self._client, self._probe_client):
+            if client is not None:
+                await client.aclose()
         if self.guard is not None:
             await self.guard.aclose()
         if tracing.enabled:  # uvicorn re-raises SIGTERM once the app stopped: export the last spans now
             await asyncio.to_thread(tracing.flush)
 
     async def _health_loop(self) -> None:
+        """A probe loop per replica: one that does not answer must not delay the others' probes."""
+        await asyncio.gather(*(self._probe_loop(b) for b in self.backends))
+
+    async def _probe_loop(self, backend: Backend) -> None:
+        """A probe every ``health_interval`` from the start of the last, however long it took:
+        a replica that does not answer its probes is found out in about ``unhealthy_after``
+        intervals, not that many intervals plus timeouts."""
+        loop = asyncio.get_running_loop()
+        due = loop.time() + self.settings.health_interval
         while True:
-            await asyncio.sleep(self.settings.health_interval)
-            await self.check_health()
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            due = loop.time() + self.settings.health_interval
+            await self.probe(backend)
 
     async def check_health(self) -> None:
-        """Ask every replica /v2/health/ready; take out those that failed ``unhealthy_after`` times."""
-        assert self._client is not None
+        """Probe every replica once (at start, and for tests)."""
+        await asyncio.gather(*(self.probe(b) for b in self.backends))
 
-        async def probe(backend: Backend) -> None:
-            try:
-                response = await self._client.get(backend.url + "/v2/health/ready", timeout=2.0)
-                ok = response.status_code == 200
-            except httpx.HTTPError:
-                ok = False
-            if ok:
-                if not backend.healthy:
-                    log.info("backend %s is healthy again", backend.url)
-                backend.failures, backend.healthy = 0, True
-            else:
-                backend.failures += 1
-                if backend.healthy and backend.failures >= self.settings.unhealthy_after:
-                    log.warning("backend %s is unhealthy", backend.url)
-                    backend.healthy = False
-
-        await asyncio.gather(*(probe(b) for b in self.backends))
+    async def probe(self, backend: Backend) -> None:
+        """Ask ``backend`` /v2/health/ready: a 200 brings it back, anything else counts as a failure."""
+        assert self._probe_client is not None
+        unreachable = False
+        try:
+            response = await self._probe_client.get(backend.url + "/v2/health/ready")
+            ok = response.status_code == 200
+        except httpx.HTTPError as exc:
+            ok, unreachable = False, isinstance(exc, _UNREACHABLE)
+        if ok:
+            if not backend.healthy:
+                log.info("backend %s is healthy again", backend.url)
+            backend.failures, backend.healthy = 0, True
+        elif backend.failed(self.settings.unhealthy_after, unreachable=unreachable):
+            log.warning("backend %s is unhealthy (%s)", backend.url, "unreachable" if unreachable else "not ready")
 
     async def _read_body(self, receive: Callable) -> bytes | None:
         chunks, size = [], 0
@@ -206,25 +238,16 @@ class Gateway:
         candidates = self.strategy.order(self.backends, key)[: self.settings.retries + 1]
         last_error = "no healthy backend"
         for backend in candidates:
-            backend.inflight += 1
             try:
-                if tracing.enabled:
-                    response = await self._send_traced(scope["method"], backend.url + path, body, headers)
-                else:
-                    response = await self._client.request(
-                        scope["method"], backend.url + path, content=body, headers=headers
-                    )
-            except httpx.HTTPError as exc:
-                last_error = f"{backend.url}: {exc!r}"
-                backend.failures += 1
-                if backend.failures >= self.settings.unhealthy_after:
-                    backend.healthy = False
-                if not isinstance(exc, _NOT_SENT) and not safe_to_retry(scope["method"], scope["path"]):
+                response = await self._try(backend, scope["method"], backend.url + path, body, headers)
+            except _TryFailed as failure:
+                last_error = failure.reason
+                if backend.failed(self.settings.unhealthy_after, unreachable=failure.unreachable):
+                    log.warning("backend %s is taken out: %s", backend.url, failure.reason)
+                if failure.sent and not safe_to_retry(scope["method"], scope["path"]):
                     # The replica may have applied it (events appended): another try could repeat it.
-                    return _error(502, f"{backend.url} failed after the request was sent ({exc!r}); not retried")
+                    return _error(502, f"{failure.reason}; not retried")
                 continue
-            finally:
-                backend.inflight -= 1
             if response.status_code == 503:
                 backend.shedding_until[key] = time.monotonic() + _pause(response, self.settings.shed_pause)
                 if backend is not candidates[-1]:
@@ -238,6 +261,36 @@ class Gateway:
             ]
             return response.status_code, out_headers, response.content
         return _error(502, f"every backend refused the request (last: {last_error})")
+
+    async def _try(self, backend: Backend, method: str, url: str, body: bytes, headers: list) -> httpx.Response:
+        """One try at one replica, registered with it so that ``Backend.abort`` can cancel it;
+        any failure (aborted included) is raised as ``_TryFailed``."""
+        assert self._client is not None
+        task = asyncio.current_task()
+        backend.inflight += 1
+        backend.tries.add(task)
+        try:
+            if tracing.enabled:
+                return await self._send_traced(method, url, body, headers)
+            return await self._client.request(method, url, content=body, headers=headers)
+        except asyncio.CancelledError:
+            # Our own abort is this try's failure; a cancellation from anyone else goes on up.
+            if task in backend.aborted:
+                backend.aborted.discard(task)
+                if task.uncancel() == 0:
+                    lost = f"{backend.url} became unreachable with the request in flight"
+                    raise _TryFailed(lost, True, True) from None
+            raise
+        except httpx.HTTPError as exc:
+            raise _TryFailed(
+                f"{backend.url}: {exc!r}", not isinstance(exc, _NOT_SENT), isinstance(exc, _UNREACHABLE)
+            ) from None
+        finally:
+            backend.inflight -= 1
+            backend.tries.discard(task)
+            if task in backend.aborted:  # the cancellation was swallowed on the way: the answer stands
+                backend.aborted.discard(task)
+                task.uncancel()
 
     async def _forward_traced(self, scope: dict, receive: Callable) -> tuple[int, list, bytes]:
         """``_forward`` in a SERVER span continuing the client's trace (its ``traceparent``)."""
@@ -261,6 +314,17 @@ class Gateway:
 
 # Failures where the replica never received the request: a retry elsewhere cannot repeat anything.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+# Failures that say the replica cannot be reached at all (nothing listens, or no answer to connecting).
+_UNREACHABLE = (httpx.ConnectError, httpx.ConnectTimeout)
+
+
+class _TryFailed(Exception):
+    """One try at a replica failed: why, whether the request may have reached it, and whether
+    the replica could not be reached at all."""
+
+    def __init__(self, reason: str, sent: bool, unreachable: bool) -> None:
+        super().__init__(reason)
+        self.reason, self.sent, self.unreachable = reason, sent, unreachable
 
 
 def safe_to_retry(method: str, path: str) -> bool:

@@ -18,12 +18,21 @@ class GatewaySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # hash only: a replica holding more than this times the average requests in flight is passed
     # over for the next one on the ring (consistent hashing with bounded loads).
     hash_load_factor: float = 1.25
+    # Seconds between two health probes of a replica (GET /v2/health/ready on a new connection).
     health_interval: float = 1.0
-    # Consecutive failed checks before a replica is taken out; one success brings it back.
+    # Longest wait for a probe's answer, connecting included.
+    health_timeout: float = 1.0
+    # Consecutive failures (probes, and requests that got no answer) before a replica is taken out
+    # (outlier ejection); one successful probe brings it back.
     unhealthy_after: int = 2
     # Other replicas tried when one refuses (connection error or 503) before the client sees an error.
     retries: int = 2
+    # Longest wait for a replica's answer to one try (a slow model may need long).
     timeout: float = 30.0
+    # Longest wait for a connection to a replica: a replica on the same network accepts in
+    # milliseconds, so a host that does not answer is given up on (and the request retried on
+    # another) long before ``timeout``.
+    connect_timeout: float = 1.0
     # Longest pause (seconds) for a replica that answered 503 for a model: it gets none of that
     # model's requests for its Retry-After, capped here, while another replica can take them.
     shed_pause: float = 0.1
@@ -42,3 +51,6 @@ class GatewaySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("gateway.hash_load_factor must be at least 1")
         if self.retries < 0 or self.unhealthy_after < 1:
             raise ValueError("gateway.retries must be >= 0 and unhealthy_after >= 1")
+        for name in ("health_interval", "health_timeout", "timeout", "connect_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"gateway.{name} must be a positive number of seconds")
