@@ -117,6 +117,8 @@ class OfflineStore:
             return f"({view.query})"
         path = Path(view.source)
         path = path if path.is_absolute() else self.root / path
+        if view.source.endswith("/"):  # a folder of Parquet files, partition folders included
+            return f"read_parquet({_literal(str(path / '**' / '*.parquet'))})"
         reader = "read_csv" if ".csv" in path.name.lower() else "read_parquet"
         return f"{reader}({_literal(str(path))})"
 

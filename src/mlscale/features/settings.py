@@ -28,7 +28,8 @@ class FeatureViewConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
 
     name: str
     entities: list[str]
-    # A Parquet or CSV file (or glob) relative to the project folder, or a DuckDB query.
+    # A Parquet or CSV file (or glob), or a folder of Parquet files written with a final "/",
+    # relative to the project folder; or a query (DuckDB SQL; Spark SQL with offline_engine = "spark").
     source: str = ""
     query: str = ""
     timestamp_field: str = "event_timestamp"

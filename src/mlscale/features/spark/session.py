@@ -9,6 +9,7 @@ Settings mlscale relies on are set on every session, including one the user buil
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -41,8 +42,9 @@ def spark_session(master: str = "local[2]", config: Mapping[str, str] | None = N
         builder = SparkSession.builder.master(master)
         options = {**BUILD_DEFAULTS, **RUNTIME_CONFIG}
         if master.startswith("local"):
-            # Local executors start Python workers: the driver's interpreter, which has mlscale.
-            options["spark.pyspark.python"] = sys.executable
+            # Local executors start Python workers with PYSPARK_PYTHON ("python3" when unset, which
+            # may lack mlscale and PyArrow): the driver's own interpreter instead.
+            os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         for key, value in {**options, **(config or {})}.items():
             builder = builder.config(key, str(value))
         try:

@@ -1,0 +1,198 @@
+"""The Spark offline engine gives the DuckDB engine's answers: training sets equal row by row on data
+full of same-time corrections, read from a folder of files and a glob; materialization from the
+executors, then `mlscale features get`, equal to DuckDB's; clear errors for what cannot work."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+from test_feature_cli import run
+from test_feature_ties import _ties_repo, corrections
+
+from mlscale.config import parse_settings
+from mlscale.errors import ConfigError
+from mlscale.features.offline import OfflineStore
+from mlscale.features.online import OnlineStore, OnlineTarget
+
+
+@pytest.fixture
+def spark_store(spark):
+    from mlscale.features.spark import SparkOfflineStore
+
+    return lambda repo, root=".": SparkOfflineStore(repo, root, session=spark)
+
+
+def test_training_sets_equal_duckdb_row_by_row_from_a_folder_and_a_glob(tmp_path, spark_store):
+    frame = corrections(n_entities=300, seed=5)
+    frame.to_parquet(tmp_path / "all.parquet")
+    # The same rows shuffled over four files with nanosecond times (pandas' old default).
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    shuffled = frame.sample(frac=1, random_state=2)
+    shuffled["event_timestamp"] = shuffled.event_timestamp.astype("datetime64[ns, UTC]")
+    for i in range(4):
+        shuffled.iloc[i::4].to_parquet(parts / f"part-{i}.parquet")
+    rng = np.random.default_rng(4)
+    when = pd.Timestamp("2024-01-01", tz="UTC") + pd.to_timedelta(rng.integers(-3600, 4 * 86400, 3_000), unit="s")
+    entities = pd.DataFrame(
+        {
+            # Known and unknown ids, repeated rows, a tenth on exact source times.
+            "driver_id": np.concatenate([rng.integers(0, 320, 3_000), frame.driver_id.to_numpy()[:300]]),
+            "event_timestamp": pd.concat([pd.Series(when), frame.event_timestamp[:300]], ignore_index=True),
+            "label": np.arange(3_300) % 2 == 0,
+        }
+    )
+    for created in (False, True):
+        want = OfflineStore(_ties_repo(tmp_path / "all.parquet", created)).get_historical_features(
+            entities, ["stats:*"]
+        )
+        for source in (f"{parts}/", parts / "part-*.parquet"):
+            got = spark_store(_ties_repo(source, created)).get_historical_features(entities, ["stats:*"])
+            assert got.schema.equals(want.schema), (source, created)
+            assert got.equals(want), (source, created)
+    assert want.column("trips").null_count > 0 and want.column("rate").null_count > 0
+
+
+MATERIALIZE_PROJECT = """
+[features]
+offline_engine = "{engine}"
+online_store = {online}
+
+[[features.entities]]
+name = "driver"
+join_key = "driver_id"
+
+[[features.views]]
+name = "stats"
+entities = ["driver"]
+source = "data/stats.parquet"
+created_timestamp_field = "created"
+features = {{ trips = "int64", rate = "float64", tier = "string" }}
+"""
+
+
+def _project(folder, frame, engine, online):
+    (folder / "data").mkdir(parents=True)
+    frame.to_parquet(folder / "data" / "stats.parquet")
+    (folder / "mlscale.toml").write_text(MATERIALIZE_PROJECT.format(engine=engine, online=json.dumps(online)))
+
+
+def _stats_frame() -> pd.DataFrame:
+    frame = corrections(n_entities=400, seed=9)
+    frame["tier"] = np.where(frame.driver_id % 3 == 0, None, np.where(frame.rate > 0.5, "gold", "silvér"))
+    return frame
+
+
+def _get(folder, ids):
+    got = run(folder, "get", "--feature", "stats:*", "--entity", "driver_id=" + ",".join(map(str, ids)))
+    assert got.returncode == 0, got.stderr
+    return json.loads(got.stdout)
+
+
+def test_materialize_on_spark_then_features_get_equals_duckdb(tmp_path, spark):
+    frame = _stats_frame()
+    shards = ["sqlite:///online/a.db", "sqlite:///online/b.db"]
+    _project(tmp_path / "duck", frame, "duckdb", shards)
+    _project(tmp_path / "spark", frame, "spark", shards)
+    ids = list(range(0, 420, 3))  # the last ones have no rows
+    answers = {}
+    for name in ("duck", "spark"):
+        folder = tmp_path / name
+        assert run(folder, "apply").returncode == 0
+        # Two windows: the second run (incremental) writes newer rows over the first run's.
+        first = run(folder, "materialize", "--end", "2024-01-02T06:00:00")
+        assert first.returncode == 0, first.stderr
+        second = run(folder, "materialize", "--incremental", "--end", "2024-01-03T12:00:00")
+        assert second.returncode == 0, second.stderr
+        answers[name] = _get(folder, ids)
+        assert run(folder, "list").stdout.count("materialized to 2024-01-03T12:00:00") == 1
+    # No TTL, so the answers do not depend on when they are read.
+    duck, spark_answer = answers["duck"], answers["spark"]
+    assert duck["metadata"] == spark_answer["metadata"]
+    for a, b in zip(duck["results"], spark_answer["results"], strict=True):
+        assert a == b
+    values = duck["results"][1]["values"]
+    assert values[-1] is None and sum(v is not None for v in values) > 50
+
+
+def test_rerunning_an_older_window_on_spark_never_moves_an_entity_back(tmp_path, spark_store):
+    frame = _stats_frame()
+    frame.to_parquet(tmp_path / "stats.parquet")
+    repo = _ties_repo(tmp_path / "stats.parquet", created=True)
+    target = OnlineTarget([f"sqlite:///{tmp_path}/a.db", f"sqlite:///{tmp_path}/b.db"])
+    online = OnlineStore(target.open_kv(), repo, clock=lambda: 1.0e10, target=target)
+    engine = spark_store(repo)
+    late = pd.Timestamp("2024-01-03T12:00:00", tz="UTC").to_pydatetime()
+    early = pd.Timestamp("2024-01-01T12:00:00", tz="UTC").to_pydatetime()
+    written = engine.materialize(online, end=late, chunk_rows=100)
+    assert written["stats"] == frame[frame.event_timestamp <= late].driver_id.nunique()
+    before = sorted((k, online.kv.get_many([k])[0]) for k in online.kv.scan())
+    engine.materialize(online, end=early, chunk_rows=100)
+    after = sorted((k, online.kv.get_many([k])[0]) for k in online.kv.scan())
+    assert after == before
+    online.kv.close()
+
+
+@pytest.mark.service
+def test_materialize_on_spark_into_redis_equals_duckdb_into_sqlite(tmp_path, spark_store, redis_url):
+    frame = _stats_frame()
+    frame.to_parquet(tmp_path / "stats.parquet")
+    repo = _ties_repo(tmp_path / "stats.parquet", created=True)
+    end = pd.Timestamp("2024-01-02T18:00:00", tz="UTC")
+    redis = OnlineTarget(f"{redis_url}?prefix=mlscale-test-spark-{uuid.uuid4().hex[:8]}:")
+    sqlite = OnlineTarget(f"sqlite:///{tmp_path}/online.db")
+    stores = {}
+    for engine, target in ((spark_store(repo), redis), (OfflineStore(repo), sqlite)):
+        online = OnlineStore(target.open_kv(), repo, clock=end.timestamp, target=target)
+        engine.materialize(online, end=end.to_pydatetime())
+        stores[engine.name] = online
+    keys = sorted(stores["duckdb"].kv.scan())
+    try:
+        assert len(keys) > 300
+        assert sorted(stores["spark"].kv.scan()) == keys
+        assert stores["spark"].kv.get_many(keys) == stores["duckdb"].kv.get_many(keys)
+    finally:
+        stores["spark"].kv.delete(list(stores["spark"].kv.scan()))
+        for online in stores.values():
+            online.kv.close()
+
+
+def test_spark_engine_refuses_what_it_cannot_do_with_clear_errors(tmp_path, spark_store):
+    frame = _stats_frame()
+    frame.to_parquet(tmp_path / "stats.parquet")
+    repo = _ties_repo(tmp_path / "stats.parquet", created=True)
+    engine = spark_store(repo)
+    memory = OnlineTarget("memory://")
+    online = OnlineStore(memory.open_kv(), repo, target=memory)
+    with pytest.raises(ConfigError, match="not memory://"):
+        engine.materialize(online, end=pd.Timestamp("2024-02-01", tz="UTC").to_pydatetime())
+    frame.drop(columns=["rate"]).to_parquet(tmp_path / "stats.parquet")
+    with pytest.raises(ConfigError, match="feature column 'rate' not found"):
+        engine.validate_sources()
+    frame.assign(event_timestamp=frame.event_timestamp.astype("int64")).to_parquet(tmp_path / "stats.parquet")
+    with pytest.raises(ConfigError, match=r"timestamp column 'event_timestamp' is bigint .* not a timestamp"):
+        engine.validate_sources()
+    missing = spark_store(_ties_repo(tmp_path / "nowhere" / "*.parquet", created=False))
+    with pytest.raises(ConfigError, match="cannot read its source"):
+        missing.get_historical_features(
+            pa.table({"driver_id": [1], "event_timestamp": pa.array([0], pa.timestamp("s"))}), ["stats:*"]
+        )
+
+
+def test_offline_engine_setting_picks_the_engine_and_rejects_unknown_ones(tmp_path, spark):
+    from mlscale.features.engine import open_offline_engine
+    from mlscale.features.spark import SparkOfflineStore
+
+    repo = _ties_repo(tmp_path / "stats.parquet", created=False)
+    default = parse_settings({}, root=tmp_path)
+    assert default.features.offline_engine == "duckdb" and default.features.spark_master == "local[2]"
+    assert isinstance(open_offline_engine(repo, default.features, tmp_path), OfflineStore)
+    chosen = parse_settings({"features": {"offline_engine": "spark"}}, root=tmp_path)
+    assert isinstance(open_offline_engine(repo, chosen.features, tmp_path), SparkOfflineStore)
+    with pytest.raises(ConfigError, match="offline_engine must be one of duckdb, spark, not 'flink'"):
+        parse_settings({"features": {"offline_engine": "flink"}}, root=tmp_path)
