@@ -54,7 +54,7 @@ def test_training_set_matches_brute_force_point_in_time_join(
 
 
 # Spark takes about a second a training set, so it gets fewer examples of the same property.
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @_pit_cases
 def test_spark_training_set_matches_brute_force_point_in_time_join(
     tmp_path_factory, make_repo, spark, feature_rows, entity_rows, ttl_minutes

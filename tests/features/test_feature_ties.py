@@ -128,7 +128,7 @@ def test_training_set_and_online_store_match_a_brute_force_reference_on_ties(
 # Spark takes a few seconds an example (a training set and a materialization), so fewer examples;
 # its executors write the online store, so a SQLite file instead of memory.
 @settings(
-    max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+    max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
 )
 @_tie_cases
 def test_spark_training_set_and_online_store_match_a_brute_force_reference_on_ties(

@@ -1,11 +1,12 @@
 """The Spark offline engine: the DuckDB engine's answers, computed by Spark over sources a cluster reads.
 
 Point-in-time join without a range join: per view, the entity rows and the view's rows are put in
-one frame, partitioned by join key and ordered by event time (a view row before an entity row at
-the same time, so "at or before" holds); each entity row takes the last view row seen before it
-(``last(..., ignorenulls)`` over the window), then the TTL blanks it when too old. That is one
-shuffle and sort per view, linear in rows, with no pair of rows ever multiplied out, and the
-driver only sends the entity frame and receives the finished training set.
+one frame, partitioned by join key and ordered by event time (view rows before entity rows at the
+same time, so "at or before" holds; view rows at one time by the tie rule reversed, so the winner
+comes last); each entity row takes the last view row seen before it (``last(..., ignorenulls)``
+over the window), then the TTL blanks it when too old. That is one shuffle and sort per view,
+linear in rows, with no pair of rows ever multiplied out, and the driver only sends the entity
+frame and receives the finished training set.
 
 Same rules as DuckDB (``mlscale.features.offline``): rows of one entity at one event time are cut
 to one by the tie rule (greatest created time, then greatest feature values in declared order,
@@ -215,16 +216,6 @@ class SparkOfflineStore:
         order = [F.col(_CREATED).desc_nulls_last()] if view.created_timestamp_field else []
         return order + [F.col(_ident(f.name)).desc_nulls_last() for f in view.features]
 
-    def view_rows(self, view: FeatureView, features: Sequence[str]) -> Any:
-        """One row per entity and event time (the tie rule's winner): join keys, ``__mlscale_ts``, ``features``."""
-        from pyspark.sql import Window
-        from pyspark.sql import functions as F
-
-        keys = [self.repo.entities[e].join_key for e in view.entities]
-        slot = Window.partitionBy(*[_ident(k) for k in keys], _ETS).orderBy(*self.tie_order(view))
-        ranked = self.rows(view).withColumn(_RANK, F.row_number().over(slot))
-        return ranked.where(F.col(_RANK) == 1).select(*[_ident(k) for k in keys], _ETS, *[_ident(f) for f in features])
-
     # --- training sets ------------------------------------------------------------------------
 
     def get_historical_features(
@@ -286,26 +277,24 @@ class SparkOfflineStore:
         for view_name, feats in resolved:
             view = self.repo.views[view_name]
             keys = [self.repo.entities[e].join_key for e in view.entities]
-            rows = self.view_rows(view, feats)
+            # Same-time rows are not cut first (a second shuffle): they sort by the tie rule
+            # reversed (ascending, nulls first), so the winner is the last one an entity row sees.
+            rows = self.rows(view)
             hit = F.struct(F.col(_ETS).alias("t"), *[F.col(_ident(f)).alias(f"f{i}") for i, f in enumerate(feats)])
-            side_rows = rows.select(
-                *[_ident(k) for k in keys],
-                _ETS,
-                F.lit(0).alias(_SIDE),
-                F.lit(None).cast("bigint").alias(_ROW),
-                hit.alias(_HIT),
-            )
+            side_rows = rows.withColumn(_SIDE, F.lit(0)).withColumn(_HIT, hit)
             hit_type: StructType = side_rows.schema[_HIT].dataType
-            side_entities = entities.select(
-                *[_ident(k) for k in keys], _ETS, F.lit(1).alias(_SIDE), _ROW, F.lit(None).cast(hit_type).alias(_HIT)
-            )
+            side_entities = entities.select(*[_ident(k) for k in keys], _ETS, _ROW, F.lit(1).alias(_SIDE))
+            side_entities = side_entities.withColumn(_HIT, F.lit(None).cast(hit_type))
+            ties = [F.col(_CREATED).asc_nulls_first()] if view.created_timestamp_field else []
+            ties += [F.col(_ident(f.name)).asc_nulls_first() for f in view.features]
             window = (
                 Window.partitionBy(*[_ident(k) for k in keys])
-                .orderBy(_ETS, _SIDE)
+                .orderBy(F.col(_ETS), F.col(_SIDE), *ties)
                 .rowsBetween(Window.unboundedPreceding, Window.currentRow)
             )
             last = F.last(_HIT, ignorenulls=True).over(window)
-            matched = side_rows.unionByName(side_entities).withColumn("__mlscale_last", last).where(F.col(_SIDE) == 1)
+            both = side_rows.unionByName(side_entities, allowMissingColumns=True)
+            matched = both.withColumn("__mlscale_last", last).where(F.col(_SIDE) == 1)
             found = F.col("__mlscale_last.t")
             ttl_us = round(view.ttl * 1_000_000)
             fresh = found >= F.col(_ETS) - F.lit(ttl_us) if ttl_us else found.isNotNull()

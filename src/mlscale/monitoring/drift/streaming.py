@@ -14,8 +14,10 @@ holding, per column, at most about ``max_sample`` numbers, whatever the row coun
 - categorical: exact value counts (memory grows with the number of categories, not rows).
 - text and datetime: counts.
 
-Memory: one batch of rows (``batch_rows`` x the row's width in Arrow) plus, per numeric column,
-about 3 x ``max_sample`` float64s (24 bytes each) once it has more than ``max_sample`` values.
+Memory, independent of the row count: the row group being read (Parquet's unit of reading; PyArrow
+decodes one at a time) and one batch of ``batch_rows`` rows as NumPy arrays, plus per numeric column
+at most about 3 x ``max_sample`` float64s (24 x ``max_sample`` bytes: 2.4 MB at the default 100,000)
+and per categorical column its distinct labels.
 Kinds not given are inferred from the first batch (as ``infer_kind`` does on a whole column),
 so a column whose first rows are unlike the rest can be given its kind with ``kinds``.
 """
