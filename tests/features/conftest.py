@@ -113,3 +113,12 @@ def offline_engine(request):
 
     session = request.getfixturevalue("spark")
     return lambda repo, root=".": SparkOfflineStore(repo, root, session=session)
+
+
+def pytest_collection_modifyitems(items):
+    """Spark tests get a longer timeout: the first one also starts the JVM (tens of seconds on a
+    busy two-core machine), and every Spark job pays task scheduling."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if "spark" in getattr(item, "fixturenames", ()) or params.get("offline_engine") == "spark":
+            item.add_marker(pytest.mark.timeout(360))

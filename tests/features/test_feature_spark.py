@@ -10,12 +10,13 @@ import uuid
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from test_feature_cli import run
 from test_feature_ties import _ties_repo, corrections
 
 from mlscale.config import parse_settings
-from mlscale.errors import ConfigError
+from mlscale.errors import ConfigError, InvalidInput
 from mlscale.features.offline import OfflineStore
 from mlscale.features.online import OnlineStore, OnlineTarget
 
@@ -55,6 +56,31 @@ def test_training_sets_equal_duckdb_row_by_row_from_a_folder_and_a_glob(tmp_path
         assert got.schema.equals(want.schema), (source, created)
         assert got.equals(want), (source, created)
     assert want.column("trips").null_count > 0 and want.column("rate").null_count > 0
+
+
+def test_a_spark_dataframe_of_entity_rows_gets_the_training_set_duckdb_gives(tmp_path, spark, spark_store):
+    frame = corrections(n_entities=200, seed=3)
+    frame.to_parquet(tmp_path / "stats.parquet")
+    repo = _ties_repo(tmp_path / "stats.parquet", created=True)
+    rng = np.random.default_rng(8)
+    entities = pa.table(
+        {
+            "label": pa.array(np.arange(2_000), pa.int64()),
+            "driver_id": pa.array(rng.integers(0, 220, 2_000), pa.int64()),
+            "event_timestamp": pa.array(
+                (1_704_067_200 + rng.integers(0, 4 * 86400, 2_000)) * 1_000_000, pa.int64()
+            ).cast(pa.timestamp("us", "UTC")),
+        }
+    )
+    want = OfflineStore(repo).get_historical_features(entities, ["stats:*"])
+    engine = spark_store(repo)
+    lazy = engine.historical_frame(spark.createDataFrame(entities), ["stats:*"])
+    got = lazy.toArrow().sort_by("label")
+    assert got.column_names == want.column_names
+    for name in ("label", "driver_id", "trips", "rate"):
+        assert got.column(name).to_pylist() == want.column(name).to_pylist(), name
+    with pytest.raises(InvalidInput, match="no timestamp column 'when'"):
+        engine.historical_frame(spark.createDataFrame(entities), ["stats:*"], timestamp_field="when")
 
 
 MATERIALIZE_PROJECT = """
@@ -98,7 +124,9 @@ def test_materialize_on_spark_then_features_get_equals_duckdb(tmp_path, spark):
     shards = ["sqlite:///online/a.db", "sqlite:///online/b.db"]
     _project(tmp_path / "duck", frame, "duckdb", shards)
     _project(tmp_path / "spark", frame, "spark", shards)
-    ids = list(range(0, 420, 3))  # the last ones have no rows
+    ids = list(range(0, 420, 2))  # the last ones have no rows
+    times = pd.Timestamp("2024-01-01", tz="UTC") + pd.to_timedelta(np.arange(len(ids)) * 1800, unit="s")
+    pd.DataFrame({"driver_id": ids, "event_timestamp": times}).to_parquet(tmp_path / "entities.parquet")
     answers = {}
     for name in ("duck", "spark"):
         folder = tmp_path / name
@@ -109,12 +137,18 @@ def test_materialize_on_spark_then_features_get_equals_duckdb(tmp_path, spark):
         second = run(folder, "materialize", "--incremental", "--end", "2024-01-03T12:00:00")
         assert second.returncode == 0, second.stderr
         answers[name] = _get(folder, ids)
+        built = run(
+            folder, "training-set", "--entities", "../entities.parquet", "--feature", "stats:*", "-o", "t.parquet"
+        )
+        assert built.returncode == 0, built.stderr
         assert run(folder, "list").stdout.count("materialized to 2024-01-03T12:00:00") == 1
     # No TTL, so the answers do not depend on when they are read.
     duck, spark_answer = answers["duck"], answers["spark"]
     assert duck["metadata"] == spark_answer["metadata"]
     for a, b in zip(duck["results"], spark_answer["results"], strict=True):
         assert a == b
+    trained = [pq.read_table(tmp_path / name / "t.parquet") for name in ("duck", "spark")]
+    assert trained[0].equals(trained[1]) and trained[0].column("tier").null_count < trained[0].num_rows
     values = duck["results"][1]["values"]
     assert values[-1] is None and sum(v is not None for v in values) > 50
 

@@ -265,6 +265,49 @@ class SparkOfflineStore:
         ints = {name: dtype for name, dtype in zip(out_names, types, strict=True) if dtype in _PANDAS_INTS}
         return nullable_integers(table, ints)
 
+    def historical_frame(
+        self,
+        entity_df: Any,
+        features: str | FeatureService | Sequence[str],
+        *,
+        timestamp_field: str = "event_timestamp",
+        full_feature_names: bool = False,
+    ) -> Any:
+        """The training set of a Spark DataFrame of entity rows, as a Spark DataFrame (nothing is
+        collected: write it with ``.write.parquet``). Its columns, then the features; same rules
+        as ``get_historical_features``, but a DataFrame has no row order to keep, and an entity
+        row with a null time gets null features instead of an error (checking costs a pass)."""
+        from pyspark.sql import functions as F
+
+        resolved = self.repo.resolve(features)
+        out_names = self.repo.output_names(resolved, full_feature_names)
+        types = {f.name: _type_name(f.dataType) for f in entity_df.schema.fields}
+        clash = set(out_names) & set(types)
+        if clash:
+            raise InvalidInput(f"entity frame already has columns named like features: {sorted(clash)}")
+        if timestamp_field not in types:
+            raise InvalidInput(f"entity frame has no timestamp column {timestamp_field!r} (columns: {list(types)})")
+        if types[timestamp_field] not in ("timestamp", "timestamp_ntz", "date"):
+            raise InvalidInput(f"entity frame column {timestamp_field!r} is {types[timestamp_field]}, not a timestamp")
+        keys = sorted({self.repo.entities[e].join_key for v, _ in resolved for e in self.repo.views[v].entities})
+        for key in keys:
+            dtype = self.repo.join_key_types[key]
+            if key not in types:
+                raise InvalidInput(f"entity frame has no join key column {key!r} (columns: {list(types)})")
+            if types[key] not in (_INTEGERS if dtype == "int64" else ("string",)):
+                raise InvalidInput(f"entity frame column {key!r} is {types[key]} but its entity is {dtype}")
+        numbered = entity_df.withColumn(_ROW, F.monotonically_increasing_id())
+        entities = numbered.select(
+            _ROW,
+            *[
+                F.col(_ident(k)).cast("bigint" if self.repo.join_key_types[k] == "int64" else "string").alias(k)
+                for k in keys
+            ],
+            _micros(timestamp_field, types[timestamp_field]).alias(_ETS),
+        )
+        found = self.point_in_time(entities, resolved, out_names)
+        return numbered.join(found, on=_ROW, how="left").drop(_ROW)
+
     def point_in_time(self, entities: Any, resolved: list, out_names: list[str]) -> Any:
         """Spark DataFrame of ``__mlscale_row`` and the features, one row per row of ``entities``
         (a Spark DataFrame with ``__mlscale_row``, the join keys and ``__mlscale_ts``)."""
