@@ -158,7 +158,14 @@ class SparkOfflineStore:
         for column, role in stamps:
             ts_type = need(column, role)
             if ts_type not in ("timestamp", "timestamp_ntz", "timestamp_ns", "date"):
-                raise ConfigError(f"{what}: {role} column {column!r} is {ts_type} in {src}, not a timestamp")
+                remote = view.query or "://" in view.source
+                hint = (
+                    " (Parquet nanosecond timestamps reach Spark as bigint, and are recognized only in local "
+                    "files: write microsecond timestamps)"
+                    if ts_type == "bigint" and remote
+                    else ""
+                )
+                raise ConfigError(f"{what}: {role} column {column!r} is {ts_type} in {src}, not a timestamp{hint}")
         for entity_name in view.entities:
             entity = self.repo.entities[entity_name]
             key_type = need(entity.join_key, "join key")
