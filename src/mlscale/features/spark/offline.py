@@ -320,7 +320,6 @@ class SparkOfflineStore:
         (a Spark DataFrame with ``__mlscale_row``, the join keys and ``__mlscale_ts``)."""
         from pyspark.sql import Window
         from pyspark.sql import functions as F
-        from pyspark.sql.types import StructType
 
         names = iter(out_names)
         result = None
@@ -329,22 +328,37 @@ class SparkOfflineStore:
             keys = [self.repo.entities[e].join_key for e in view.entities]
             # Same-time rows are not cut first (a second shuffle): they sort by the tie rule
             # reversed (ascending, nulls first), so the winner is the last one an entity row sees.
-            rows = self.rows(view)
+            # Both sides are built with all their columns in one select each, and the match's type
+            # comes from the definitions: every DataFrame step is a round trip to the JVM and an
+            # analysis, which dominated small training sets.
+            dtypes = {f.name: _SPARK_TYPES[f.dtype] for f in view.features}
+            hit_type = "struct<t:bigint," + ",".join(f"f{i}:{dtypes[f]}" for i, f in enumerate(feats)) + ">"
+            tie_columns = ([_CREATED] if view.created_timestamp_field else []) + [f.name for f in view.features]
             hit = F.struct(F.col(_ETS).alias("t"), *[F.col(_ident(f)).alias(f"f{i}") for i, f in enumerate(feats)])
-            side_rows = rows.withColumn(_SIDE, F.lit(0)).withColumn(_HIT, hit)
-            hit_type: StructType = side_rows.schema[_HIT].dataType
-            side_entities = entities.select(*[_ident(k) for k in keys], _ETS, _ROW, F.lit(1).alias(_SIDE))
-            side_entities = side_entities.withColumn(_HIT, F.lit(None).cast(hit_type))
-            ties = [F.col(_CREATED).asc_nulls_first()] if view.created_timestamp_field else []
-            ties += [F.col(_ident(f.name)).asc_nulls_first() for f in view.features]
+            side_rows = self.rows(view).select(
+                *[_ident(k) for k in keys],
+                _ETS,
+                *[_ident(c) for c in tie_columns],
+                F.lit(0).alias(_SIDE),
+                F.lit(None).cast("bigint").alias(_ROW),
+                hit.alias(_HIT),
+            )
+            side_entities = entities.select(
+                *[_ident(k) for k in keys],
+                _ETS,
+                *[F.lit(None).cast(dtypes.get(c, "bigint")).alias(c) for c in tie_columns],
+                F.lit(1).alias(_SIDE),
+                _ROW,
+                F.lit(None).cast(hit_type).alias(_HIT),
+            )
+            ties = [F.col(_ident(c)).asc_nulls_first() for c in tie_columns]
             window = (
                 Window.partitionBy(*[_ident(k) for k in keys])
                 .orderBy(F.col(_ETS), F.col(_SIDE), *ties)
                 .rowsBetween(Window.unboundedPreceding, Window.currentRow)
             )
-            last = F.last(_HIT, ignorenulls=True).over(window)
-            both = side_rows.unionByName(side_entities, allowMissingColumns=True)
-            matched = both.withColumn("__mlscale_last", last).where(F.col(_SIDE) == 1)
+            last = F.last(_HIT, ignorenulls=True).over(window).alias("__mlscale_last")
+            matched = side_rows.union(side_entities).select(_ROW, _ETS, _SIDE, last).where(F.col(_SIDE) == 1)
             found = F.col("__mlscale_last.t")
             ttl_us = round(view.ttl * 1_000_000)
             fresh = found >= F.col(_ETS) - F.lit(ttl_us) if ttl_us else found.isNotNull()
