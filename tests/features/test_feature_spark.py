@@ -83,6 +83,60 @@ def test_a_spark_dataframe_of_entity_rows_gets_the_training_set_duckdb_gives(tmp
         engine.historical_frame(spark.createDataFrame(entities), ["stats:*"], timestamp_field="when")
 
 
+def test_compound_and_string_keys_give_duckdbs_training_set_and_online_records(tmp_path, spark_store):
+    from mlscale.features.definitions import Entity, FeatureRepo, FeatureView
+
+    rng = np.random.default_rng(12)
+    n = 3_000
+    cities = np.array(["ams", "ber", "par", "zürich", ""])
+    pd.DataFrame(
+        {
+            "city": cities[rng.integers(0, 5, n)],
+            "shop": rng.integers(0, 30, n).astype("int64"),
+            "ts": pd.Timestamp("2024-01-01", tz="UTC")
+            + pd.to_timedelta(rng.integers(0, 3 * 86400, n) // 60, unit="min"),
+            "sales": rng.integers(0, 3, n).astype("int32"),
+            "busy": rng.random(n) < 0.5,
+        }
+    ).to_parquet(tmp_path / "sales.parquet")
+    city, shop = Entity(name="city", dtype="string"), Entity(name="shop")
+    view = FeatureView(
+        name="sales",
+        entities=[city, shop],
+        source=str(tmp_path / "sales.parquet"),
+        timestamp_field="ts",
+        ttl="6h",
+        features={"sales": "int32", "busy": "bool"},
+    )
+    repo = FeatureRepo([city, shop], [view])
+    entities = pd.DataFrame(
+        {
+            "city": cities[rng.integers(0, 5, 1_500)],
+            "shop": rng.integers(0, 32, 1_500),
+            "event_timestamp": pd.Timestamp("2024-01-01", tz="UTC")
+            + pd.to_timedelta(rng.integers(0, 4 * 86400, 1_500), unit="s"),
+        }
+    )
+    want = OfflineStore(repo).get_historical_features(entities, ["sales:*"])
+    got = spark_store(repo).get_historical_features(entities, ["sales:*"])
+    # The entity frame's own columns are passed through (DuckDB turns pandas' large strings into
+    # strings on the way); values equal, features equal to the type.
+    assert got.select(["sales", "busy"]).equals(want.select(["sales", "busy"]))
+    for name in ("city", "shop", "event_timestamp"):
+        assert got.column(name).to_pylist() == want.column(name).to_pylist(), name
+    assert 0 < want.column("sales").null_count < want.num_rows
+    end = pd.Timestamp("2024-01-02T12:00:00", tz="UTC").to_pydatetime()
+    stored = []
+    for engine, name in ((OfflineStore(repo), "duck"), (spark_store(repo), "spark")):
+        target = OnlineTarget(f"sqlite:///{tmp_path}/{name}.db")
+        online = OnlineStore(target.open_kv(), repo, target=target)
+        engine.materialize(online, end=end, chunk_rows=64)
+        keys = sorted(online.kv.scan())
+        stored.append(list(zip(keys, online.kv.get_many(keys), strict=True)))
+        online.kv.close()
+    assert stored[0] == stored[1] and len(stored[0]) > 100
+
+
 MATERIALIZE_PROJECT = """
 [features]
 offline_engine = "{engine}"
