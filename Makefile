@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,export,runtimes,demo-models,tracing]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,export,runtimes,demo-models,tracing,spark]'
 	touch $(STAMP)
 
 demo: $(STAMP)

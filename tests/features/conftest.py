@@ -77,3 +77,48 @@ def make_repo():
 @pytest.fixture
 def t0() -> datetime:
     return T0
+
+
+# --- offline engines ----------------------------------------------------------------------------
+# Session options that keep Spark small on a shared two-core machine: two local threads, two
+# shuffle partitions (the default 200 would make 200 tiny tasks per join), no web UI.
+SPARK_TEST_CONFIG = {
+    "spark.sql.shuffle.partitions": "2",
+    "spark.default.parallelism": "2",
+    "spark.ui.enabled": "false",
+    "spark.driver.memory": "1g",
+    "spark.sql.adaptive.enabled": "false",
+}
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local SparkSession for the whole run (starting one takes seconds)."""
+    from mlscale.features.spark import spark_session
+
+    session = spark_session("local[2]", SPARK_TEST_CONFIG)
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(params=["duckdb", "spark"])
+def offline_engine(request):
+    """Builds the offline engine under test from (repo, root): DuckDB, then Spark."""
+    from mlscale.features.offline import OfflineStore
+
+    if request.param == "duckdb":
+        return lambda repo, root=".": OfflineStore(repo, root)
+    from mlscale.features.spark import SparkOfflineStore
+
+    session = request.getfixturevalue("spark")
+    return lambda repo, root=".": SparkOfflineStore(repo, root, session=session)
+
+
+def pytest_collection_modifyitems(items):
+    """Spark tests get a longer timeout: the first one also starts the JVM (tens of seconds on a
+    busy two-core machine), and every Spark job pays task scheduling."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if "spark" in getattr(item, "fixturenames", ()) or params.get("offline_engine") == "spark":
+            item.add_marker(pytest.mark.timeout(360))

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from mlscale.features.definitions import Entity, FeatureRepo, FeatureView
 from mlscale.features.materialize import materialize
 from mlscale.features.offline import OfflineStore
-from mlscale.features.online import OnlineStore
+from mlscale.features.online import OnlineStore, OnlineTarget
 from mlscale.features.serving import features_request
 from mlscale.storage import open_store
 
@@ -102,8 +102,7 @@ _row = st.fixed_dictionaries(
 _when = st.builds(lambda t, d: t + d, st.sampled_from([0, 60, 120, 300, 360, 420]), st.sampled_from([-1, 0, 1]))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
+_tie_cases = given(
     rows=st.lists(_row, max_size=30),
     entity_rows=st.lists(st.tuples(st.none() | st.integers(0, 5), _when), min_size=1, max_size=25),
     ttl_s=st.sampled_from([0, 60, 120]),
@@ -114,14 +113,41 @@ _when = st.builds(lambda t, d: t + d, st.sampled_from([0, 60, 120, 300, 360, 420
     frame_tz=st.sampled_from([None, "UTC", "+05:30"]),
     end=_when,
 )
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@_tie_cases
 def test_training_set_and_online_store_match_a_brute_force_reference_on_ties(
     rows, entity_rows, ttl_s, created, source_unit, source_tz, frame_unit, frame_tz, end
 ):
+    check_ties(
+        OfflineStore, "memory://", rows, entity_rows, ttl_s, created, source_unit, source_tz, frame_unit, frame_tz, end
+    )
+
+
+# Spark takes a few seconds an example (a training set and a materialization), so fewer examples;
+# its executors write the online store, so a SQLite file instead of memory.
+@settings(
+    max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+@_tie_cases
+def test_spark_training_set_and_online_store_match_a_brute_force_reference_on_ties(
+    spark, rows, entity_rows, ttl_s, created, source_unit, source_tz, frame_unit, frame_tz, end
+):
+    from mlscale.features.spark import SparkOfflineStore
+
+    def engine(repo):
+        return SparkOfflineStore(repo, session=spark)
+
+    check_ties(engine, "sqlite", rows, entity_rows, ttl_s, created, source_unit, source_tz, frame_unit, frame_tz, end)
+
+
+def check_ties(engine, store, rows, entity_rows, ttl_s, created, source_unit, source_tz, frame_unit, frame_tz, end):
     with tempfile.TemporaryDirectory(prefix="mlscale-ties-") as folder:
         source = Path(folder) / "stats.parquet"
         write_source(source, rows, source_unit, source_tz)
         repo = make_repo(source, ttl_s, created)
-        offline = OfflineStore(repo)
+        offline = engine(repo)
 
         frame = pa.table(
             {
@@ -137,8 +163,9 @@ def test_training_set_and_online_store_match_a_brute_force_reference_on_ties(
                 assert got.column(feature)[n].as_py() == (None if want is None else want[feature]), (n, feature)
 
         # Online: materialize up to `end`, read at `end`, for every entity (and unknown ones).
-        online = OnlineStore(open_store("memory://"), repo, clock=lambda: float(BASE_S + end))
-        materialize(repo, offline, online, end=pd.Timestamp(BASE_S + end, unit="s", tz="UTC").to_pydatetime())
+        target = OnlineTarget("memory://" if store == "memory://" else f"sqlite:///{folder}/online.db")
+        online = OnlineStore(target.open_kv(), repo, clock=lambda: float(BASE_S + end), target=target)
+        offline.materialize(online, end=pd.Timestamp(BASE_S + end, unit="s", tz="UTC").to_pydatetime())
         ids = list(range(6))
         answer = features_request(online, {"features": ["stats:*"], "entities": {"driver_id": ids}})
         for j, feature in enumerate(FEATURES):
@@ -146,6 +173,7 @@ def test_training_set_and_online_store_match_a_brute_force_reference_on_ties(
             for entity_id, value in zip(ids, values, strict=True):
                 want = reference(rows, entity_id, end, ttl_s, created)
                 assert value == (None if want is None else want[feature]), (entity_id, feature)
+        online.kv.close()
 
 
 def corrections(n_entities: int = 2_000, seed: int = 7) -> pd.DataFrame:

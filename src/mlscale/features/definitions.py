@@ -330,8 +330,12 @@ def _check_view(view: FeatureView, entities: Mapping[str, Entity]) -> None:
     what = f"feature view {view.name!r}"
     if bool(view.source) == bool(view.query):
         raise ConfigError(f"{what}: give exactly one of source (a Parquet/CSV file) or query (DuckDB SQL)")
-    if view.source and not view.source.lower().endswith((".parquet", ".csv", ".csv.gz", ".pq")):
-        raise ConfigError(f"{what}: source {view.source!r} must be a .parquet or .csv file")
+    # A folder of Parquet files (a table as Spark and most lakes write it) is spelled with a final "/".
+    if view.source and not view.source.lower().endswith((".parquet", ".csv", ".csv.gz", ".pq", "/")):
+        raise ConfigError(
+            f"{what}: source {view.source!r} must be a .parquet or .csv file (or glob), or a folder of "
+            "Parquet files ending in /"
+        )
     if not view.entities:
         raise ConfigError(f"{what}: needs at least one entity")
     for name in view.entities:

@@ -76,11 +76,31 @@ def _utc_naive(when: datetime) -> datetime:
 
 
 class OfflineStore:
-    """Runs the SQL that definitions compile to; ``root`` resolves relative source paths."""
+    """Runs the SQL that definitions compile to; ``root`` resolves relative source paths.
+
+    The DuckDB offline engine (see ``mlscale.features.engine.OfflineEngine``).
+    """
+
+    name = "duckdb"
 
     def __init__(self, repo: FeatureRepo, root: str | Path = ".") -> None:
         self.repo = repo
         self.root = Path(root).resolve()
+
+    def validate_sources(self) -> None:
+        """Check every view's source (see ``validate_source``)."""
+        conn = self.connect()
+        try:
+            for view in self.repo.views.values():
+                self.validate_source(view, conn)
+        finally:
+            conn.close()
+
+    def materialize(self, online: Any, **options: Any) -> dict[str, int]:
+        """Newest rows per entity into ``online`` (see ``mlscale.features.materialize.materialize``)."""
+        from mlscale.features.materialize import materialize
+
+        return materialize(self.repo, self, online, **options)
 
     def connect(self) -> duckdb.DuckDBPyConnection:
         conn = duckdb.connect()
@@ -97,6 +117,8 @@ class OfflineStore:
             return f"({view.query})"
         path = Path(view.source)
         path = path if path.is_absolute() else self.root / path
+        if view.source.endswith("/"):  # a folder of Parquet files, partition folders included
+            return f"read_parquet({_literal(str(path / '**' / '*.parquet'))})"
         reader = "read_csv" if ".csv" in path.name.lower() else "read_parquet"
         return f"{reader}({_literal(str(path))})"
 
@@ -280,29 +302,7 @@ class OfflineStore:
         )
 
     def _check_entity_frame(self, table: pa.Table, resolved: list, timestamp_field: str) -> None:
-        columns = dict(zip(table.column_names, table.schema.types, strict=True))
-        if timestamp_field not in columns:
-            raise InvalidInput(f"entity frame has no timestamp column {timestamp_field!r} (columns: {list(columns)})")
-        ts_type = columns[timestamp_field]
-        if not (pa.types.is_timestamp(ts_type) or pa.types.is_date(ts_type)):
-            raise InvalidInput(f"entity frame column {timestamp_field!r} is {ts_type}, not a timestamp")
-        if table.column(timestamp_field).null_count:
-            raise InvalidInput(f"entity frame column {timestamp_field!r} has null timestamps")
-        for view_name, _ in resolved:
-            for entity_name in self.repo.views[view_name].entities:
-                entity = self.repo.entities[entity_name]
-                key = entity.join_key
-                if key not in columns:
-                    raise InvalidInput(
-                        f"entity frame has no join key column {key!r} needed by view {view_name!r} "
-                        f"(columns: {list(columns)})"
-                    )
-                is_int = pa.types.is_integer(columns[key])
-                is_str = pa.types.is_string(columns[key]) or pa.types.is_large_string(columns[key])
-                if (entity.dtype == "int64" and not is_int) or (entity.dtype == "string" and not is_str):
-                    raise InvalidInput(
-                        f"entity frame column {key!r} is {columns[key]} but entity {entity.name!r} is {entity.dtype}"
-                    )
+        check_entity_frame(self.repo, table, resolved, timestamp_field)
 
     # --- materialization ----------------------------------------------------------------------
 
@@ -336,6 +336,33 @@ class OfflineStore:
             f"ORDER BY {tie_order(view, 'src.')}) = 1"
         )
         return conn.execute("SELECT count(*) FROM latest").fetchall()[0][0]
+
+
+def check_entity_frame(repo: FeatureRepo, table: pa.Table, resolved: list, timestamp_field: str) -> None:
+    """Reject an entity frame without the timestamp and join keys the views need, or with wrong types."""
+    columns = dict(zip(table.column_names, table.schema.types, strict=True))
+    if timestamp_field not in columns:
+        raise InvalidInput(f"entity frame has no timestamp column {timestamp_field!r} (columns: {list(columns)})")
+    ts_type = columns[timestamp_field]
+    if not (pa.types.is_timestamp(ts_type) or pa.types.is_date(ts_type)):
+        raise InvalidInput(f"entity frame column {timestamp_field!r} is {ts_type}, not a timestamp")
+    if table.column(timestamp_field).null_count:
+        raise InvalidInput(f"entity frame column {timestamp_field!r} has null timestamps")
+    for view_name, _ in resolved:
+        for entity_name in repo.views[view_name].entities:
+            entity = repo.entities[entity_name]
+            key = entity.join_key
+            if key not in columns:
+                raise InvalidInput(
+                    f"entity frame has no join key column {key!r} needed by view {view_name!r} "
+                    f"(columns: {list(columns)})"
+                )
+            is_int = pa.types.is_integer(columns[key])
+            is_str = pa.types.is_string(columns[key]) or pa.types.is_large_string(columns[key])
+            if (entity.dtype == "int64" and not is_int) or (entity.dtype == "string" and not is_str):
+                raise InvalidInput(
+                    f"entity frame column {key!r} is {columns[key]} but entity {entity.name!r} is {entity.dtype}"
+                )
 
 
 def tie_order(view: FeatureView, qualifier: str = "") -> str:

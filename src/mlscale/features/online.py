@@ -100,13 +100,49 @@ class OnlineResult:
         raise KeyError(name)
 
 
-class OnlineStore:
-    """Reads and writes packed feature records in ``kv`` following ``repo``'s layouts."""
+class OnlineTarget(msgspec.Struct, frozen=True):
+    """Where an online store lives, as data: its store spec (one URL or shard URLs) and the project
+    folder relative SQLite paths resolve against. Another process (a Spark executor) opens the same
+    store from it; an open KeyValue cannot be shipped there."""
 
-    def __init__(self, kv: KeyValue, repo: FeatureRepo, clock: Callable[[], float] = time.time) -> None:
+    spec: str | list[str]
+    root: str = "."
+
+    def open_kv(self) -> KeyValue:
+        from pathlib import Path
+
+        from mlscale.storage import open_store
+
+        for url in [self.spec] if isinstance(self.spec, str) else self.spec:
+            if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+                (Path(self.root) / url[len("sqlite:///") :]).resolve().parent.mkdir(parents=True, exist_ok=True)
+        return open_store(self.spec, root=self.root)
+
+    @property
+    def shared(self) -> bool:
+        """Whether other processes see what one writes (not so for memory://)."""
+        urls = [self.spec] if isinstance(self.spec, str) else self.spec
+        return not any(u.split("=", 1)[-1].strip().startswith("memory://") for u in urls) and bool(urls)
+
+
+class OnlineStore:
+    """Reads and writes packed feature records in ``kv`` following ``repo``'s layouts.
+
+    ``target`` says how to open the same store elsewhere (engines that write from many processes);
+    None when ``kv`` was built in code.
+    """
+
+    def __init__(
+        self,
+        kv: KeyValue,
+        repo: FeatureRepo,
+        clock: Callable[[], float] = time.time,
+        target: OnlineTarget | None = None,
+    ) -> None:
         self.kv = kv
         self.repo = repo
         self.clock = clock
+        self.target = target
         self._plans: dict[Any, ReadPlan] = {}
 
     def plan(self, features: str | FeatureService | Sequence[str], full_names: bool = False) -> ReadPlan:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import msgspec
 
+OFFLINE_ENGINES = ("duckdb", "spark")
+
 
 class EntityConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """``[[features.entities]]``: a business object features are keyed by (driver, customer...)."""
@@ -26,7 +28,8 @@ class FeatureViewConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
 
     name: str
     entities: list[str]
-    # A Parquet or CSV file (or glob) relative to the project folder, or a DuckDB query.
+    # A Parquet or CSV file (or glob), or a folder of Parquet files written with a final "/",
+    # relative to the project folder; or a query (DuckDB SQL; Spark SQL with offline_engine = "spark").
     source: str = ""
     query: str = ""
     timestamp_field: str = "event_timestamp"
@@ -64,6 +67,22 @@ class FeaturesSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     definitions: str = ""
     # Rows per chunk when materializing.
     chunk_rows: int = 100_000
+    # Engine of training sets and materialization: "duckdb" (embedded, one host) or "spark"
+    # (PySpark, the `spark` extra: sources in a data lake, work spread over a cluster).
+    offline_engine: str = "duckdb"
+    # Spark master when offline_engine = "spark": "local[2]", "spark://host:7077", "k8s://https://...".
+    # A SparkSession already active in the process is used as it is.
+    spark_master: str = "local[2]"
+    # Extra Spark settings for the session mlscale builds, e.g. {"spark.executor.memory" = "8g"}.
+    spark_config: dict[str, str] = msgspec.field(default_factory=dict)
     entities: list[EntityConfig] = msgspec.field(default_factory=list)
     views: list[FeatureViewConfig] = msgspec.field(default_factory=list)
     services: list[FeatureServiceConfig] = msgspec.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.offline_engine not in OFFLINE_ENGINES:
+            raise ValueError(
+                f"features.offline_engine must be one of {', '.join(OFFLINE_ENGINES)}, not {self.offline_engine!r}"
+            )
+        if not self.spark_master:
+            raise ValueError("features.spark_master must not be empty (e.g. local[2] or spark://host:7077)")

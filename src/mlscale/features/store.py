@@ -1,7 +1,8 @@
 """A project's feature store: registry, offline store and online store wired from its settings.
 
 The CLI and the server both start here: ``FeatureStore(settings)`` opens the registry; the applied
-definitions, the DuckDB offline store and the online KeyValue are opened on first use.
+definitions, the offline engine (DuckDB, or Spark with ``offline_engine = "spark"``) and the online
+KeyValue are opened on first use.
 """
 
 from __future__ import annotations
@@ -15,23 +16,22 @@ import pyarrow as pa
 from mlscale.config import Settings
 from mlscale.errors import ConfigError
 from mlscale.features.definitions import FeatureRepo, FeatureService
+from mlscale.features.engine import OfflineEngine, open_offline_engine
 from mlscale.features.loader import load_definitions
-from mlscale.features.materialize import Progress, materialize
-from mlscale.features.offline import OfflineStore
-from mlscale.features.online import OnlineStore
+from mlscale.features.materialize import Progress
+from mlscale.features.online import OnlineStore, OnlineTarget
 from mlscale.features.registry import ApplyResult, Registry
 from mlscale.storage.base import KeyValue
 
 
 def open_online_kv(settings: Settings) -> KeyValue:
     """The online store's KeyValue from ``[features] online_store`` (relative paths: project folder)."""
-    spec = settings.features.online_store
-    from mlscale.storage import open_store
+    return online_target(settings).open_kv()
 
-    for url in [spec] if isinstance(spec, str) else spec:
-        if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
-            settings.resolve(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-    return open_store(spec, root=settings.root)
+
+def online_target(settings: Settings) -> OnlineTarget:
+    """The online store of ``[features] online_store`` as data other processes can open."""
+    return OnlineTarget(settings.features.online_store, settings.root)
 
 
 class FeatureStore:
@@ -46,6 +46,7 @@ class FeatureStore:
         self._kv = kv
         self._repo: FeatureRepo | None = None
         self._online: OnlineStore | None = None
+        self._offline: OfflineEngine | None = None
 
     @property
     def repo(self) -> FeatureRepo:
@@ -54,15 +55,20 @@ class FeatureStore:
         return self._repo
 
     @property
-    def offline(self) -> OfflineStore:
-        return OfflineStore(self.repo, self.settings.root)
+    def offline(self) -> OfflineEngine:
+        """The engine of ``[features] offline_engine`` (DuckDB unless "spark")."""
+        if self._offline is None or self._offline.repo is not self.repo:
+            self._offline = open_offline_engine(self.repo, self.settings.features, self.settings.root)
+        return self._offline
 
     @property
     def online(self) -> OnlineStore:
         if self._online is None:
+            # The store opened from the settings can be opened again elsewhere (Spark executors).
+            target = online_target(self.settings) if self._kv is None else None
             kv = self._kv if self._kv is not None else open_online_kv(self.settings)
             self._kv = kv
-            self._online = OnlineStore(kv, self.repo)
+            self._online = OnlineStore(kv, self.repo, target=target)
         return self._online
 
     def apply(self) -> ApplyResult:
@@ -70,13 +76,7 @@ class FeatureStore:
         repo = load_definitions(self.settings)
         if not repo.views and not repo.entities:
             raise ConfigError("no feature definitions: add [[features.entities]] and [[features.views]]")
-        offline = OfflineStore(repo, self.settings.root)
-        conn = offline.connect()
-        try:
-            for view in repo.views.values():
-                offline.validate_source(view, conn)
-        finally:
-            conn.close()
+        open_offline_engine(repo, self.settings.features, self.settings.root).validate_sources()
         result = self.registry.apply(repo)
         self._repo, self._online = repo, None
         return result
@@ -106,9 +106,7 @@ class FeatureStore:
             if current is None or when > current:
                 self.registry.set_watermark(view, when)
 
-        return materialize(
-            self.repo,
-            self.offline,
+        return self.offline.materialize(
             self.online,
             start=start,
             end=end,

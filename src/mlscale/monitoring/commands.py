@@ -120,14 +120,32 @@ def report(
     show_default=True,
     help="Columns longer than this keep a quantile sketch of this size (approximate tests).",
 )
-def profile(reference: Path, output: Path, categorical: str | None, kind: tuple[str, ...], max_sample: int) -> None:
+@click.option(
+    "--batch-rows",
+    type=int,
+    default=0,
+    help="Read a Parquet reference this many rows at a time, in memory bounded whatever its length "
+    "(kinds not given are inferred from the first batch).",
+)
+def profile(
+    reference: Path, output: Path, categorical: str | None, kind: tuple[str, ...], max_sample: int, batch_rows: int
+) -> None:
     """Compute a reference profile from training data once, so monitors need not keep the rows."""
     from mlscale.monitoring.drift import ReferenceProfile, as_columns
     from mlscale.monitoring.tables import read_table
 
     if output.suffix != ".npz":
         raise InvalidInput(f"{output}: a profile file must end in .npz")
-    prof = ReferenceProfile.fit(as_columns(read_table(reference)), _split(categorical), max_sample, _kinds(kind))
+    if batch_rows < 0:
+        raise InvalidInput("--batch-rows must be a positive number of rows")
+    if batch_rows:
+        from mlscale.monitoring.drift.streaming import profile_parquet
+
+        if reference.suffix.lower() not in (".parquet", ".pq"):
+            raise InvalidInput(f"{reference}: --batch-rows reads Parquet files (.parquet)")
+        prof = profile_parquet(reference, _split(categorical), max_sample, _kinds(kind), batch_rows)
+    else:
+        prof = ReferenceProfile.fit(as_columns(read_table(reference)), _split(categorical), max_sample, _kinds(kind))
     prof.save(output)
     exact = sum(c.exact for c in prof.columns.values())
     click.echo(f"profiled {len(prof.columns)} columns ({exact} exact) into {output}")
