@@ -101,12 +101,13 @@ def _disjoint_cover(owned: dict[str, dict[str, int]], feeds: set[str]) -> bool:
     return len(names) == len(set(names)) and set(names) == feeds
 
 
-@pytest.mark.parametrize("fencing", ["redis", "postgresql"])
+@pytest.mark.parametrize("membership,fencing", [("redis", "redis"), ("redis", "postgresql"), ("nats", "postgresql")])
 def test_members_share_the_feeds_a_leaver_hands_over_at_once_and_a_joiner_takes_its_share(
-    fencing, group, redis_url, tmp_path, request
+    membership, fencing, group, redis_url, tmp_path, request
 ):
+    url = redis_url if membership == "redis" else request.getfixturevalue("nats_url")
     store = "" if fencing == "redis" else request.getfixturevalue("postgres_dsn")
-    base = _settings(group, redis_url, tmp_path, feeds=5, fencing=store)
+    base = _settings(group, url, tmp_path, feeds=5, fencing=store)
     feeds = {f.name for f in base.feeds}
     members = {m: MemberPipeline(msgspec.structs.replace(base, member=m)) for m in ("host-1", "host-2", "host-3")}
     try:
@@ -142,14 +143,20 @@ def test_members_share_the_feeds_a_leaver_hands_over_at_once_and_a_joiner_takes_
             feed_part(f): current[feed_part(f)] for f in feeds
         }
         # Events reach the shared topic from every camera, stamped with member and epoch.
-        assert wait_for(lambda: {r["camera"] for r in _records(redis_url, base.events_topic)} == feeds, timeout=40)
+        assert wait_for(lambda: {r["camera"] for r in _records(url, base.events_topic)} == feeds, timeout=40)
+        _assert_fenced(_records(url, base.events_topic))
     finally:
         for p in members.values():
             p.stop()
         if store:
             with open_checkpoints(store) as epochs:
                 epochs.forget(f"vision/{group}")
-    _assert_fenced(_records(redis_url, base.events_topic))
+        if membership == "nats":
+            broker = open_broker(url, partitions=1)
+            try:
+                broker.delete_topic(base.events_topic)
+            finally:
+                broker.close()
 
 
 CONFIG = """

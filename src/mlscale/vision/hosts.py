@@ -13,10 +13,11 @@ same atomic bump the stream processors use, on Redis, PostgreSQL or SQLite). Eve
 publishes to the shared sinks (the events topic, alert channels) passes two checks first: its own
 lease has not run out (measured from before its last successful heartbeat went out, on its own
 monotonic clock, so it stops before the store can expire it) and the feed's epoch is still its
-own. The topic record carries the epoch, so a reader that keeps the highest epoch per camera
-drops even an event that slipped between a check and its append (a process paused right there):
-at most one event per feed per handover, and it is marked. Each host's own events log (events_dir)
-is that host's record and is not fenced.
+own. Not atomic with the append: an event past its checks when the feed is taken can still land
+(a process paused mid-append; a publish a NATS client retries after a cut heals), but never one
+raised after the lease ran out, and the topic record carries the epoch, so a reader that keeps
+the highest epoch per camera drops it. Each host's own events log (events_dir) is that host's
+record and is not fenced.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from pathlib import Path
 
 import msgspec
 
-from mlscale.errors import ConfigError
+from mlscale.errors import ConfigError, ServiceUnavailable
 from mlscale.streams.broker import Broker, owner_of
 from mlscale.streams.checkpoint import Checkpoints, open_checkpoints
 from mlscale.streams.connect import open_broker
@@ -120,10 +121,9 @@ class MemberPipeline:
         self.events = EventLog(events_dir if events_dir.is_absolute() else self.root / events_dir)
         self._feeds: dict[str, FeedSettings] = {f.name: f for f in settings.feeds}
         self._epochs = epochs or open_checkpoints(fencing_spec(settings), self.root)
+        self._own_broker = broker is None
         try:
-            self._broker = broker or open_broker(
-                settings.membership, partitions=1, member_ttl=self.lease, root=self.root
-            )
+            self._broker = broker or self._open_broker()
         except BaseException:
             self._epochs.close()
             raise
@@ -139,11 +139,24 @@ class MemberPipeline:
         self.started_at: float | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
-    def start(self) -> MemberPipeline:
-        """Join now (a wrong URL fails here), take this member's feeds, then heartbeat in the background."""
+    def start(self, timeout: float = 30.0) -> MemberPipeline:
+        """Join, take this member's feeds, then heartbeat in the background. A bad setting fails at
+        once; a store that does not answer is retried for ``timeout`` seconds (a JetStream cluster
+        that has just started may have no leader yet), then fails."""
         self.started_at = time.time()
+        deadline = time.monotonic() + timeout
         try:
-            self._beat(first=True)
+            while True:
+                try:
+                    self._beat(first=True)
+                    break
+                except ConfigError:
+                    raise
+                except Exception as exc:
+                    if time.monotonic() > deadline:
+                        raise ServiceUnavailable(f"vision membership {self._where()}: {exc!r}") from exc
+                    log.warning("vision member %s: joining failed (%r); retrying", self.member, exc)
+                    time.sleep(self.lease / 3)
         except BaseException:
             self.stop()
             raise
@@ -160,7 +173,7 @@ class MemberPipeline:
             thread.join(timeout)
         with self._lock:
             for name in list(self._owned):
-                self._release(name, "stopping")
+                self._release(name, "stopping", wait=True)
         try:
             self._broker.leave(TOPIC, self.settings.group, self.member)
         except Exception as exc:  # the store is gone: the lease runs out instead
@@ -178,12 +191,34 @@ class MemberPipeline:
     def lease_valid(self) -> bool:
         return time.monotonic() - self._lease_from < self.lease
 
+    def _where(self) -> str:
+        """The membership URL without credentials."""
+        scheme, _, rest = self.settings.membership.partition("://")
+        return f"{scheme}://{rest.rsplit('@', 1)[-1]}" if rest else scheme
+
+    def _open_broker(self) -> Broker:
+        return open_broker(self.settings.membership, partitions=1, member_ttl=self.lease, root=self.root)
+
     def _beat_loop(self) -> None:
         while not self._stop.wait(self.lease / 3):
             try:
                 self._beat()
             except Exception as exc:  # the store unreachable: keep trying; the watchdog fences
                 log.warning("vision member %s: heartbeat failed: %s", self.member, exc)
+                if self._own_broker and not self.lease_valid():
+                    self._reconnect()
+
+    def _reconnect(self) -> None:
+        """A fresh membership client once the lease is lost: a client may have given up for good
+        (nats-py stops reconnecting after a few attempts), and a member cut off must rejoin when healed."""
+        try:
+            fresh = self._open_broker()
+        except Exception as exc:
+            log.warning("vision member %s: membership store still unreachable: %s", self.member, exc)
+            return
+        old, self._broker = self._broker, fresh
+        # Closing a client stuck on a dead link may block: not on the heartbeat's thread.
+        threading.Thread(target=old.close, name="vision-membership-close", daemon=True).start()
 
     def _watchdog(self) -> None:
         """Stop every feed once the lease has run out (a heartbeat may block on a dead link)."""
@@ -201,14 +236,14 @@ class MemberPipeline:
         self._lease_from = sent
         self._members = members
         wanted = {name for name in self._feeds if owner_of(name, members) == self.member}
+        # Read outside the lock: a store that hangs must not block the watchdog's release.
+        current = self._epochs.epochs(self.name) if self._owned else {}
         with self._lock:
             if self._stop.is_set():
                 return
-            if self._owned:
-                current = self._epochs.epochs(self.name)
-                for name, owned in list(self._owned.items()):
-                    if current.get(feed_part(name)) != owned.epoch:
-                        self._release(name, "taken over by another member")
+            for name, owned in list(self._owned.items()):
+                if current.get(feed_part(name)) != owned.epoch:
+                    self._release(name, "taken over by another member")
             for name in list(self._owned):
                 if name not in wanted:
                     self._release(name, "now owned by another member")
@@ -232,10 +267,15 @@ class MemberPipeline:
         self.handovers += 0 if first else 1
         log.info("vision member %s took camera %s (epoch %d)", self.member, name, epoch)
 
-    def _release(self, name: str, why: str) -> None:
+    def _release(self, name: str, why: str, wait: bool = False) -> None:
+        """Drop a feed. Its pipeline is stopped in the background unless ``wait``: its detector may
+        be blocked in a sink on a dead link, and the lock held here must not wait for that."""
         owned = self._owned.pop(name, None)
         if owned is not None:
-            owned.pipeline.stop()
+            if wait:
+                owned.pipeline.stop()
+            else:
+                threading.Thread(target=owned.pipeline.stop, name=f"vision-stop-{name}", daemon=True).start()
             log.info("vision member %s dropped camera %s: %s", self.member, name, why)
 
     # -- events ----------------------------------------------------------------------------------
