@@ -266,6 +266,13 @@ def test_a_killed_member_s_feeds_are_taken_within_seconds_and_a_paused_one_canno
         assert wait_for(lambda: after() == feeds, timeout=45, interval=0.5), after()
         by_member = {r["member"] for r in _records(redis_url, topic) if r["time"] > killed_at + took + 1.0}
         assert victim not in by_member
+
+        # SIGTERM: a clean stop that leaves the group, so the last member runs every feed.
+        leaver, last = others
+        procs[leaver].proc.send_signal(signal.SIGTERM)
+        assert procs[leaver].proc.wait(30) == 0
+        alone = lambda: set(procs[last].owned()) == feeds and procs[last].status["members"] == [last]  # noqa: E731
+        assert wait_for(alone, timeout=3 * LEASE)
     finally:
         for p in procs.values():
             p.close()

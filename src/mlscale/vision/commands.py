@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import time
 
 import click
@@ -108,6 +109,9 @@ def run(config_path: str, duration: float | None, metrics_port: int | None, as_j
         return status
 
     deadline = math.inf if duration is None else time.monotonic() + duration
+    # SIGTERM (Kubernetes, `mlscale up`) stops like Ctrl-C: feeds closed, a member leaves its group
+    # at once so the others take its cameras without waiting for its lease to run out.
+    signal.signal(signal.SIGTERM, _interrupt)
     pipeline.start()
     try:
         if as_json or quiet:
@@ -129,6 +133,10 @@ def run(config_path: str, duration: float | None, metrics_port: int | None, as_j
     events = pipeline.events.read()
     # With --json, stdout carries JSON lines only (a consumer parses every line); the summary goes to stderr.
     click.echo(f"{len(events)} events logged to {pipeline.events.path}", err=as_json)
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _clean(value):
