@@ -23,7 +23,7 @@ from mlscale.errors import ConfigError, ServiceUnavailable
 from mlscale.streams.broker import owner_of
 from mlscale.streams.checkpoint import open_checkpoints
 from mlscale.streams.connect import open_broker
-from mlscale.vision.hosts import TOPIC, MemberPipeline, feed_part
+from mlscale.vision.hosts import TOPIC, MemberPipeline, feed_part, fencing_spec
 from mlscale.vision.settings import FeedSettings, RuleSettings, VisionSettings, ZoneSettings
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -101,12 +101,18 @@ def _disjoint_cover(owned: dict[str, dict[str, int]], feeds: set[str]) -> bool:
     return len(names) == len(set(names)) and set(names) == feeds
 
 
-@pytest.mark.parametrize("membership,fencing", [("redis", "redis"), ("redis", "postgresql"), ("nats", "postgresql")])
+@pytest.mark.parametrize(
+    "membership,fencing", [("redis", ""), ("redis", "postgresql"), ("nats", "postgresql"), ("embedded", "")]
+)
 def test_members_share_the_feeds_a_leaver_hands_over_at_once_and_a_joiner_takes_its_share(
     membership, fencing, group, redis_url, tmp_path, request
 ):
-    url = redis_url if membership == "redis" else request.getfixturevalue("nats_url")
-    store = "" if fencing == "redis" else request.getfixturevalue("postgres_dsn")
+    url = {
+        "redis": redis_url,
+        "nats": request.getfixturevalue("nats_url") if membership == "nats" else "",
+        "embedded": f"embedded:{tmp_path / 'members.db'}",  # processes of one host
+    }[membership]
+    store = request.getfixturevalue("postgres_dsn") if fencing else ""
     base = _settings(group, url, tmp_path, feeds=5, fencing=store)
     feeds = {f.name for f in base.feeds}
     members = {m: MemberPipeline(msgspec.structs.replace(base, member=m)) for m in ("host-1", "host-2", "host-3")}
@@ -137,7 +143,7 @@ def test_members_share_the_feeds_a_leaver_hands_over_at_once_and_a_joiner_takes_
             lambda: _disjoint_cover(owned(), feeds) and set(members["host-4"].owned()) == share, timeout=3 * LEASE
         ), owned()
         # The epochs in the store are the running owners' own: whoever lost a feed holds an older one.
-        with open_checkpoints(store or redis_url) as epochs:
+        with open_checkpoints(fencing_spec(base)) as epochs:
             current = epochs.epochs(f"vision/{group}")
         assert {feed_part(f): e for p in members.values() for f, e in p.owned().items()} == {
             feed_part(f): current[feed_part(f)] for f in feeds
