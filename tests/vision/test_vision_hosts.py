@@ -129,10 +129,10 @@ def test_members_share_the_feeds_a_leaver_hands_over_at_once_and_a_joiner_takes_
 
         left = set(members["host-3"].owned())
         assert left, "pick member names so that each has a share"
-        started = time.monotonic()
         members.pop("host-3").stop()  # a clean stop leaves the group: no lease to wait for
+        left_at = time.monotonic()
         assert wait_for(lambda: _disjoint_cover(owned(), feeds), timeout=2 * LEASE), owned()
-        assert time.monotonic() - started < LEASE
+        assert time.monotonic() - left_at < LEASE, "taken at the others' next heartbeat (every lease/3)"
         taken = {f for p in members.values() for f in p.owned()}
         assert left <= taken
 
@@ -344,7 +344,7 @@ def test_a_cut_off_member_stops_its_feeds_when_its_lease_runs_out_and_rejoins_wh
         link.cut.set()
         cut = time.monotonic()
         assert wait_for(lambda: not one.owned(), timeout=LEASE + 1.0)
-        assert time.monotonic() - cut <= LEASE + 0.5, "the watchdog stops the feeds once the lease has run out"
+        assert time.monotonic() - cut <= LEASE + 1.0, "the watchdog stops the feeds once the lease has run out"
         assert not one.status()["lease_valid"]
         stopped_at = time.time()
         assert wait_for(lambda: set(two.owned()) == feeds, timeout=2 * LEASE)
