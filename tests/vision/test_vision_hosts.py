@@ -384,3 +384,19 @@ def test_a_feed_taken_over_behind_a_member_s_back_is_dropped_and_its_old_epoch_n
     assert len(stale) <= 1, "at most the one event already past its check when the epoch moved"
     assert {r["epoch"] for r in records if r["camera"] == "cam1"} == {cam1}, "cam1 was never disturbed"
     _assert_fenced([r for r in records if r["epoch"] != newer])
+
+
+def test_a_member_exports_its_feeds_members_and_lease_to_prometheus(group, redis_url, tmp_path):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    settings = msgspec.structs.replace(_settings(group, redis_url, tmp_path, feeds=2), member="host-1")
+    registry = CollectorRegistry()
+    with MemberPipeline(settings) as member:
+        member.register_metrics(registry)
+        assert wait_for(lambda: len(member.status()["cameras"]) == 2, timeout=3 * LEASE)
+        text = generate_latest(registry).decode()
+    assert 'mlscale_vision_member_feeds{member="host-1"} 2.0' in text
+    assert 'mlscale_vision_members{member="host-1"} 1.0' in text
+    assert 'mlscale_vision_member_lease_valid{member="host-1"} 1.0' in text
+    assert 'mlscale_vision_member_handovers_total{member="host-1"} 0.0' in text
+    assert 'mlscale_vision_input_fps{camera="cam0"}' in text and 'mlscale_vision_input_fps{camera="cam1"}' in text

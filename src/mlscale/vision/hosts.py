@@ -300,6 +300,11 @@ class MemberPipeline:
         return publish
 
     # -- observing -------------------------------------------------------------------------------
+    @property
+    def live_members(self) -> list[str]:
+        """The live members as of this member's last successful heartbeat."""
+        return list(self._members)
+
     def owned(self) -> dict[str, int]:
         """Feed -> epoch, for the feeds this member runs now."""
         with self._lock:
@@ -320,7 +325,7 @@ class MemberPipeline:
             "uptime_seconds": round(now - self.started_at, 1) if self.started_at else 0.0,
             "events_log": str(self.events.path),
             "member": self.member,
-            "members": list(self._members),
+            "members": self.live_members,
             "lease_valid": self.lease_valid(),
             "epochs": {name: o.epoch for name, o in owned.items()},
             "handovers": self.handovers,
@@ -329,8 +334,35 @@ class MemberPipeline:
         }
 
     def register_metrics(self, registry=None) -> VisionCollector:
+        """The per-camera metrics of the feeds this member runs, and the member's own (feeds owned,
+        live members, lease, handovers), each labelled with the member's name."""
         from prometheus_client import REGISTRY
 
         collector = VisionCollector(self.status)
         (registry or REGISTRY).register(collector)
+        (registry or REGISTRY).register(_MemberCollector(self))
         return collector
+
+
+class _MemberCollector:
+    """Prometheus view of one member: what to alert on when cameras are not where they should be."""
+
+    def __init__(self, member: MemberPipeline) -> None:
+        self._member = member
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        m = self._member
+        label = [m.member]
+        owned = GaugeMetricFamily("mlscale_vision_member_feeds", "Feeds this member runs", labels=["member"])
+        owned.add_metric(label, len(m.owned()))
+        members = GaugeMetricFamily("mlscale_vision_members", "Live members this member sees", labels=["member"])
+        members.add_metric(label, len(m.live_members))
+        lease = GaugeMetricFamily("mlscale_vision_member_lease_valid", "1 while the lease holds", labels=["member"])
+        lease.add_metric(label, 1.0 if m.lease_valid() else 0.0)
+        handovers = CounterMetricFamily(
+            "mlscale_vision_member_handovers", "Feeds taken after the first assignment", labels=["member"]
+        )
+        handovers.add_metric(label, m.handovers)
+        yield from (owned, members, lease, handovers)
