@@ -289,6 +289,10 @@ def test_bad_membership_settings_are_refused_with_a_clear_error(tmp_path):
     feeds = _feeds(1)
     with pytest.raises(ConfigError, match="NATS needs fencing"):
         MemberPipeline(VisionSettings(feeds=feeds, membership="nats://127.0.0.1:4222", events_dir=str(tmp_path)))
+    # A store that never answers: joining is retried for the timeout, then fails naming it.
+    down = MemberPipeline(VisionSettings(feeds=feeds, membership="redis://127.0.0.1:1/0", events_dir=str(tmp_path)))
+    with pytest.raises(ServiceUnavailable, match=r"vision membership redis://127.0.0.1:1/0: ConnectionError"):
+        down.start(timeout=1.0)
     with pytest.raises(msgspec.ValidationError, match="lease_seconds must be positive"):
         msgspec.convert({"feeds": [], "membership": "redis://x", "lease_seconds": 0}, VisionSettings)
     with pytest.raises(msgspec.ValidationError, match="do not combine"):

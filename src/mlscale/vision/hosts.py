@@ -153,9 +153,10 @@ class MemberPipeline:
                 except ConfigError:
                     raise
                 except Exception as exc:
+                    why = f"{type(exc).__name__}: {exc}"
                     if time.monotonic() > deadline:
-                        raise ServiceUnavailable(f"vision membership {self._where()}: {exc!r}") from exc
-                    log.warning("vision member %s: joining failed (%r); retrying", self.member, exc)
+                        raise ServiceUnavailable(f"vision membership {self._where()}: {why}") from exc
+                    log.warning("vision member %s: joining failed (%s); retrying", self.member, why)
                     time.sleep(self.lease / 3)
         except BaseException:
             self.stop()
