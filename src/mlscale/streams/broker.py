@@ -53,8 +53,10 @@ def partition_for(key: bytes, partitions: int) -> int:
     return zlib.crc32(key) % partitions
 
 
-def owner_of(partition: int, members: Sequence[str]) -> str | None:
-    """Rendezvous (highest random weight) owner: a member leaving moves only its own partitions."""
+def owner_of(partition: int | str, members: Sequence[str]) -> str | None:
+    """Rendezvous (highest random weight) owner: a member leaving moves only its own partitions.
+
+    ``partition`` may be any stable name (mlscale.vision shares camera feeds by name with it)."""
     best, best_score = None, b""
     for member in members:
         score = hashlib.blake2b(f"{member}/{partition}".encode(), digest_size=8).digest()
@@ -242,6 +244,12 @@ class Broker(ABC):
     def _count_after(self, topic: str, partition: int, offset: int) -> int:
         end = self.end_offsets(topic).get(partition, -1)
         return max(0, end - offset) if end >= 0 else 0
+
+    def heartbeat(self, topic: str, group: str, member: str) -> list[str]:
+        """Membership alone, for work that is not a partition of a topic (camera feeds in
+        mlscale.vision): mark ``member`` alive in (topic, group) for ``member_ttl`` seconds and
+        return the live members, sorted; ``owner_of(item, members)`` then shares the items out."""
+        return self._heartbeat(topic, group, member)
 
     @abstractmethod
     def _heartbeat(self, topic: str, group: str, consumer: str) -> list[str]:

@@ -26,6 +26,7 @@ _EXPORTS = {
     "Verdict": "mlscale.vision.camera",
     "VisionPipeline": "mlscale.vision.pipeline",
     "ShardedPipeline": "mlscale.vision.workers",
+    "MemberPipeline": "mlscale.vision.hosts",
     "make_pipeline": "mlscale.vision.pipeline",
     "alert_sink": "mlscale.vision.events",
     "VisionSettings": "mlscale.vision.settings",

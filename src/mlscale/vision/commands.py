@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import time
 
 import click
@@ -31,7 +32,8 @@ def vision() -> None:
 @click.option("--quiet", is_flag=True, help="No live table (under `mlscale up`): logs and status.json only.")
 def run(config_path: str, duration: float | None, metrics_port: int | None, as_json: bool, quiet: bool) -> None:
     """Run every feed of [vision] until Ctrl-C or --duration; events go to the events folder,
-    and a status snapshot to status.json beside them every second."""
+    and a status snapshot to status.json beside them every second. With [vision] membership,
+    run the share of the feeds this process gets among the live members (one per host or more)."""
     from rich.console import Console
     from rich.live import Live
     from rich.table import Table
@@ -59,7 +61,14 @@ def run(config_path: str, duration: float | None, metrics_port: int | None, as_j
         start_http_server(metrics_port, addr="127.0.0.1")
 
     def table() -> Table:
-        t = Table(title="mlscale vision")
+        status = pipeline.status()
+        title = "mlscale vision"
+        if "member" in status:  # one member of a group sharing the feeds (vision/hosts.py)
+            title += (
+                f": member {status['member']}, {len(status['cameras'])} of {len(settings.vision.feeds)} feeds,"
+                f" {len(status['members'])} members" + ("" if status["lease_valid"] else " (LEASE LOST)")
+            )
+        t = Table(title=title)
         for col in (
             "camera",
             "fps in",
@@ -72,7 +81,7 @@ def run(config_path: str, duration: float | None, metrics_port: int | None, as_j
             "state",
         ):
             t.add_column(col)
-        for c in pipeline.status()["cameras"]:
+        for c in status["cameras"]:
             state = "warm-up" if c["warming_up"] else ("ok" if c["connected"] else "DISCONNECTED")
             ms = lambda v: "-" if v is None else f"{v * 1000:.0f}"  # noqa: E731
             t.add_row(
@@ -100,6 +109,9 @@ def run(config_path: str, duration: float | None, metrics_port: int | None, as_j
         return status
 
     deadline = math.inf if duration is None else time.monotonic() + duration
+    # SIGTERM (Kubernetes, `mlscale up`) stops like Ctrl-C: feeds closed, a member leaves its group
+    # at once so the others take its cameras without waiting for its lease to run out.
+    signal.signal(signal.SIGTERM, _interrupt)
     pipeline.start()
     try:
         if as_json or quiet:
@@ -121,6 +133,10 @@ def run(config_path: str, duration: float | None, metrics_port: int | None, as_j
     events = pipeline.events.read()
     # With --json, stdout carries JSON lines only (a consumer parses every line); the summary goes to stderr.
     click.echo(f"{len(events)} events logged to {pipeline.events.path}", err=as_json)
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _clean(value):

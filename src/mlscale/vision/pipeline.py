@@ -351,7 +351,12 @@ def demo_settings(cameras: int = 3, events_dir: str = "vision-events") -> Vision
 
 
 def make_pipeline(settings: VisionSettings, sinks: Iterable[Sink] = (), root: str | Path | None = None):
-    """A VisionPipeline, or a ShardedPipeline over processes when ``settings.workers`` > 1."""
+    """A VisionPipeline; a MemberPipeline sharing the feeds with other hosts when ``membership``
+    is set; a ShardedPipeline over processes when ``settings.workers`` > 1."""
+    if settings.membership:
+        from mlscale.vision.hosts import MemberPipeline
+
+        return MemberPipeline(settings, sinks, root)
     if settings.workers > 1:
         from mlscale.vision.workers import ShardedPipeline
 

@@ -82,3 +82,30 @@ class VisionSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     workers: int = 1
     # Seconds an event kind stays quiet on a camera after it fired, so one incident is one event.
     cooldown_seconds: float = 10.0
+    # Several hosts (vision/hosts.py): every `vision run` with the same membership and group shares
+    # the feeds by rendezvous hashing over the live members. "" = this process runs every feed.
+    # redis://..., nats://... or embedded:PATH (several processes of one host), as [streams] broker.
+    membership: str = ""
+    group: str = "mlscale-vision"
+    # This member's name (default: host-pid-random); two live members must not share one.
+    member: str = ""
+    # Seconds without a heartbeat after which a member's feeds move to the others. A member cut
+    # off stops its own feeds when this has passed since its last heartbeat went out.
+    lease_seconds: float = 3.0
+    # Where feed epochs live (fencing a member that lost a feed): redis://... or postgresql://...
+    # (any stream checkpoint store). "" = the membership Redis, or an SQLite file beside an
+    # embedded membership; NATS membership needs one named here.
+    fencing: str = ""
+    # Topic on the membership broker that receives every event (with camera, member and epoch),
+    # the cluster's shared record; "" = events only in each host's events_dir and sinks.
+    events_topic: str = ""
+
+    def __post_init__(self) -> None:
+        if self.lease_seconds <= 0:
+            raise ValueError(f"lease_seconds must be positive, got {self.lease_seconds}")
+        if self.membership and self.workers > 1:
+            raise ValueError(
+                "membership and workers > 1 do not combine: run one `mlscale vision run` per process instead"
+            )
+        if self.events_topic and not self.membership:
+            raise ValueError("events_topic needs a membership (its broker carries the topic)")
