@@ -97,8 +97,10 @@ def main() -> None:
                 f'[quotas]\nenabled = true\nredis = "{args.redis}"\nkey_prefix = "{prefix}"\n'
             )
             key = add_key(root / "keys.json", "tenant", ["infer"], rate=rate, burst=burst)
-            servers = [start_server(root, args.workers) for _ in range(args.replicas)]
+            servers = []
             try:
+                for _ in range(args.replicas):  # inside the try: a replica that fails to start stops the rest
+                    servers.append(start_server(root, args.workers))
                 ok, refused, other, window = measure(
                     [url for _, url in servers], key, args.clients, args.connections, args.seconds
                 )
