@@ -42,7 +42,7 @@ class MlflowServer:
                 str(MLFLOW_SERVER),
                 "server",
                 "--backend-store-uri",
-                f"{base}/{self.database}",
+                f"{base.replace('postgresql://', 'postgresql+psycopg2://')}/{self.database}",
                 "--serve-artifacts",
                 "--artifacts-destination",
                 str(artifacts),
@@ -112,7 +112,9 @@ def register_constant_model(client, name: str, value: float, alias: str | None =
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch) / "model"
         signature = infer_signature(x, np.asarray(model.predict(x)))
-        mlflow.sklearn.save_model(model, str(folder), signature=signature, pip_requirements=["mlflow"])
+        mlflow.sklearn.save_model(
+            model, str(folder), signature=signature, serialization_format="cloudpickle", pip_requirements=["mlflow"]
+        )
         run = client.create_run(experiment_id="0")
         client.log_artifacts(run.info.run_id, str(folder), "model")
         client.set_terminated(run.info.run_id)

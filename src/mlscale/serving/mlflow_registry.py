@@ -14,6 +14,7 @@ artifact store that server names (served artifacts, S3, GCS, ...).
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import re
 import shutil
@@ -28,7 +29,8 @@ from mlscale.serving.sources import Listing
 SCHEME = "models:/"
 _VERSION = re.compile(r"^[1-9][0-9]*$")
 # Settings of the MLflow client read from the environment; a user's own values win.
-_CLIENT_ENVIRONMENT = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+# No retries inside one poll (the next poll retries), no progress bars in the server's log.
+_CLIENT_ENVIRONMENT = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 
 
 @dataclass(frozen=True)
@@ -125,7 +127,8 @@ class RegistrySource:
             from mlscale.serving.runtimes.base import require
 
             require("mlflow", "mlflow", "models from an MLflow registry")
-            for variable, value in {**_CLIENT_ENVIRONMENT, "MLFLOW_HTTP_REQUEST_TIMEOUT": str(self.timeout)}.items():
+            seconds = str(math.ceil(self.timeout))  # the client reads whole seconds
+            for variable, value in {**_CLIENT_ENVIRONMENT, "MLFLOW_HTTP_REQUEST_TIMEOUT": seconds}.items():
                 os.environ.setdefault(variable, value)
             from mlflow.tracking import MlflowClient
 
@@ -149,13 +152,13 @@ class RegistrySource:
             found = [client.get_model_version(ref.model, ref.version)]
             aliases, default = {}, None
         else:
+            # Raises when the model does not exist; search results carry no aliases, this does.
+            aliases = {alias: str(v) for alias, v in client.get_registered_model(ref.model).aliases.items()}
             quoted = ref.model.replace("'", "\\'")
             every = client.search_model_versions(f"name = '{quoted}'")
             if not every:
-                client.get_registered_model(ref.model)  # raises when the model does not exist
-                raise ModelNotFound(f"registered model {ref.model!r} has no versions")
+                raise ModelNotFound(f"{ref}: registered model {ref.model!r} has no versions")
             latest = max(every, key=lambda mv: int(mv.version))
-            aliases = {alias: str(mv.version) for mv in every for alias in (mv.aliases or [])}
             wanted = {*aliases.values(), str(latest.version)}
             found = [mv for mv in every if str(mv.version) in wanted]
             default = None
@@ -175,11 +178,11 @@ class RegistrySource:
         try:
             import mlflow.artifacts
 
+            # The version's own artifact location, downloaded through the tracking server (a
+            # models:/ URI here would resolve the registry from the global default, not ours).
+            location = self.client().get_model_version_download_uri(model, version)
             local = mlflow.artifacts.download_artifacts(
-                artifact_uri=f"{SCHEME}{model}/{version}",
-                dst_path=str(scratch / "model"),
-                tracking_uri=self.tracking_uri,
-                registry_uri=self.tracking_uri,
+                artifact_uri=location, dst_path=str(scratch / "download"), tracking_uri=self.tracking_uri
             )
             try:
                 os.rename(local, target)
