@@ -19,7 +19,7 @@ import pytest
 from mlflow_support import MlflowServer, register_broken_version, register_constant_model
 from serving_support import RunningServer, free_port
 
-from mlscale.errors import ConfigError
+from mlscale.errors import ConfigError, ModelNotFound
 from mlscale.serving.mlflow_registry import RegistryRef, RegistrySource, model_sources, parse_uri
 
 # The MLflow server's start (a fresh PostgreSQL database migrated) counts in the first test's time.
@@ -163,16 +163,22 @@ def _serve_fails(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
 def test_missing_model_or_alias_refuses_to_start_with_one_clear_line(tmp_path: Path, registry, client):
     name = f"iris-{uuid.uuid4().hex[:6]}"
     register_constant_model(client, name, 1.0, alias="champion")
+    missing = f"models:/nobody-{name}@champion"
+    result = _serve_fails(tmp_path, "--mlflow-tracking-uri", registry.url, "--model", missing)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: {missing}: the MLflow registry at {registry.url} has no such alias 'champion'")
+    # The same check, in process (each `mlscale serve` start costs seconds): what is missing is named.
     for uri, what in (
-        (f"models:/nobody-{name}@champion", "alias 'champion'"),
         (f"models:/{name}@challenger", "alias 'challenger'"),
         (f"models:/{name}/7", "version 7"),
         (f"models:/nobody-{name}", "model"),
     ):
-        result = _serve_fails(tmp_path, "--mlflow-tracking-uri", registry.url, "--model", uri)
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1, result.stderr
-        assert lines[0].startswith(f"error: {uri}: the MLflow registry at {registry.url} has no such {what}")
+        source = RegistrySource({"m": uri}, registry.url, tmp_path / "cache")
+        with pytest.raises(ModelNotFound) as caught:
+            source.check()
+        assert str(caught.value).startswith(f"{uri}: the MLflow registry at {registry.url} has no such {what}")
+        assert "\n" not in str(caught.value)
 
 
 def test_registry_down_at_start_refuses_to_start_with_one_clear_line(tmp_path: Path):
