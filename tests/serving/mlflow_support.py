@@ -6,6 +6,7 @@ only mlflow-skinny, the client) on a fresh PostgreSQL database with served artif
 
 from __future__ import annotations
 
+import os
 import subprocess
 import tempfile
 import time
@@ -18,6 +19,9 @@ import pytest
 from serving_support import REPO_ROOT, free_port
 
 MLFLOW_SERVER = REPO_ROOT / ".cache" / "mlflow-server-venv" / "bin" / "mlflow"
+# No job runner (a huey consumer process and a queue folder in /dev/shm it never removes): the tests
+# use the registry and artifacts only.
+SERVER_ENVIRONMENT = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 class MlflowServer:
@@ -55,6 +59,7 @@ class MlflowServer:
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            env={**os.environ, **SERVER_ENVIRONMENT},
         )
         try:
             self._wait_ready(180.0)

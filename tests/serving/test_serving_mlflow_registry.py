@@ -4,6 +4,8 @@ with no failed request, and clear errors for what does not exist or cannot be re
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import subprocess
 import sys
@@ -15,12 +17,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from mlflow_support import MlflowServer, register_broken_version, register_constant_model
 from serving_support import RunningServer, free_port
 
 from mlscale.errors import ConfigError, ModelNotFound
 from mlscale.serving.mlflow_registry import RegistryRef, RegistrySource, model_sources, parse_uri
+from mlscale.serving.repository import ModelRepository
 
 # The MLflow server's start (a fresh PostgreSQL database migrated) counts in the first test's time.
 pytestmark = [pytest.mark.service, pytest.mark.timeout(300)]
@@ -135,6 +139,77 @@ def test_moved_alias_reaches_every_worker_with_no_failed_request(tmp_path: Path,
         assert server.stop() == 0
     # One download per version, shared by the workers.
     assert sorted(p.name.split("-")[0] for p in (tmp_path / "cache" / "iris").iterdir()) == ["1", "2", "3"]
+
+
+class _Link:
+    """A TCP relay to the registry that the test can cut: the registry goes away for the server
+    while the MLflow server itself lives on for the other tests."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server: asyncio.Server | None = None
+        self.pipes: set[asyncio.Task] = set()
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+
+    async def cut(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for pipe in self.pipes:
+            pipe.cancel()
+        await self.server.wait_closed()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+            finally:
+                sink.close()
+
+        tasks = {asyncio.create_task(pipe(reader, upstream_writer)), asyncio.create_task(pipe(upstream_reader, writer))}
+        self.pipes |= tasks
+        await asyncio.gather(*tasks)
+        self.pipes -= tasks
+
+
+def test_registry_outage_keeps_the_loaded_versions_serving_and_logs_once(
+    tmp_path: Path, registry, client, caplog: pytest.LogCaptureFixture
+):
+    name = f"iris-{uuid.uuid4().hex[:6]}"
+    register_constant_model(client, name, 3.0, alias="champion")
+
+    async def scenario() -> None:
+        link = _Link(registry.port)
+        await link.start()
+        source = RegistrySource({"iris": f"models:/{name}@champion"}, link.url, tmp_path / "cache")
+        repository = ModelRepository(tmp_path / "models", registry=source)
+        try:
+            await repository.sync(strict=True)
+            model = repository.resolve("iris", "champion")
+            assert model.version == "1"
+            await link.cut()
+            with caplog.at_level(logging.ERROR, logger="mlscale.serving"):
+                for _ in range(3):
+                    await repository.sync(source)
+            outage = [r for r in caplog.records if "cannot list its versions" in r.getMessage()]
+            assert len(outage) == 1, [r.getMessage() for r in caplog.records]
+            assert "cannot use the MLflow registry" in outage[0].getMessage()
+            answer = await repository.resolve("iris").batcher.submit({"input": np.ones((2, 4))}, None, None)
+            assert [a.tolist() for a in answer.values()] == [[3.0, 3.0]]
+            assert repository.index() == [{"name": "iris", "version": "1", "state": "READY", "reason": ""}]
+        finally:
+            await repository.close()
+
+    asyncio.run(scenario())
 
 
 def _steadily(condition, what: str, timeout: float = 20.0) -> None:

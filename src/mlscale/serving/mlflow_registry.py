@@ -155,13 +155,16 @@ class RegistrySource:
             # Raises when the model does not exist; search results carry no aliases, this does.
             aliases = {alias: str(v) for alias, v in client.get_registered_model(ref.model).aliases.items()}
             quoted = ref.model.replace("'", "\\'")
-            every = client.search_model_versions(f"name = '{quoted}'")
+            every = [mv for mv in client.search_model_versions(f"name = '{quoted}'") if _ready(mv)]
             if not every:
-                raise ModelNotFound(f"{ref}: registered model {ref.model!r} has no versions")
+                raise ModelNotFound(f"{ref}: registered model {ref.model!r} has no READY version")
             latest = max(every, key=lambda mv: int(mv.version))
             wanted = {*aliases.values(), str(latest.version)}
             found = [mv for mv in every if str(mv.version) in wanted]
             default = None
+        pending = [str(mv.version) for mv in found if not _ready(mv)]
+        if pending:  # still being registered (or failed to): nothing to download yet
+            raise ServiceUnavailable(f"{ref}: version(s) {', '.join(pending)} of {ref.model!r} are not READY")
         versions = {}
         for mv in found:
             folder = self._download(name, ref.model, str(mv.version), int(mv.creation_timestamp or 0))
@@ -198,7 +201,9 @@ class RegistrySource:
             return exc
         code = getattr(exc, "error_code", "")
         text = str(exc)
-        if code == "RESOURCE_DOES_NOT_EXIST" or "not found" in text.lower():
+        # A missing alias is INVALID_PARAMETER_VALUE "alias ... not found"; a plain 404 (a URL that
+        # is no MLflow server) is not a missing model.
+        if code == "RESOURCE_DOES_NOT_EXIST" or (code == "INVALID_PARAMETER_VALUE" and "not found" in text.lower()):
             what = f"alias {ref.alias!r}" if ref.alias else f"version {ref.version}" if ref.version else "model"
             first = text.splitlines()[0] if text else type(exc).__name__
             return ModelNotFound(
@@ -207,6 +212,11 @@ class RegistrySource:
             )
         first = text.splitlines()[0][:300] if text else type(exc).__name__
         return ServiceUnavailable(f"{ref}: cannot use the MLflow registry at {self.tracking_uri}: {first}")
+
+
+def _ready(version: Any) -> bool:
+    """Registered and its artifacts in place (stores that register asynchronously say PENDING first)."""
+    return (version.status or "READY") == "READY"
 
 
 def registry_from_settings(settings: Any, resolve: Any) -> RegistrySource | None:
