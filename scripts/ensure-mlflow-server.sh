@@ -10,7 +10,8 @@ here="$(cd "$(dirname "$0")/.." && pwd)"
 venv="$here/.cache/mlflow-server-venv"
 python="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 
-if [ -x "$venv/bin/mlflow" ] && "$venv/bin/python" -c "import mlflow.server, psycopg2" >/dev/null 2>&1; then
+# Installed metadata, not an import: importing mlflow.server takes seconds.
+if [ -x "$venv/bin/mlflow" ] && "$venv/bin/python" -c "import importlib.metadata as m, psycopg2; m.version('mlflow')" >/dev/null 2>&1; then
     exit 0
 fi
 echo "ensure-mlflow-server: building the MLflow 3.17 server in $venv (one time)" >&2
