@@ -20,6 +20,7 @@ services:
 	bash scripts/ensure-chromium.sh
 	PYTHON=$(PYTHON) bash scripts/ensure-feast.sh
 	PYTHON=$(PYTHON) bash scripts/ensure-evidently.sh
+	PYTHON=$(PYTHON) bash scripts/ensure-mlflow-server.sh
 
 test: $(STAMP) services
 	$(VENV)/bin/ruff check src tests bench examples

@@ -24,6 +24,32 @@ from mlscale.tracing.settings import TracingSettings
 from mlscale.vision.settings import VisionSettings
 
 
+class MlflowRegistrySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Models served from an MLflow model registry (``[server.mlflow]``): the repository every host
+    resolves, beside (or instead of) the local folder."""
+
+    # The MLflow tracking/registry server, e.g. "http://mlflow:5000"; "" takes MLFLOW_TRACKING_URI.
+    tracking_uri: str = ""
+    # mlscale model name -> "models:/<name>@<alias>" (follows the alias), "models:/<name>/<version>"
+    # (pinned) or "models:/<name>" (every aliased version and the latest, with all aliases).
+    models: dict[str, str] = msgspec.field(default_factory=dict)
+    # How often the registry is asked for new versions and moved aliases (seconds; 0 = never).
+    poll_interval: float = 5.0
+    # Where each version's artifacts are downloaded (one folder per version, shared by workers).
+    cache_dir: str = ".cache/mlflow-models"
+    # Seconds one registry or artifact request may take before it counts as failed.
+    timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.poll_interval < 0:
+            raise ValueError("server.mlflow.poll_interval must not be negative")
+        if self.timeout <= 0:
+            raise ValueError("server.mlflow.timeout must be positive seconds")
+        for name, uri in self.models.items():
+            if not uri.startswith("models:/"):
+                raise ValueError(f"server.mlflow.models.{name}: {uri!r} is not a models:/ URI")
+
+
 class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The model server: where it listens, how many processes, and its limits."""
 
@@ -55,6 +81,8 @@ class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # or from connecting), and the longest pause while sending its body; past either it gets 408.
     header_timeout: float = 10.0
     body_timeout: float = 30.0
+    # Models from an MLflow model registry (off while no models are listed).
+    mlflow: MlflowRegistrySettings = msgspec.field(default_factory=MlflowRegistrySettings)
 
     def __post_init__(self) -> None:
         if min(self.queue_delay_target, self.max_queue_wait) <= 0:

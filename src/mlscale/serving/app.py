@@ -38,6 +38,7 @@ from mlscale.serving.control import WorkerControl
 from mlscale.serving.inference import InferenceCore
 from mlscale.serving.protocol import DecodedRequest, decode_request, encode_json, encode_response
 from mlscale.serving.repository import ModelRepository, ModelVersion
+from mlscale.serving.sources import ModelSource
 
 log = logging.getLogger("mlscale.serving")
 
@@ -195,12 +196,16 @@ class InferenceApp:
             generation, unloaded = self.control.current()
             self.repository.unloaded = set(unloaded)
             self._purges_seen = self.control.purges()
-        await self.repository.sync()
+        # Strict: a registry that cannot be read at startup fails the start with its reason.
+        await self.repository.sync(strict=True)
         if self.control is not None:
             self.control.ack(generation)
             self._tasks.append(asyncio.create_task(self._follow_control()))
         if self.settings.poll_interval > 0:
-            self._tasks.append(asyncio.create_task(self._poll_disk()))
+            self._tasks.append(asyncio.create_task(self._poll(self.repository.folder, self.settings.poll_interval)))
+        registry = self.repository.registry
+        if registry is not None and registry.poll_interval > 0:
+            self._tasks.append(asyncio.create_task(self._poll(registry, registry.poll_interval)))
         for service in self.services:
             await service.start(self)
         self.ready = True
@@ -229,11 +234,13 @@ class InferenceApp:
 
             multiprocess.mark_process_dead(os.getpid())
 
-    async def _poll_disk(self) -> None:
+    async def _poll(self, source: ModelSource, interval: float) -> None:
+        """Rescan one source (the folder, the registry) on its own timer: a slow registry never
+        delays the folder's changes, nor the folder the registry's."""
         while True:
-            await asyncio.sleep(self.settings.poll_interval)
+            await asyncio.sleep(interval)
             try:
-                await self.repository.sync()
+                await self.repository.sync(source)
             except Exception:
                 log.exception("rescanning the model repository failed")
 

@@ -1,10 +1,12 @@
-"""The model repository: versions on disk, aliases, traffic split, load and unload at run time.
+"""The model repository: versions, aliases, traffic split, load and unload at run time.
 
 Layout: ``ROOT/<model>/<version>/`` holds a model file (model.onnx, model.joblib, model.pt or
 model.py) and an optional model.toml; ``ROOT/<model>/model.toml`` holds what spans versions
-(aliases, traffic split, defaults). The folder is rescanned on a timer: a new version is loaded
-before it becomes visible, a removed one is unloaded after its queued requests finish, so
-requests in flight never fail because of a change on disk.
+(aliases, traffic split, defaults). Models may also come from an MLflow model registry
+(serving/mlflow_registry.py); their model.toml, when any, still lives in ``ROOT/<model>/``.
+Each source is rescanned on a timer: a new version is loaded before it becomes visible, the
+aliases and traffic switch at once, and a removed version is unloaded after its queued requests
+finish, so requests in flight never fail because of a change on disk or in the registry.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import accumulate
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -31,6 +34,10 @@ from mlscale.serving.datatypes import V2_TO_NUMPY, v2_datatype
 from mlscale.serving.features import FeatureJoin, OnlineStore
 from mlscale.serving.model_config import CONFIG_FILE, ModelConfig, model_config
 from mlscale.serving.runtimes import Runtime, load_runtime
+from mlscale.serving.sources import FolderSource, ModelSource
+
+if TYPE_CHECKING:
+    from mlscale.serving.mlflow_registry import RegistrySource
 
 log = logging.getLogger("mlscale.serving")
 
@@ -42,16 +49,6 @@ INLINE_THRESHOLD_SECONDS = 0.0005
 def _version_key(version: str) -> tuple:
     """Numeric versions order numerically, others after them by name."""
     return (0, int(version), "") if version.isdigit() else (1, 0, version)
-
-
-def _fingerprint(folder: Path) -> tuple:
-    """Changes when any file of a version folder changes, so edits on disk trigger a reload."""
-    entries = []
-    for path in sorted(folder.rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts:
-            stat = path.stat()
-            entries.append((str(path.relative_to(folder)), stat.st_size, stat.st_mtime_ns))
-    return tuple(entries)
 
 
 @dataclass
@@ -128,13 +125,19 @@ class ModelEntry:
     cumulative: list[float] = field(default_factory=list)
     latest: str | None = None
 
-    def refresh(self, config: ModelConfig) -> None:
-        """Recompute the latest version, aliases and traffic weights after a change."""
+    def refresh(self, config: ModelConfig, aliases: dict[str, str] | None = None, default: str | None = None) -> None:
+        """Recompute the latest version, aliases and traffic weights after a change. ``aliases``
+        (a registry's) win over model.toml's; ``default`` serves unversioned calls when model.toml
+        sets no traffic split."""
+        self.refresh_latest()
+        self.aliases = {**config.aliases, **(aliases or {})}
+        traffic = config.traffic or ({default: 1.0} if default else {})
+        self.targets = list(traffic)
+        self.cumulative = list(accumulate(traffic.values()))
+
+    def refresh_latest(self) -> None:
         ordered = sorted(self.versions, key=_version_key)
         self.latest = ordered[-1] if ordered else None
-        self.aliases = dict(config.aliases)
-        self.targets = list(config.traffic)
-        self.cumulative = list(accumulate(config.traffic.values()))
 
     def resolve(self, version: str | None) -> ModelVersion:
         if version is None or version == "":
@@ -165,8 +168,16 @@ class ModelRepository:
         queue_delay: tuple[float, float] = (0.05, 1.0),
         caches: Caches | None = None,
         features: Callable[[], OnlineStore] | None = None,
+        registry: RegistrySource | None = None,
     ) -> None:
         self.root = Path(root)
+        # The folder always (model.toml of registry models lives there too); the registry's models,
+        # when configured, take precedence over folders of the same name.
+        self.folder = FolderSource(self.root)
+        self.registry = registry
+        self.sources: list[ModelSource] = [self.folder, *([registry] if registry is not None else [])]
+        # The last listing error of each model, so a registry that stays down is logged once.
+        self._listing_errors: dict[str, str] = {}
         self.caches = caches
         # Opens the online feature store on first need (models declaring [features]).
         self.features = features
@@ -177,7 +188,7 @@ class ModelRepository:
         # Models unloaded through the API stay unloaded until loaded through the API.
         self.unloaded: set[str] = set()
         self._lock = asyncio.Lock()
-        if not self.root.is_dir():
+        if registry is None and not self.root.is_dir():
             raise ConfigError(f"{self.root}: the model repository folder does not exist")
 
     # --- reading -------------------------------------------------------------------------------
@@ -194,7 +205,7 @@ class ModelRepository:
 
     def index(self) -> list[dict]:
         rows: list[dict] = []
-        for name in self._names_on_disk():
+        for name in sorted(self._owners()):
             entry = self.models.get(name)
             if entry is None:
                 state = UNLOADED if name in self.unloaded else UNAVAILABLE
@@ -213,31 +224,33 @@ class ModelRepository:
         return all(entry.versions for entry in self.models.values())
 
     # --- changing ------------------------------------------------------------------------------
-    def _names_on_disk(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+    def _owners(self) -> dict[str, ModelSource]:
+        """Every model name with the source it comes from (the registry wins over a folder)."""
+        owners: dict[str, ModelSource] = {}
+        for source in self.sources:
+            owners.update(dict.fromkeys(source.names(), source))
+        return owners
 
-    def _versions_on_disk(self, name: str) -> list[Path]:
-        folder = self.root / name
-        if not folder.is_dir():
-            return []
-        return [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))]
-
-    async def sync(self) -> None:
-        """Bring loaded models in line with the folder: load new or changed versions, drop gone ones."""
+    async def sync(self, only: ModelSource | None = None, *, strict: bool = False) -> None:
+        """Bring loaded models in line with their sources (or with ``only``): load new or changed
+        versions, drop gone ones. A source that cannot be read leaves its models as they are
+        (logged), unless ``strict`` (at startup), when the error is raised."""
         async with self._lock:
-            on_disk = set(self._names_on_disk())
-            for name in sorted(on_disk - self.unloaded):
-                await self._sync_model(name)
-            for name in [n for n in self.models if n not in on_disk]:
+            owners = self._owners()
+            for name, source in sorted(owners.items()):
+                if name not in self.unloaded and (only is None or source is only):
+                    await self._sync_model(name, source, strict=strict)
+            for name in [n for n in self.models if n not in owners]:
                 await self._drop_model(name)
 
     async def load(self, name: str) -> None:
         """Load (or reload) a model through the API; it stays loaded across rescans."""
         async with self._lock:
-            if not (self.root / name).is_dir():
-                raise ModelNotFound(f"no model {name!r} in the repository folder")
+            source = self._owners().get(name)
+            if source is None:
+                raise ModelNotFound(f"no model {name!r} in the repository folder or the registry")
             self.unloaded.discard(name)
-            await self._sync_model(name)
+            await self._sync_model(name, source, strict=True)
             entry = self.models.get(name)
             if entry is not None and not entry.versions:
                 reasons = "; ".join(f"{v}: {r}" for v, r in entry.failed.items()) or "no version folders"
@@ -246,7 +259,7 @@ class ModelRepository:
     async def unload(self, name: str) -> None:
         """Unload a model through the API; queued requests finish first."""
         async with self._lock:
-            if name not in self.models and not (self.root / name).is_dir():
+            if name not in self.models and name not in self._owners():
                 raise ModelNotFound(f"unknown model {name!r}")
             self.unloaded.add(name)
             await self._drop_model(name)
@@ -256,17 +269,31 @@ class ModelRepository:
             for name in list(self.models):
                 await self._drop_model(name)
 
-    async def _sync_model(self, name: str) -> None:
-        model_dir = self.root / name
+    async def _sync_model(self, name: str, source: ModelSource, *, strict: bool = False) -> None:
+        try:
+            listing = await source.listing(name)
+        except Exception as exc:
+            if strict:
+                raise
+            reason = str(exc)
+            if self._listing_errors.get(name) != reason:
+                log.error("model %s: cannot list its versions, serving what is loaded: %s", name, reason)
+                self._listing_errors[name] = reason
+            return
+        if self._listing_errors.pop(name, None) is not None:
+            log.info("model %s: its source answers again", name)
         entry = self.models.get(name) or ModelEntry(name)
-        present = {p.name: p for p in self._versions_on_disk(name)}
-        for version, path in sorted(present.items(), key=lambda kv: _version_key(kv[0])):
-            fingerprint = _fingerprint(path)
+        present = listing.versions
+        # Versions replaced or gone are closed only once nothing routes to them any more.
+        retired: list[ModelVersion] = []
+        attempted: set[str] = set()
+        for version, (path, fingerprint) in sorted(present.items(), key=lambda kv: _version_key(kv[0])):
             current = entry.versions.get(version)
             if current is not None and current.fingerprint == fingerprint:
                 continue
             if current is None and entry.failed_fingerprints.get(version) == fingerprint:
                 continue
+            attempted.add(version)
             try:
                 loaded = await self._load_version(name, version, path, fingerprint)
             except Exception as exc:
@@ -279,20 +306,32 @@ class ModelRepository:
             entry.failed_fingerprints.pop(version, None)
             entry.versions[version] = loaded
             if current is not None:
-                await current.batcher.close()
-                current.runtime.unload()
-        for version in [v for v in entry.versions if v not in present]:
-            gone = entry.versions.pop(version)
-            await gone.batcher.close()
-            gone.runtime.unload()
+                retired.append(current)
+        # A source's alias never moves to a version that failed to load: it keeps its loaded
+        # version (and that version stays) until the source names one that loads.
+        held = {
+            alias: entry.aliases[alias]
+            for alias, version in listing.aliases.items()
+            if version not in entry.versions and entry.aliases.get(alias) in entry.versions
+        }
+        for alias, version in held.items():
+            if listing.aliases[alias] in attempted:  # once, not on every poll
+                log.error("model %s: alias %s stays on version %s until a version that loads", name, alias, version)
+        # From here to refresh() nothing awaits: requests see the old routing or the new one whole.
+        keep = {*present, *held.values()}
+        retired.extend(entry.versions.pop(v) for v in [v for v in entry.versions if v not in keep])
         for version in [v for v in entry.failed if v not in present]:
             entry.failed.pop(version)
             entry.failed_fingerprints.pop(version, None)
         try:
-            entry.refresh(model_config(model_dir))
-        except ConfigError as exc:
+            entry.refresh(model_config(self.root / name), {**listing.aliases, **held}, listing.default)
+        except ConfigError as exc:  # a broken model.toml keeps the routing it had
             log.error("%s", exc)
+            entry.refresh_latest()
         self.models[name] = entry
+        for gone in retired:
+            await gone.batcher.close()
+            gone.runtime.unload()
 
     async def _load_version(self, name: str, version: str, path: Path, fingerprint: tuple) -> ModelVersion:
         started = time.perf_counter()

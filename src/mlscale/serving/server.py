@@ -28,6 +28,7 @@ def build_app(settings: Settings, *, control_dir: Path | None = None, workers: i
     from mlscale.cache.factory import Caches
     from mlscale.serving.app import InferenceApp
     from mlscale.serving.control import WorkerControl
+    from mlscale.serving.mlflow_registry import registry_from_settings
     from mlscale.serving.repository import ModelRepository
 
     caches = Caches(settings.cache, root=settings.root)
@@ -38,6 +39,7 @@ def build_app(settings: Settings, *, control_dir: Path | None = None, workers: i
         queue_delay=(settings.server.queue_delay_target, settings.server.max_queue_wait),
         caches=caches,
         features=feature_store.online,
+        registry=registry_from_settings(settings.server, settings.resolve),
     )
     control = WorkerControl(control_dir, workers) if control_dir is not None else None
     events = LazyBroker(settings)
@@ -181,17 +183,21 @@ def run_server(project: Settings) -> None:
 
     from mlscale.auth.tls import uvicorn_ssl_options
     from mlscale.errors import ConfigError
+    from mlscale.serving.mlflow_registry import registry_from_settings
     from mlscale.serving.slow_clients import HEADER_TIMEOUT_ENV
 
     settings = project.server
     ssl_options = uvicorn_ssl_options(project.tls, project.resolve)
     repository = project.resolve(settings.model_repository)
-    if not repository.is_dir():
+    registry = registry_from_settings(settings, project.resolve)
+    if registry is None and not repository.is_dir():
         raise ConfigError(f"{repository}: the model repository folder does not exist")
     if settings.workers < 1:
         raise ConfigError("--workers must be at least 1")
     if settings.grpc_port:
         check_grpc_port(settings.host, settings.port, settings.grpc_port)
+    if registry is not None:  # before any worker: one clear error, and one download of each version
+        registry.check()
     scratch = Path(tempfile.mkdtemp(prefix="mlscale-serve-"))
     (scratch / "metrics").mkdir()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(scratch / "metrics")
