@@ -258,12 +258,14 @@ def test_missing_model_or_alias_refuses_to_start_with_one_clear_line(tmp_path: P
 
 def test_registry_down_at_start_refuses_to_start_with_one_clear_line(tmp_path: Path):
     down = f"http://127.0.0.1:{free_port()}"
+    with_token = down.replace("http://", "http://ci:s3cret-token@")
     started = time.monotonic()
-    result = _serve_fails(tmp_path, "--mlflow-tracking-uri", down, "--model", "models:/iris@champion")
+    result = _serve_fails(tmp_path, "--mlflow-tracking-uri", with_token, "--model", "models:/iris@champion")
     assert time.monotonic() - started < 60  # no minutes of retries
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"error: models:/iris@champion: cannot use the MLflow registry at {down}")
+    assert "s3cret" not in result.stderr  # credentials in the URI never reach an error
 
 
 def test_registry_models_need_a_registry(tmp_path: Path):

@@ -22,6 +22,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from mlscale.errors import ConfigError, ModelNotFound, ServiceUnavailable
 from mlscale.serving.sources import Listing
@@ -104,6 +105,9 @@ class RegistrySource:
             )
         self.refs = {name: parse_uri(source) for name, source in models.items()}
         self.tracking_uri = uri
+        # What errors and logs name: the URI without a user or password (``https://user:token@host``).
+        parts = urlsplit(uri)
+        self._where = urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1])) if parts.netloc else uri
         self.cache_dir = Path(cache_dir)
         self.poll_interval = poll_interval
         self.timeout = timeout
@@ -200,18 +204,18 @@ class RegistrySource:
         if isinstance(exc, (ConfigError, ModelNotFound, ServiceUnavailable)):
             return exc
         code = getattr(exc, "error_code", "")
-        text = str(exc)
+        text = str(exc).replace(self.tracking_uri, self._where)  # MLflow's messages repeat the whole URL
         # A missing alias is INVALID_PARAMETER_VALUE "alias ... not found"; a plain 404 (a URL that
         # is no MLflow server) is not a missing model.
         if code == "RESOURCE_DOES_NOT_EXIST" or (code == "INVALID_PARAMETER_VALUE" and "not found" in text.lower()):
             what = f"alias {ref.alias!r}" if ref.alias else f"version {ref.version}" if ref.version else "model"
             first = text.splitlines()[0] if text else type(exc).__name__
             return ModelNotFound(
-                f"{ref}: the MLflow registry at {self.tracking_uri} has no such {what} "
+                f"{ref}: the MLflow registry at {self._where} has no such {what} "
                 f"of registered model {ref.model!r} ({first})"
             )
         first = text.splitlines()[0][:300] if text else type(exc).__name__
-        return ServiceUnavailable(f"{ref}: cannot use the MLflow registry at {self.tracking_uri}: {first}")
+        return ServiceUnavailable(f"{ref}: cannot use the MLflow registry at {self._where}: {first}")
 
 
 def _ready(version: Any) -> bool:
