@@ -403,16 +403,28 @@ class MotionAnalyzer:
         if self._persist is None:
             self._persist = np.zeros(mask.shape, np.float32)
         alpha = 1.0 - math.exp(-dt / self.persistence_seconds)
+        # Where someone is walking through right now, persistence is left as it is: on a busy path
+        # one passer-by follows another over the same pixels, foreground nearly all the time, and
+        # that is a stream of people, not someone staying. A stander's own track does not travel.
+        w, h = self.resolution
+        hold = None
+        for tr in self._tracks:
+            if tr.misses == 0 and len(tr.history) > 1 and math.hypot(*tr.travel()) > self.dwell_radius:
+                if hold is None:
+                    hold = np.full(mask.shape, 255, np.uint8)
+                x0, y0, x1, y1 = tr.box
+                # Widened as the mask is below (its 5x5 dilation reaches 2 pixels further).
+                top, left = max(0, int(y0 * h) - 2), max(0, int(x0 * w) - 2)
+                hold[top : math.ceil(y1 * h) + 2, left : math.ceil(x1 * w) + 2] = 0
         # Widened first: someone shifting their weight sways a few pixels, and each pixel at their
         # edge would otherwise be foreground only part of the time.
-        cv2.accumulateWeighted(cv2.dilate(mask, self._sway), self._persist, alpha)
+        cv2.accumulateWeighted(cv2.dilate(mask, self._sway), self._persist, alpha, hold)
         level = self._persist  # mask is 0/255, so full persistence is 255
         hot = cv2.compare(level, 0.8 * 255.0, cv2.CMP_GT)
         if self._scene is not None:
             self._scene[level < 0.1 * 255] = 0  # gone: watched again from now on
             hot[self._scene > 0] = 0
         count, _, stats, _ = cv2.connectedComponentsWithStats(hot, connectivity=8)
-        w, h = self.resolution
         found = []
         for x, y, bw, bh, area in stats[1:count].tolist():
             if area >= self.min_area * w * h:
