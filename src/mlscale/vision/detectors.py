@@ -195,6 +195,8 @@ class ActivityModel:
             self._crowd = None
         if crowd > 0.3:
             findings.append(Finding("crowd", crowd))
+        if covered > 0.3 or frame.fg_fraction > 0.45:
+            return findings  # something is coming over the lens, or the whole view changed: no one walks
         for tr in _moving(frame.tracks, 3):
             speed = math.hypot(*tr.velocity)
             usual = self.speed_ if self.speed_ is not None else 0.1

@@ -57,6 +57,9 @@ class _Track:
     history: deque = field(default_factory=lambda: deque(maxlen=256))
     hits: int = 0
     misses: int = 0
+    # Times it was not matched but its predicted place lay inside someone else's blob: hidden by
+    # a passer-by it merged with, not gone (a runner passing walkers on their lane).
+    merged: deque = field(default_factory=lambda: deque(maxlen=32))
 
     def center(self) -> tuple[float, float]:
         return self.history[-1][1], self.history[-1][2]
@@ -91,8 +94,9 @@ class _Track:
 
     def seen(self, t: float, frame_times: deque, window: float = 1.5) -> float:
         """Fraction of the frames of the last ``window`` seconds (since first seen, if younger)
-        in which this track was seen. Over a window, not since first seen: a track that flickered
-        for a while and is then taken over by someone running is judged on the runner."""
+        in which this track was seen, or hidden where a blob it merged with was. Over a window, not
+        since first seen: a track that flickered for a while and is then taken over by someone
+        running is judged on the runner."""
         since = max(self.first_seen, t - window) - 1e-6
         frames = sum(1 for ft in reversed(frame_times) if ft >= since) if frame_times else 1
         hits = 0
@@ -100,6 +104,7 @@ class _Track:
             if t0 < since:
                 break
             hits += 1
+        hits += sum(1 for t0 in self.merged if t0 >= since)
         return min(1.0, hits / max(1, frames))
 
     def dwell(self, radius: float) -> float:
@@ -296,22 +301,27 @@ class MotionAnalyzer:
             if shift >= 0.02 and not self._aligns(current, dx, dy):
                 shift = 0.0
             self._shifted = shift >= 0.02
-        views = tuple(
-            TrackView(
-                id=tr.id,
-                box=tr.box,
-                center=tr.center(),
-                velocity=tr.velocity(),
-                age=t - tr.first_seen,
-                hits=tr.hits,
-                dwell=tr.dwell(self.dwell_radius),
-                travel=tr.travel(),
-                seen=tr.seen(t, self._frame_times),
-            )
-            for tr in self._tracks
-            if tr.misses == 0
-        )
+        # A track hidden this frame inside a blob it merged with is still reported, where it should
+        # be by now: a runner passing walkers on their lane stays one runner through the overlap.
+        views = tuple(self._view(tr, t) for tr in self._tracks if tr.misses == 0 or (tr.merged and tr.merged[-1] == t))
         return MotionFrame(t, fg_fraction, texture, brightness, views, shift, stationary, relit)
+
+    def _view(self, tr: _Track, t: float) -> TrackView:
+        center, box = tr.center(), tr.box
+        if tr.misses:
+            (px, py), (cx, cy) = tr.predict(t), center
+            center, box = (px, py), (box[0] + px - cx, box[1] + py - cy, box[2] + px - cx, box[3] + py - cy)
+        return TrackView(
+            id=tr.id,
+            box=box,
+            center=center,
+            velocity=tr.velocity(),
+            age=t - tr.first_seen,
+            hits=tr.hits,
+            dwell=tr.dwell(self.dwell_radius),
+            travel=tr.travel(),
+            seen=tr.seen(t, self._frame_times),
+        )
 
     def _chroma(
         self, chroma: np.ndarray, gain: float, rate: float, learn: bool, grey_mask: np.ndarray
@@ -469,6 +479,10 @@ class MotionAnalyzer:
         for ti, track in enumerate(self._tracks):
             if ti not in used_tracks:
                 track.misses += 1
+                # Flicker leaves nothing where the track should be; a merge leaves a bigger blob.
+                px, py = predicted[ti]
+                if any(x0 <= px <= x1 and y0 <= py <= y1 for (x0, y0, x1, y1), _ in blobs):
+                    track.merged.append(t)
         # A track survives a short absence: someone standing still is hidden whenever a passer-by
         # merges with their blob, and must come back as the same track or their dwell time resets.
         self._tracks = [tr for tr in self._tracks if t - tr.history[-1][0] <= self.keep_seconds]
