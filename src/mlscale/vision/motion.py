@@ -447,14 +447,18 @@ class MotionAnalyzer:
         dt = 0.2 if self._last_t is None else max(1e-3, t - self._last_t)
         self._last_t = t
         # A new track may have moved far (a runner's first step); one with a velocity is looked for
-        # near where it should be now, so it is not handed to someone else passing close by.
-        # Reach grows with the time since the track was last seen (capped): a runner hidden for a
-        # frame while merged with a walker it passes is found again further on.
-        reaches = [
-            max(0.06, 0.6 * gap) if len(tr.history) < 2 else max(0.04, 0.3 * gap)
-            for tr in self._tracks
-            for gap in (min(max(dt, t - tr.history[-1][0]), 0.6),)
-        ]
+        # near where it should be now, within a margin that grows with how far it moved since last
+        # seen (its speed over the gap, capped): a runner hidden while merged with a walker it
+        # passes is found again further on, while a slow walker's track is not handed to the next
+        # walker on the lane a tenth of the frame away.
+        reaches = []
+        for tr in self._tracks:
+            gap = min(max(dt, t - tr.history[-1][0]), 0.6)
+            v = tr.velocity() if len(tr.history) > 1 else None
+            if v is None:
+                reaches.append(max(0.06, 0.6 * gap) if len(tr.history) < 2 else max(0.04, 0.3 * gap))
+            else:
+                reaches.append(0.04 + 0.5 * math.hypot(*v) * gap)
         reach = max(reaches, default=0.0)
         predicted = [tr.predict(t) for tr in self._tracks]
         pairs = sorted(
