@@ -29,6 +29,11 @@ class Finding:
     box: tuple[float, float, float, float] | None = None
 
 
+# Share of recent frames a track must have been seen in (or hidden in a merge) for its direction
+# to be judged: see ActivityModel.score.
+STEADY = 0.7
+
+
 def _moving(tracks: Sequence[TrackView], min_hits: int = 3) -> list[TrackView]:
     return [tr for tr in tracks if tr.hits >= min_hits and tr.velocity is not None]
 
@@ -200,9 +205,11 @@ class ActivityModel:
         for tr in _moving(frame.tracks, 3):
             speed = math.hypot(*tr.velocity)
             usual = self.speed_ if self.speed_ is not None else 0.1
-            # Right after a change of light the background is learned again and blobs merge, split
-            # and seem to jump: only a track seen in nearly every frame is judged then.
-            steady = 0.8 if frame.relit else 0.5
+            # Only a steady track is judged: one seen (or hidden inside a blob it merged with) in
+            # most frames of the last 1.5 s. A track of flicker, of a compression artefact, or of
+            # blobs that split and merge while the background is learned again after a change of
+            # light is seen every other frame, and hops.
+            steady = STEADY
             if speed < max(0.5 * usual, 0.03) or tr.box[0] <= 0.01 or tr.box[2] >= 0.99 or tr.seen < steady:
                 continue  # too slow to judge, half out of the frame (its centre slides), or flicker
             if self.flow_ is not None:
@@ -245,8 +252,7 @@ class RuleDetector:
             if loiter > 0 and tr.dwell > 0.25 * loiter and tr.seen >= 0.5 and arrived:
                 findings.append(Finding("loitering", tr.dwell / self.rules.loiter_seconds, tr.box))
             flow = self.rules.flow
-            steady = 0.8 if frame.relit else 0.5  # as for the learned flow: see ActivityModel
-            if flow is not None and tr.velocity is not None and tr.hits >= 3 and tr.seen >= steady:
+            if flow is not None and tr.velocity is not None and tr.hits >= 3 and tr.seen >= STEADY:
                 speed = math.hypot(*tr.velocity)
                 norm = math.hypot(*flow) or 1.0
                 cos = (tr.velocity[0] * flow[0] + tr.velocity[1] * flow[1]) / (norm * max(speed, 1e-9))
