@@ -413,13 +413,15 @@ class MotionAnalyzer:
         if self._persist is None:
             self._persist = np.zeros(mask.shape, np.float32)
         alpha = 1.0 - math.exp(-dt / self.persistence_seconds)
-        # Where someone is walking through right now, persistence is left as it is: on a busy path
-        # one passer-by follows another over the same pixels, foreground nearly all the time, and
-        # that is a stream of people, not someone staying. A stander's own track does not travel.
+        # Where someone is walking through right now (or has just appeared, and where they go is
+        # not known yet), persistence is left as it is: on a busy path one passer-by follows
+        # another over the same pixels, foreground nearly all the time, and that is a stream of
+        # people, not someone staying. A stander's own track soon shows it does not travel.
         w, h = self.resolution
         hold = None
         for tr in self._tracks:
-            if tr.misses == 0 and len(tr.history) > 1 and math.hypot(*tr.travel()) > self.dwell_radius:
+            young = tr.history[-1][0] - tr.first_seen < self.keep_seconds
+            if tr.misses == 0 and (young or math.hypot(*tr.travel()) > self.dwell_radius):
                 if hold is None:
                     hold = np.full(mask.shape, 255, np.uint8)
                 x0, y0, x1, y1 = tr.box
