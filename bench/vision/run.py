@@ -18,6 +18,7 @@ perspective, noise, light drift and a sudden change, shake, H.264 / MPEG-4), sco
 pipeline exactly as `mlscale vision eval --clip` does, and the same events at 1 feed and at N:
 
     python bench/vision/run.py --quality --seeds 6 --normal-hours 2   # F1, kind accuracy, TTD, false alarms/h
+    python bench/vision/run.py --quality --photos tune                 # the same on the tuning photos (develop here)
     python bench/vision/run.py --identical 64                         # events at 64 feeds == at 1 feed
 """
 
@@ -160,17 +161,24 @@ def _heldout_clip(folder: Path, name: str, footage, codec: str, fps: float = 10.
     return clip, labels
 
 
-def run_quality(seeds: int, normal_hours: float, seconds: float) -> None:
+def run_quality(seeds: int, normal_hours: float, seconds: float, photos: str = "heldout") -> None:
     """F1, kind accuracy and time to detection on held-out footage; false alarms per camera-hour on
-    hours of normal footage. Defaults only: no zones, no rules."""
+    hours of normal footage. Defaults only: no zones, no rules.
+
+    ``photos="tune"`` runs the same measures on the photos the detector may be tuned on, with other
+    seeds (200+ for the clips, 6000+ for normal footage): develop there, report on the held-out half.
+    """
     import statistics
 
     import footage as footage_module
 
     from mlscale.vision.evaluate import ClipResult, load_labels, score_clip, summarize
 
-    folder = ROOT / ".cache" / "bench-vision" / "heldout"
-    clips = footage_module.suite(footage_module.HELDOUT_PHOTOS, range(100, 100 + seeds), seconds=seconds)
+    tune = photos == "tune"
+    folder = ROOT / ".cache" / "bench-vision" / ("tune" if tune else "heldout")
+    pool = footage_module.TUNE_PHOTOS if tune else footage_module.HELDOUT_PHOTOS
+    first = 200 if tune else 100
+    clips = footage_module.suite(pool, range(first, first + seeds), seconds=seconds)
     results, ttd = [], {}
     for name, footage, codec in clips:
         clip, labels = _heldout_clip(folder, f"{name}-{seconds:g}s", footage, codec)
@@ -182,8 +190,9 @@ def run_quality(seeds: int, normal_hours: float, seconds: float) -> None:
             if d["time_to_detection_s"] is not None:
                 ttd.setdefault(d["kind"], []).append(d["time_to_detection_s"])
     total = summarize(results)
-    photos = ", ".join(footage_module.HELDOUT_PHOTOS)
-    print(f"\nheld-out footage ({len(clips)} clips, {total['anomalies']} anomalies, photos {photos}):")
+    names = ", ".join(pool)
+    what = "tuning" if tune else "held-out"
+    print(f"\n{what} footage ({len(clips)} clips, {total['anomalies']} anomalies, photos {names}):")
     print(
         f"  precision {total['precision']:.3f}, recall {total['recall']:.3f}, event F1 {total['f1']:.3f}, "
         f"kind accuracy {total['kind_accuracy']:.3f}, false events {total['false_events']}"
@@ -196,12 +205,12 @@ def run_quality(seeds: int, normal_hours: float, seconds: float) -> None:
         minutes = 15.0
         count = max(1, round(normal_hours * 60 / minutes))
         alarms, hours = 0, 0.0
+        base = 6000 if tune else 5000
         for i in range(count):
-            photo = footage_module.HELDOUT_PHOTOS[i % len(footage_module.HELDOUT_PHOTOS)]
-            footage = footage_module.Footage(photo, 5000 + i, "normal", minutes * 60)
-            clip, labels = _heldout_clip(
-                folder, f"normal-{photo.split('.')[0]}-{5000 + i}-{minutes:g}m", footage, "h264"
-            )
+            photo = pool[i % len(pool)]
+            footage = footage_module.Footage(photo, base + i, "normal", minutes * 60)
+            name = f"normal-{photo.split('.')[0]}-{base + i}-{minutes:g}m"
+            clip, labels = _heldout_clip(folder, name, footage, "h264")
             s = score_clip(clip, load_labels(labels))
             alarms += s["false_alarms"]
             hours += minutes / 60
@@ -268,10 +277,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=6, help="--quality: seeds per held-out photo")
     parser.add_argument("--clip-seconds", type=float, default=60.0, help="--quality/--identical: clip length")
     parser.add_argument("--normal-hours", type=float, default=0.0, help="--quality: hours of normal footage")
+    parser.add_argument(
+        "--photos", choices=("heldout", "tune"), default="heldout", help="--quality: held-out photos or tuning ones"
+    )
     parser.add_argument("--identical", type=int, default=0, metavar="FEEDS", help="events at FEEDS feeds == 1 feed?")
     args = parser.parse_args()
     if args.quality:
-        run_quality(args.seeds, args.normal_hours, args.clip_seconds)
+        run_quality(args.seeds, args.normal_hours, args.clip_seconds, args.photos)
         return
     if args.identical:
         run_identical(args.identical, args.clip_seconds)

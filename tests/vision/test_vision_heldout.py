@@ -17,13 +17,16 @@ from mlscale.vision.evaluate import load_labels, score_clip
 from mlscale.vision.pipeline import VisionPipeline
 from mlscale.vision.settings import FeedSettings, VisionSettings
 
-# Short low-resolution clips: 10 s of warm-up, the anomaly at 18 s, 30 s in all. Photos and seeds
-# are from the held-out half (the detector was tuned on other photos).
+# Short clips: 10 s of warm-up, the anomaly at 18 s, 30 s in all; low resolution but for the
+# runner, who is a few pixels wide at 160x120 (cameras deliver more: the runner is judged on a
+# downscaled 320x240 clip, as the benchmark's). Photos and seeds are from the held-out half (the
+# detector was tuned on other photos).
 CASES = {
-    "camera_covered": ("chelsea.png", 1),
-    "crowd": ("china.jpg", 3),
-    "camera_moved": ("gravel.png", 5),
-    "normal": ("brick.png", 4),
+    "camera_covered": ("chelsea.png", 1, (160, 120)),
+    "crowd": ("china.jpg", 3, (160, 120)),
+    "camera_moved": ("gravel.png", 5, (160, 120)),
+    "wrong_way": ("astronaut.png", 2, (320, 240)),
+    "normal": ("brick.png", 4, (160, 120)),
 }
 
 
@@ -31,21 +34,23 @@ CASES = {
 def clips(tmp_path_factory):
     folder = tmp_path_factory.mktemp("heldout")
     made = {}
-    for kind, (photo, seed) in CASES.items():
+    for kind, (photo, seed, size) in CASES.items():
         assert photo in HELDOUT_PHOTOS
-        footage = Footage(photo, seed, kind, 30.0, (160, 120), anomaly_at=None if kind == "normal" else 18.0)
+        footage = Footage(photo, seed, kind, 30.0, size, anomaly_at=None if kind == "normal" else 18.0)
         labels = write_clip(folder / f"{kind}.mp4", footage, fps=10.0, codec="mpeg4" if seed % 2 else "h264")
         made[kind] = (folder / f"{kind}.mp4", labels)
     return made
 
 
-@pytest.mark.parametrize("kind", ["camera_covered", "crowd", "camera_moved"])
-def test_an_anomaly_on_an_unseen_scene_is_found_with_its_kind_within_seconds(clips, kind):
+@pytest.mark.parametrize("kind", ["camera_covered", "crowd", "camera_moved", "wrong_way"])
+def test_an_anomaly_on_an_unseen_scene_is_found_with_its_kind_within_two_seconds(clips, kind):
     clip, labels = clips[kind]
     summary = score_clip(clip, load_labels(labels))
     (found,) = summary["detections"]
     assert found["detected_kind"] == kind, summary["events"]
-    assert found["time_to_detection_s"] <= 2.5
+    # The goal for the runner, the crowd and the covered lens (the crowd took 5.5 s once: it had
+    # to triple the usual moving area, judged on a 1 s median and confirmed over 0.6 s).
+    assert found["time_to_detection_s"] <= 2.0, summary["events"]
     assert summary["false_alarms"] == 0, summary["events"]
     assert summary["f1"] == 1.0 and summary["kind_accuracy"] == 1.0
 

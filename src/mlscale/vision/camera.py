@@ -88,8 +88,9 @@ class CameraDetector:
         self.rules = RuleDetector(feed.zones, feed.rules)
         self._model_factory = model_factory
         self._debouncer = _Debouncer(feed.rules.threshold, confirm, cooldown)
-        # A crowd is confirmed over a little longer: a few people passing together is not one.
-        self._confirm = {"crowd": max(confirm, 0.6)}
+        # Every kind is confirmed over the same time: the crowd's own measure is already a median
+        # of the last frames, and a longer wait only makes it seen later.
+        self._confirm: dict[str, float] = {}
         self._restart(None)
 
     def _restart(self, t: float | None) -> None:
@@ -150,13 +151,12 @@ class CameraDetector:
                 rules = [f for f in rules if f.kind != "loitering"]
             findings += rules
         # Direction means little inside a crowd (three quarters there already: a busy moment of
-        # ordinary traffic reaches half way, and a runner must still be seen then), or while the background is
-        # learned again (after a change of light or an uncovered lens): blobs merge and split and
-        # seem to jump. Someone walking out of a restricted zone is the zone's incident, whichever
-        # way they go.
+        # ordinary traffic reaches half way, and a runner must still be seen then), or right after
+        # an uncovered lens (after a change of light only steady tracks are judged: see
+        # ActivityModel): blobs merge and split and seem to jump. Someone walking out of a
+        # restricted zone is the zone's incident, whichever way they go.
         if (
-            motion.relit
-            or t - self._crowd_near <= 5.0
+            t - self._crowd_near <= 5.0
             or self._debouncer.recently("crowd", t, 5.0)
             or self._debouncer.recently("camera_covered", t, 3.0)
             or self._debouncer.recently("restricted_zone", t, 3.0)

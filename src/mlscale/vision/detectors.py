@@ -29,6 +29,11 @@ class Finding:
     box: tuple[float, float, float, float] | None = None
 
 
+# Share of recent frames a track must have been seen in (or hidden in a merge) for its direction
+# to be judged: see ActivityModel.score.
+STEADY = 0.7
+
+
 def _moving(tracks: Sequence[TrackView], min_hits: int = 3) -> list[TrackView]:
     return [tr for tr in tracks if tr.hits >= min_hits and tr.velocity is not None]
 
@@ -45,15 +50,33 @@ class ActivityModel:
     that matter are written as zones; the learned model judges how many, which way and how fast.
     """
 
-    def __init__(self, adapt_seconds: float = 120.0, smooth_seconds: float = 1.0, level_seconds: float = 120.0):
+    def __init__(
+        self,
+        adapt_seconds: float = 120.0,
+        smooth_seconds: float = 0.6,
+        level_seconds: float = 120.0,
+        crowd_z: float = 3.0,
+        crowd_ratio: float = 2.0,
+        crowd_min_area: float = 0.02,
+        before: tuple[float, float] = (6.0, 2.0),
+    ):
         # After the warm-up the normal counts follow the scene (the morning rush, an empty evening)
         # with this time constant, learning only from frames where nothing looked abnormal.
         self.adapt_seconds = adapt_seconds
-        # The crowd is judged on the median of the last second: one frame's flicker is no crowd.
+        # The crowd is judged on the median of the last ``smooth_seconds`` (three frames at 5 fps):
+        # one frame's flicker is no crowd, and a longer median only makes a crowd seen later.
         self.smooth_seconds = smooth_seconds
-        self._recent: deque[tuple[float, float, int]] = deque()
         self.level_seconds = level_seconds
+        # A crowd: the moving area rises above what the scene had a moment ago (``before``: the
+        # median of t-6 s .. t-2 s) by ``crowd_z`` times the scene's own spread, to at least
+        # ``crowd_ratio`` times its usual level, and by ``crowd_min_area`` of the image at least.
+        self.crowd_z = crowd_z
+        self.crowd_ratio = crowd_ratio
+        self.crowd_min_area = crowd_min_area
+        self.before = before
+        self._recent: deque[tuple[float, float, int]] = deque()
         self._levels: deque[tuple[float, float, int]] = deque()
+        self._crowd: tuple[float, float] | None = None  # (base, boundary) while a crowd is there
 
     def fit(self, frames: Sequence[MotionFrame]) -> ActivityModel:
         if not frames:
@@ -63,6 +86,7 @@ class ActivityModel:
         self.objects_mean_, self.objects_var_ = float(objects.mean()), float(objects.var())
         self.fg_mean_, self.fg_var_ = float(fg.mean()), float(fg.var())
         self.texture_mean_ = float(np.mean([f.texture for f in frames]))
+        self.brightness_mean_ = float(np.mean([f.brightness for f in frames]))
         velocities = np.array([tr.velocity for f in frames for tr in _moving(f.tracks, 3)], float).reshape(-1, 2)
         speeds = np.hypot(velocities[:, 0], velocities[:, 1])
         moving = speeds > 0.015
@@ -82,6 +106,8 @@ class ActivityModel:
         self._levels = deque((f.t, f.fg_fraction, len(_moving(f.tracks, 1))) for f in frames)
         self._level_at = -math.inf
         self._refresh_level(frames[-1].t)
+        self._recent = deque((f.t, f.fg_fraction, len(_moving(f.tracks, 1))) for f in frames)
+        self._crowd = None
         return self
 
     def _refresh_level(self, t: float) -> None:
@@ -104,10 +130,54 @@ class ActivityModel:
             setattr(self, f"{name}_mean_", mean + a * diff)
             setattr(self, f"{name}_var_", (1 - a) * (var + a * diff * diff))
 
+    def _covered(self, frame: MotionFrame) -> float:
+        """How far the image lost its texture towards a covered lens (1.0: covered).
+
+        The texture expected now follows the light: a cloud or a lamp scales the image, its
+        standard deviation with it, and 15% less light is not 15% of a hand over the lens. Only
+        changes a light could make (0.6x to 1.5x) are undone; a hand makes the image far darker still.
+        """
+        light = min(1.5, max(0.6, frame.brightness / max(self.brightness_mean_, 1e-6)))
+        ratio = frame.texture / max(self.texture_mean_ * light, 1e-6)
+        return (1.0 - ratio) / 0.65
+
+    def _crowd_score(self, frame: MotionFrame) -> float:
+        """How far the moving area stands above the scene's normal (1.0: a crowd).
+
+        Why a rise against the last seconds, measured in the scene's own spread: the number of
+        people in view of a busy scene wanders (a few walkers near the camera at once double the
+        moving area) but slowly, as people walk in and out; a crowd adds many at once. The spread is
+        that of a count of people: the level over the square root of the usual number of objects
+        (a Poisson count's relative spread), or the spread learned from calm frames, whichever is
+        larger. The rise must also at least double the usual level, so a quiet scene's few
+        walkers are no crowd. Once a crowd is there it is measured against the scene before it,
+        until most of it has gone: one crowd, one incident, and its people are not loiterers.
+        """
+        t = frame.t
+        now = float(np.median([fg for ti, fg, _ in self._recent if t - ti <= self.smooth_seconds + 1e-6]))
+        older = [fg for ti, fg, _ in self._recent if self.before[1] <= t - ti <= self.before[0]]
+        base = max(float(np.median(older)) if older else self.fg_level_, self.fg_level_)
+        spread = max(self.fg_level_ / math.sqrt(max(self.objects_level_, 1.0)), math.sqrt(self.fg_var_))
+        # A level learned from a few seconds is itself uncertain: the people in view change about
+        # once per crossing of the view at the usual speed, so seconds of footage hold few
+        # independent looks at it. The spread is widened by that uncertainty (it fades as minutes
+        # are seen): a warm-up that caught a quiet moment does not make ordinary traffic a crowd.
+        renewal = 1.0 / max(self.speed_, 0.02) if self.speed_ is not None else 20.0
+        seen = max(self._levels[-1][0] - self._levels[0][0], 1.0) if self._levels else 1.0
+        spread *= math.sqrt(1.0 + renewal / seen)
+        boundary = max(self.crowd_z * spread, self.crowd_ratio * self.fg_level_ - base, self.crowd_min_area)
+        crowd = (now - base) / boundary
+        if self._crowd is not None:
+            crowd = max(crowd, (now - self._crowd[0]) / self._crowd[1])
+            if crowd < 0.5:
+                self._crowd = None
+        elif crowd >= 1.0:
+            self._crowd = (base, boundary)
+        return crowd
+
     def score(self, frame: MotionFrame) -> list[Finding]:
         findings = []
-        ratio = frame.texture / max(self.texture_mean_, 1e-6)
-        covered = (1.0 - ratio) / 0.65
+        covered = self._covered(frame)
         if covered > 0.3:
             findings.append(Finding("camera_covered", covered))
         if frame.shift is not None and covered < 1.0:
@@ -122,27 +192,25 @@ class ActivityModel:
             self._levels.append((frame.t, frame.fg_fraction, len(moving)))
         if frame.t - self._level_at >= 1.0:  # a median of minutes, refreshed once a second
             self._refresh_level(frame.t)
-        while frame.t - self._recent[0][0] > self.smooth_seconds:
+        while frame.t - self._recent[0][0] > max(self.before[0], self.smooth_seconds):
             self._recent.popleft()
-        fg = float(np.median([r[1] for r in self._recent]))
-        count = float(np.median([r[2] for r in self._recent]))
-        # A crowd: the moving area (people, not a change of light: that is told apart first) at
-        # least triples, beyond the usual spread, and by 3% of the image at least (in a quiet scene a
-        # handful of walkers is no crowd). A busy moment of ordinary traffic doubles the area.
-        # The count of blobs only backs it up: people in a crowd merge into few blobs.
-        fg_excess = (fg - self.fg_level_) / max(2.0 * self.fg_level_, 4.0 * math.sqrt(self.fg_var_), 0.03)
-        count_excess = (count - self.objects_level_) / max(
-            2.0 * self.objects_level_, 4.0 * math.sqrt(self.objects_var_), 6.0
-        )
-        crowd = max(fg_excess, count_excess) if fg_excess > 0.5 else fg_excess
-        if frame.relit or frame.fg_fraction > 0.45 or covered > 0.3:
-            crowd = min(crowd, 0.0)  # the whole view changed: not people
+        crowd = self._crowd_score(frame)
+        if frame.relit or frame.fg_fraction > 0.45 or covered > 0.5:
+            crowd = min(crowd, 0.0)  # the whole view changed (light, a hand coming): not people
+            self._crowd = None
         if crowd > 0.3:
             findings.append(Finding("crowd", crowd))
+        if covered > 0.3 or frame.fg_fraction > 0.45:
+            return findings  # something is coming over the lens, or the whole view changed: no one walks
         for tr in _moving(frame.tracks, 3):
             speed = math.hypot(*tr.velocity)
             usual = self.speed_ if self.speed_ is not None else 0.1
-            if speed < max(0.5 * usual, 0.03) or tr.box[0] <= 0.01 or tr.box[2] >= 0.99 or tr.seen < 0.5:
+            # Only a steady track is judged: one seen (or hidden inside a blob it merged with) in
+            # most frames of the last 1.5 s. A track of flicker, of a compression artefact, or of
+            # blobs that split and merge while the background is learned again after a change of
+            # light is seen every other frame, and hops.
+            steady = STEADY
+            if speed < max(0.5 * usual, 0.03) or tr.box[0] <= 0.01 or tr.box[2] >= 0.99 or tr.seen < steady:
                 continue  # too slow to judge, half out of the frame (its centre slides), or flicker
             if self.flow_ is not None:
                 cos = (tr.velocity[0] * self.flow_[0] + tr.velocity[1] * self.flow_[1]) / speed
@@ -176,10 +244,15 @@ class RuleDetector:
                 x0, y0, x1, y1 = zone.box
                 if zone.kind == "restricted" and x0 <= x <= x1 and y0 <= y <= y1:
                     findings.append(Finding("restricted_zone", 2.0, tr.box))
-            if self.rules.loiter_seconds > 0 and tr.dwell > 0.25 * self.rules.loiter_seconds and tr.seen >= 0.5:
+            # Someone who came and stayed: the track was seen elsewhere before it stopped. A speck
+            # that flickers in one place from the moment it appears (a glint, a compression
+            # artefact on a textured wall) has stayed since birth, and that is no one.
+            arrived = tr.age >= tr.dwell + 1.0
+            loiter = self.rules.loiter_seconds
+            if loiter > 0 and tr.dwell > 0.25 * loiter and tr.seen >= 0.5 and arrived:
                 findings.append(Finding("loitering", tr.dwell / self.rules.loiter_seconds, tr.box))
             flow = self.rules.flow
-            if flow is not None and tr.velocity is not None and tr.hits >= 3 and tr.seen >= 0.5:
+            if flow is not None and tr.velocity is not None and tr.hits >= 3 and tr.seen >= STEADY:
                 speed = math.hypot(*tr.velocity)
                 norm = math.hypot(*flow) or 1.0
                 cos = (tr.velocity[0] * flow[0] + tr.velocity[1] * flow[1]) / (norm * max(speed, 1e-9))

@@ -57,6 +57,9 @@ class _Track:
     history: deque = field(default_factory=lambda: deque(maxlen=256))
     hits: int = 0
     misses: int = 0
+    # Times it was not matched but its predicted place lay inside someone else's blob: hidden by
+    # a passer-by it merged with, not gone (a runner passing walkers on their lane).
+    merged: deque = field(default_factory=lambda: deque(maxlen=32))
 
     def center(self) -> tuple[float, float]:
         return self.history[-1][1], self.history[-1][2]
@@ -91,8 +94,9 @@ class _Track:
 
     def seen(self, t: float, frame_times: deque, window: float = 1.5) -> float:
         """Fraction of the frames of the last ``window`` seconds (since first seen, if younger)
-        in which this track was seen. Over a window, not since first seen: a track that flickered
-        for a while and is then taken over by someone running is judged on the runner."""
+        in which this track was seen, or hidden where a blob it merged with was. Over a window, not
+        since first seen: a track that flickered for a while and is then taken over by someone
+        running is judged on the runner."""
         since = max(self.first_seen, t - window) - 1e-6
         frames = sum(1 for ft in reversed(frame_times) if ft >= since) if frame_times else 1
         hits = 0
@@ -100,6 +104,7 @@ class _Track:
             if t0 < since:
                 break
             hits += 1
+        hits += sum(1 for t0 in self.merged if t0 >= since)
         return min(1.0, hits / max(1, frames))
 
     def dwell(self, radius: float) -> float:
@@ -296,22 +301,27 @@ class MotionAnalyzer:
             if shift >= 0.02 and not self._aligns(current, dx, dy):
                 shift = 0.0
             self._shifted = shift >= 0.02
-        views = tuple(
-            TrackView(
-                id=tr.id,
-                box=tr.box,
-                center=tr.center(),
-                velocity=tr.velocity(),
-                age=t - tr.first_seen,
-                hits=tr.hits,
-                dwell=tr.dwell(self.dwell_radius),
-                travel=tr.travel(),
-                seen=tr.seen(t, self._frame_times),
-            )
-            for tr in self._tracks
-            if tr.misses == 0
-        )
+        # A track hidden this frame inside a blob it merged with is still reported, where it should
+        # be by now: a runner passing walkers on their lane stays one runner through the overlap.
+        views = tuple(self._view(tr, t) for tr in self._tracks if tr.misses == 0 or (tr.merged and tr.merged[-1] == t))
         return MotionFrame(t, fg_fraction, texture, brightness, views, shift, stationary, relit)
+
+    def _view(self, tr: _Track, t: float) -> TrackView:
+        center, box = tr.center(), tr.box
+        if tr.misses:
+            (px, py), (cx, cy) = tr.predict(t), center
+            center, box = (px, py), (box[0] + px - cx, box[1] + py - cy, box[2] + px - cx, box[3] + py - cy)
+        return TrackView(
+            id=tr.id,
+            box=box,
+            center=center,
+            velocity=tr.velocity(),
+            age=t - tr.first_seen,
+            hits=tr.hits,
+            dwell=tr.dwell(self.dwell_radius),
+            travel=tr.travel(),
+            seen=tr.seen(t, self._frame_times),
+        )
 
     def _chroma(
         self, chroma: np.ndarray, gain: float, rate: float, learn: bool, grey_mask: np.ndarray
@@ -403,16 +413,30 @@ class MotionAnalyzer:
         if self._persist is None:
             self._persist = np.zeros(mask.shape, np.float32)
         alpha = 1.0 - math.exp(-dt / self.persistence_seconds)
+        # Where someone is walking through right now (or has just appeared, and where they go is
+        # not known yet), persistence is left as it is: on a busy path one passer-by follows
+        # another over the same pixels, foreground nearly all the time, and that is a stream of
+        # people, not someone staying. A stander's own track soon shows it does not travel.
+        w, h = self.resolution
+        hold = None
+        for tr in self._tracks:
+            young = tr.history[-1][0] - tr.first_seen < self.keep_seconds
+            if tr.misses == 0 and (young or math.hypot(*tr.travel()) > self.dwell_radius):
+                if hold is None:
+                    hold = np.full(mask.shape, 255, np.uint8)
+                x0, y0, x1, y1 = tr.box
+                # Widened as the mask is below (its 5x5 dilation reaches 2 pixels further).
+                top, left = max(0, int(y0 * h) - 2), max(0, int(x0 * w) - 2)
+                hold[top : math.ceil(y1 * h) + 2, left : math.ceil(x1 * w) + 2] = 0
         # Widened first: someone shifting their weight sways a few pixels, and each pixel at their
         # edge would otherwise be foreground only part of the time.
-        cv2.accumulateWeighted(cv2.dilate(mask, self._sway), self._persist, alpha)
+        cv2.accumulateWeighted(cv2.dilate(mask, self._sway), self._persist, alpha, hold)
         level = self._persist  # mask is 0/255, so full persistence is 255
         hot = cv2.compare(level, 0.8 * 255.0, cv2.CMP_GT)
         if self._scene is not None:
             self._scene[level < 0.1 * 255] = 0  # gone: watched again from now on
             hot[self._scene > 0] = 0
         count, _, stats, _ = cv2.connectedComponentsWithStats(hot, connectivity=8)
-        w, h = self.resolution
         found = []
         for x, y, bw, bh, area in stats[1:count].tolist():
             if area >= self.min_area * w * h:
@@ -425,14 +449,18 @@ class MotionAnalyzer:
         dt = 0.2 if self._last_t is None else max(1e-3, t - self._last_t)
         self._last_t = t
         # A new track may have moved far (a runner's first step); one with a velocity is looked for
-        # near where it should be now, so it is not handed to someone else passing close by.
-        # Reach grows with the time since the track was last seen (capped): a runner hidden for a
-        # frame while merged with a walker it passes is found again further on.
-        reaches = [
-            max(0.06, 0.6 * gap) if len(tr.history) < 2 else max(0.04, 0.3 * gap)
-            for tr in self._tracks
-            for gap in (min(max(dt, t - tr.history[-1][0]), 0.6),)
-        ]
+        # near where it should be now, within a margin that grows with how far it moved since last
+        # seen (its speed over the gap, capped): a runner hidden while merged with a walker it
+        # passes is found again further on, while a slow walker's track is not handed to the next
+        # walker on the lane a tenth of the frame away.
+        reaches = []
+        for tr in self._tracks:
+            gap = min(max(dt, t - tr.history[-1][0]), 0.6)
+            v = tr.velocity() if len(tr.history) > 1 else None
+            if v is None:
+                reaches.append(max(0.06, 0.6 * gap) if len(tr.history) < 2 else max(0.04, 0.3 * gap))
+            else:
+                reaches.append(0.04 + 0.5 * math.hypot(*v) * gap)
         reach = max(reaches, default=0.0)
         predicted = [tr.predict(t) for tr in self._tracks]
         pairs = sorted(
@@ -457,6 +485,10 @@ class MotionAnalyzer:
         for ti, track in enumerate(self._tracks):
             if ti not in used_tracks:
                 track.misses += 1
+                # Flicker leaves nothing where the track should be; a merge leaves a bigger blob.
+                px, py = predicted[ti]
+                if any(x0 <= px <= x1 and y0 <= py <= y1 for (x0, y0, x1, y1), _ in blobs):
+                    track.merged.append(t)
         # A track survives a short absence: someone standing still is hidden whenever a passer-by
         # merges with their blob, and must come back as the same track or their dwell time resets.
         self._tracks = [tr for tr in self._tracks if t - tr.history[-1][0] <= self.keep_seconds]

@@ -1,0 +1,133 @@
+"""What the detector learns about a scene and how it judges against it: a crowd is a sudden rise of
+the moving area in the scene's own spread (not a busy moment of ordinary traffic), a dimmer light is
+not a covered lens, someone who stays must have arrived, and a stream of passers-by over the same
+pixels is not someone standing there."""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+from mlscale.vision.detectors import ActivityModel, RuleDetector
+from mlscale.vision.motion import MotionAnalyzer, MotionFrame, TrackView
+from mlscale.vision.settings import RuleSettings
+
+FPS = 5.0
+
+
+def _walker(i: int, t: float) -> TrackView:
+    x = (0.1 + 0.13 * i + 0.08 * t) % 1.0
+    return TrackView(i, (x - 0.02, 0.5, x + 0.02, 0.6), (x, 0.55), (0.08, 0.0), 5.0, 25, 0.0)
+
+
+def _frame(t: float, fg: float, people: int = 6) -> MotionFrame:
+    return MotionFrame(t, fg, 50.0, 120.0, tuple(_walker(i, t) for i in range(people)))
+
+
+def _busy(t: float, rng: np.random.Generator) -> float:
+    """Ordinary traffic: the moving area wanders slowly between 2% and 5% of the image (people walk
+    in and out over tens of seconds), with a little noise from frame to frame."""
+    return 0.035 + 0.015 * math.sin(2 * math.pi * t / 45.0) + rng.normal(0, 0.002)
+
+
+def _fitted(rng: np.random.Generator) -> ActivityModel:
+    return ActivityModel().fit([_frame(i / FPS, _busy(i / FPS, rng)) for i in range(round(6 * FPS))])
+
+
+def test_busy_traffic_that_wanders_slowly_is_never_a_crowd():
+    rng = np.random.default_rng(1)
+    model = _fitted(rng)
+    crowd = [
+        f.score
+        for i in range(round(6 * FPS), round(600 * FPS))
+        for f in model.score(_frame(i / FPS, _busy(i / FPS, rng)))
+        if f.kind == "crowd"
+    ]
+    assert max(crowd, default=0.0) < 1.0
+
+
+def test_a_sudden_crowd_is_a_crowd_at_once_and_stays_one_until_it_leaves():
+    rng = np.random.default_rng(2)
+    model = _fitted(rng)
+    start, end = 130.0, 140.0
+    first, during, after = None, [], []
+    for i in range(round(6 * FPS), round(160 * FPS)):
+        t = i / FPS
+        # Fifteen people arrive within a second and stay ten seconds: the moving area triples.
+        extra = 0.07 * min(1.0, (t - start) / 1.0) if start <= t < end else 0.0
+        score = max((f.score for f in model.score(_frame(t, _busy(t, rng) + extra)) if f.kind == "crowd"), default=0)
+        if score >= 1.0 and first is None:
+            first = t
+        if start + 1.0 <= t < end:
+            during.append(score)
+        if t >= end + 1.0:
+            after.append(score)
+    # Within 1.5 s of the first arrival (the camera confirms over 0.4 s more: within 2 s in all).
+    assert first is not None and start <= first <= start + 1.5, first
+    assert min(during) >= 0.5  # still the same crowd (one incident) while it is there
+    assert max(after) < 0.5
+
+
+def test_a_dimmer_light_is_not_a_covered_lens_but_a_hand_is():
+    rng = np.random.default_rng(3)
+    model = _fitted(rng)
+    dim = MotionFrame(20.0, 0.03, 50.0 * 0.75, 120.0 * 0.75, ())
+    hand = MotionFrame(20.2, 0.03, 4.0, 25.0, ())
+    assert not [f for f in model.score(dim) if f.kind == "camera_covered"]
+    assert next(f.score for f in model.score(hand) if f.kind == "camera_covered") >= 1.0
+
+
+def test_only_someone_who_arrived_and_stayed_is_loitering():
+    rules = RuleDetector(rules=RuleSettings(loiter_seconds=8.0))
+    still = dict(box=(0.4, 0.5, 0.43, 0.6), center=(0.415, 0.55), velocity=(0.0, 0.0), hits=50, dwell=9.0)
+    # A speck that flickers in one place from the moment it appeared: it never came from anywhere.
+    speck = TrackView(1, age=9.0, **still)
+    stayer = TrackView(2, age=14.0, **still)
+    assert [f.kind for f in rules.score(MotionFrame(30.0, 0.01, 50.0, 120.0, (speck,)))] == []
+    assert [f.kind for f in rules.score(MotionFrame(30.0, 0.01, 50.0, 120.0, (stayer,)))] == ["loitering"]
+
+
+def _street(seconds: float, stander: bool):
+    """160x120 grey frames at 5 fps: a textured background; after 6 s a queue of people (10 pixels
+    wide, 6 apart, each a different grey) walks along the same row without a break; with
+    ``stander``, someone else walks in at 10 s and stands still from 13 s on, below the queue."""
+    rng = np.random.default_rng(4)
+    background = np.clip(120 + cv2.GaussianBlur(rng.normal(0, 30, (120, 160)).astype(np.float32), (0, 0), 2), 0, 255)
+    shades = rng.integers(20, 100, 64)
+    for i in range(round(seconds * FPS)):
+        t = i / FPS
+        frame = background.copy()
+        if t >= 6.0:
+            offset = 16.0 * (t - 6.0)  # 0.1 frame widths per second
+            for k in range(-12, 2):
+                x = round(offset + 16 * k)
+                if -10 < x < 160:
+                    frame[40:70, max(0, x) : max(0, x + 10)] = shades[k % 64]
+        if stander and t >= 10.0:
+            x = round(min(110.0, 80.0 + 10.0 * (t - 10.0)))  # walks in, then stands from t = 13 s
+            frame[85:110, x : x + 8] = 30
+        frame += rng.normal(0, 2.0, frame.shape)
+        yield t, np.clip(frame, 0, 255).astype(np.uint8)
+
+
+def _stationary_boxes(stander: bool) -> list:
+    analyzer = MotionAnalyzer((160, 120), history=1500, persistence_seconds=8.0 / math.log(5.0))
+    found = []
+    for t, frame in _street(28.0, stander):
+        motion = analyzer.update(frame, t)
+        if t >= 2.0 and analyzer.reference is None:
+            analyzer.set_reference()
+        found += [box for box, level in motion.stationary if level > 0.8]
+    return found
+
+
+def test_a_stream_of_passers_by_over_the_same_pixels_is_not_someone_standing_there():
+    assert _stationary_boxes(stander=False) == []
+
+
+def test_someone_who_walks_in_and_stands_is_found_standing_beside_the_stream():
+    boxes = _stationary_boxes(stander=True)
+    assert boxes, "the stander was never seen standing"
+    assert all(y0 >= 0.6 for _, y0, _, _ in boxes), boxes  # the stander's row, not the queue's
