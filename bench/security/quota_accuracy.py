@@ -3,7 +3,8 @@
 Every replica runs ``mlscale serve --workers W`` with ``[quotas] redis`` pointing at one Redis; clients
 hammer all replicas with the same key from their own processes (closed loop, a short pause after a 429
 so refusals do not spin). A token bucket that starts full admits at most ``burst + rate x seconds`` in
-a window; the table compares the 2xx counted with that figure (the issue's bar: within 5%).
+a window; the table compares the 2xx counted with that figure (the issue's bar: within 5%). A rate
+near what the clients can send measures the clients, not the quota: such rows say so.
 
     PYTHONPATH=src .venv/bin/python bench/security/quota_accuracy.py                 # 2 x 2, 3 rates, 15 s each
     PYTHONPATH=src .venv/bin/python bench/security/quota_accuracy.py --seconds 3 --rates 200   # smoke run
@@ -75,7 +76,9 @@ def measure(urls: list[str], key: str, clients: int, connections: int, seconds: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=15.0)
-    parser.add_argument("--rates", default="100,400,1000", help="the key's limits to try, requests/s")
+    parser.add_argument(
+        "--rates", default="50,100,200", help="the key's limits to try, requests/s (well under what the clients send)"
+    )
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--clients", type=int, default=2, help="client processes")
@@ -119,7 +122,9 @@ def main() -> None:
     print("| rate/s | burst | window s | 2xx | 429 | other | bucket allows | error |")
     print("|---|---|---|---|---|---|---|---|")
     for rate, burst, window, ok, refused, other, allowed, error in rows:
-        print(f"| {rate:g} | {burst:g} | {window:.2f} | {ok} | {refused} | {other} | {allowed:.0f} | {error:+.1f}% |")
+        # Only a key whose clients ask well over its limit measures the limit: otherwise the count is demand.
+        judged = f"{error:+.1f}%" if ok + refused >= 1.5 * allowed else "n/a: clients sent too little"
+        print(f"| {rate:g} | {burst:g} | {window:.2f} | {ok} | {refused} | {other} | {allowed:.0f} | {judged} |")
 
 
 if __name__ == "__main__":
