@@ -118,3 +118,33 @@ def test_cli_profile_in_batches_writes_the_same_profile(tmp_path):
         cli, ["monitor", "profile", str(tmp_path / "ref.csv"), "-o", str(tmp_path / "c.npz"), "--batch-rows", "300"]
     )
     assert refused.exit_code != 0 and "--batch-rows reads Parquet files" in str(refused.exception)
+
+
+def _peak_rss_mib_of_profile(path) -> float:
+    """Peak RSS of a fresh process that profiles ``path`` in batches (getrusage only grows)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import resource; from mlscale.monitoring.drift.streaming import profile_parquet; "
+        f"profile_parquet({str(path)!r}, max_sample=5000, batch_rows=8192); "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    return float(done.stdout.strip())
+
+
+def test_memory_does_not_grow_with_the_rows(tmp_path):
+    """4x the rows (100 MB more data) must not raise the peak: the reader holds one row group at a time.
+
+    With pyarrow's pre_buffer on, iter_batches buffered the whole file and the peak grew with it."""
+    rng = np.random.default_rng(3)
+    paths = {}
+    for rows in (200_000, 800_000):
+        paths[rows] = tmp_path / f"t{rows}.parquet"
+        with pq.ParquetWriter(paths[rows], pa.schema([(f"c{i}", pa.float64()) for i in range(16)])) as writer:
+            for _ in range(rows // 50_000):
+                block = {f"c{i}": rng.normal(size=50_000) for i in range(16)}
+                writer.write_table(pa.table(block), row_group_size=50_000)
+    small, large = _peak_rss_mib_of_profile(paths[200_000]), _peak_rss_mib_of_profile(paths[800_000])
+    assert large - small < 40, (small, large)  # the extra 600,000 x 16 float64 = 73 MiB
