@@ -24,7 +24,7 @@ from mlscale.testing.netcluster import Host, NetCluster
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent / "serving"))
-from mlflow_support import MLFLOW_SERVER, SERVER_ENVIRONMENT, register_constant_model  # noqa: E402
+from mlflow_support import MLFLOW_COMMAND, MLFLOW_SERVER, SERVER_ENVIRONMENT, register_constant_model  # noqa: E402
 
 MLSCALE = str(Path(sys.executable).parent / "mlscale")
 MLFLOW_PORT = 5000
@@ -75,7 +75,7 @@ def registry_hosts(net_cluster: NetCluster) -> Iterator[RegistryHosts]:
         artifacts = cluster.workdir / f"{database}-artifacts"
         environment = [f"{k}={v}" for k, v in SERVER_ENVIRONMENT.items()]
         server = cluster.spawn(mlflow_host, "mlflow", [
-            "env", *environment, str(MLFLOW_SERVER), "server", "--backend-store-uri", backend, "--serve-artifacts",
+            "env", *environment, *MLFLOW_COMMAND, "server", "--backend-store-uri", backend, "--serve-artifacts",
             "--artifacts-destination", str(artifacts), "--host", mlflow_host.address,
             "--port", str(MLFLOW_PORT), "--workers", "1",
         ])  # fmt: skip

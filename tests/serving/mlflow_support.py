@@ -18,7 +18,10 @@ import numpy as np
 import pytest
 from serving_support import REPO_ROOT, free_port
 
-MLFLOW_SERVER = REPO_ROOT / ".cache" / "mlflow-server-venv" / "bin" / "mlflow"
+# Its own venv's Python with ``-m mlflow``, not the ``mlflow`` script: a script's shebang names the
+# folder the venv was built in, so a moved or re-linked checkout would find no interpreter.
+MLFLOW_SERVER = REPO_ROOT / ".cache" / "mlflow-server-venv" / "bin" / "python"
+MLFLOW_COMMAND = [str(MLFLOW_SERVER), "-m", "mlflow"]
 # No job runner (a huey consumer process and a queue folder in /dev/shm it never removes): the tests
 # use the registry and artifacts only.
 SERVER_ENVIRONMENT = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
@@ -43,7 +46,7 @@ class MlflowServer:
         self._log = log_file.open("wb")
         self.process = subprocess.Popen(
             [
-                str(MLFLOW_SERVER),
+                *MLFLOW_COMMAND,
                 "server",
                 "--backend-store-uri",
                 f"{base.replace('postgresql://', 'postgresql+psycopg2://')}/{self.database}",
