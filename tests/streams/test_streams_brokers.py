@@ -85,6 +85,31 @@ def test_a_live_member_takes_over_the_partitions_of_a_dead_one(broker_factory):
     assert set(b.assignment("events", "g", "b")) == set(range(6))
 
 
+def test_fetch_columns_returns_what_fetch_does_and_resumes_after_any_offset(broker_factory):
+    """The processor's columnar read against the record-per-Message one, from the start and from the
+    middle of each partition (a checkpoint's offset), over backends with their own fast path."""
+    broker = broker_factory(partitions=3, key_fields={"events": "user"})
+    records = [{"user": f"u{i % 50}", "n": i, "note": "é" * (i % 3)} for i in range(300)]
+    broker.append("events", records)
+    start = {p: -1 for p in range(3)}
+    by_fetch: dict[int, list[tuple[int, bytes]]] = {p: [] for p in range(3)}
+    for m in broker.fetch("events", start, 1_000):
+        by_fetch[m.partition].append((m.offset, bytes(m.value)))
+    assert sum(map(len, by_fetch.values())) == 300
+
+    def columns(positions: dict[int, int]) -> dict[int, list[tuple[int, bytes]]]:
+        got: dict[int, list[tuple[int, bytes]]] = {p: [] for p in positions}
+        for p, offsets, values in broker.fetch_columns("events", positions, 1_000):
+            assert offsets == sorted(offsets)
+            got[p] += [(o, bytes(v)) for o, v in zip(offsets, values, strict=True)]
+        return got
+
+    assert columns(start) == by_fetch
+    assert all(by_fetch.values()), "50 users over 3 partitions fill each"
+    middle = {p: rows[len(rows) // 2][0] for p, rows in by_fetch.items()}
+    assert columns(middle) == {p: [r for r in rows if r[0] > middle[p]] for p, rows in by_fetch.items()}
+
+
 def test_a_record_that_is_neither_object_nor_bytes_is_refused(broker_factory):
     broker = broker_factory(partitions=1)
     with pytest.raises(InvalidInput, match="record 1"):
