@@ -1,0 +1,128 @@
+"""Memory of a long-running server: RSS of `mlscale serve` (every process) under steady load.
+
+The server runs as in the kill -9 soak (payload log on, prediction cache with a SQLite shared tier,
+2 workers); clients send requests with inputs drawn from a wide range, so the cache and the payload
+log keep taking new entries. Every 10 s the RSS of each of the server's processes is summed; the
+report gives the figure after the warm-up minute, at the end, the maximum, and the growth per minute
+over everything after the warm-up (a least-squares slope). A server that leaks shows a slope that
+does not fall with the run's length; a bounded cache and rolled log files show a plateau.
+
+    PYTHONPATH=src .venv/bin/python bench/soak/rss.py --minutes 10
+    PYTHONPATH=src .venv/bin/python bench/soak/rss.py --minutes 1     # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from run import free_port, write_project  # bench/soak/run.py: the same project as the kill -9 soak
+
+
+def session_rss_mib(session: int) -> float:
+    """Sum of VmRSS over the processes of a session (the server and its workers)."""
+    total_kib = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.getsid(int(entry)) != session:
+                continue
+            with open(f"/proc/{entry}/status") as status:
+                for line in status:
+                    if line.startswith("VmRSS:"):
+                        total_kib += int(line.split()[1])
+        except (OSError, ProcessLookupError):
+            continue
+    return total_kib / 1024
+
+
+async def load(url: str, until: float, connections: int, counts: list[int]) -> None:
+    rng = random.Random(0)
+    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=connections)) as client:
+
+        async def loop() -> None:
+            while time.monotonic() < until:
+                x = [rng.randrange(100_000) / 7, rng.randrange(100_000) / 3]
+                body = {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP64", "data": x}]}
+                response = await client.post(url + "/v2/models/double/infer", json=body)
+                counts[response.status_code != 200] += 1
+
+        await asyncio.gather(*(loop() for _ in range(connections)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--connections", type=int, default=16)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="mlscale-rss-") as tmp:
+        root = Path(tmp)
+        config = write_project(root, args.workers)
+        port = free_port()
+        command = [sys.executable, "-m", "mlscale", "serve", "--config", str(config), "--port", str(port)]
+        command += ["--grpc-port", "0"]
+        server = subprocess.Popen(
+            command, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    if httpx.get(url + "/v2/health/ready", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline or server.poll() is not None:
+                    sys.exit("the server did not start")
+                time.sleep(0.2)
+            started = time.monotonic()
+            until = started + args.minutes * 60
+            counts = [0, 0]
+            samples: list[tuple[float, float]] = []
+
+            async def run() -> None:
+                loader = asyncio.create_task(load(url, until, args.connections, counts))
+                while time.monotonic() < until:
+                    samples.append((time.monotonic() - started, session_rss_mib(server.pid)))
+                    await asyncio.sleep(10)
+                await loader
+
+            asyncio.run(run())
+            samples.append((time.monotonic() - started, session_rss_mib(server.pid)))
+        finally:
+            os.killpg(server.pid, 15)
+            server.wait(30)
+    after = [(t, r) for t, r in samples if t >= 60] or samples
+    n = len(after)
+    mean_t = sum(t for t, _ in after) / n
+    mean_r = sum(r for _, r in after) / n
+    spread = sum((t - mean_t) ** 2 for t, _ in after) or 1.0
+    slope = sum((t - mean_t) * (r - mean_r) for t, r in after) / spread * 60
+    report = {
+        "minutes": args.minutes,
+        "workers": args.workers,
+        "requests_ok": counts[0],
+        "requests_failed": counts[1],
+        "rss_mib_after_warmup": round(after[0][1], 1),
+        "rss_mib_end": round(samples[-1][1], 1),
+        "rss_mib_max": round(max(r for _, r in samples), 1),
+        "growth_mib_per_minute": round(slope, 2),
+        "samples": [(round(t), round(r, 1)) for t, r in samples],
+    }
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
