@@ -8,11 +8,9 @@ without TLS is refused), listening on 127.0.0.1 at a free port.
 
 from __future__ import annotations
 
-import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,13 +19,8 @@ from pathlib import Path
 
 from tls_support import Certs, make_certs
 
-
-def postgres_bindir() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"))
-    if found:
-        return Path(found[-1]).parent
-    on_path = shutil.which("postgres")
-    return Path(on_path).parent if on_path else None
+from mlscale.storage.localredis import free_port
+from mlscale.testing.netcluster import postgres_bindir
 
 
 def unavailable_reason() -> str | None:
@@ -41,12 +34,6 @@ def unavailable_reason() -> str | None:
     except KeyError:
         return "there is no postgres system user"
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _as_postgres(argv: list[str]) -> list[str]:
@@ -77,7 +64,7 @@ def tls_postgres(folder: Path, timeout: float = 60.0) -> Iterator[tuple[int, Cer
         shutil.chown(target, "postgres", "postgres")
         os.chmod(target, 0o600)
     (data / "pg_hba.conf").write_text("local all all trust\nhostssl all all 127.0.0.1/32 trust\n")
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         _as_postgres([
             str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(data),

@@ -14,7 +14,7 @@ All timestamps are compared in UTC (timezone-aware ones are converted, naive one
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -139,36 +139,16 @@ class OfflineStore:
         means the source changed after ``apply`` (said in the message, instead of DuckDB's binder error).
         """
         columns = self.source_columns(view, conn)
-        what = f"feature view {view.name!r}"
-        src = view.source or "its query"
         later = " (it was there at `mlscale features apply`; fix the source or the view and apply again)"
-
-        def need(column: str, role: str) -> str:
-            if column not in columns:
-                raise ConfigError(
-                    f"{what}: {role} column {column!r} not found in {src}{later if since_apply else ''} "
-                    f"(columns: {', '.join(columns)})"
-                )
-            return columns[column]
-
-        stamps = [(view.timestamp_field, "timestamp")]
-        if view.created_timestamp_field:
-            stamps.append((view.created_timestamp_field, "created timestamp"))
-        for column, role in stamps:
-            ts_type = need(column, role)
-            if not (ts_type.startswith("TIMESTAMP") or ts_type == "DATE"):
-                raise ConfigError(f"{what}: {role} column {column!r} is {ts_type} in {src}, not a timestamp")
-        for entity_name in view.entities:
-            entity = self.repo.entities[entity_name]
-            key_type = need(entity.join_key, "join key")
-            if not _compatible_key(entity.dtype, key_type):
-                raise ConfigError(
-                    f"{what}: join key {entity.join_key!r} is {key_type} but entity {entity.name!r} is {entity.dtype}"
-                )
-        for feature in view.features:
-            sql_type = need(feature.name, "feature")
-            if not (sql_type == "VARCHAR" if feature.dtype == STRING else _numeric(sql_type)):
-                raise ConfigError(f"{what}: feature {feature.name!r} is {sql_type} in {src}, cannot be {feature.dtype}")
+        check_source_types(
+            view,
+            self.repo,
+            columns,
+            is_timestamp=lambda t: t.startswith("TIMESTAMP") or t == "DATE",
+            key_fits=_compatible_key,
+            feature_fits=lambda dtype, t: t == "VARCHAR" if dtype == STRING else _numeric(t),
+            missing_note=later if since_apply else "",
+        )
         return columns
 
     def rows_sql(self, view: FeatureView, columns: dict[str, str] | None = None) -> str:
@@ -433,3 +413,49 @@ def _as_table(entity_df: Any) -> pa.Table:
     if pd is not None and isinstance(entity_df, pd.DataFrame):
         return pa.Table.from_pandas(entity_df, preserve_index=False)
     raise InvalidInput(f"entity frame must be a pandas DataFrame, an Arrow table or a file, not {type(entity_df)}")
+
+
+def check_source_types(
+    view: FeatureView,
+    repo: FeatureRepo,
+    columns: dict[str, str],
+    *,
+    is_timestamp: Callable[[str], bool],
+    key_fits: Callable[[str, str], bool],
+    feature_fits: Callable[[str, str], bool],
+    missing_note: str = "",
+    timestamp_hint: Callable[[str], str] = lambda _type: "",
+) -> None:
+    """The source check both offline engines make, over ``columns`` (name -> the engine's type name):
+    timestamps, join keys and features present with usable types, else a ConfigError naming the view
+    and the column. The engines differ only in their type names, given as the predicates
+    (``key_fits(entity dtype, type)``, ``feature_fits(feature dtype, type)``)."""
+    what = f"feature view {view.name!r}"
+    src = view.source or "its query"
+
+    def need(column: str, role: str) -> str:
+        if column not in columns:
+            raise ConfigError(
+                f"{what}: {role} column {column!r} not found in {src}{missing_note} (columns: {', '.join(columns)})"
+            )
+        return columns[column]
+
+    stamps = [(view.timestamp_field, "timestamp")]
+    if view.created_timestamp_field:
+        stamps.append((view.created_timestamp_field, "created timestamp"))
+    for column, role in stamps:
+        ts_type = need(column, role)
+        if not is_timestamp(ts_type):
+            hint = timestamp_hint(ts_type)
+            raise ConfigError(f"{what}: {role} column {column!r} is {ts_type} in {src}, not a timestamp{hint}")
+    for entity_name in view.entities:
+        entity = repo.entities[entity_name]
+        key_type = need(entity.join_key, "join key")
+        if not key_fits(entity.dtype, key_type):
+            raise ConfigError(
+                f"{what}: join key {entity.join_key!r} is {key_type} but entity {entity.name!r} is {entity.dtype}"
+            )
+    for feature in view.features:
+        type_name = need(feature.name, "feature")
+        if not feature_fits(feature.dtype, type_name):
+            raise ConfigError(f"{what}: feature {feature.name!r} is {type_name} in {src}, cannot be {feature.dtype}")

@@ -121,17 +121,11 @@ class RedisStreamsBroker(Broker):
         return out
 
     def fetch(self, topic: str, positions: Mapping[int, int], max_records: int) -> list[Message]:
-        if not positions:
-            return []
-        share = max(1, max_records // len(positions))
-        pipe = self._r.pipeline(transaction=False)
-        for p, after in positions.items():
-            start = "-" if after < 0 else "(" + offset_to_id(after)
-            pipe.xrange(self._stream(topic, p), min=start, max="+", count=share)
-        out: list[Message] = []
-        for p, entries in zip(positions, pipe.execute(), strict=True):
-            out.extend(Message(topic, p, id_to_offset(i), f[b"v"]) for i, f in entries if f)
-        return out
+        return [
+            Message(topic, p, offset, value)
+            for p, offsets, values in self.fetch_columns(topic, positions, max_records)
+            for offset, value in zip(offsets, values, strict=True)
+        ]
 
     def fetch_columns(
         self, topic: str, positions: Mapping[int, int], max_records: int

@@ -45,7 +45,7 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(["ip", *args], capture_output=True, text=True, check=check, timeout=10)
 
 
-def _postgres_bin() -> Path | None:
+def postgres_bindir() -> Path | None:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"))
     if found:
         return Path(found[-1]).parent
@@ -70,7 +70,7 @@ def check_supported() -> str | None:
 def missing_engines() -> list[str]:
     """Engine binaries this machine lacks."""
     missing = [b for b in ("nats-server", "redis-server") if shutil.which(b) is None]
-    if _postgres_bin() is None:
+    if postgres_bindir() is None:
         missing.append("postgres (PostgreSQL server binaries)")
     return missing
 
@@ -448,7 +448,7 @@ class NetCluster:
             time.sleep(0.05)
 
     def _start_postgres(self, deadline: float) -> None:
-        bindir = _postgres_bin()
+        bindir = postgres_bindir()
         if bindir is None:
             raise ServiceUnavailable("PostgreSQL server binaries not found")
         host = self.postgres_host

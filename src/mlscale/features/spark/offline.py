@@ -41,6 +41,7 @@ from mlscale.features.offline import (
     _ROW,
     _as_table,
     check_entity_frame,
+    check_source_types,
     nullable_integers,
 )
 
@@ -142,44 +143,20 @@ class SparkOfflineStore:
             )
             for f in frame.schema.fields
         }
-        what = f"feature view {view.name!r}"
-        src = view.source or "its query"
-
-        def need(column: str, role: str) -> str:
-            if column not in columns:
-                raise ConfigError(
-                    f"{what}: {role} column {column!r} not found in {src} (columns: {', '.join(columns)})"
-                )
-            return columns[column]
-
-        stamps = [(view.timestamp_field, "timestamp")]
-        if view.created_timestamp_field:
-            stamps.append((view.created_timestamp_field, "created timestamp"))
-        for column, role in stamps:
-            ts_type = need(column, role)
-            if ts_type not in ("timestamp", "timestamp_ntz", "timestamp_ns", "date"):
-                remote = view.query or "://" in view.source
-                hint = (
-                    " (Parquet nanosecond timestamps reach Spark as bigint, and are recognized only in local "
-                    "files: write microsecond timestamps)"
-                    if ts_type == "bigint" and remote
-                    else ""
-                )
-                raise ConfigError(f"{what}: {role} column {column!r} is {ts_type} in {src}, not a timestamp{hint}")
-        for entity_name in view.entities:
-            entity = self.repo.entities[entity_name]
-            key_type = need(entity.join_key, "join key")
-            if key_type not in (_INTEGERS if entity.dtype == "int64" else ("string",)):
-                raise ConfigError(
-                    f"{what}: join key {entity.join_key!r} is {key_type} but entity {entity.name!r} is {entity.dtype}"
-                )
-        for feature in view.features:
-            spark_type = need(feature.name, "feature")
-            numeric = spark_type in (*_INTEGERS, *_FRACTIONS, "boolean") or spark_type.startswith("decimal")
-            if not (spark_type == "string" if feature.dtype == STRING else numeric):
-                raise ConfigError(
-                    f"{what}: feature {feature.name!r} is {spark_type} in {src}, cannot be {feature.dtype}"
-                )
+        check_source_types(
+            view,
+            self.repo,
+            columns,
+            is_timestamp=lambda t: t in ("timestamp", "timestamp_ntz", "timestamp_ns", "date"),
+            key_fits=lambda dtype, t: t in (_INTEGERS if dtype == "int64" else ("string",)),
+            feature_fits=lambda dtype, t: t == "string" if dtype == STRING else _numeric_type(t),
+            timestamp_hint=lambda t: (
+                " (Parquet nanosecond timestamps reach Spark as bigint, and are recognized only in local "
+                "files: write microsecond timestamps)"
+                if t == "bigint" and (view.query or "://" in view.source)
+                else ""
+            ),
+        )
         return columns
 
     def validate_sources(self) -> None:
@@ -456,3 +433,8 @@ def utc_micros(column: pa.ChunkedArray) -> pa.Array:
         return pc.multiply_checked(raw, scale)
     magnitude = pc.divide(pc.add(pc.abs(raw), 500), 1000)  # integer division: truncates
     return pc.if_else(pc.less(raw, 0), pc.negate(magnitude), magnitude)
+
+
+def _numeric_type(spark_type: str) -> bool:
+    """A Spark type a numeric feature can be read from (booleans count, as in DuckDB)."""
+    return spark_type in (*_INTEGERS, *_FRACTIONS, "boolean") or spark_type.startswith("decimal")
