@@ -45,15 +45,14 @@ import nats
 from nats.js import api
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 
-from mlscale.errors import ConfigError, InvalidInput, ServiceUnavailable
+from mlscale.errors import ConfigError, ServiceUnavailable
 from mlscale.streams.broker import AppendIncomplete, Broker, Message
+from mlscale.streams.packing import MAX_BYTES, group_records, pack, unpack
 
 SHIFT = 20  # offset = stream sequence << SHIFT | index of the record in its message
-MAX_RECORDS = 2048  # records per message (< 2**SHIFT)
-MAX_BYTES = 256 * 1024  # payload bytes per message, below the server's 1 MiB default max_payload
+# packing.MAX_RECORDS (< 2**SHIFT) records per message; MAX_BYTES is below the server's 1 MiB max_payload.
 COUNT_HEADER = "Mlscale-Records"
-_pack = msgspec.msgpack.Encoder().encode
-_unpack = msgspec.msgpack.Decoder(list[bytes]).decode
+_pack, _unpack = pack, unpack
 
 
 def _safe(name: str) -> str:
@@ -179,26 +178,7 @@ class NatsBroker(Broker):
     # -- writing -------------------------------------------------------------------------------
     def _messages(self, payloads: list[bytes], partitions: list[int]) -> list[tuple[int, list[int]]]:
         """Records grouped into messages: (partition, indexes into payloads), in order per partition."""
-        by_part: dict[int, list[int]] = {}
-        for i, p in enumerate(partitions):
-            by_part.setdefault(p, []).append(i)
-        out: list[tuple[int, list[int]]] = []
-        limit = self._max_bytes
-        for p, idx in by_part.items():
-            current: list[int] = []
-            size = 0
-            for i in idx:
-                n = len(payloads[i]) + 5  # msgpack bin header
-                if n > limit:
-                    raise InvalidInput(f"record {i} is {len(payloads[i])} bytes; at most {limit} fit a NATS message")
-                if current and (size + n > limit or len(current) == MAX_RECORDS):
-                    out.append((p, current))
-                    current, size = [], 0
-                current.append(i)
-                size += n
-            if current:
-                out.append((p, current))
-        return out
+        return group_records(payloads, partitions, self._max_bytes, "a NATS message")
 
     def _append(
         self, topic: str, payloads: list[bytes], partitions: list[int], call_id: str | None = None
