@@ -80,6 +80,19 @@ def test_openapi_document_lists_every_route(hostile: RunningServer) -> None:
             assert httpx.get(hostile.url + path).status_code == 200, path
 
 
+def reload_models(server: RunningServer, within: float = 30.0) -> None:
+    """Load every test model again and wait until each answers ready (later tests need them all)."""
+    deadline = time.monotonic() + within
+    for name in MODELS:
+        while True:
+            loaded = httpx.post(f"{server.url}/v2/repository/models/{name}/load", timeout=10)
+            ready = httpx.get(f"{server.url}/v2/models/{name}/ready", timeout=10)
+            if loaded.status_code == 200 and ready.status_code == 200:
+                break
+            assert time.monotonic() < deadline, f"model {name} not back: load {loaded.status_code} {loaded.text}"
+            time.sleep(0.2)
+
+
 def _fuzz_operation(operation, url: str, budget: float, failures: list[str]) -> int:
     """Bounded schemathesis examples of one operation; returns how many requests were sent."""
     sent = 0
@@ -111,8 +124,7 @@ def test_schemathesis_finds_no_server_error(hostile: RunningServer) -> None:
     failures: list[str] = []
     budget = time.monotonic() + 60
     sent = sum(_fuzz_operation(r.ok(), hostile.url, budget, failures) for r in schema.get_all_operations())
-    for name in MODELS:  # schemathesis may have unloaded them
-        httpx.post(f"{hostile.url}/v2/repository/models/{name}/load", timeout=10)
+    reload_models(hostile)  # schemathesis may have unloaded them
     assert not failures, "\n\n".join(failures[:5])
     assert sent >= 50, "the time budget ran out before schemathesis tried much"
     assert httpx.get(hostile.url + "/v2/health/live").status_code == 200
