@@ -37,6 +37,8 @@ class MlflowRegistrySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields
     poll_interval: float = 5.0
     # Where each version's artifacts are downloaded (one folder per version, shared by workers).
     cache_dir: str = ".cache/mlflow-models"
+    # A downloaded version no poll of this host has served for this long is deleted (seconds).
+    keep_seconds: float = 3600.0
     # Seconds one registry or artifact request may take before it counts as failed.
     timeout: float = 10.0
 
@@ -45,6 +47,8 @@ class MlflowRegistrySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields
             raise ValueError("server.mlflow.poll_interval must not be negative")
         if self.timeout <= 0:
             raise ValueError("server.mlflow.timeout must be positive seconds")
+        if self.keep_seconds < 0:
+            raise ValueError("server.mlflow.keep_seconds must not be negative")
         for name, uri in self.models.items():
             if not uri.startswith("models:/"):
                 raise ValueError(f"server.mlflow.models.{name}: {uri!r} is not a models:/ URI")

@@ -293,3 +293,23 @@ def test_models_uris_parse_or_say_what_is_wrong():
         model_sources(["models:/iris@champion", "iris=models:/iris/1"])
     with pytest.raises(ConfigError, match="tracking_uri"):
         RegistrySource({"iris": "models:/iris@champion"}, "", Path("cache"))
+
+
+def test_versions_no_longer_served_leave_the_download_cache(tmp_path: Path, registry, client):
+    """A version the alias moved away from is deleted from the cache once unserved for keep_seconds;
+    the served one and a fresh leftover stay (another worker may still be loading or draining)."""
+    name = f"prune-{uuid.uuid4().hex[:8]}"
+    first = register_constant_model(client, name, 1.0, alias="live")
+    cache = tmp_path / "cache"
+    source = RegistrySource({name: f"models:/{name}@live"}, registry.url, cache, keep_seconds=60.0)
+    old_folder = source.fetch(name).versions[first][0]
+    second = register_constant_model(client, name, 2.0, alias="live")
+    # Moved just now: the old version stays for keep_seconds.
+    new_folder = source.fetch(name).versions[second][0]
+    assert old_folder.is_dir() and new_folder.is_dir()
+    # Unserved for longer than keep_seconds (its folder's time set back, as if an hour had passed).
+    os.utime(old_folder, (time.time() - 120, time.time() - 120))
+    os.utime(new_folder, (time.time() - 120, time.time() - 120))
+    assert source.fetch(name).versions[second][0] == new_folder
+    assert not old_folder.exists(), "a version no longer served stayed in the cache"
+    assert new_folder.is_dir(), "the served version was deleted"

@@ -5,7 +5,10 @@ mlscale versions and registry aliases become mlscale aliases; the repository pol
 loads a new version before any alias points at it, exactly as it does for a folder. Each version's
 artifacts are downloaded once into ``cache_dir/<model>/<version>-<created>/``: a folder per version
 (what the MLflow runtime loads), written under a temporary name and renamed, so the workers of one
-host share one download and never load a half-written folder.
+host share one download and never load a half-written folder. Every poll touches the folders of
+the versions it still serves; folders no poll has touched for ``keep_seconds`` (versions deleted or
+no longer aliased, downloads a killed worker left half done) are removed, so a long-running host's
+disk does not fill with every version ever registered.
 
 The client is mlflow-skinny (``mlscale[mlflow]``); it talks to any MLflow tracking server and any
 artifact store that server names (served artifacts, S3, GCS, ...).
@@ -14,11 +17,13 @@ artifact store that server names (served artifacts, S3, GCS, ...).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,6 +102,7 @@ class RegistrySource:
         *,
         poll_interval: float = 5.0,
         timeout: float = 10.0,
+        keep_seconds: float = 3600.0,
     ) -> None:
         uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
         if not uri:
@@ -111,6 +117,7 @@ class RegistrySource:
         self.cache_dir = Path(cache_dir)
         self.poll_interval = poll_interval
         self.timeout = timeout
+        self.keep_seconds = keep_seconds
         self._client: Any = None
 
     def names(self) -> list[str]:
@@ -173,6 +180,7 @@ class RegistrySource:
         for mv in found:
             folder = self._download(name, ref.model, str(mv.version), int(mv.creation_timestamp or 0))
             versions[str(mv.version)] = (folder, (mv.source, mv.creation_timestamp))
+        prune_cache(self.cache_dir / name, [folder for folder, _ in versions.values()], self.keep_seconds)
         return Listing(versions, aliases, default)
 
     def _download(self, name: str, model: str, version: str, created: int) -> Path:
@@ -223,6 +231,31 @@ def _ready(version: Any) -> bool:
     return (version.status or "READY") == "READY"
 
 
+def prune_cache(folder: Path, served: list[Path], keep_seconds: float) -> list[Path]:
+    """Touch the served versions' folders; remove the others untouched for ``keep_seconds``.
+
+    Why by age and not at once: the workers of a host share the cache and poll at their own moments,
+    so a version one worker stopped serving may still be loading or draining in another; a
+    version every worker dropped an hour ago is no one's. Returns what was removed.
+    """
+    now = time.time()
+    for path in served:
+        with contextlib.suppress(OSError):
+            os.utime(path, (now, now))
+    keep = {path.name for path in served}
+    removed = []
+    with contextlib.suppress(OSError):
+        for path in folder.iterdir():
+            try:
+                stale = path.name not in keep and now - path.stat().st_mtime > keep_seconds
+            except OSError:  # removed meanwhile by another worker
+                continue
+            if stale:
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+    return removed
+
+
 def registry_from_settings(settings: Any, resolve: Any) -> RegistrySource | None:
     """The registry source of ``[server.mlflow]`` (``resolve`` makes paths absolute), or None."""
     mlflow = settings.mlflow
@@ -234,4 +267,5 @@ def registry_from_settings(settings: Any, resolve: Any) -> RegistrySource | None
         resolve(mlflow.cache_dir),
         poll_interval=mlflow.poll_interval,
         timeout=mlflow.timeout,
+        keep_seconds=mlflow.keep_seconds,
     )
