@@ -180,3 +180,53 @@ def test_cli_run_processes_a_file_feed_and_reports_status(normal_clip, tmp_path)
     assert last["cameras"][0]["camera"] == "gate"
     assert last["cameras"][0]["frames_processed"] > 0
     assert json.loads((tmp_path / "ev" / "status.json").read_text())["cameras"][0]["camera"] == "gate"
+
+
+def _clip_with_b_frames(path, seconds: float = 24.0, fps: float = 15.0) -> None:
+    """A recorded-file-like H.264 clip: B-frames (x264's default), unlike an IP camera's stream."""
+    from fractions import Fraction
+
+    import av
+
+    scene = SyntheticScene((320, 240), seed=5, scenario="wrong_way", warmup=8.0)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("h264", rate=Fraction(int(fps)))
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        stream.options = {"bf": "3", "preset": "veryfast"}
+        for _, frame in scene.frames(fps, seconds):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="bgr24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def test_frames_nothing_needs_are_not_decoded_and_verdicts_do_not_change(tmp_path):
+    """Non-reference frames before the next due frame are skipped by the decoder: fewer frames
+    decoded, and every judged frame, score and event is what decoding everything gives."""
+    from mlscale.vision.sources import AVSource
+
+    clip = tmp_path / "b-frames.mp4"
+    _clip_with_b_frames(clip)
+
+    def judge(skip: bool):
+        settings = VisionSettings(
+            feeds=[FeedSettings(name="cam", source=str(clip), fps=15.0, loop=False)],
+            events_dir=str(tmp_path / f"events-{skip}"),
+            warmup_seconds=8.0,
+        )
+        source = AVSource("cam", str(clip), 15.0, loop=False, paced=False, skip_unneeded=skip)
+        pipeline = VisionPipeline(settings, sources={"cam": source}, paced=False)
+        verdicts = []
+        pipeline.on_verdict = lambda _, t, v: verdicts.append(
+            (round(t, 4), round(v.score, 6), [f.kind for f in v.fired])
+        )
+        with pipeline:
+            wait_for(pipeline.finished, timeout=60)
+        return verdicts, source.decoded
+
+    everything, decoded_all = judge(skip=False)
+    skipped, decoded_some = judge(skip=True)
+    assert decoded_all == 360
+    assert decoded_some < 0.8 * decoded_all, f"only {decoded_all - decoded_some} of {decoded_all} frames skipped"
+    assert any(kinds for _, _, kinds in everything), "the clip must raise an event for the comparison to mean much"
+    assert skipped == everything

@@ -231,6 +231,7 @@ class VisionPipeline:
                 next_due = position
             if position >= next_due - 1e-6:
                 next_due = max(next_due + interval, position - interval / 2)
+                feed.source.due_from = next_due
                 feed.queued += 1
                 feed.slot.put(_Item(captured, frame, position, clip_time))
 
