@@ -217,3 +217,24 @@ def test_gateway_with_a_zero_connect_timeout_exits_with_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert "gateway.connect_timeout must be a positive number of seconds" in result.stderr
+
+
+def test_a_flapping_replica_stays_out_longer_each_time_and_is_forgiven_after_a_stable_spell():
+    """Ejected right after each return: out 0, 1, 3 intervals (capped); a good probe before that
+    does not bring it back; after ``longest`` seconds in service the count starts again."""
+    backend = Backend("http://replica")
+    interval, longest, now = 1.0, 5.0, 100.0
+    waits = []
+    for _ in range(5):
+        assert backend.failed(1, unreachable=False)
+        waits.append(backend.eject(now, interval, longest))
+        assert not backend.recovered(now + waits[-1] - 0.01) or waits[-1] == 0.0
+        now += waits[-1]
+        assert backend.recovered(now), "a good probe after the wait brings it back"
+        assert backend.healthy
+        now += 0.5  # fails again half a second after coming back
+    assert waits == [0.0, 1.0, 3.0, 5.0, 5.0]
+    # In service for ``longest`` seconds: the next ejection is forgiven like a first one.
+    now += longest
+    assert backend.failed(1, unreachable=False)
+    assert backend.eject(now, interval, longest) == 0.0

@@ -20,7 +20,19 @@ from mlscale.storage.hashring import HashRing
 class Backend:
     """One replica as the gateway sees it: health, load, and the tries in flight to it."""
 
-    __slots__ = ("aborted", "failures", "healthy", "inflight", "served", "shedding_until", "tries", "url")
+    __slots__ = (
+        "aborted",
+        "back_at",
+        "ejections",
+        "failures",
+        "healthy",
+        "healthy_since",
+        "inflight",
+        "served",
+        "shedding_until",
+        "tries",
+        "url",
+    )
 
     def __init__(self, url: str) -> None:
         self.url = url.rstrip("/")
@@ -36,6 +48,11 @@ class Backend:
         # The tasks with a try waiting on this replica now, and those of them cancelled by abort().
         self.tries: set[asyncio.Task] = set()
         self.aborted: set[asyncio.Task] = set()
+        # Flapping: ejections in a row (each within ``stable`` seconds of coming back), the time
+        # (monotonic) before which a good probe does not bring it back, and when it last came back.
+        self.ejections = 0
+        self.back_at = 0.0
+        self.healthy_since = time.monotonic()
 
     def usable(self, key: str) -> bool:
         """Healthy and not shedding load for ``key`` right now."""
@@ -59,6 +76,31 @@ class Backend:
             self.healthy = False
             return True
         return False
+
+    def eject(self, now: float, interval: float, longest: float) -> float:
+        """Record that the replica was just taken out; returns how long it must stay out.
+
+        Why a growing wait: one good probe brings a replica back, which is right for a host that
+        restarted, but a replica that fails again soon after every return (a bad disk, a model
+        that crashes under load) would take a share of requests, fail them and be ejected over
+        and over. As Envoy's outlier ejection does, each ejection in a row keeps it out longer:
+        0, 1, 3, 7 ... times ``interval``, at most ``longest``; a replica that stayed in for
+        ``longest`` seconds starts again at 0.
+        """
+        if now - self.healthy_since >= longest:
+            self.ejections = 0
+        self.ejections += 1
+        wait = min(longest, interval * (2 ** (self.ejections - 1) - 1))
+        self.back_at = now + wait
+        return wait
+
+    def recovered(self, now: float) -> bool:
+        """A good probe: count the failures from zero; True when it brings the replica back now."""
+        self.failures = 0
+        if self.healthy or now < self.back_at:
+            return False
+        self.healthy, self.healthy_since = True, now
+        return True
 
     def abort(self) -> None:
         """Cancel every try in flight to this replica; each sees it as this replica's failure."""

@@ -9,7 +9,9 @@ closed with no answer) is retried only where repeating it cannot apply a change 
 Health: each replica is probed every ``health_interval`` on a new connection (so a probe tests
 that the host can still be reached, not an old pooled connection), and requests count too:
 ``unhealthy_after`` failures since its last successful probe, probes or requests, take a replica
-out (outlier ejection); one successful probe brings it back. When the failures say the replica cannot be reached at all
+out (outlier ejection); one successful probe brings it back, unless it was taken out again soon
+after coming back: each ejection in a row keeps it out longer (``max_ejection_seconds`` at most).
+When the failures say the replica cannot be reached at all
 (refused or no answer to connecting), the tries still waiting on it are aborted and retried
 elsewhere: a host that died or was cut off never answers them, and waiting for ``timeout`` would
 turn its loss into client errors. A replica that answered 503 gets no new requests for its
@@ -194,11 +196,14 @@ class Gateway:
         except httpx.HTTPError as exc:
             ok, unreachable = False, isinstance(exc, _UNREACHABLE)
         if ok:
-            if not backend.healthy:
+            if backend.recovered(time.monotonic()):
                 log.info("backend %s is healthy again", backend.url)
-            backend.failures, backend.healthy = 0, True
         elif backend.failed(self.settings.unhealthy_after, unreachable=unreachable):
-            log.warning("backend %s is unhealthy (%s)", backend.url, "unreachable" if unreachable else "not ready")
+            self._ejected(backend, "unreachable" if unreachable else "not ready")
+
+    def _ejected(self, backend: Backend, why: str) -> None:
+        wait = backend.eject(time.monotonic(), self.settings.health_interval, self.settings.max_ejection_seconds)
+        log.warning("backend %s is unhealthy (%s); out for at least %.1f s", backend.url, why, wait)
 
     async def _read_body(self, receive: Callable) -> bytes | None:
         chunks, size = [], 0
@@ -243,7 +248,7 @@ class Gateway:
             except _TryFailed as failure:
                 last_error = failure.reason
                 if backend.failed(self.settings.unhealthy_after, unreachable=failure.unreachable):
-                    log.warning("backend %s is taken out: %s", backend.url, failure.reason)
+                    self._ejected(backend, failure.reason)
                 if failure.sent and not safe_to_retry(scope["method"], scope["path"]):
                     # The replica may have applied it (events appended): another try could repeat it.
                     return _error(502, f"{failure.reason}; not retried")

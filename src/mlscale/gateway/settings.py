@@ -25,6 +25,9 @@ class GatewaySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Consecutive failures (probes, and requests that got no answer) before a replica is taken out
     # (outlier ejection); one successful probe brings it back.
     unhealthy_after: int = 2
+    # A replica taken out again soon after it came back stays out longer each time: 0, 1, 3, 7 ...
+    # health intervals, at most this many seconds (after this long in service it starts again at 0).
+    max_ejection_seconds: float = 30.0
     # Other replicas tried when one refuses (connection error or 503) before the client sees an error.
     retries: int = 2
     # Longest wait for a replica's answer to one try (a slow model may need long).
@@ -49,6 +52,8 @@ class GatewaySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("gateway.auth must be forward or terminate")
         if self.hash_load_factor < 1:
             raise ValueError("gateway.hash_load_factor must be at least 1")
+        if self.max_ejection_seconds < 0:
+            raise ValueError("gateway.max_ejection_seconds must not be negative")
         if self.retries < 0 or self.unhealthy_after < 1:
             raise ValueError("gateway.retries must be >= 0 and unhealthy_after >= 1")
         for name in ("health_interval", "health_timeout", "timeout", "connect_timeout"):
