@@ -8,6 +8,7 @@ over everything after the warm-up (a least-squares slope). A server that leaks s
 does not fall with the run's length; a bounded cache and rolled log files show a plateau.
 
     PYTHONPATH=src .venv/bin/python bench/soak/rss.py --minutes 10
+    PYTHONPATH=src .venv/bin/python bench/soak/rss.py --minutes 10 --cache off   # the cache's share
     PYTHONPATH=src .venv/bin/python bench/soak/rss.py --minutes 1     # a smoke run
 """
 
@@ -65,10 +66,21 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument(
+        "--cache",
+        choices=("on", "off"),
+        default="on",
+        help="off: the model's prediction cache disabled (finds its share)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mlscale-rss-") as tmp:
         root = Path(tmp)
         config = write_project(root, args.workers)
+        if args.cache == "off":
+            model_toml = root / "models" / "double" / "1" / "model.toml"
+            model_toml.write_text(
+                model_toml.read_text().replace("[cache]\nenabled = true\n", "[cache]\nenabled = false\n")
+            )
         port = free_port()
         command = [sys.executable, "-m", "mlscale", "serve", "--config", str(config), "--port", str(port)]
         command += ["--grpc-port", "0"]
@@ -113,6 +125,7 @@ def main() -> None:
     report = {
         "minutes": args.minutes,
         "workers": args.workers,
+        "cache": args.cache,
         "requests_ok": counts[0],
         "requests_failed": counts[1],
         "rss_mib_after_warmup": round(after[0][1], 1),
