@@ -3,15 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
 
-import numpy as np
-import pandas as pd
 import pytest
-from tracing_support import new_parent, one, running_app
-
-from mlscale.config import load_settings
-from mlscale.features.store import FeatureStore
+from tracing_support import build_feature_project, new_parent, one, running_app
 
 SCORE_MODEL = '''
 class Model:
@@ -35,47 +29,13 @@ datatype = "FP64"
 shape = [-1]
 """
 
-PROJECT = """[features]
-registry = "features/registry.db"
-online_store = "sqlite:///features/online.db"
-
-[[features.entities]]
-name = "driver"
-join_key = "driver_id"
-
-[[features.views]]
-name = "driver_rates"
-entities = ["driver"]
-source = "data/drivers.parquet"
-ttl = "3650d"
-features = { conv_rate = "float32", acc_rate = "float32" }
-
-[[features.services]]
-name = "driver_model"
-features = ["driver_rates:conv_rate", "driver_rates:acc_rate"]
-"""
-
 
 def test_feature_lookup_is_a_span_of_the_request(exporter, tmp_path):
-    rates = pd.DataFrame(
-        {
-            "driver_id": np.arange(1, 4, dtype="int64"),
-            "event_timestamp": [datetime.now(UTC) - timedelta(hours=1)] * 3,
-            "conv_rate": np.array([0.1, 0.2, 0.3], dtype="float32"),
-            "acc_rate": np.array([0.5, 0.6, 0.7], dtype="float32"),
-        }
-    )
-    (tmp_path / "data").mkdir()
-    rates.to_parquet(tmp_path / "data" / "drivers.parquet")
-    (tmp_path / "mlscale.toml").write_text(PROJECT)
+    project = build_feature_project(tmp_path)
     folder = tmp_path / "models" / "driver-score" / "1"
     folder.mkdir(parents=True)
     (folder / "model.py").write_text(SCORE_MODEL)
     (folder / "model.toml").write_text(MODEL_TOML)
-    project = load_settings(tmp_path / "mlscale.toml")
-    with FeatureStore(project) as store:
-        store.apply()
-        store.materialize()
     trace_id, _, header = new_parent()
 
     async def scenario():

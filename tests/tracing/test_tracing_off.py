@@ -21,17 +21,22 @@ OFF_SCRIPT = """
 import asyncio, sys
 from pathlib import Path
 import httpx
-from tracing_support import body, new_parent, running_app
+from tracing_support import body, build_feature_project, new_parent, running_app
 from mlscale.gateway.proxy import Gateway
 from mlscale.gateway.settings import GatewaySettings
 
 async def main():
-    async with running_app(Path(sys.argv[1])) as (app, client):
+    project = build_feature_project(Path(sys.argv[2]))
+    async with running_app(Path(sys.argv[1]), project=project) as (app, client):
+        headers = {"traceparent": new_parent()[2]}
         for model in ("double", "double-cached"):
-            response = await client.post(
-                f"/v2/models/{model}/infer", json=body([[1, 2]]), headers={"traceparent": new_parent()[2]}
-            )
+            response = await client.post(f"/v2/models/{model}/infer", json=body([[1, 2]]), headers=headers)
             assert response.status_code == 200, response.text
+        request = {"feature_service": "driver_model", "entities": {"driver_id": [1]}}
+        response = await client.post("/v1/features", json=request, headers=headers)
+        assert response.status_code == 200, response.text
+        response = await client.post("/v1/events/trips", json=[{"driver_id": 1}], headers=headers)
+        assert response.status_code == 200, response.text
     Gateway(GatewaySettings(backends=["http://127.0.0.1:9"]))
 
 asyncio.run(main())
@@ -50,8 +55,9 @@ def _run(script: str, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_tracing_off_serves_requests_without_importing_opentelemetry(repository):
-    result = _run(OFF_SCRIPT, str(repository))
+def test_tracing_off_serves_requests_without_importing_opentelemetry(repository, tmp_path):
+    """Inference, online features and event ingestion, each with a caller's traceparent."""
+    result = _run(OFF_SCRIPT, str(repository), str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
 

@@ -44,6 +44,58 @@ def build_repository(root: Path) -> Path:
     return root
 
 
+FEATURE_PROJECT = """[features]
+registry = "features/registry.db"
+online_store = "sqlite:///features/online.db"
+
+[[features.entities]]
+name = "driver"
+join_key = "driver_id"
+
+[[features.views]]
+name = "driver_rates"
+entities = ["driver"]
+source = "data/drivers.parquet"
+ttl = "3650d"
+features = { conv_rate = "float32", acc_rate = "float32" }
+
+[[features.services]]
+name = "driver_model"
+features = ["driver_rates:conv_rate", "driver_rates:acc_rate"]
+"""
+
+# The materialized rates of drivers 1, 2 and 3: conv_rate, acc_rate.
+DRIVER_RATES = {1: (0.1, 0.5), 2: (0.2, 0.6), 3: (0.3, 0.7)}
+
+
+def build_feature_project(root: Path) -> Settings:
+    """A project in ``root`` whose online store holds ``DRIVER_RATES`` (feature service ``driver_model``)."""
+    from datetime import UTC, datetime, timedelta
+
+    import numpy as np
+    import pandas as pd
+
+    from mlscale.config import load_settings
+    from mlscale.features.store import FeatureStore
+
+    rates = pd.DataFrame(
+        {
+            "driver_id": np.array(list(DRIVER_RATES), dtype="int64"),
+            "event_timestamp": [datetime.now(UTC) - timedelta(hours=1)] * len(DRIVER_RATES),
+            "conv_rate": np.array([c for c, _ in DRIVER_RATES.values()], dtype="float32"),
+            "acc_rate": np.array([a for _, a in DRIVER_RATES.values()], dtype="float32"),
+        }
+    )
+    (root / "data").mkdir(parents=True)
+    rates.to_parquet(root / "data" / "drivers.parquet")
+    (root / "mlscale.toml").write_text(FEATURE_PROJECT)
+    project = load_settings(root / "mlscale.toml")
+    with FeatureStore(project) as store:
+        store.apply()
+        store.materialize()
+    return project
+
+
 def body(rows: list[list[float]]) -> dict:
     flat = [v for row in rows for v in row]
     return {"inputs": [{"name": "x", "shape": [len(rows), 2], "datatype": "FP32", "data": flat}]}

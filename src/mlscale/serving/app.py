@@ -43,7 +43,7 @@ from mlscale.serving.sources import ModelSource
 log = logging.getLogger("mlscale.serving")
 
 ASGIApp = Callable[[dict, Callable, Callable], Awaitable[None]]
-# A JSON route: (decoded body or None, the path segment matched by a trailing "/*") -> JSON value.
+# A JSON route: (decoded body or None, the path segment matched by a trailing "/{name}") -> JSON value.
 JsonHandler = Callable[[Any, str | None], Awaitable[Any]]
 
 JSON = b"application/json"
@@ -97,6 +97,12 @@ class InferenceApp:
         self.control = control
         self.mounts = mounts or {}
         self.json_routes = json_routes or {}
+        # Routes ending in a "/{name}" segment, by (method, the path before it): (handler, route).
+        self._tail_routes = {
+            (method, route.rpartition("/")[0]): (handler, route)
+            for (method, route), handler in self.json_routes.items()
+            if route.endswith("}")
+        }
         self.on_shutdown = on_shutdown or []
         # Sampled requests and responses for drift monitoring (mlscale.monitoring.PayloadLog), or None.
         self.payload_log = payload_log
@@ -286,16 +292,15 @@ class InferenceApp:
             return Response(200, body, content_type.encode())
         if path == "/openapi.json" and method == "GET":
             return Response(200, self._openapi())
-        handler, tail = self._json_handler(method, path)
+        handler, tail, route = self._json_handler(method, path)
         if handler is not None:
-            body = await self._read_body(scope, receive)
-            try:
-                payload = msgspec.json.decode(body) if body else None
-            except msgspec.DecodeError as exc:
-                raise InvalidInput(f"malformed JSON: {exc}") from None
-            except RecursionError:
-                raise InvalidInput("malformed JSON: nested too deeply") from None
-            return json_response(await handler(payload, tail))
+            call = self._json(handler, tail, scope, receive)
+            if not tracing.enabled:
+                return await call
+            from mlscale.tracing import spans
+
+            attributes = {"http.request.method": method, "url.path": path, "http.route": route}
+            return await spans.serve(f"{method} {route}", scope["headers"], attributes, call, status=_status_of)
         raise NotFound(f"no route {method} {path}")
 
     def _openapi(self) -> bytes:
@@ -304,18 +309,32 @@ class InferenceApp:
         routes = {path for _, path in self.json_routes}
         return encode_json(
             openapi_document(
-                features="/v1/features" in routes, events="/v1/events/*" in routes, dashboard=self.settings.dashboard
+                features="/v1/features" in routes,
+                events="/v1/events/{topic}" in routes,
+                dashboard=self.settings.dashboard,
             )
         )
 
-    def _json_handler(self, method: str, path: str) -> tuple[JsonHandler | None, str | None]:
-        """An exact route, or one ending in ``/*`` whose last segment is handed to the handler."""
+    async def _json(self, handler: JsonHandler, tail: str | None, scope: dict, receive: Callable) -> Response:
+        """A JSON route's answer: body read and decoded, then the handler (inside its span, when traced)."""
+        body = await self._read_body(scope, receive)
+        try:
+            payload = msgspec.json.decode(body) if body else None
+        except msgspec.DecodeError as exc:
+            raise InvalidInput(f"malformed JSON: {exc}") from None
+        except RecursionError:
+            raise InvalidInput("malformed JSON: nested too deeply") from None
+        return json_response(await handler(payload, tail))
+
+    def _json_handler(self, method: str, path: str) -> tuple[JsonHandler | None, str | None, str]:
+        """An exact route, or one ending in ``/{name}`` whose last segment is handed to the handler;
+        with the route matched (a span's name: bounded, unlike the path)."""
         handler = self.json_routes.get((method, path))
         if handler is not None:
-            return handler, None
+            return handler, None, path
         head, _, tail = path.rpartition("/")
-        handler = self.json_routes.get((method, head + "/*"))
-        return (handler, tail) if handler is not None and tail else (None, None)
+        found = self._tail_routes.get((method, head))
+        return (found[0], tail, found[1]) if found is not None and tail else (None, None, "")
 
     async def _v2(self, method: str, parts: list[str], scope: dict, receive: Callable) -> Response:
         count = len(parts)

@@ -45,7 +45,7 @@ def build_app(settings: Settings, *, control_dir: Path | None = None, workers: i
     events = LazyBroker(settings)
     json_routes = {
         ("POST", "/v1/features"): feature_store.handle_request,
-        ("POST", "/v1/events/*"): events.handle_request,
+        ("POST", "/v1/events/{topic}"): events.handle_request,
     }
     services = []
     if settings.server.grpc_port:

@@ -10,6 +10,7 @@ import re
 
 import msgspec
 
+from mlscale import tracing
 from mlscale.errors import InvalidInput
 from mlscale.streams.broker import Broker
 
@@ -49,6 +50,20 @@ def check_topic(topic: str) -> None:
 def ingest_events(broker: Broker, topic: str, body: bytes | str | list | dict) -> dict:
     """Append a request's events to ``topic``; returns ``{"topic", "accepted", "offsets"}``."""
     check_topic(topic)
+    if tracing.enabled:
+        return _traced_ingest(broker, topic, body)
     events = parse_events(body)
     offsets = broker.append(topic, events)
+    return {"topic": topic, "accepted": len(events), "offsets": offsets}
+
+
+def _traced_ingest(broker: Broker, topic: str, body: bytes | str | list | dict) -> dict:
+    """``ingest_events`` with the topic and the events accepted on the request's span, and the
+    append (the broker's round trips: where the time goes) as a child span."""
+    tracing.annotate({"mlscale.events.topic": topic})
+    events = parse_events(body)
+    attributes = {"mlscale.events.topic": topic, "mlscale.events.count": len(events)}
+    with tracing.span("broker append", {**attributes, "mlscale.broker": type(broker).__name__}):
+        offsets = broker.append(topic, events)
+    tracing.annotate({"mlscale.events.accepted": len(events)})
     return {"topic": topic, "accepted": len(events), "offsets": offsets}

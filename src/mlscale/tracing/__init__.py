@@ -20,7 +20,7 @@ from typing import Any
 from mlscale.errors import ConfigError
 from mlscale.tracing.settings import TracingSettings
 
-__all__ = ["TracingSettings", "configure", "enabled", "event", "flush", "shutdown", "span"]
+__all__ = ["TracingSettings", "annotate", "configure", "enabled", "event", "flush", "shutdown", "span"]
 
 # True between configure() (with tracing enabled) and shutdown().
 enabled = False
@@ -103,3 +103,12 @@ def event(name: str, attributes: dict[str, Any] | None = None) -> None:
         from mlscale.tracing import spans
 
         spans.event(name, attributes)
+
+
+def annotate(attributes: dict[str, Any]) -> None:
+    """Set attributes on the current span (when tracing is on and it is recorded): what a handler
+    learns from the body (a feature service, how many events) belongs on its request's span."""
+    if enabled:
+        from mlscale.tracing import spans
+
+        spans.annotate(attributes)

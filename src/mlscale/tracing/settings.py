@@ -8,7 +8,7 @@ import msgspec
 
 
 class TracingSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """OpenTelemetry spans of each inference request, exported over OTLP/HTTP; off by default.
+    """OpenTelemetry spans of each request (inference, features, events), exported over OTLP/HTTP; off by default.
 
     ``otlp_endpoint`` is the collector's base URL (``http://collector:4318``; ``/v1/traces`` is
     added when the URL has no path) or the full traces URL. Unset, the standard variables decide

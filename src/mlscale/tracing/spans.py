@@ -12,6 +12,10 @@ The path of one inference request, as spans:
 A batch serves many requests but a span has one parent: the batch is the child of the oldest
 recorded request it serves, so that request's trace shows the model call inline, and it links to
 every request it serves; each request's ``queue wait`` span links back to the batch.
+
+The JSON routes have a SERVER span each, named by route, around the body read and the handler:
+``POST /v1/features`` -> ``online read`` (the store's batched get and decode), and
+``POST /v1/events/{topic}`` -> ``broker append`` (run in a worker thread, which inherits the context).
 """
 
 from __future__ import annotations
@@ -156,6 +160,12 @@ def event(name: str, attributes: dict[str, Any] | None = None) -> None:
     span = trace.get_current_span()
     if span.is_recording():
         span.add_event(name, attributes)
+
+
+def annotate(attributes: dict[str, Any]) -> None:
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attributes(attributes)
 
 
 def capture() -> Captured | None:
