@@ -35,7 +35,8 @@ integers num when they have nulls (Arrow reads them as floats), else cat with at
 values and num with more; booleans and decimals cat; strings text when more than half of the
 non-null values are distinct, else cat; dates and timestamps (and Parquet nanosecond timestamps,
 which Spark reads as longs, on a local disk) datetime. Other Spark types (binary, arrays, maps,
-structs) are refused unless given kind text.
+structs) are refused unless given kind text; times given kind num or cat are refused (the Arrow
+path would take them as their string forms, which depend on the session time zone here).
 """
 
 from __future__ import annotations
@@ -175,11 +176,10 @@ def profile_spark(
         raise InvalidInput("a profile computed on Spark needs max_sample (keeping every value is what fit() does)")
     max_sample = int(max_sample)
     check_source(source)  # before starting a JVM for nothing
-    if session is None:
-        _pyspark()
-        from mlscale.features.spark.session import spark_session
+    _pyspark()
+    from mlscale.features.spark.session import prepare, spark_session
 
-        session = spark_session(master, config)
+    session = spark_session(master, config) if session is None else prepare(session)
     frame, nanos = read_source(session, source)
     return profile_frame(frame, categorical, max_sample, kinds, nanos=nanos, name=source)
 
