@@ -5,10 +5,14 @@ from __future__ import annotations
 import signal
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from mlscale.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from mlscale.monitoring.drift import ReferenceProfile
 
 
 @click.group()
@@ -109,7 +113,7 @@ def report(
 
 
 @monitor.command()
-@click.argument("reference", type=click.Path(path_type=Path))
+@click.argument("reference")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Profile file (.npz).")
 @click.option("--categorical", help="Comma-separated columns to treat as categorical.")
 @click.option("--kind", "kind", multiple=True, help=KIND_HELP)
@@ -127,8 +131,36 @@ def report(
     help="Read a Parquet reference this many rows at a time, in memory bounded whatever its length "
     "(kinds not given are inferred from the first batch).",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "spark"]),
+    default="local",
+    show_default=True,
+    help="spark: compute the profile on Spark; REFERENCE is then a Parquet file, folder, glob or URL, "
+    "or table:NAME (a catalog table).",
+)
+@click.option(
+    "--spark-master",
+    help="Spark master for --engine spark (default: [features] spark_master of --config, else local[2]).",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Project file whose [features] spark_master and spark_config --engine spark uses "
+    "(default: ./mlscale.toml when present).",
+)
 def profile(
-    reference: Path, output: Path, categorical: str | None, kind: tuple[str, ...], max_sample: int, batch_rows: int
+    reference: str,
+    output: Path,
+    categorical: str | None,
+    kind: tuple[str, ...],
+    max_sample: int,
+    batch_rows: int,
+    engine: str,
+    spark_master: str | None,
+    config_path: Path | None,
 ) -> None:
     """Compute a reference profile from training data once, so monitors need not keep the rows."""
     from mlscale.monitoring.drift import ReferenceProfile, as_columns
@@ -138,17 +170,48 @@ def profile(
         raise InvalidInput(f"{output}: a profile file must end in .npz")
     if batch_rows < 0:
         raise InvalidInput("--batch-rows must be a positive number of rows")
-    if batch_rows:
+    if engine == "spark":
+        if batch_rows:
+            raise InvalidInput("--batch-rows reads with Arrow on this host; --engine spark needs no batches")
+        prof = _spark_profile(reference, _split(categorical), max_sample, _kinds(kind), spark_master, config_path)
+    elif batch_rows:
         from mlscale.monitoring.drift.streaming import profile_parquet
 
-        if reference.suffix.lower() not in (".parquet", ".pq"):
+        if Path(reference).suffix.lower() not in (".parquet", ".pq"):
             raise InvalidInput(f"{reference}: --batch-rows reads Parquet files (.parquet)")
         prof = profile_parquet(reference, _split(categorical), max_sample, _kinds(kind), batch_rows)
     else:
-        prof = ReferenceProfile.fit(as_columns(read_table(reference)), _split(categorical), max_sample, _kinds(kind))
+        prof = ReferenceProfile.fit(
+            as_columns(read_table(Path(reference))), _split(categorical), max_sample, _kinds(kind)
+        )
     prof.save(output)
     exact = sum(c.exact for c in prof.columns.values())
     click.echo(f"profiled {len(prof.columns)} columns ({exact} exact) into {output}")
+
+
+def _spark_profile(
+    reference: str,
+    categorical: list[str],
+    max_sample: int,
+    kinds: dict[str, str],
+    master: str | None,
+    config_path: Path | None,
+) -> ReferenceProfile:
+    """The profile computed on Spark, on the master given or the project's ``[features]`` one."""
+    from mlscale.config import load_settings
+    from mlscale.monitoring.drift.spark_profile import profile_spark
+
+    if config_path is None and Path("mlscale.toml").is_file():
+        config_path = Path("mlscale.toml")
+    features = load_settings(config_path).features
+    return profile_spark(
+        reference,
+        categorical,
+        max_sample,
+        kinds,
+        master=master or features.spark_master,
+        config=features.spark_config,
+    )
 
 
 @monitor.command()

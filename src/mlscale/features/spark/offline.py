@@ -109,28 +109,11 @@ class SparkOfflineStore:
             raise ConfigError(f"{what}: cannot read its source: {str(exc).splitlines()[0]}") from None
 
     def _nanosecond_columns(self, view: FeatureView) -> set[str]:
-        """Columns stored as Parquet nanosecond timestamps (Spark reads them as longs).
-
-        Read from the footer of one file with PyArrow, for sources on a local disk; elsewhere a long
-        timestamp column is refused (see ``validate_source``).
-        """
+        """Columns stored as Parquet nanosecond timestamps (Spark reads them as longs); see
+        :func:`nanosecond_columns`."""
         if view.query or "://" in view.source:
             return set()
-        location = self._location(view)
-        files = sorted(glob.glob(location)) if any(c in location for c in "*?[") else [location]
-        for file in files:
-            path = Path(file)
-            if path.is_dir():
-                path = next(
-                    (p for p in sorted(path.rglob("*")) if p.is_file() and not p.name.startswith((".", "_"))), path
-                )
-            if path.is_file():
-                try:
-                    schema = pq.read_schema(path)
-                except (OSError, pa.ArrowInvalid):
-                    return set()
-                return {f.name for f in schema if pa.types.is_timestamp(f.type) and f.type.unit == "ns"}
-        return set()
+        return nanosecond_columns(self._location(view))
 
     def validate_source(self, view: FeatureView, frame: Any = None) -> dict[str, str]:
         """Check the source has the join keys, timestamps and features, with usable types; its
@@ -397,6 +380,29 @@ class SparkOfflineStore:
             if on_view_done:
                 on_view_done(name, end)
         return written
+
+
+def nanosecond_columns(location: str) -> set[str]:
+    """Columns a local Parquet file, folder or glob stores as nanosecond timestamps, which Spark
+    reads as longs (``spark.sql.legacy.parquet.nanosAsLong``).
+
+    Read from the footer of one file with PyArrow; remote sources give none (their long timestamp
+    columns are refused or left as numbers by the callers).
+    """
+    if "://" in location:
+        return set()
+    files = sorted(glob.glob(location)) if any(c in location for c in "*?[") else [location]
+    for file in files:
+        path = Path(file)
+        if path.is_dir():
+            path = next((p for p in sorted(path.rglob("*")) if p.is_file() and not p.name.startswith((".", "_"))), path)
+        if path.is_file():
+            try:
+                schema = pq.read_schema(path)
+            except (OSError, pa.ArrowInvalid):
+                return set()
+            return {f.name for f in schema if pa.types.is_timestamp(f.type) and f.type.unit == "ns"}
+    return set()
 
 
 def _epoch_us(when: datetime) -> int:
