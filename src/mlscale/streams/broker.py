@@ -273,3 +273,53 @@ class Broker(ABC):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class CommittedOffsetReads:
+    """``fetch``, ``read`` and ``ack`` for a log read by offset (records packed into entries, NATS
+    and Redis Streams): a mixin for a Broker that implements ``fetch_columns`` and ``_commit``.
+
+    Why not the backend's own consumer groups: they track entries, not the records packed in them.
+    A member keeps its position per partition in memory, starts a gained partition from the group's
+    committed offset, and ``ack`` moves that offset forward (never back); so what a dead member read
+    but did not acknowledge is read again by the partition's next owner, as the interface promises.
+    """
+
+    def _init_positions(self) -> None:
+        # This object's position per (topic, group, consumer) and partition.
+        self._positions: dict[tuple[str, str, str], dict[int, int]] = {}
+
+    def fetch(self, topic: str, positions: Mapping[int, int], max_records: int) -> list[Message]:
+        return [
+            Message(topic, p, offset, value)
+            for p, offsets, values in self.fetch_columns(topic, positions, max_records)  # type: ignore[attr-defined]
+            for offset, value in zip(offsets, values, strict=True)
+        ]
+
+    def _forget_positions(self, topic: str, group: str, consumer: str) -> None:
+        self._positions.pop((topic, group, consumer), None)
+
+    def _acquire(self, topic: str, group: str, consumer: str, partition: int) -> None:
+        # Resume from the group's committed offset: looked up at the next read.
+        self._positions.get((topic, group, consumer), {}).pop(partition, None)
+
+    def _read(self, topic: str, group: str, consumer: str, partitions: list[int], max_records: int) -> list[Message]:
+        positions = self._positions.setdefault((topic, group, consumer), {})
+        missing = [p for p in partitions if p not in positions]
+        if missing:
+            committed = self.committed(topic, group)  # type: ignore[attr-defined]
+            for p in missing:
+                positions[p] = committed.get(p, -1)
+        for p in [p for p in positions if p not in partitions]:
+            del positions[p]
+        out = self.fetch(topic, {p: positions[p] for p in partitions}, max_records)
+        for m in out:
+            positions[m.partition] = m.offset
+        return out
+
+    def ack(self, topic: str, group: str, messages: Sequence[Message]) -> None:
+        top: dict[int, int] = {}
+        for m in messages:
+            top[m.partition] = max(top.get(m.partition, -1), m.offset)
+        if top:
+            self._commit(topic, group, top)  # type: ignore[attr-defined]

@@ -46,7 +46,7 @@ from nats.js import api
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 
 from mlscale.errors import ConfigError, ServiceUnavailable
-from mlscale.streams.broker import AppendIncomplete, Broker, Message
+from mlscale.streams.broker import AppendIncomplete, Broker, CommittedOffsetReads
 from mlscale.streams.packing import MAX_BYTES, group_records, pack, unpack
 
 SHIFT = 20  # offset = stream sequence << SHIFT | index of the record in its message
@@ -93,7 +93,7 @@ class _Reader:
     values: list[bytes] = field(default_factory=list)
 
 
-class NatsBroker(Broker):
+class NatsBroker(CommittedOffsetReads, Broker):
     """Topics as JetStream streams ``{prefix}_{topic}`` with subjects ``{prefix}.{topic}.{partition}``."""
 
     def __init__(
@@ -141,7 +141,7 @@ class NatsBroker(Broker):
         self._offsets = None
         self._readers: dict[tuple[str, int], _Reader] = {}
         # read/ack (group delivery): this object's position per (topic, group, consumer, partition).
-        self._positions: dict[tuple[str, str, str], dict[int, int]] = {}
+        self._init_positions()
 
     # -- plumbing ------------------------------------------------------------------------------
     def _run(self, coro, timeout: float = 30.0):
@@ -311,7 +311,7 @@ class NatsBroker(Broker):
     def leave(self, topic: str, group: str, consumer: str) -> None:
         self._run(self._update_members(topic, group, lambda members, now: members.pop(consumer, None)))
         self._owned.pop((topic, group, consumer), None)
-        self._positions.pop((topic, group, consumer), None)
+        self._forget_positions(topic, group, consumer)
 
     # -- reading by offset -------------------------------------------------------------------------
     async def _drop_reader(self, key: tuple[str, int]) -> None:
@@ -421,39 +421,7 @@ class NatsBroker(Broker):
 
         return self._run(go())
 
-    def fetch(self, topic: str, positions: Mapping[int, int], max_records: int) -> list[Message]:
-        return [
-            Message(topic, p, o, v)
-            for p, offs, vals in self.fetch_columns(topic, positions, max_records)
-            for o, v in zip(offs, vals, strict=True)
-        ]
-
-    # -- group delivery (read/ack) on the same readers, offsets in the offsets bucket ---------------
-    def _acquire(self, topic: str, group: str, consumer: str, partition: int) -> None:
-        # Resume from the group's committed offset: looked up at the next read.
-        self._positions.get((topic, group, consumer), {}).pop(partition, None)
-
-    def _read(self, topic: str, group: str, consumer: str, partitions: list[int], max_records: int) -> list[Message]:
-        positions = self._positions.setdefault((topic, group, consumer), {})
-        missing = [p for p in partitions if p not in positions]
-        if missing:
-            committed = self.committed(topic, group)
-            for p in missing:
-                positions[p] = committed.get(p, -1)
-        for p in [p for p in positions if p not in partitions]:
-            del positions[p]
-        out = self.fetch(topic, {p: positions[p] for p in partitions}, max_records)
-        for m in out:
-            positions[m.partition] = m.offset
-        return out
-
-    def ack(self, topic: str, group: str, messages: Sequence[Message]) -> None:
-        top: dict[int, int] = {}
-        for m in messages:
-            top[m.partition] = max(top.get(m.partition, -1), m.offset)
-        if top:
-            self._commit(topic, group, top)
-
+    # -- the group's committed offsets, in the offsets bucket (read/ack: CommittedOffsetReads) -----
     def _commit(self, topic: str, group: str, offsets: dict[int, int]) -> None:
         async def go() -> None:
             kv = await self._bucket("_offsets", "offsets")

@@ -42,12 +42,12 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import redis
 
-from mlscale.streams.broker import AppendIncomplete, Broker, Message
+from mlscale.streams.broker import AppendIncomplete, Broker, CommittedOffsetReads
 from mlscale.streams.packing import MAX_BYTES, MAX_RECORDS, group_records, pack, unpack
 
 _SEQ_BITS = 20
@@ -166,7 +166,7 @@ class _Cursor:
     values: list[bytes] = field(default_factory=list)
 
 
-class RedisStreamsBroker(Broker):
+class RedisStreamsBroker(CommittedOffsetReads, Broker):
     """Topics as Redis streams ``{prefix}{topic}:{partition}``."""
 
     def __init__(
@@ -193,7 +193,7 @@ class RedisStreamsBroker(Broker):
         self._count = self._r.register_script(_COUNT_SCRIPT)
         self._cursors: dict[tuple[str, int], _Cursor] = {}
         # read/ack (group delivery): this object's position per (topic, group, consumer) and partition.
-        self._positions: dict[tuple[str, str, str], dict[int, int]] = {}
+        self._init_positions()
 
     def _stream(self, topic: str, partition: int) -> str:
         return f"{self.prefix}{topic}:{partition}"
@@ -241,7 +241,7 @@ class RedisStreamsBroker(Broker):
     def leave(self, topic: str, group: str, consumer: str) -> None:
         self._r.zrem(f"{self.prefix}members:{topic}:{group}", consumer)
         self._owned.pop((topic, group, consumer), None)
-        self._positions.pop((topic, group, consumer), None)
+        self._forget_positions(topic, group, consumer)
 
     # -- reading by offset -------------------------------------------------------------------------
     def _cursor(self, topic: str, p: int, after: int) -> _Cursor:
@@ -316,39 +316,7 @@ class RedisStreamsBroker(Broker):
                     active.append(p)
         return [(p, offsets, values) for p, (offsets, values) in out.items()]
 
-    def fetch(self, topic: str, positions: Mapping[int, int], max_records: int) -> list[Message]:
-        return [
-            Message(topic, p, offset, value)
-            for p, offsets, values in self.fetch_columns(topic, positions, max_records)
-            for offset, value in zip(offsets, values, strict=True)
-        ]
-
-    # -- group delivery (read/ack) on fetch and the committed offsets -----------------------------
-    def _acquire(self, topic: str, group: str, consumer: str, partition: int) -> None:
-        # Resume from the group's committed offset: looked up at the next read.
-        self._positions.get((topic, group, consumer), {}).pop(partition, None)
-
-    def _read(self, topic: str, group: str, consumer: str, partitions: list[int], max_records: int) -> list[Message]:
-        positions = self._positions.setdefault((topic, group, consumer), {})
-        missing = [p for p in partitions if p not in positions]
-        if missing:
-            committed = self.committed(topic, group)
-            for p in missing:
-                positions[p] = committed.get(p, -1)
-        for p in [p for p in positions if p not in partitions]:
-            del positions[p]
-        out = self.fetch(topic, {p: positions[p] for p in partitions}, max_records)
-        for m in out:
-            positions[m.partition] = m.offset
-        return out
-
-    def ack(self, topic: str, group: str, messages: Sequence[Message]) -> None:
-        top: dict[int, int] = {}
-        for m in messages:
-            top[m.partition] = max(top.get(m.partition, -1), m.offset)
-        if top:
-            self._commit(topic, group, top)
-
+    # -- the group's committed offsets (read/ack: CommittedOffsetReads) ---------------------------
     def _commit(self, topic: str, group: str, offsets: dict[int, int]) -> None:
         key = f"{self.prefix}committed:{topic}:{group}"
         pipe = self._r.pipeline(transaction=False)
