@@ -234,3 +234,33 @@ def test_stream_run_keeps_its_checkpoints_in_the_configured_postgres(tmp_path, p
         broker.close()
         with open_checkpoints(postgres_dsn) as store:
             store.forget(f"{group}/orders")
+
+
+def test_a_host_cut_off_mid_commit_does_not_block_the_takeover(postgres_dsn):
+    """A zombie whose commit transaction holds the partition's row lock and then goes silent (its
+    link cut) is ended by the server after ``zombie_timeout``: the next owner's acquire goes through
+    and the zombie's commit is lost, not applied."""
+    from mlscale.streams.checkpoint_postgres import PostgresCheckpoints
+
+    name = f"zombie-{uuid.uuid4().hex[:8]}"
+    zombie, owner = PostgresCheckpoints(postgres_dsn, zombie_timeout=1.0), PostgresCheckpoints(postgres_dsn)
+    try:
+        old, _, _ = zombie.acquire(name, 0)
+        conn = zombie._conn  # the zombie's own session, as its commit left it: lock held, then silence
+        conn.execute("BEGIN")
+        conn.execute("SELECT epoch FROM mlscale_stream_partitions WHERE name = %s AND part = 0 FOR UPDATE", (name,))
+        taken = {}
+        taker = threading.Thread(target=lambda: taken.update(epoch=owner.acquire(name, 0)[0]), daemon=True)
+        taker.start()
+        taker.join(timeout=20)
+        assert "epoch" in taken, "the takeover waited on the silent zombie's lock"
+        assert taken["epoch"] > old
+        import psycopg
+
+        with pytest.raises(psycopg.OperationalError, match=r"idle-in-transaction|terminat|closed"):
+            conn.execute("UPDATE mlscale_stream_partitions SET off = 99 WHERE name = %s AND part = 0", (name,))
+        assert owner.offsets(name) == {0: -1}
+    finally:
+        owner.forget(name)
+        owner.close()
+        zombie.close()

@@ -16,6 +16,13 @@ Two tables (created on first use): ``mlscale_stream_partitions`` (name, part, ep
 Connection problems raise ServiceUnavailable and the next call reconnects. Put libpq's timeouts in
 the URL (``?connect_timeout=2&tcp_user_timeout=5000``) so a host cut off fails within seconds
 instead of waiting on TCP for minutes.
+
+A host cut off in the middle of a commit leaves its transaction open on the server, holding the
+partition rows' locks: the server does not notice a silent client for hours (TCP keepalive), and
+every other host's ``acquire`` of those partitions would wait as long, so no one could take over.
+Each session therefore sets ``idle_in_transaction_session_timeout`` (``zombie_timeout``, 5 s): a
+transaction whose client sends nothing for that long is ended by the server and its locks freed.
+A checkpoint's statements follow each other within milliseconds, so a live host never meets it.
 """
 
 from __future__ import annotations
@@ -46,11 +53,12 @@ _NOW_MS = "(extract(epoch from clock_timestamp()) * 1000)::bigint"
 class PostgresCheckpoints(Checkpoints):
     """``PostgresCheckpoints("postgresql://user@host:5432/db")``: the shared checkpoint store."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, zombie_timeout: float = 5.0) -> None:
         import psycopg
 
         self._psycopg = psycopg
         self.dsn = dsn
+        self.zombie_timeout = zombie_timeout
         self._conn: Any = None
         self._lock = threading.Lock()
         self._run(lambda conn: None)  # connect and create the tables now: a wrong URL fails at start
@@ -63,6 +71,8 @@ class PostgresCheckpoints(Checkpoints):
 
     def _connect(self) -> Any:
         conn = self._psycopg.connect(self.dsn, autocommit=True)
+        # A cut-off host's open transaction is ended by the server (see the module's note).
+        conn.execute(f"SET idle_in_transaction_session_timeout = {max(1, round(self.zombie_timeout * 1000))}")
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
             for statement in _SCHEMA:
