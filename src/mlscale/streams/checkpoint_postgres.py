@@ -86,7 +86,12 @@ class PostgresCheckpoints(Checkpoints):
                 if self._conn is None or self._conn.closed:
                     self._conn = self._connect()
                 return work(self._conn)
-            except (self._psycopg.OperationalError, self._psycopg.InterfaceError) as exc:
+            except (
+                self._psycopg.OperationalError,
+                self._psycopg.InterfaceError,
+                # The server ended this session's silent transaction (a zombie back from a cut).
+                self._psycopg.errors.IdleInTransactionSessionTimeout,
+            ) as exc:
                 if self._conn is not None:
                     self._conn.close()
                 self._conn = None
