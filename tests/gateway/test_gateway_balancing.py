@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import time
@@ -156,3 +158,27 @@ def test_gateway_without_backends_exits_with_one_line():
     result = subprocess.run([sys.executable, "-m", "mlscale", "gateway"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "needs at least one backend" in result.stderr
+
+
+def test_two_gateways_side_by_side_send_each_model_to_the_same_replica():
+    """Gateways keep no shared state: two of them (another process, another hash seed, backends
+    listed in another order) must still agree on each model's owner and retry order, or the
+    models' caches would be warm on two replicas instead of one."""
+    urls = [f"http://10.0.0.{i}:8000" for i in range(1, 6)]
+    models = [f"model-{i}" for i in range(200)]
+    here = ConsistentHash([Backend(u) for u in urls])
+    mine = {m: [b.url for b in here.order([], m)] for m in models}
+    script = (
+        "import json, sys\n"
+        "from mlscale.gateway.balancing import Backend, ConsistentHash\n"
+        "urls, models = json.loads(sys.argv[1])\n"
+        "ring = ConsistentHash([Backend(u) for u in urls])\n"
+        "print(json.dumps({m: [b.url for b in ring.order([], m)] for m in models}))\n"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    other = subprocess.run(
+        [sys.executable, "-c", script, json.dumps([urls[::-1], models])],
+        capture_output=True, text=True, env=env, check=True, timeout=60,
+    )  # fmt: skip
+    assert json.loads(other.stdout) == mine
+    assert len({owners[0] for owners in mine.values()}) == len(urls), "every replica owns some models"
