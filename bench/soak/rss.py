@@ -29,8 +29,9 @@ import httpx
 from run import free_port, write_project  # bench/soak/run.py: the same project as the kill -9 soak
 
 
-def session_rss_mib(session: int) -> float:
-    """Sum of VmRSS over the processes of a session (the server and its workers)."""
+def session_rss_mib(session: int, field: str = "VmRSS") -> float:
+    """Sum of ``field`` (VmRSS; RssAnon: heap, RssFile: mapped files such as SQLite's memory map)
+    over the processes of a session (the server and its workers)."""
     total_kib = 0
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -40,7 +41,7 @@ def session_rss_mib(session: int) -> float:
                 continue
             with open(f"/proc/{entry}/status") as status:
                 for line in status:
-                    if line.startswith("VmRSS:"):
+                    if line.startswith(field + ":"):
                         total_kib += int(line.split()[1])
         except (OSError, ProcessLookupError):
             continue
@@ -113,6 +114,10 @@ def main() -> None:
 
             asyncio.run(run())
             samples.append((time.monotonic() - started, session_rss_mib(server.pid)))
+            # What the end figure is made of: the processes' own memory, and mapped file pages
+            # (the shared cache tier's SQLite file is read through a memory map; those pages count
+            # in RSS, yet the kernel can drop them).
+            split = {field: round(session_rss_mib(server.pid, field), 1) for field in ("RssAnon", "RssFile")}
         finally:
             os.killpg(server.pid, 15)
             server.wait(30)
@@ -131,6 +136,8 @@ def main() -> None:
         "rss_mib_after_warmup": round(after[0][1], 1),
         "rss_mib_end": round(samples[-1][1], 1),
         "rss_mib_max": round(max(r for _, r in samples), 1),
+        "rss_anon_mib_end": split["RssAnon"],
+        "rss_file_mib_end": split["RssFile"],
         "growth_mib_per_minute": round(slope, 2),
         "samples": [(round(t), round(r, 1)) for t, r in samples],
     }
