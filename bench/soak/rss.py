@@ -9,7 +9,11 @@ does not fall with the run's length; a bounded cache and rolled log files show a
 
     PYTHONPATH=src .venv/bin/python bench/soak/rss.py --minutes 10
     PYTHONPATH=src .venv/bin/python bench/soak/rss.py --minutes 10 --cache off   # the cache's share
+    PYTHONPATH=src .venv/bin/python bench/soak/rss.py --minutes 10 --l1-mib 8   # the cache full early
     PYTHONPATH=src .venv/bin/python bench/soak/rss.py --minutes 1     # a smoke run
+
+With a small L1 (``--l1-mib``) the cache reaches its bound in the first minutes, so what still grows
+after that is not the cache.
 """
 
 from __future__ import annotations
@@ -73,6 +77,9 @@ def main() -> None:
         default="on",
         help="off: the model's prediction cache disabled (finds its share)",
     )
+    parser.add_argument(
+        "--l1-mib", type=int, default=None, help="the in-process cache bound per worker (default: the server's 64)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mlscale-rss-") as tmp:
         root = Path(tmp)
@@ -81,6 +88,10 @@ def main() -> None:
             model_toml = root / "models" / "double" / "1" / "model.toml"
             model_toml.write_text(
                 model_toml.read_text().replace("[cache]\nenabled = true\n", "[cache]\nenabled = false\n")
+            )
+        if args.l1_mib is not None:
+            config.write_text(
+                config.read_text().replace("[cache]\n", f"[cache]\nl1_max_bytes = {args.l1_mib * 1024 * 1024}\n", 1)
             )
         port = free_port()
         command = [sys.executable, "-m", "mlscale", "serve", "--config", str(config), "--port", str(port)]
@@ -131,6 +142,7 @@ def main() -> None:
         "minutes": args.minutes,
         "workers": args.workers,
         "cache": args.cache,
+        "l1_mib": args.l1_mib,
         "requests_ok": counts[0],
         "requests_failed": counts[1],
         "rss_mib_after_warmup": round(after[0][1], 1),

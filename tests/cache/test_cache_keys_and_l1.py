@@ -74,6 +74,29 @@ def test_l1_evicts_least_recently_used_to_stay_within_bytes() -> None:
     assert sample(name, "mlscale_cache_requests_total", tier="l1", result="miss") == 5
 
 
+@pytest.mark.parametrize("value_size", [40, 400])
+def test_l1_bound_is_the_memory_it_really_holds(value_size: int) -> None:
+    """The byte bound is what the process pays: a full cache of small predictions (a key of a model,
+    a version and a digest; a value of a few dozen bytes) holds within 15% of its charged bytes in
+    Python allocations. With a per-entry charge that is too low, the server's RSS outgrows the bound."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        cache = LRUCache(4 * 1024 * 1024, name=f"t{uuid.uuid4().hex[:8]}")
+        i = 0
+        while cache.bytes < cache.max_bytes - 1000:
+            key = prediction_key("model", "1", {"x": np.array([[i, i + 1]], dtype=np.float64)})
+            cache.put(key, i.to_bytes(8, "little") * (value_size // 8))
+            i += 1
+        real = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(cache) == i
+    assert 0.85 * cache.bytes <= real <= 1.15 * cache.bytes, (real, cache.bytes, i)
+
+
 def test_l1_refuses_a_value_larger_than_itself_and_replaces_in_place() -> None:
     cache = LRUCache(1000)
     assert cache.put(b"big", bytes(2000)) is False and cache.get(b"big") is None
