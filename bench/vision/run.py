@@ -161,7 +161,9 @@ def _heldout_clip(folder: Path, name: str, footage, codec: str, fps: float = 10.
     return clip, labels
 
 
-def run_quality(seeds: int, normal_hours: float, seconds: float, photos: str = "heldout") -> None:
+def run_quality(
+    seeds: int, normal_hours: float, seconds: float, photos: str = "heldout", first_seed: int | None = None
+) -> None:
     """F1, kind accuracy and time to detection on held-out footage; false alarms per camera-hour on
     hours of normal footage. Defaults only: no zones, no rules.
 
@@ -177,7 +179,7 @@ def run_quality(seeds: int, normal_hours: float, seconds: float, photos: str = "
     tune = photos == "tune"
     folder = ROOT / ".cache" / "bench-vision" / ("tune" if tune else "heldout")
     pool = footage_module.TUNE_PHOTOS if tune else footage_module.HELDOUT_PHOTOS
-    first = 200 if tune else 100
+    first = first_seed if first_seed is not None else (200 if tune else 100)
     clips = footage_module.suite(pool, range(first, first + seeds), seconds=seconds)
     results, ttd = [], {}
     for name, footage, codec in clips:
@@ -280,10 +282,13 @@ def main() -> None:
     parser.add_argument(
         "--photos", choices=("heldout", "tune"), default="heldout", help="--quality: held-out photos or tuning ones"
     )
+    parser.add_argument(
+        "--first-seed", type=int, default=None, help="--quality: first clip seed (default 100 held-out, 200 tuning)"
+    )
     parser.add_argument("--identical", type=int, default=0, metavar="FEEDS", help="events at FEEDS feeds == 1 feed?")
     args = parser.parse_args()
     if args.quality:
-        run_quality(args.seeds, args.normal_hours, args.clip_seconds, args.photos)
+        run_quality(args.seeds, args.normal_hours, args.clip_seconds, args.photos, args.first_seed)
         return
     if args.identical:
         run_identical(args.identical, args.clip_seconds)

@@ -70,6 +70,40 @@ def test_a_sudden_crowd_is_a_crowd_at_once_and_stays_one_until_it_leaves():
     assert max(after) < 0.5
 
 
+def _people(t: float, rng: np.random.Generator) -> int:
+    """Ordinary traffic counted: between 3 and 11 people in view, in and out over tens of seconds,
+    and a blob that splits or merges for a frame now and then."""
+    return max(0, round(7 + 4 * math.sin(2 * math.pi * t / 40.0) + rng.normal(0, 0.7)))
+
+
+def test_a_count_of_people_that_wanders_slowly_is_never_a_crowd():
+    rng = np.random.default_rng(5)
+    model = ActivityModel().fit([_frame(i / FPS, 0.03, _people(i / FPS, rng)) for i in range(round(6 * FPS))])
+    crowd = [
+        f.score
+        for i in range(round(6 * FPS), round(600 * FPS))
+        for f in model.score(_frame(i / FPS, 0.03 + rng.normal(0, 0.002), _people(i / FPS, rng)))
+        if f.kind == "crowd"
+    ]
+    assert max(crowd, default=0.0) < 1.0
+
+
+def test_a_crowd_far_from_the_camera_is_a_crowd_though_it_barely_adds_moving_area():
+    """Fourteen people arrive far away: the number of moving objects goes from 6 to 20 while the
+    moving area, which weighs people by their size in the image, rises by a third only."""
+    rng = np.random.default_rng(6)
+    model = _fitted(rng)
+    start, first = 130.0, None
+    for i in range(round(6 * FPS), round(140 * FPS)):
+        t = i / FPS
+        arrived = round(14 * min(1.0, (t - start) / 1.0)) if t >= start else 0
+        fg = _busy(t, rng) + 0.0008 * arrived
+        score = max((f.score for f in model.score(_frame(t, fg, 6 + arrived)) if f.kind == "crowd"), default=0.0)
+        if score >= 1.0 and first is None:
+            first = t
+    assert first is not None and start <= first <= start + 1.5, first
+
+
 def test_a_dimmer_light_is_not_a_covered_lens_but_a_hand_is():
     rng = np.random.default_rng(3)
     model = _fitted(rng)
@@ -131,3 +165,4 @@ def test_someone_who_walks_in_and_stands_is_found_standing_beside_the_stream():
     boxes = _stationary_boxes(stander=True)
     assert boxes, "the stander was never seen standing"
     assert all(y0 >= 0.6 for _, y0, _, _ in boxes), boxes  # the stander's row, not the queue's
+

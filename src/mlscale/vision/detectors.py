@@ -58,6 +58,7 @@ class ActivityModel:
         crowd_z: float = 3.0,
         crowd_ratio: float = 2.0,
         crowd_min_area: float = 0.02,
+        crowd_min_objects: float = 4.0,
         before: tuple[float, float] = (6.0, 2.0),
     ):
         # After the warm-up the normal counts follow the scene (the morning rush, an empty evening)
@@ -69,14 +70,17 @@ class ActivityModel:
         self.level_seconds = level_seconds
         # A crowd: the moving area rises above what the scene had a moment ago (``before``: the
         # median of t-6 s .. t-2 s) by ``crowd_z`` times the scene's own spread, to at least
-        # ``crowd_ratio`` times its usual level, and by ``crowd_min_area`` of the image at least.
+        # ``crowd_ratio`` times its usual level, and by ``crowd_min_area`` of the image at least;
+        # or the number of moving objects rises so, by ``crowd_min_objects`` at least.
         self.crowd_z = crowd_z
         self.crowd_ratio = crowd_ratio
         self.crowd_min_area = crowd_min_area
+        self.crowd_min_objects = crowd_min_objects
         self.before = before
         self._recent: deque[tuple[float, float, int]] = deque()
         self._levels: deque[tuple[float, float, int]] = deque()
-        self._crowd: tuple[float, float] | None = None  # (base, boundary) while a crowd is there
+        # ((area base, area boundary), (count base, count boundary)) while a crowd is there
+        self._crowd: tuple[tuple[float, float], tuple[float, float]] | None = None
 
     def fit(self, frames: Sequence[MotionFrame]) -> ActivityModel:
         if not frames:
@@ -142,7 +146,12 @@ class ActivityModel:
         return (1.0 - ratio) / 0.65
 
     def _crowd_score(self, frame: MotionFrame) -> float:
-        """How far the moving area stands above the scene's normal (1.0: a crowd).
+        """How far the scene stands above its normal number of people (1.0: a crowd).
+
+        Two measures, the larger wins: the moving area and the number of moving objects. Why both:
+        the area weighs people by their size in the image, so a crowd far from the camera barely
+        moves it next to a few walkers near it; the count weighs everyone alike, but people who
+        stand together merge into one blob. Each is judged the same way.
 
         Why a rise against the last seconds, measured in the scene's own spread: the number of
         people in view of a busy scene wanders (a few walkers near the camera at once double the
@@ -154,25 +163,36 @@ class ActivityModel:
         until most of it has gone: one crowd, one incident, and its people are not loiterers.
         """
         t = frame.t
-        now = float(np.median([fg for ti, fg, _ in self._recent if t - ti <= self.smooth_seconds + 1e-6]))
-        older = [fg for ti, fg, _ in self._recent if self.before[1] <= t - ti <= self.before[0]]
-        base = max(float(np.median(older)) if older else self.fg_level_, self.fg_level_)
-        spread = max(self.fg_level_ / math.sqrt(max(self.objects_level_, 1.0)), math.sqrt(self.fg_var_))
+        window = [(fg, n) for ti, fg, n in self._recent if t - ti <= self.smooth_seconds + 1e-6]
+        older = [(fg, n) for ti, fg, n in self._recent if self.before[1] <= t - ti <= self.before[0]]
+        now_area, now_count = (float(v) for v in np.median(np.array(window, float), axis=0))
+        if older:
+            before_area, before_count = (float(v) for v in np.median(np.array(older, float), axis=0))
+        else:
+            before_area, before_count = self.fg_level_, self.objects_level_
+        base_area, base_count = max(before_area, self.fg_level_), max(before_count, self.objects_level_)
+        objects = max(self.objects_level_, 1.0)
         # A level learned from a few seconds is itself uncertain: the people in view change about
         # once per crossing of the view at the usual speed, so seconds of footage hold few
         # independent looks at it. The spread is widened by that uncertainty (it fades as minutes
         # are seen): a warm-up that caught a quiet moment does not make ordinary traffic a crowd.
         renewal = 1.0 / max(self.speed_, 0.02) if self.speed_ is not None else 20.0
         seen = max(self._levels[-1][0] - self._levels[0][0], 1.0) if self._levels else 1.0
-        spread *= math.sqrt(1.0 + renewal / seen)
-        boundary = max(self.crowd_z * spread, self.crowd_ratio * self.fg_level_ - base, self.crowd_min_area)
-        crowd = (now - base) / boundary
+        widen = math.sqrt(1.0 + renewal / seen)
+        spread_area = max(self.fg_level_ / math.sqrt(objects), math.sqrt(self.fg_var_)) * widen
+        spread_count = math.sqrt(objects) * widen
+        bound_area = max(self.crowd_z * spread_area, self.crowd_ratio * self.fg_level_ - base_area, self.crowd_min_area)
+        bound_count = max(
+            self.crowd_z * spread_count, self.crowd_ratio * self.objects_level_ - base_count, self.crowd_min_objects
+        )
+        crowd = max((now_area - base_area) / bound_area, (now_count - base_count) / bound_count)
         if self._crowd is not None:
-            crowd = max(crowd, (now - self._crowd[0]) / self._crowd[1])
+            held_area, held_count = self._crowd
+            crowd = max(crowd, (now_area - held_area[0]) / held_area[1], (now_count - held_count[0]) / held_count[1])
             if crowd < 0.5:
                 self._crowd = None
         elif crowd >= 1.0:
-            self._crowd = (base, boundary)
+            self._crowd = ((base_area, bound_area), (base_count, bound_count))
         return crowd
 
     def score(self, frame: MotionFrame) -> list[Finding]:
