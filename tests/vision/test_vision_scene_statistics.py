@@ -9,6 +9,7 @@ import math
 
 import cv2
 import numpy as np
+import pytest
 
 from mlscale.vision.detectors import ActivityModel, RuleDetector
 from mlscale.vision.motion import MotionAnalyzer, MotionFrame, TrackView
@@ -166,3 +167,33 @@ def test_someone_who_walks_in_and_stands_is_found_standing_beside_the_stream():
     assert boxes, "the stander was never seen standing"
     assert all(y0 >= 0.6 for _, y0, _, _ in boxes), boxes  # the stander's row, not the queue's
 
+
+
+def _whitening_sky(seconds: float, white: int):
+    """160x120 grey frames at 5 fps: a textured ground under a pale sky with a white tower in it;
+    from 8 s the light rises by a fifth over 20 s, so the sky saturates too and the tower vanishes
+    into it. Saturation is at ``white`` (255; or 235, the white of limited-range video). Nothing
+    in the scene moves."""
+    rng = np.random.default_rng(7)
+    scene = np.clip(70 + cv2.GaussianBlur(rng.normal(0, 30, (120, 160)).astype(np.float32), (0, 0), 2), 0, 255)
+    scene[:40] = 0.845 * white  # the sky
+    scene[8:40, 118:128] = 0.93 * white  # the tower, brighter than the sky
+    for i in range(round(seconds * FPS)):
+        t = i / FPS
+        gain = 1.0 + 0.2 * min(1.0, max(0.0, (t - 8.0) / 20.0))
+        frame = np.minimum(scene * gain, white) + rng.normal(0, 1.5, scene.shape)
+        yield t, np.clip(frame, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("white", [255, 235])
+def test_a_tower_vanishing_into_a_saturating_sky_is_not_someone_standing_there(white: int):
+    """Gain normalization cannot undo a clipped pixel: the tower's pixels go the sky's white while
+    the background still holds the tower. Saturated pixels say nothing about what is there."""
+    analyzer = MotionAnalyzer((160, 120), history=1500, persistence_seconds=8.0 / math.log(5.0))
+    found = []
+    for t, frame in _whitening_sky(60.0, white):
+        motion = analyzer.update(frame, t)
+        if t >= 2.0 and analyzer.reference is None:
+            analyzer.set_reference()
+        found += [box for box, level in motion.stationary if level > 0.8]
+    assert found == []

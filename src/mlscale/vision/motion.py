@@ -14,6 +14,37 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+# Clipping (see _saturated): the brightest 0.5% of pixels set the top, and at least 2% of the image
+# lies within 3 grey levels of it.
+SATURATED_TOP = 0.005
+SATURATED_AREA = 0.02
+SATURATED_LEVELS = 3
+# A top below this is no sensor's white (limited-range video clips at 235, full range at 255).
+SATURATED_MIN = 225
+
+
+def _saturated(gray: np.ndarray) -> np.ndarray | None:
+    """Where the image is clipped at its white, or None when it is not.
+
+    Why: gain normalization undoes a change of light, but not for a clipped pixel. As the light
+    rises a pale tower fades into a sky that goes white; the background still holds the tower, so
+    its pixels stay "foreground" for minutes and read as someone standing there (a false
+    loitering seen on normal footage). A clipped pixel says nothing about what is there, so it is
+    no motion; a person in front of the sky is darker than it and is still seen.
+
+    Clipping shows as a spike at the top of the histogram: many pixels within a few levels of
+    the brightest plateau (the white of limited-range video is 235, not 255; a 3x3 median first,
+    so compression's isolated overshoots do not set the top). A scene that is merely bright has
+    its brightest pixels spread over many levels.
+    """
+    smooth = cv2.medianBlur(gray, 3)
+    counts = np.bincount(smooth.ravel(), minlength=256)
+    above = np.cumsum(counts[::-1])[::-1]  # above[v]: pixels at v or brighter
+    top = int(np.nonzero(above >= SATURATED_TOP * smooth.size)[0][-1])
+    if top < SATURATED_MIN or above[max(0, top - SATURATED_LEVELS)] < SATURATED_AREA * smooth.size:
+        return None
+    return smooth >= top - SATURATED_LEVELS
+
 
 @dataclass(frozen=True)
 class TrackView:
@@ -253,6 +284,9 @@ class MotionAnalyzer:
                     cv2.compare(normalized, cv2.add(high, 12), cv2.CMP_GT),
                 )
                 mask = cv2.bitwise_and(mask, outside)
+        saturated = _saturated(gray)
+        if saturated is not None:
+            mask[saturated] = 0
         if chroma is not None:
             # Relative to the brightness when the colour background was learned: a dark scene's
             # colour noise is not amplified, only a change of light undone.
