@@ -33,6 +33,34 @@ import httpx
 from run import free_port, write_project  # bench/soak/run.py: the same project as the kill -9 soak
 
 
+def session_processes(session: int) -> dict[int, str]:
+    """pid -> what it is (its command line's tail), for every process of a session."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.getsid(int(entry)) != session:
+                continue
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                words = cmdline.read().split(b"\0")
+            found[int(entry)] = " ".join(w.decode(errors="replace") for w in words if w)[-60:]
+        except (OSError, ProcessLookupError):
+            continue
+    return found
+
+
+def process_anon_mib(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def session_rss_mib(session: int, field: str = "VmRSS") -> float:
     """Sum of ``field`` (VmRSS; RssAnon: heap, RssFile: mapped files such as SQLite's memory map)
     over the processes of a session (the server and its workers)."""
@@ -116,10 +144,18 @@ def main() -> None:
             counts = [0, 0]
             samples: list[tuple[float, float]] = []
 
+            # Each process's own (anonymous) memory after the warm-up minute and at the end: which
+            # one grows, when the sum does.
+            per_process: dict[int, list] = {}
+
             async def run() -> None:
                 loader = asyncio.create_task(load(url, until, args.connections, counts))
                 while time.monotonic() < until:
-                    samples.append((time.monotonic() - started, session_rss_mib(server.pid)))
+                    elapsed = time.monotonic() - started
+                    samples.append((elapsed, session_rss_mib(server.pid)))
+                    if elapsed >= 60 and not per_process:
+                        for pid, name in session_processes(server.pid).items():
+                            per_process[pid] = [name, round(process_anon_mib(pid), 1), None]
                     await asyncio.sleep(10)
                 await loader
 
@@ -129,6 +165,8 @@ def main() -> None:
             # (the shared cache tier's SQLite file is read through a memory map; those pages count
             # in RSS, yet the kernel can drop them).
             split = {field: round(session_rss_mib(server.pid, field), 1) for field in ("RssAnon", "RssFile")}
+            for pid, entry in per_process.items():
+                entry[2] = round(process_anon_mib(pid), 1)
         finally:
             os.killpg(server.pid, 15)
             server.wait(30)
@@ -151,6 +189,7 @@ def main() -> None:
         "rss_anon_mib_end": split["RssAnon"],
         "rss_file_mib_end": split["RssFile"],
         "growth_mib_per_minute": round(slope, 2),
+        "anon_mib_per_process_after_warmup_and_end": list(per_process.values()),
         "samples": [(round(t), round(r, 1)) for t, r in samples],
     }
     print(json.dumps(report, indent=1))

@@ -73,3 +73,31 @@ def test_unknown_cache_setting_is_a_config_error_naming_it() -> None:
     with pytest.raises(ConfigError, match="ttl_seconds"):
         parse_settings({"cache": {"ttl_seconds": 3}})
     assert CacheSettings().enabled is False
+
+
+def test_a_sqlite_shared_tier_keeps_a_small_page_cache_per_thread(tmp_path) -> None:
+    """Every new answer is an insert at a random key, so each thread's SQLite page cache fills to
+    its limit as the file grows: the prediction cache's tier uses a small one, wherever it is used
+    from, while a feature store opened directly keeps its large one."""
+    import threading
+
+    from mlscale.cache.factory import L2_SQLITE_PAGE_CACHE_KIB
+    from mlscale.storage import open_store
+
+    caches = Caches(CacheSettings(l2="sqlite:///cache.db"), root=tmp_path)
+    store = caches.store("sqlite:///cache.db")
+    sizes = []
+
+    def page_cache_kib() -> None:
+        store.set_many({threading.current_thread().name.encode(): b"v"}, ttl=60)
+        sizes.append(-store._connection().execute("PRAGMA cache_size").fetchone()[0])
+
+    page_cache_kib()
+    worker = threading.Thread(target=page_cache_kib)
+    worker.start()
+    worker.join()
+    assert sizes == [L2_SQLITE_PAGE_CACHE_KIB, L2_SQLITE_PAGE_CACHE_KIB]
+    features = open_store("sqlite:///features.db", root=tmp_path)
+    assert -features._connection().execute("PRAGMA cache_size").fetchone()[0] > L2_SQLITE_PAGE_CACHE_KIB
+    caches.close()
+    features.close()

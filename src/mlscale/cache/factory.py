@@ -9,6 +9,13 @@ from mlscale.cache.settings import CacheSettings, ModelCacheSettings
 from mlscale.cache.tiered import PredictionCache
 from mlscale.storage import KeyValue, open_store
 
+# SQLite's page cache per connection of a prediction cache's shared tier. Why less than a feature
+# store's 64 MiB: every new answer is an insert at a random key, so each writing thread's page cache
+# fills up to its limit as the file grows (a long-running server's memory grew ~10 MiB a minute
+# with several threads at 64 MiB each), while reads go through the memory map and the in-process
+# tier answers the hot keys.
+L2_SQLITE_PAGE_CACHE_KIB = 8 * 1024
+
 
 class Caches:
     """The caches of one worker process: ``caches.for_model("iris")`` -> PredictionCache or None."""
@@ -22,7 +29,9 @@ class Caches:
     def store(self, url: str) -> KeyValue:
         """The L2 store for ``url``, opened once."""
         if url not in self._stores:
-            self._stores[url] = open_store(url, root=self.root, timeout=self.settings.l2_timeout)
+            self._stores[url] = open_store(
+                url, root=self.root, timeout=self.settings.l2_timeout, sqlite_page_cache_kib=L2_SQLITE_PAGE_CACHE_KIB
+            )
         return self._stores[url]
 
     def for_model(self, name: str, override: ModelCacheSettings | None = None) -> PredictionCache | None:

@@ -36,8 +36,11 @@ def parse_spec(spec: str | Sequence[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def open_url(url: str, *, root: Path | str | None = None, timeout: float = 1.0) -> KeyValue:
-    """One backend from its URL."""
+def open_url(
+    url: str, *, root: Path | str | None = None, timeout: float = 1.0, sqlite_page_cache_kib: int | None = None
+) -> KeyValue:
+    """One backend from its URL (``sqlite_page_cache_kib``: SQLite's page cache per connection, when
+    not the store's default)."""
     scheme = urlsplit(url).scheme.lower()
     if scheme == "memory":
         return MemoryKeyValue()
@@ -51,6 +54,8 @@ def open_url(url: str, *, root: Path | str | None = None, timeout: float = 1.0) 
         file = Path(path).expanduser()
         if not file.is_absolute() and root is not None:
             file = Path(root) / file
+        if sqlite_page_cache_kib is not None:
+            return SQLiteKeyValue(file, timeout=max(timeout, 5.0), page_cache_kib=sqlite_page_cache_kib)
         return SQLiteKeyValue(file, timeout=max(timeout, 5.0))
     if scheme in ("redis", "rediss", "unix"):
         from mlscale.storage.redis_store import RedisKeyValue
@@ -70,6 +75,7 @@ def open_store(
     timeout: float | None = None,
     replicas: int | None = None,
     vnodes: int | None = None,
+    sqlite_page_cache_kib: int | None = None,
 ) -> KeyValue:
     """A KeyValue for ``spec``; several URLs give a ShardedKeyValue over them.
 
@@ -84,7 +90,7 @@ def open_store(
     timeout = 1.0 if timeout is None else timeout
     pairs = parse_spec(spec)
     if len(pairs) == 1 and replicas in (None, 1):
-        return open_url(pairs[0][1], root=root, timeout=timeout)
+        return open_url(pairs[0][1], root=root, timeout=timeout, sqlite_page_cache_kib=sqlite_page_cache_kib)
     from mlscale.storage.sharded import ShardedKeyValue
 
     if (replicas or 1) < 1 or (vnodes or 1) < 1:
@@ -92,7 +98,7 @@ def open_store(
     shards: dict[str, KeyValue] = {}
     try:
         for name, url in pairs:
-            shards[name] = open_url(url, root=root, timeout=timeout)
+            shards[name] = open_url(url, root=root, timeout=timeout, sqlite_page_cache_kib=sqlite_page_cache_kib)
     except BaseException:
         for store in shards.values():
             store.close()

@@ -93,9 +93,12 @@ def _add_version_column(conn: sqlite3.Connection) -> None:
 class SQLiteKeyValue(KeyValue):
     """A table ``kv(key, value, expires)`` in one SQLite file (or ``:memory:``)."""
 
-    def __init__(self, path: str | Path, *, timeout: float = 5.0) -> None:
+    def __init__(self, path: str | Path, *, timeout: float = 5.0, page_cache_kib: int = _CACHE_KIB) -> None:
         self.path = str(path)
         self.timeout = timeout
+        # Per connection, and a store has one connection per thread that uses it: the memory bound
+        # is this times those threads (the event loop and the default executor's, up to 6 on 2 cores).
+        self.page_cache_kib = page_cache_kib
         self._memory = self.path == ":memory:"
         if not self._memory:
             try:
@@ -115,7 +118,7 @@ class SQLiteKeyValue(KeyValue):
             conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
+            conn.execute(f"PRAGMA cache_size=-{self.page_cache_kib}")
             conn.execute(f"PRAGMA mmap_size={_MMAP_BYTES}")
             conn.executescript(_SCHEMA)
             _add_version_column(conn)
