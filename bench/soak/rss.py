@@ -10,6 +10,7 @@ does not fall with the run's length; a bounded cache and rolled log files show a
     PYTHONPATH=src .venv/bin/python bench/soak/rss.py --minutes 10
     PYTHONPATH=src .venv/bin/python bench/soak/rss.py --minutes 10 --cache off   # the cache's share
     PYTHONPATH=src .venv/bin/python bench/soak/rss.py --minutes 10 --l1-mib 8   # the cache full early
+    PYTHONPATH=src .venv/bin/python bench/soak/rss.py --minutes 10 --l1-mib 8 --l2 off   # no SQLite tier
     PYTHONPATH=src .venv/bin/python bench/soak/rss.py --minutes 1     # a smoke run
 
 With a small L1 (``--l1-mib``) the cache reaches its bound in the first minutes, so what still grows
@@ -108,6 +109,9 @@ def main() -> None:
     parser.add_argument(
         "--l1-mib", type=int, default=None, help="the in-process cache bound per worker (default: the server's 64)"
     )
+    parser.add_argument(
+        "--l2", choices=("on", "off"), default="on", help="off: no shared SQLite tier (finds its share)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mlscale-rss-") as tmp:
         root = Path(tmp)
@@ -117,6 +121,8 @@ def main() -> None:
             model_toml.write_text(
                 model_toml.read_text().replace("[cache]\nenabled = true\n", "[cache]\nenabled = false\n")
             )
+        if args.l2 == "off":
+            config.write_text(config.read_text().replace('l2 = "sqlite:///cache.db"\n', "", 1))
         if args.l1_mib is not None:
             config.write_text(
                 config.read_text().replace("[cache]\n", f"[cache]\nl1_max_bytes = {args.l1_mib * 1024 * 1024}\n", 1)
@@ -181,6 +187,7 @@ def main() -> None:
         "workers": args.workers,
         "cache": args.cache,
         "l1_mib": args.l1_mib,
+        "l2": args.l2,
         "requests_ok": counts[0],
         "requests_failed": counts[1],
         "rss_mib_after_warmup": round(after[0][1], 1),
