@@ -101,3 +101,22 @@ def test_a_sqlite_shared_tier_keeps_a_small_page_cache_per_thread(tmp_path) -> N
     assert -features._connection().execute("PRAGMA cache_size").fetchone()[0] > L2_SQLITE_PAGE_CACHE_KIB
     caches.close()
     features.close()
+
+
+def test_a_thread_that_ends_takes_its_sqlite_connection_with_it(tmp_path) -> None:
+    """One connection per thread, closed when the thread ends: a caller whose threads come and go
+    does not pile up connections, each holding its page cache, for the store's lifetime."""
+    import gc
+    import threading
+
+    from mlscale.storage import open_store
+
+    store = open_store("sqlite:///kv.db", root=tmp_path)
+    for i in range(20):
+        worker = threading.Thread(target=store.set_many, args=({b"k%d" % i: b"v"},), kwargs={"ttl": 60})
+        worker.start()
+        worker.join()
+    gc.collect()
+    assert len(store._connections) == 1  # the constructor's thread's, which is still running
+    assert store.get_many([b"k%d" % i for i in range(20)]) == [b"v"] * 20
+    store.close()

@@ -11,6 +11,7 @@ import asyncio
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import repeat
 from pathlib import Path
@@ -90,6 +91,15 @@ def _add_version_column(conn: sqlite3.Connection) -> None:
             raise
 
 
+class _ThreadConnection:
+    """One thread's connection, held in a thread-local so its end can be noticed."""
+
+    __slots__ = ("__weakref__", "conn")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+
 class SQLiteKeyValue(KeyValue):
     """A table ``kv(key, value, expires)`` in one SQLite file (or ``:memory:``)."""
 
@@ -131,10 +141,20 @@ class SQLiteKeyValue(KeyValue):
     def _connection(self) -> sqlite3.Connection:
         if self._shared is not None:
             return self._shared
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = self._open()
-        return conn
+        holder = getattr(self._local, "holder", None)
+        if holder is None:
+            holder = self._local.holder = _ThreadConnection(self._open())
+            # A thread that ends drops its thread-local holder: its connection (and the page cache
+            # it holds) is closed then, not kept for the store's lifetime. Threads come and go in
+            # some callers; each one left a connection behind before.
+            weakref.finalize(holder, self._forget, holder.conn)
+        return holder.conn
+
+    def _forget(self, conn: sqlite3.Connection) -> None:
+        with self._lock:
+            if conn in self._connections:
+                self._connections.remove(conn)
+                conn.close()
 
     def _run(self, fn):  # type: ignore[no-untyped-def]
         """Call ``fn(conn)``; a locked or broken database becomes ServiceUnavailable."""
