@@ -34,51 +34,47 @@ import httpx
 from run import free_port, write_project  # bench/soak/run.py: the same project as the kill -9 soak
 
 
-def session_processes(session: int) -> dict[int, str]:
-    """pid -> what it is (its command line's tail), for every process of a session."""
-    found = {}
+def session_pids(session: int) -> list[int]:
+    """The processes of a session (the server and its workers)."""
+    pids = []
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
         try:
-            if os.getsid(int(entry)) != session:
-                continue
-            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
-                words = cmdline.read().split(b"\0")
-            found[int(entry)] = " ".join(w.decode(errors="replace") for w in words if w)[-60:]
+            if entry.isdigit() and os.getsid(int(entry)) == session:
+                pids.append(int(entry))
         except (OSError, ProcessLookupError):
             continue
-    return found
+    return pids
 
 
-def process_anon_mib(pid: int) -> float:
+def status_mib(pid: int, field: str) -> float:
+    """One ``/proc/<pid>/status`` field in MiB (0 once the process is gone)."""
     try:
         with open(f"/proc/{pid}/status") as status:
             for line in status:
-                if line.startswith("RssAnon:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
     return 0.0
 
 
+def session_processes(session: int) -> dict[int, str]:
+    """pid -> what it is (its command line's tail), for every process of a session."""
+    found = {}
+    for pid in session_pids(session):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                words = cmdline.read().split(b"\0")
+        except OSError:
+            continue
+        found[pid] = " ".join(w.decode(errors="replace") for w in words if w)[-60:]
+    return found
+
+
 def session_rss_mib(session: int, field: str = "VmRSS") -> float:
     """Sum of ``field`` (VmRSS; RssAnon: heap, RssFile: mapped files such as SQLite's memory map)
     over the processes of a session (the server and its workers)."""
-    total_kib = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            if os.getsid(int(entry)) != session:
-                continue
-            with open(f"/proc/{entry}/status") as status:
-                for line in status:
-                    if line.startswith(field + ":"):
-                        total_kib += int(line.split()[1])
-        except (OSError, ProcessLookupError):
-            continue
-    return total_kib / 1024
+    return sum(status_mib(pid, field) for pid in session_pids(session))
 
 
 async def load(url: str, until: float, connections: int, counts: list[int]) -> None:
@@ -161,7 +157,7 @@ def main() -> None:
                     samples.append((elapsed, session_rss_mib(server.pid)))
                     if elapsed >= 60 and not per_process:
                         for pid, name in session_processes(server.pid).items():
-                            per_process[pid] = [name, round(process_anon_mib(pid), 1), None]
+                            per_process[pid] = [name, round(status_mib(pid, "RssAnon"), 1), None]
                     await asyncio.sleep(10)
                 await loader
 
@@ -172,7 +168,7 @@ def main() -> None:
             # in RSS, yet the kernel can drop them).
             split = {field: round(session_rss_mib(server.pid, field), 1) for field in ("RssAnon", "RssFile")}
             for pid, entry in per_process.items():
-                entry[2] = round(process_anon_mib(pid), 1)
+                entry[2] = round(status_mib(pid, "RssAnon"), 1)
         finally:
             os.killpg(server.pid, 15)
             server.wait(30)

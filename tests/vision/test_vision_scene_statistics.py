@@ -147,10 +147,11 @@ def _street(seconds: float, stander: bool):
         yield t, np.clip(frame, 0, 255).astype(np.uint8)
 
 
-def _stationary_boxes(stander: bool) -> list:
+def _stationary_boxes(frames) -> list:
+    """Regions a MotionAnalyzer finds standing (persistence over 0.8) in ``(t, frame)`` pairs."""
     analyzer = MotionAnalyzer((160, 120), history=1500, persistence_seconds=8.0 / math.log(5.0))
     found = []
-    for t, frame in _street(28.0, stander):
+    for t, frame in frames:
         motion = analyzer.update(frame, t)
         if t >= 2.0 and analyzer.reference is None:
             analyzer.set_reference()
@@ -159,14 +160,13 @@ def _stationary_boxes(stander: bool) -> list:
 
 
 def test_a_stream_of_passers_by_over_the_same_pixels_is_not_someone_standing_there():
-    assert _stationary_boxes(stander=False) == []
+    assert _stationary_boxes(_street(28.0, stander=False)) == []
 
 
 def test_someone_who_walks_in_and_stands_is_found_standing_beside_the_stream():
-    boxes = _stationary_boxes(stander=True)
+    boxes = _stationary_boxes(_street(28.0, stander=True))
     assert boxes, "the stander was never seen standing"
     assert all(y0 >= 0.6 for _, y0, _, _ in boxes), boxes  # the stander's row, not the queue's
-
 
 
 def _whitening_sky(seconds: float, white: int):
@@ -189,11 +189,4 @@ def _whitening_sky(seconds: float, white: int):
 def test_a_tower_vanishing_into_a_saturating_sky_is_not_someone_standing_there(white: int):
     """Gain normalization cannot undo a clipped pixel: the tower's pixels go the sky's white while
     the background still holds the tower. Saturated pixels say nothing about what is there."""
-    analyzer = MotionAnalyzer((160, 120), history=1500, persistence_seconds=8.0 / math.log(5.0))
-    found = []
-    for t, frame in _whitening_sky(60.0, white):
-        motion = analyzer.update(frame, t)
-        if t >= 2.0 and analyzer.reference is None:
-            analyzer.set_reference()
-        found += [box for box, level in motion.stationary if level > 0.8]
-    assert found == []
+    assert _stationary_boxes(_whitening_sky(60.0, white)) == []

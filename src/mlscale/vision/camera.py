@@ -90,8 +90,8 @@ class CameraDetector:
         self._debouncer = _Debouncer(feed.rules.threshold, confirm, cooldown)
         # The crowd fires as its measure crosses: that measure is already a median of the last
         # 0.6 s (two frames of three above), and waiting longer only made crowds seen later (on
-        # 48 tuning crowd clips, median 1.7 s -> 1.3 s, with no false crowd in 2.8 hours of
-        # normal footage). Every other kind is confirmed over ``confirm``.
+        # 48 tuning crowd clips, median 1.7 s -> 1.3 s; the false crowds the crowd measure still
+        # raises are in docs/benchmarks.md). Every other kind is confirmed over ``confirm``.
         self._confirm: dict[str, float] = {"crowd": 0.0}
         self._restart(None)
 
