@@ -38,7 +38,9 @@ def _saturated(gray: np.ndarray) -> np.ndarray | None:
     its brightest pixels spread over many levels.
     """
     smooth = cv2.medianBlur(gray, 3)
-    counts = np.bincount(smooth.ravel(), minlength=256)
+    if int(smooth.max()) < SATURATED_MIN:
+        return None  # most frames: nothing near a white at all (the check costs ~15 us, the rest ~25)
+    counts = cv2.calcHist([smooth], [0], None, [256], [0, 256]).ravel()
     above = np.cumsum(counts[::-1])[::-1]  # above[v]: pixels at v or brighter
     top = int(np.nonzero(above >= SATURATED_TOP * smooth.size)[0][-1])
     if top < SATURATED_MIN or above[max(0, top - SATURATED_LEVELS)] < SATURATED_AREA * smooth.size:
