@@ -54,9 +54,7 @@ def open_url(
         file = Path(path).expanduser()
         if not file.is_absolute() and root is not None:
             file = Path(root) / file
-        if sqlite_page_cache_kib is not None:
-            return SQLiteKeyValue(file, timeout=max(timeout, 5.0), page_cache_kib=sqlite_page_cache_kib)
-        return SQLiteKeyValue(file, timeout=max(timeout, 5.0))
+        return SQLiteKeyValue(file, timeout=max(timeout, 5.0), page_cache_kib=sqlite_page_cache_kib)
     if scheme in ("redis", "rediss", "unix"):
         from mlscale.storage.redis_store import RedisKeyValue
 

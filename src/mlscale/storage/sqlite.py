@@ -103,12 +103,12 @@ class _ThreadConnection:
 class SQLiteKeyValue(KeyValue):
     """A table ``kv(key, value, expires)`` in one SQLite file (or ``:memory:``)."""
 
-    def __init__(self, path: str | Path, *, timeout: float = 5.0, page_cache_kib: int = _CACHE_KIB) -> None:
+    def __init__(self, path: str | Path, *, timeout: float = 5.0, page_cache_kib: int | None = None) -> None:
         self.path = str(path)
         self.timeout = timeout
         # Per connection, and a store has one connection per thread that uses it: the memory bound
         # is this times those threads (the event loop and the default executor's, up to 6 on 2 cores).
-        self.page_cache_kib = page_cache_kib
+        self.page_cache_kib = _CACHE_KIB if page_cache_kib is None else page_cache_kib
         self._memory = self.path == ":memory:"
         if not self._memory:
             try:
