@@ -145,3 +145,46 @@ def test_close_finishes_queued_requests():
 
     results = run(scenario())
     assert [float(r["y"][0, 0]) for r in results] == [i * 2.0 + 1.0 for i in range(5)]
+
+
+def test_a_request_still_reading_its_body_when_the_version_starts_unloading_is_served():
+    """A request let in while another's batch ran, whose body arrives after the queue emptied and
+    the version began to close (an alias moved), is still answered: its room was not forgotten."""
+    model = RecordingModel(pause=0)
+
+    async def scenario():
+        batcher = AdaptiveBatcher(model, max_batch_size=4)
+        await batcher.admit()  # A
+        await batcher.admit()  # B, still reading its body
+        first = await batcher.submit({"x": np.full((1, 1), 1.0)}, admitted=True)
+        for _ in range(5):  # the runner goes round on the empty queue
+            await asyncio.sleep(0)
+        closing = asyncio.ensure_future(batcher.close())
+        await asyncio.sleep(0)
+        second = await batcher.submit({"x": np.full((1, 1), 2.0)}, admitted=True)
+        await closing
+        return first, second
+
+    first, second = run(scenario())
+    assert float(first["y"][0, 0]) == 3.0 and float(second["y"][0, 0]) == 5.0
+
+
+def test_a_request_cancelled_after_being_let_in_gives_its_room_back():
+    """A client that leaves just as it is let in through the door must not keep a place for good."""
+    model = RecordingModel(pause=0)
+
+    async def scenario():
+        batcher = AdaptiveBatcher(model, max_batch_size=1, admission=QueueDelayAdmission(max_wait=5))
+        await batcher.admit()  # takes the one place
+        waiting = asyncio.ensure_future(batcher.admit())
+        await asyncio.sleep(0)
+        batcher.release()  # the place frees: the waiter is let in ...
+        waiting.cancel()  # ... and cancelled before it runs again
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        # The place is free again: a new request gets in at once.
+        await asyncio.wait_for(batcher.admit(), 1)
+        batcher.release()
+        await batcher.close()
+
+    run(scenario())

@@ -180,7 +180,14 @@ class AdaptiveBatcher:
             wait, expired = max(0.0, deadline - time.monotonic()), True
         timer = loop.call_later(wait, _expire, future)
         try:
-            await future
+            try:
+                await future
+            except asyncio.CancelledError:
+                # Cancelled (the client left) after being let in: give the room back, or it stays
+                # taken for as long as the version is loaded.
+                if future.done() and not future.cancelled() and future.exception() is None:
+                    self.release(tenant)
+                raise
             if tracing.enabled:
                 waited = (self._clock() - arrived) * 1000
                 tracing.event("waited for room in the queue", {"mlscale.admission.wait_ms": waited})
@@ -266,17 +273,19 @@ class AdaptiveBatcher:
         ``tenant``: whose share of the queue it counts in."""
         if not admitted:
             await self.admit(deadline, tenant)
-        elif self._closing and self._let_in <= 0:
+        # The request's room passes from "let in" to the queue (or is given back on a refusal).
+        self._let_in = max(0, self._let_in - 1)
+        if tenant in self._tenant_let_in:
+            _add(self._tenant_let_in, tenant, -1)
+        if self._closing and self._runner.done():
             raise Overloaded("the model version is being unloaded")
         if len(self._pending) >= self.max_queue_size:  # the hard bound, whatever the estimate says
             self._shed("queue_full")
+            self._open_door()
             raise Overloaded(
                 f"the model's queue is full ({self.max_queue_size} requests waiting)",
                 retry_after=self.admission.retry_after(self._queued_rows),
             )
-        self._let_in = max(0, self._let_in - 1)
-        if tenant in self._tenant_let_in:
-            _add(self._tenant_let_in, tenant, -1)
         signature = _signature(inputs, outputs)
         rows = next(iter(inputs.values())).shape[0] if signature is not None else 0
         if signature is not None and any(a.shape[0] != rows for a in inputs.values()):
@@ -327,8 +336,9 @@ class AdaptiveBatcher:
                     except TimeoutError:
                         return
                     continue
-                self._let_in = 0
-                self._tenant_let_in.clear()
+                # Requests let in but still reading their bodies keep their room: each one either
+                # submits or releases (inference.py), so the count is exact. (Zeroing it here once
+                # lost a request that finished reading its body while the version was unloading.)
                 self._open_door()
                 self._wakeup.clear()
                 await self._wakeup.wait()
