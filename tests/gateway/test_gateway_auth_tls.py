@@ -223,3 +223,22 @@ def test_a_terminating_gateway_does_not_pass_the_key_on(tmp_path):
 
     assert asyncio.run(run()) == [200, 401]
     assert len(seen) == 1 and "authorization" not in seen[0] and seen[0]["x-trace"] == "t1"
+
+
+def test_an_https_server_stops_at_once_while_a_client_holds_an_idle_connection(tmp_path):
+    """A gateway keeps pooled keep-alive connections to its replicas; closing one over TLS waits
+    (30 s) for a close_notify the idle client never sends. The server must not wait on them."""
+    certs = make_certs(tmp_path / "ca")
+    config = tmp_path / "replica.toml"
+    config.write_text(f'[tls]\ncertfile = "{certs.cert}"\nkeyfile = "{certs.key}"\n')
+    server = HttpsServer(build_test_repository(tmp_path / "models"), config, certs.ca)
+    try:
+        with httpx.Client(verify=server.ca, timeout=10) as client:
+            assert client.post(server.url + "/v2/models/iris/infer", json=ROW).status_code == 200
+            started = time.monotonic()
+            server.stop()  # SIGTERM while the pooled connection is still open
+            stopped = time.monotonic() - started
+            assert server.process.poll() is not None
+        assert stopped < 10, f"the server took {stopped:.1f} s to stop (graceful timeout 30 s)"
+    finally:
+        server.stop()

@@ -68,3 +68,15 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         body = b'{"error": "the request headers did not arrive within %g s"}' % self.header_timeout
         self.transport.write(_RESPONSE_408 % (len(body), body))
         self.transport.close()
+
+    def shutdown(self) -> None:
+        """Graceful shutdown, without waiting on idle TLS clients: closing a TLS connection sends a
+        close_notify and waits (30 s in asyncio and uvloop) for the client's, which a client holding
+        an idle keep-alive connection in its pool does not send until it next uses it. So the server
+        took 30 s to stop while a gateway kept a pooled connection to it. An idle connection has
+        nothing in flight and nothing left to write: dropping it loses nothing."""
+        idle = self.cycle is None or self.cycle.response_complete
+        super().shutdown()
+        transport = self.transport
+        if idle and transport.get_extra_info("ssl_object") is not None and transport.get_write_buffer_size() == 0:
+            transport.abort()
