@@ -162,7 +162,12 @@ def _heldout_clip(folder: Path, name: str, footage, codec: str, fps: float = 10.
 
 
 def run_quality(
-    seeds: int, normal_hours: float, seconds: float, photos: str = "heldout", first_seed: int | None = None
+    seeds: int,
+    normal_hours: float,
+    seconds: float,
+    photos: str = "heldout",
+    first_seed: int | None = None,
+    normal_first_seed: int | None = None,
 ) -> None:
     """F1, kind accuracy and time to detection on held-out footage; false alarms per camera-hour on
     hours of normal footage. Defaults only: no zones, no rules.
@@ -207,7 +212,7 @@ def run_quality(
         minutes = 15.0
         count = max(1, round(normal_hours * 60 / minutes))
         alarms, hours = 0, 0.0
-        base = 6000 if tune else 5000
+        base = normal_first_seed if normal_first_seed is not None else (6000 if tune else 5000)
         for i in range(count):
             photo = pool[i % len(pool)]
             footage = footage_module.Footage(photo, base + i, "normal", minutes * 60)
@@ -285,10 +290,15 @@ def main() -> None:
     parser.add_argument(
         "--first-seed", type=int, default=None, help="--quality: first clip seed (default 100 held-out, 200 tuning)"
     )
+    parser.add_argument(
+        "--normal-first-seed", type=int, default=None, help="--quality: first normal seed (default 5000, 6000)"
+    )
     parser.add_argument("--identical", type=int, default=0, metavar="FEEDS", help="events at FEEDS feeds == 1 feed?")
     args = parser.parse_args()
     if args.quality:
-        run_quality(args.seeds, args.normal_hours, args.clip_seconds, args.photos, args.first_seed)
+        run_quality(
+            args.seeds, args.normal_hours, args.clip_seconds, args.photos, args.first_seed, args.normal_first_seed
+        )
         return
     if args.identical:
         run_identical(args.identical, args.clip_seconds)
