@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
+from mlscale.vision.camera import _Debouncer
 from mlscale.vision.detectors import ActivityModel, RuleDetector
 from mlscale.vision.motion import MotionAnalyzer, MotionFrame, TrackView
 from mlscale.vision.settings import RuleSettings
@@ -122,6 +123,46 @@ def test_only_someone_who_arrived_and_stayed_is_loitering():
     stayer = TrackView(2, age=14.0, **still)
     assert [f.kind for f in rules.score(MotionFrame(30.0, 0.01, 50.0, 120.0, (speck,)))] == []
     assert [f.kind for f in rules.score(MotionFrame(30.0, 0.01, 50.0, 120.0, (stayer,)))] == ["loitering"]
+
+
+def test_someone_half_out_of_the_frame_is_not_loitering():
+    """A walker leaving the view shrinks in place at its edge: its centre barely moves."""
+    rules = RuleDetector(rules=RuleSettings(loiter_seconds=8.0))
+    edge = TrackView(3, (0.95, 0.5, 1.0, 0.6), (0.975, 0.55), (0.0, 0.0), 14.0, 50, 9.0)
+    assert [f.kind for f in rules.score(MotionFrame(30.0, 0.01, 50.0, 120.0, (edge,)))] == []
+
+
+def _tracked(track: int, path, t: float) -> TrackView:
+    """A track at ``t`` on ``path`` (t -> x), as the analyzer reports it: velocity over 0.8 s,
+    travel over 1.5 s."""
+    x = path(t)
+    velocity, travel = ((x - path(t - 0.8)) / 0.8, 0.0), (x - path(t - 1.5), 0.0)
+    return TrackView(track, (x - 0.02, 0.5, x + 0.02, 0.6), (x, 0.55), velocity, 5.0, 25, 0.0, travel)
+
+
+def _wrong_way_events(path, start: float, seconds: float) -> list[float]:
+    """When a camera would raise wrong_way (findings confirmed over 0.4 s, as CameraDetector
+    does) for a track on ``path`` among walkers going right at 0.08/s."""
+    model = ActivityModel().fit([_frame(i / FPS, 0.03) for i in range(round(6 * FPS))])
+    assert model.flow_ is not None and model.flow_[0] > 0.9
+    debouncer = _Debouncer(threshold=1.0, confirm=0.4, cooldown=10.0)
+    fired = []
+    for i in range(round(6 * FPS), round((start + seconds) * FPS)):
+        t = i / FPS
+        tracks = tuple(_walker(k, t) for k in range(6))
+        if t >= start:
+            tracks += (_tracked(99, path, t),)
+        findings = [f for f in model.score(MotionFrame(t, 0.03, 50.0, 120.0, tracks)) if f.kind == "wrong_way"]
+        fired += [t for _ in debouncer.update(t, findings)]
+    return fired
+
+
+def test_a_runner_against_the_flow_goes_the_wrong_way_but_a_track_that_jumps_back_once_does_not():
+    runner = _wrong_way_events(lambda t: 0.8 - 0.25 * (t - 20.0), 20.0, 2.5)
+    assert runner and runner[0] <= 21.5, runner
+    # A walker going right whose track passes, at t = 22, to another walker 0.2 behind it (the
+    # two had merged into one blob): the centre jumps back once, both go with the flow.
+    assert _wrong_way_events(lambda t: 0.4 + 0.08 * (t - 20.0) - (0.2 if t >= 22.0 else 0.0), 20.0, 4.0) == []
 
 
 def _street(seconds: float, stander: bool):

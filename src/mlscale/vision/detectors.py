@@ -38,6 +38,10 @@ def _moving(tracks: Sequence[TrackView], min_hits: int = 3) -> list[TrackView]:
     return [tr for tr in tracks if tr.hits >= min_hits and tr.velocity is not None]
 
 
+# Seconds of a track's path that tell which way it goes lately (see ActivityModel._lately_back).
+RECENT_PATH = 0.4
+
+
 class ActivityModel:
     """Per-camera model of normal activity, learned from warm-up frames and kept up to date after.
 
@@ -78,6 +82,8 @@ class ActivityModel:
         self.crowd_min_objects = crowd_min_objects
         self.before = before
         self._recent: deque[tuple[float, float, int]] = deque()
+        # Each track's last centres (t, x, y), over ``RECENT_PATH`` seconds: which way it went lately.
+        self._paths: dict[int, deque[tuple[float, float, float]]] = {}
         self._levels: deque[tuple[float, float, int]] = deque()
         # ((area base, area boundary), (count base, count boundary)) while a crowd is there
         self._crowd: tuple[tuple[float, float], tuple[float, float]] | None = None
@@ -195,6 +201,31 @@ class ActivityModel:
             self._crowd = ((base_area, bound_area), (base_count, bound_count))
         return crowd
 
+    def _follow(self, frame: MotionFrame) -> None:
+        """Add each track's centre to its recent path; forget the tracks that are gone."""
+        paths = {}
+        for tr in frame.tracks:
+            path = self._paths.get(tr.id) or deque()
+            path.append((frame.t, *tr.center))
+            while frame.t - path[0][0] > RECENT_PATH + 1e-6:
+                path.popleft()
+            paths[tr.id] = path
+        self._paths = paths
+
+    def _lately_back(self, track: int, usual: float) -> float:
+        """How far (frame widths) the track went against the flow over the last ``RECENT_PATH``
+        seconds, less a quarter of the usual walking distance in that time (positive: it still goes
+        against the flow). Why: the velocity is measured over 0.8 s, and when a track passes from
+        one walker to another merged with it, its centre jumps back once and the velocity points
+        against the flow for 0.8 s although both walkers go with it; over the last 0.4 s only the
+        new walker's own way shows. A runner goes against the flow in every part of its path."""
+        path = self._paths.get(track)
+        if not path or path[-1][0] - path[0][0] < 0.5 * RECENT_PATH:
+            return 0.0
+        (t0, x0, y0), (t1, x1, y1) = path[0], path[-1]
+        back = -((x1 - x0) * self.flow_[0] + (y1 - y0) * self.flow_[1])
+        return back - 0.25 * usual * (t1 - t0)
+
     def score(self, frame: MotionFrame) -> list[Finding]:
         findings = []
         covered = self._covered(frame)
@@ -222,6 +253,7 @@ class ActivityModel:
             findings.append(Finding("crowd", crowd))
         if covered > 0.3 or frame.fg_fraction > 0.45:
             return findings  # something is coming over the lens, or the whole view changed: no one walks
+        self._follow(frame)
         for tr in _moving(frame.tracks, 3):
             speed = math.hypot(*tr.velocity)
             usual = self.speed_ if self.speed_ is not None else 0.1
@@ -237,7 +269,12 @@ class ActivityModel:
                 # Against the flow now, and has gone a good way against it: a blob that merges with
                 # a passer-by makes its centre jump back for a moment, and that is no one.
                 back = -(tr.travel[0] * self.flow_[0] + tr.travel[1] * self.flow_[1])
-                if cos < -0.5 and back > 0.05 and back > 0.5 * usual * min(max(tr.age, 0.2), 1.5):
+                if (
+                    cos < -0.5
+                    and back > 0.05
+                    and back > 0.5 * usual * min(max(tr.age, 0.2), 1.5)
+                    and self._lately_back(tr.id, usual) > 0.0
+                ):
                     # Walking straight against the flow scores 1.0; running against it, more.
                     findings.append(Finding("wrong_way", -cos * (0.6 + 0.4 * speed / usual), tr.box))
             # Someone merely faster than usual along the flow is not an anomaly by itself (a
@@ -268,8 +305,11 @@ class RuleDetector:
             # that flickers in one place from the moment it appears (a glint, a compression
             # artefact on a textured wall) has stayed since birth, and that is no one.
             arrived = tr.age >= tr.dwell + 1.0
+            # Half out of the frame, a blob's centre barely moves whatever the person does (one
+            # walking out of the view shrinks in place): judged once it is whole in the view.
+            whole = tr.box[0] > 0.01 and tr.box[2] < 0.99
             loiter = self.rules.loiter_seconds
-            if loiter > 0 and tr.dwell > 0.25 * loiter and tr.seen >= 0.5 and arrived:
+            if loiter > 0 and tr.dwell > 0.25 * loiter and tr.seen >= 0.5 and arrived and whole:
                 findings.append(Finding("loitering", tr.dwell / self.rules.loiter_seconds, tr.box))
             flow = self.rules.flow
             if flow is not None and tr.velocity is not None and tr.hits >= 3 and tr.seen >= STEADY:
