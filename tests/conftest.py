@@ -91,3 +91,24 @@ def start_redis_cluster() -> Iterator[Callable[[], LocalRedisCluster]]:
 def prefix() -> bytes:
     """A key prefix no other test (or engineer) uses on the shared Redis."""
     return f"t-{uuid.uuid4().hex[:12]}:".encode()
+
+
+# A small local Spark: two cores' worth of partitions, no UI, no adaptive plans (steadier timings).
+SPARK_TEST_CONFIG = {
+    "spark.sql.shuffle.partitions": "2",
+    "spark.default.parallelism": "2",
+    "spark.ui.enabled": "false",
+    "spark.driver.memory": "1g",
+    "spark.sql.adaptive.enabled": "false",
+}
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local SparkSession for the whole run (starting one takes seconds)."""
+    from mlscale.features.spark import spark_session
+
+    session = spark_session("local[2]", SPARK_TEST_CONFIG)
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()

@@ -82,26 +82,6 @@ def t0() -> datetime:
 # --- offline engines ----------------------------------------------------------------------------
 # Session options that keep Spark small on a shared two-core machine: two local threads, two
 # shuffle partitions (the default 200 would make 200 tiny tasks per join), no web UI.
-SPARK_TEST_CONFIG = {
-    "spark.sql.shuffle.partitions": "2",
-    "spark.default.parallelism": "2",
-    "spark.ui.enabled": "false",
-    "spark.driver.memory": "1g",
-    "spark.sql.adaptive.enabled": "false",
-}
-
-
-@pytest.fixture(scope="session")
-def spark():
-    """One local SparkSession for the whole run (starting one takes seconds)."""
-    from mlscale.features.spark import spark_session
-
-    session = spark_session("local[2]", SPARK_TEST_CONFIG)
-    session.sparkContext.setLogLevel("ERROR")
-    yield session
-    session.stop()
-
-
 @pytest.fixture(params=["duckdb", "spark"])
 def offline_engine(request):
     """Builds the offline engine under test from (repo, root): DuckDB, then Spark."""

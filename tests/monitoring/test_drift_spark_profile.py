@@ -20,29 +20,6 @@ pytestmark = pytest.mark.timeout(360)  # the first test also starts the JVM
 
 ROWS = 50_000
 FILES = 5
-# Small and few tasks: a shared two-core machine.
-SPARK_TEST_CONFIG = {
-    "spark.sql.shuffle.partitions": "2",
-    "spark.default.parallelism": "2",
-    "spark.ui.enabled": "false",
-    "spark.driver.memory": "1g",
-    "spark.sql.adaptive.enabled": "false",
-}
-
-
-@pytest.fixture(scope="module")
-def spark():
-    """One local session for the module; one already active (another module's) is left running."""
-    from pyspark.sql import SparkSession
-
-    from mlscale.features.spark import spark_session
-
-    existing = SparkSession.getActiveSession()
-    session = spark_session("local[2]", SPARK_TEST_CONFIG)
-    session.sparkContext.setLogLevel("ERROR")
-    yield session
-    if existing is None:
-        session.stop()
 
 
 def reference_table(rows: int, rng: np.random.Generator, shift: float = 0.0) -> pa.Table:

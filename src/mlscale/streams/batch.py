@@ -12,7 +12,9 @@ same numbers.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -21,11 +23,52 @@ from mlscale.storage.base import KeyValue
 from mlscale.streams.definitions import CompiledFeature, WindowedFeature
 
 
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+@dataclass(frozen=True)
+class Dialect:
+    """What differs between the SQL engines a backfill runs on; the query's shape is shared, so
+    DuckDB and Spark compute the same windows by construction, not by two copies kept in step."""
+
+    quote: str  # identifier quote: " in DuckDB, ` in Spark (where " starts a string)
+    full_match: str  # {col} fully matches the pattern {pattern}
+    epoch_us: str  # microseconds since the epoch of the timestamp {ts}
+    to_timestamp: str  # an RFC 3339 string {col} (upper case) as a timestamp with its offset applied
+    finite: str  # the double {x} is neither NaN nor infinite
+    last: str  # the value {x} of the row with the greatest (time {t}, value {x})
+    steps: str  # a relation of one column j holding 0 .. {k} - 1
+    backslash_escapes: bool = False  # a backslash in a string literal escapes (Spark), or is itself
+
+    def literal(self, text: str) -> str:
+        """``text`` as the inside of a single-quoted SQL string."""
+        if self.backslash_escapes:
+            return text.replace("\\", "\\\\").replace("'", "\\'")
+        return text.replace("'", "''")
+
+    def q(self, name: str) -> str:
+        return self.quote + name.replace(self.quote, self.quote * 2) + self.quote
 
 
-def _agg_sql(f: CompiledFeature) -> list[str]:
+DUCKDB = Dialect(
+    quote='"',
+    full_match="regexp_full_match({col}, '{pattern}')",
+    epoch_us="epoch_us({ts})",
+    to_timestamp="TRY_CAST({col} AS TIMESTAMPTZ)",
+    finite="isfinite({x})",
+    last="arg_max({x}, [CAST({t} AS DOUBLE), {x}])",
+    steps="(SELECT unnest(range({k})) AS j)",
+)
+SPARK = Dialect(
+    quote="`",
+    full_match="{col} RLIKE '{pattern}'",
+    epoch_us="unix_micros({ts})",
+    to_timestamp="try_cast({col} AS TIMESTAMP)",
+    finite="NOT isnan({x}) AND abs({x}) != double('inf')",
+    last="max_by({x}, struct(CAST({t} AS DOUBLE), {x}))",
+    steps="(SELECT explode(sequence(0, {k} - 1)) AS j)",
+    backslash_escapes=True,
+)
+
+
+def _agg_sql(f: CompiledFeature, d: Dialect) -> list[str]:
     out = []
     for a in f.aggregations:
         x = f"CAST(v_{_col(f, a.field)} AS DOUBLE)" if a.field else ""
@@ -35,10 +78,10 @@ def _agg_sql(f: CompiledFeature) -> list[str]:
             "mean": f"sum({x}) / count(*)",
             "min": f"min({x})",
             "max": f"max({x})",
-            "last": f"arg_max({x}, [CAST(t AS DOUBLE), {x}])",
+            "last": d.last.format(x=x, t="t"),
             "distinct_count": f"count(DISTINCT v_{_col(f, a.field)})" if a.field else "",
         }[a.fn]
-        out.append(f"{expr} AS {_q(a.output)}")
+        out.append(f"{expr} AS {d.q(a.output)}")
     return out
 
 
@@ -51,20 +94,21 @@ def _col(f: CompiledFeature, name: str | None) -> int:
 _RFC3339 = r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:?\d{2})?$"
 
 
-def _time_sql(f: CompiledFeature, time_type: str) -> str:
+def _time_sql(f: CompiledFeature, time_type: str, d: Dialect) -> str:
     """Milliseconds (floored, BIGINT) of the event-time column, NULL where it is no valid time."""
-    col = _q(f.event_time)
+    col = d.q(f.event_time)
     if time_type == "string":
         # Naive strings are UTC: compute() sets the session time zone to UTC.
+        ts = d.to_timestamp.format(col=f"upper({col})")
         return (
-            f"CASE WHEN regexp_full_match({col}, '{_RFC3339}') "
-            f"THEN CAST(floor(epoch_us(TRY_CAST(upper({col}) AS TIMESTAMPTZ)) / 1000) AS BIGINT) END"
+            f"CASE WHEN {d.full_match.format(col=col, pattern=d.literal(_RFC3339))} "
+            f"THEN CAST(floor({d.epoch_us.format(ts=ts)} / 1000) AS BIGINT) END"
         )
     if time_type == "timestamp":
-        return f"CAST(floor(epoch_us({col}) / 1000) AS BIGINT)"
+        return f"CAST(floor({d.epoch_us.format(ts=col)} / 1000) AS BIGINT)"
     x = f"CAST({col} AS DOUBLE)"
     ms = {"s": f"{x} * 1000", "ms": x}.get(f.time_unit, f"CASE WHEN abs({x}) >= 1e11 THEN {x} ELSE {x} * 1000 END")
-    return f"CASE WHEN isfinite({ms}) AND abs({ms}) < 1e17 THEN CAST(floor({ms}) AS BIGINT) END"
+    return f"CASE WHEN {d.finite.format(x=ms)} AND abs({ms}) < 1e17 THEN CAST(floor({ms}) AS BIGINT) END"
 
 
 def feature_sql(
@@ -72,15 +116,18 @@ def feature_sql(
     source: str = "events",
     time_type: str = "number",
     order: tuple[str, ...] = (),
+    dialect: Dialect = DUCKDB,
 ) -> str:
     """SQL computing every window of ``feature`` over the relation ``source`` (a table or a scan).
 
     ``time_type`` is how the event-time column is stored: "number" (epoch in the feature's unit),
     "string" (RFC 3339) or "timestamp". ``order`` names the columns giving log order (the archive's
     ``_partition``, ``_offset``): among duplicates at the same event time the first in the log is
-    kept, as the stream keeps the first it reads.
+    kept, as the stream keeps the first it reads. ``dialect``: the engine the SQL is for.
     """
     f = feature.compile() if isinstance(feature, WindowedFeature) else feature
+    d = dialect
+    _q = d.q
     fields = list(dict.fromkeys([*f.numeric_fields, *f.distinct_fields]))
     value_cols = "".join(f", {_q(name)} AS v_{i}" for i, name in enumerate(fields))
     not_null = "".join(f" AND {_q(name)} IS NOT NULL" for name in fields)
@@ -88,7 +135,7 @@ def feature_sql(
     key_not_null = f" AND {_q(f.dedup_key)} IS NOT NULL" if f.dedup_key else ""
     order_cols = "".join(f", {_q(c)} AS o_{i}" for i, c in enumerate(order)) if f.dedup_key else ""
     raw = (
-        f"SELECT {_q(f.entity_key)} AS e, {_time_sql(f, time_type)} AS t"
+        f"SELECT {_q(f.entity_key)} AS e, {_time_sql(f, time_type, d)} AS t"
         f"{value_cols}{key_col}{order_cols} FROM {source} WHERE {_q(f.entity_key)} IS NOT NULL"
         f" AND {_q(f.event_time)} IS NOT NULL{not_null}{key_not_null}"
     )
@@ -98,11 +145,12 @@ def feature_sql(
         by = "t" + "".join(f", o_{i}" for i in range(len(order)))
         ev = (
             f"SELECT * FROM (SELECT *, lag(t) OVER (PARTITION BY e, k ORDER BY {by}) AS prev_t "
-            f"FROM ({raw}) WHERE t IS NOT NULL) WHERE prev_t IS NULL OR t - prev_t > {f.dedup_horizon_ms}"
+            f"FROM ({raw}) AS raw WHERE t IS NOT NULL) AS keyed "
+            f"WHERE prev_t IS NULL OR t - prev_t > {f.dedup_horizon_ms}"
         )
     else:
-        ev = f"SELECT * FROM ({raw}) WHERE t IS NOT NULL"
-    aggs = ", ".join(_agg_sql(f))
+        ev = f"SELECT * FROM ({raw}) AS raw WHERE t IS NOT NULL"
+    aggs = ", ".join(_agg_sql(f, d))
     if f.window == "tumbling":
         size = f.size_ms
         return (
@@ -115,7 +163,7 @@ def feature_sql(
         return (
             f"WITH ev AS ({ev}), "
             f"b AS (SELECT *, t - (((t % {slide}) + {slide}) % {slide}) AS base FROM ev), "
-            f"w AS (SELECT *, base - j * {slide} AS ws FROM b, (SELECT unnest(range({k})) AS j)) "
+            f"w AS (SELECT *, base - j * {slide} AS ws FROM b CROSS JOIN {d.steps.format(k=k)} AS steps) "
             f"SELECT e, ws AS window_start, ws + {size} AS window_end, {aggs} FROM w GROUP BY e, ws"
         )
     gap = f.gap_ms
@@ -155,12 +203,20 @@ def backfill(
     events: str | Path,
     offline_dir: str | Path,
     online: KeyValue | None = None,
+    spark: Any = None,
 ) -> Path:
-    """Compute the feature over the event history, write it under ``offline_dir``; optionally load online."""
+    """Compute the feature over the event history, write it under ``offline_dir``; optionally load
+    online. With a SparkSession ``spark`` the windows are computed by Spark (batch_spark.py) and
+    collected to the driver, which then writes them as DuckDB's backfill does."""
     import pyarrow.parquet as pq
 
     f = feature.compile() if isinstance(feature, WindowedFeature) else feature
-    table = compute(f, events)
+    if spark is not None:
+        from mlscale.streams import batch_spark
+
+        table = batch_spark.compute(f, events, spark)
+    else:
+        table = compute(f, events)
     out = Path(offline_dir) / f.name / "backfill.parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table.rename_columns([f.entity_key, *table.column_names[1:]]), out)

@@ -232,7 +232,8 @@ def produce(config_path, topic, source, demo, entities) -> None:
 @click.option("--feature", "names", multiple=True, help="Only these features (default: all).")
 @click.option("--online", is_flag=True, help="Also load the values into the online store.")
 def backfill(config_path, events_path, names, online) -> None:
-    """Compute [streams] features over historical events with DuckDB into the offline folder."""
+    """Compute [streams] features over historical events into the offline folder, with DuckDB or,
+    when [features] offline_engine = "spark", with Spark on [features] spark_master."""
     from mlscale.storage import open_store
     from mlscale.streams.batch import backfill as run_backfill
 
@@ -244,10 +245,15 @@ def backfill(config_path, events_path, names, online) -> None:
         raise ConfigError(f"no such feature in [streams]: {', '.join(sorted(unknown))}")
     if not features:
         raise ConfigError("no [[streams.features]] in the configuration: nothing to backfill")
+    spark = None
+    if settings.features.offline_engine == "spark":
+        from mlscale.features.spark import spark_session
+
+        spark = spark_session(settings.features.spark_master, settings.features.spark_config)
     store = open_store(s.online, root=settings.root) if online else None
     try:
         for f in features:
-            out = run_backfill(f, events_path, settings.resolve(s.offline_dir), online=store)
+            out = run_backfill(f, events_path, settings.resolve(s.offline_dir), online=store, spark=spark)
             click.echo(f"{f.name}: {out}")
     finally:
         if store is not None:
