@@ -1,23 +1,18 @@
 """Stream backfills on Spark: the same windowed definitions give the same rows as the DuckDB
 backfill (which the stream processor's tests check against the stream), row by row, for every window
-kind, aggregation, duplicate rule and form of event time; and the CLI backfills on Spark when
-[features] offline_engine = "spark"."""
+kind, aggregation, duplicate rule and form of event time. The CLI on Spark (an archived topic with
+retries, offline and online) is tested on a standalone Spark cluster: tests/cluster/test_cluster_spark.py."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-import msgspec
-import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mlscale.errors import InvalidInput
-from mlscale.storage import open_store
 from mlscale.streams import batch_spark
 from mlscale.streams.batch import compute, write_events
 from mlscale.streams.definitions import WindowedFeature
@@ -106,43 +101,3 @@ def test_a_missing_column_is_a_clear_error(tmp_path, spark):
         batch_spark.compute(feature, path, spark)
     with pytest.raises(InvalidInput, match="cannot read events"):
         batch_spark.compute(feature, tmp_path / "nowhere", spark)
-
-
-def _mlscale(*args: str, cwd: Path, input: bytes | None = None) -> subprocess.CompletedProcess:
-    command = [str(Path(sys.executable).parent / "mlscale"), *args]
-    return subprocess.run(command, cwd=cwd, input=input, capture_output=True, timeout=240)
-
-
-def test_the_cli_backfills_an_archived_topic_with_retries_on_spark_as_on_duckdb(tmp_path):
-    """Archived records carry their partition and offset: among retries at one time the first in
-    the log is kept on both engines; the online store gets the same values."""
-    config = (
-        '[streams]\nbroker = "embedded:log.db"\nonline = "sqlite:///online.db"\npartitions = 3\n'
-        "[[streams.features]]\n"
-        'name = "spend"\nsource = "orders"\nentity_key = "user"\nsize = "10s"\nallowed_lateness = "1h"\n'
-        'dedup_key = "id"\naggregations = ["count", "sum(amount)", "last(amount)"]\n'
-    )
-    for engine in ("duckdb", "spark"):
-        (tmp_path / engine).mkdir()
-        (tmp_path / engine / "mlscale.toml").write_text(
-            config + f'[features]\noffline_engine = "{engine}"\nspark_config = {{"spark.ui.enabled" = "false"}}\n'
-        )
-    events = [{"id": i % 70, "user": f"u{i % 5}", "ts": 1000 + (i % 70) * 0.5, "amount": float(i)} for i in range(90)]
-    lines = b"\n".join(msgspec.json.encode(e) for e in events)
-    tables = {}
-    for engine in ("duckdb", "spark"):
-        folder = tmp_path / engine
-        assert _mlscale("stream", "produce", "orders", cwd=folder, input=lines).returncode == 0
-        archived = _mlscale("stream", "archive", "orders", "--out", "history", cwd=folder)
-        assert archived.returncode == 0, archived.stderr
-        filled = _mlscale("stream", "backfill", "--events", "history", "--online", cwd=folder)
-        assert filled.returncode == 0, filled.stderr
-        tables[engine] = pq.read_table(folder / "offline" / "spend" / "backfill.parquet").to_pylist()
-    assert tables["spark"] == tables["duckdb"]
-    assert sum(r["count"] for r in tables["spark"]) == 70  # 20 retries dropped
-    online = {}
-    for engine in ("duckdb", "spark"):
-        store = open_store("sqlite:///online.db", root=tmp_path / engine)
-        online[engine] = {key: store.get(key) for key in store.scan(b"spend|")}
-        store.close()
-    assert len(online["spark"]) == len(tables["spark"]) and online["spark"] == online["duckdb"]

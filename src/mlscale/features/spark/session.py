@@ -41,7 +41,13 @@ def spark_session(master: str = "local[2]", config: Mapping[str, str] | None = N
     if session is None:
         builder = SparkSession.builder.master(master)
         options = {**BUILD_DEFAULTS, **RUNTIME_CONFIG}
-        if master.startswith("local"):
+        python = (config or {}).get("spark.pyspark.python")
+        if python:
+            # The executors' interpreter (one with mlscale and PyArrow installed). PySpark reads it
+            # from PYSPARK_PYTHON only when the driver is a Python process rather than spark-submit,
+            # and would start "python3" on every executor whatever the setting said.
+            os.environ["PYSPARK_PYTHON"] = str(python)
+        elif master.startswith("local"):
             # Local executors start Python workers with PYSPARK_PYTHON ("python3" when unset, which
             # may lack mlscale and PyArrow): the driver's own interpreter instead.
             os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
