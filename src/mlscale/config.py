@@ -70,6 +70,9 @@ class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     request_timeout: float | None = None
     # Hard bound of each model's queue of waiting requests, a backstop behind queue-delay admission.
     max_queue_size: int = 1024
+    # Requests that may wait at a model's door for room in its queue (bodies unread), per worker;
+    # beyond it, 503 at once (see serving/batching.py for why it is far above max_queue_size).
+    max_waiting: int = 65536
     # Admission by queue delay (per model in model.toml too): a model's queue holds what drains
     # within the target; other requests wait at the door (body unread), newest first once the
     # oldest waited past the target, and get 503 after max_queue_wait seconds without room.
@@ -91,6 +94,8 @@ class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         if min(self.queue_delay_target, self.max_queue_wait) <= 0:
             raise ValueError("queue_delay_target and max_queue_wait must be positive seconds")
+        if min(self.max_queue_size, self.max_waiting) < 1:
+            raise ValueError("max_queue_size and max_waiting must be at least 1")
         if min(self.header_timeout, self.body_timeout) <= 0:
             raise ValueError("header_timeout and body_timeout must be positive seconds")
         if not 0 <= self.grpc_port <= 65535:

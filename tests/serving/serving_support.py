@@ -100,7 +100,7 @@ def build_test_repository(root: Path) -> Path:
         root,
         "slow",
         SLOW_MODEL,
-        'max_batch_size = 1\nmax_queue_size = 2\nexecution = "thread"\n'
+        'max_batch_size = 1\nmax_queue_size = 2\nmax_waiting = 2\nexecution = "thread"\n'
         '[[inputs]]\nname = "ms"\ndatatype = "FP32"\nshape = [-1]\n'
         '[[outputs]]\nname = "ms_out"\ndatatype = "FP32"\nshape = [-1]\n',
     )

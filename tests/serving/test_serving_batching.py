@@ -89,7 +89,9 @@ def test_requests_with_different_feature_shapes_never_share_a_batch():
     assert second["y"].shape == (1, 5)
 
 
-def test_past_the_hard_bound_a_request_is_refused_at_once_and_the_waiting_ones_are_served():
+def test_a_burst_far_past_the_queue_bound_waits_at_the_door_and_is_all_served():
+    """A request refused at once is sent again at once by a client in a closed loop: past the
+    queue's bound, requests wait at the door (up to max_queue_wait) instead of being refused."""
     release, entered = threading.Event(), threading.Event()
 
     def blocked(inputs, outputs=None):
@@ -100,6 +102,32 @@ def test_past_the_hard_bound_a_request_is_refused_at_once_and_the_waiting_ones_a
     async def scenario():
         admission = QueueDelayAdmission(max_wait=30)
         batcher = AdaptiveBatcher(blocked, max_batch_size=1, max_queue_size=2, admission=admission)
+        running = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 1))}))
+        while not entered.is_set():
+            await asyncio.sleep(0.001)
+        burst = [asyncio.ensure_future(batcher.submit({"x": np.full((1, 1), i)})) for i in range(50)]
+        await asyncio.sleep(0)
+        assert not any(b.done() for b in burst)  # none refused: 1 queued, 49 at the door
+        release.set()
+        answers = await asyncio.gather(running, *burst)
+        await batcher.close()
+        return answers
+
+    answers = run(scenario())
+    assert sorted(float(a["y"][0, 0]) for a in answers[1:]) == [float(i) for i in range(50)]
+
+
+def test_past_the_door_bound_a_request_is_refused_at_once_and_the_waiting_ones_are_served():
+    release, entered = threading.Event(), threading.Event()
+
+    def blocked(inputs, outputs=None):
+        entered.set()
+        release.wait(5)
+        return {"y": inputs["x"]}
+
+    async def scenario():
+        admission = QueueDelayAdmission(max_wait=30)
+        batcher = AdaptiveBatcher(blocked, max_batch_size=1, max_queue_size=2, max_waiting=2, admission=admission)
         running = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 1))}))
         while not entered.is_set():  # the first request is running, so the queue is empty
             await asyncio.sleep(0.001)

@@ -66,6 +66,8 @@ class ModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_delay: float = 0.0
     # Hard bound of waiting requests (503 with Retry-After beyond it); defaults to the server's.
     max_queue_size: int | None = None
+    # Requests that may wait at the door for room in the queue; defaults to the server's.
+    max_waiting: int | None = None
     # Queue-delay admission (seconds): the queue holds what drains within the target, other
     # requests wait at the door up to max_queue_wait. Default: the server's settings.
     queue_delay_target: float | None = None
@@ -88,6 +90,10 @@ class ModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("max_batch_size must be at least 1")
         if self.max_delay < 0:
             raise ValueError("max_delay must not be negative")
+        for name in ("max_queue_size", "max_waiting"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1")
         for name in ("queue_delay_target", "max_queue_wait"):
             value = getattr(self, name)
             if value is not None and value <= 0:

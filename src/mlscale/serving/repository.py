@@ -165,6 +165,7 @@ class ModelRepository:
         root: Path,
         *,
         max_queue_size: int = 1024,
+        max_waiting: int = 65536,
         queue_delay: tuple[float, float] = (0.05, 1.0),
         caches: Caches | None = None,
         features: Callable[[], OnlineStore] | None = None,
@@ -182,6 +183,7 @@ class ModelRepository:
         # Opens the online feature store on first need (models declaring [features]).
         self.features = features
         self.max_queue_size = max_queue_size
+        self.max_waiting = max_waiting
         # Default (target, max wait) of queue-delay admission; model.toml may override either.
         self.queue_delay = queue_delay
         self.models: dict[str, ModelEntry] = {}
@@ -275,10 +277,12 @@ class ModelRepository:
         except Exception as exc:
             if strict:
                 raise
-            reason = str(exc)
-            if self._listing_errors.get(name) != reason:
-                log.error("model %s: cannot list its versions, serving what is loaded: %s", name, reason)
-                self._listing_errors[name] = reason
+            # Once per outage: the same outage is told in several words as it goes on (a request
+            # cut off mid-way, then connections refused), and a poll every few seconds would log
+            # each change.
+            if name not in self._listing_errors:
+                log.error("model %s: cannot list its versions, serving what is loaded: %s", name, exc)
+            self._listing_errors[name] = str(exc)
             return
         if self._listing_errors.pop(name, None) is not None:
             log.info("model %s: its source answers again", name)
@@ -346,6 +350,7 @@ class ModelRepository:
             max_batch_size=config.max_batch_size,
             max_delay=config.max_delay,
             max_queue_size=config.max_queue_size or self.max_queue_size,
+            max_waiting=config.max_waiting or self.max_waiting,
             inline=inline,
             on_batch=meters.on_batch,
             admission=QueueDelayAdmission(

@@ -36,6 +36,7 @@ def build_app(settings: Settings, *, control_dir: Path | None = None, workers: i
     repository = ModelRepository(
         settings.resolve(settings.server.model_repository),
         max_queue_size=settings.server.max_queue_size,
+        max_waiting=settings.server.max_waiting,
         queue_delay=(settings.server.queue_delay_target, settings.server.max_queue_wait),
         caches=caches,
         features=feature_store.online,
