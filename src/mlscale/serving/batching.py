@@ -69,9 +69,8 @@ class _Item:
 # connection, a future and a timer, not its body (unread). Why so many: a request refused at once
 # is sent again at once by a client in a closed loop (each user's next request follows the answer),
 # so a door bound below the number of connections turned the overflow into a storm of instant
-# refusals that took the CPU from the requests being served (4,000 connections, 2 workers: goodput
-# 982/s, 44,661 refusals in 4 s). A refusal after max_queue_wait costs each client one refusal per
-# wait instead (same run: goodput 6,159/s, 6,862 refusals).
+# refusals (4,000 closed-loop connections, 2 workers: 50,701 refusals in 3 x 4 s). A refusal after
+# max_queue_wait costs each client one refusal per wait instead (6,577; docs/benchmarks.md).
 DEFAULT_MAX_WAITING = 65536
 
 
