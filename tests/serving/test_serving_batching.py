@@ -89,26 +89,38 @@ def test_requests_with_different_feature_shapes_never_share_a_batch():
     assert second["y"].shape == (1, 5)
 
 
+class BlockedModel:
+    """Holds every call until ``release`` is set; ``entered`` tells a call has started."""
+
+    def __init__(self) -> None:
+        self.release, self.entered = threading.Event(), threading.Event()
+
+    def __call__(self, inputs, outputs=None):
+        self.entered.set()
+        self.release.wait(5)
+        return {"y": inputs["x"]}
+
+    async def running(self, batcher: AdaptiveBatcher) -> asyncio.Future:
+        """A first request, once it is in the model (so the queue is empty again)."""
+        first = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 1))}))
+        while not self.entered.is_set():
+            await asyncio.sleep(0.001)
+        return first
+
+
 def test_a_burst_far_past_the_queue_bound_waits_at_the_door_and_is_all_served():
     """A request refused at once is sent again at once by a client in a closed loop: past the
     queue's bound, requests wait at the door (up to max_queue_wait) instead of being refused."""
-    release, entered = threading.Event(), threading.Event()
-
-    def blocked(inputs, outputs=None):
-        entered.set()
-        release.wait(5)
-        return {"y": inputs["x"]}
+    blocked = BlockedModel()
 
     async def scenario():
         admission = QueueDelayAdmission(max_wait=30)
         batcher = AdaptiveBatcher(blocked, max_batch_size=1, max_queue_size=2, admission=admission)
-        running = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 1))}))
-        while not entered.is_set():
-            await asyncio.sleep(0.001)
+        running = await blocked.running(batcher)
         burst = [asyncio.ensure_future(batcher.submit({"x": np.full((1, 1), i)})) for i in range(50)]
         await asyncio.sleep(0)
         assert not any(b.done() for b in burst)  # none refused: 1 queued, 49 at the door
-        release.set()
+        blocked.release.set()
         answers = await asyncio.gather(running, *burst)
         await batcher.close()
         return answers
@@ -118,24 +130,17 @@ def test_a_burst_far_past_the_queue_bound_waits_at_the_door_and_is_all_served():
 
 
 def test_past_the_door_bound_a_request_is_refused_at_once_and_the_waiting_ones_are_served():
-    release, entered = threading.Event(), threading.Event()
-
-    def blocked(inputs, outputs=None):
-        entered.set()
-        release.wait(5)
-        return {"y": inputs["x"]}
+    blocked = BlockedModel()
 
     async def scenario():
         admission = QueueDelayAdmission(max_wait=30)
         batcher = AdaptiveBatcher(blocked, max_batch_size=1, max_queue_size=2, max_waiting=2, admission=admission)
-        running = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 1))}))
-        while not entered.is_set():  # the first request is running, so the queue is empty
-            await asyncio.sleep(0.001)
+        running = await blocked.running(batcher)
         waiting = [asyncio.ensure_future(batcher.submit({"x": np.ones((1, 1))})) for _ in range(3)]
         await asyncio.sleep(0)  # one queued (room for one batch), two at the door: its bound
         with pytest.raises(Overloaded, match="already wait for room"):
             await batcher.submit({"x": np.ones((1, 1))})
-        release.set()
+        blocked.release.set()
         await asyncio.gather(running, *waiting)
         await batcher.close()
 
