@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from mlscale.errors import DeadlineExceeded, Overloaded
+from mlscale.errors import DeadlineExceeded, InvalidInput, Overloaded
 from mlscale.serving.admission import QueueDelayAdmission
 from mlscale.serving.batching import AdaptiveBatcher, InferenceFailed
 
@@ -217,6 +217,24 @@ def test_a_request_cancelled_after_being_let_in_gives_its_room_back():
             await waiting
         # The place is free again: a new request gets in at once.
         await asyncio.wait_for(batcher.admit(), 1)
+        batcher.release()
+        await batcher.close()
+
+    run(scenario())
+
+
+def test_a_request_let_in_whose_inputs_are_malformed_hands_its_room_to_a_waiter():
+    model = RecordingModel(pause=0)
+
+    async def scenario():
+        batcher = AdaptiveBatcher(model, max_batch_size=1, admission=QueueDelayAdmission(max_wait=30))
+        await batcher.admit()  # the one place
+        waiter = asyncio.ensure_future(batcher.admit())
+        await asyncio.sleep(0)
+        assert not waiter.done()
+        with pytest.raises(InvalidInput, match="batch axis"):
+            await batcher.submit({"x": np.ones((2, 1)), "z": np.ones((3, 1))}, admitted=True)
+        await asyncio.wait_for(waiter, 1)  # let in at once, not after max_wait
         batcher.release()
         await batcher.close()
 

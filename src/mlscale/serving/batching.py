@@ -306,6 +306,7 @@ class AdaptiveBatcher:
         signature = _signature(inputs, outputs)
         rows = next(iter(inputs.values())).shape[0] if signature is not None else 0
         if signature is not None and any(a.shape[0] != rows for a in inputs.values()):
+            self._open_door()  # its room is free again: a waiter may have it
             raise InvalidInput("all inputs must have the same size on axis 0 (the batch axis)")
         future = asyncio.get_running_loop().create_future()
         item = _Item(inputs, outputs, rows, signature or (id(inputs),), deadline, future, self._clock(), tenant)
