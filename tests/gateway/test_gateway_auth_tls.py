@@ -242,3 +242,25 @@ def test_an_https_server_stops_at_once_while_a_client_holds_an_idle_connection(t
         assert stopped < 10, f"the server took {stopped:.1f} s to stop (graceful timeout 30 s)"
     finally:
         server.stop()
+
+
+def test_an_https_gateway_stops_at_once_while_a_client_holds_an_idle_connection(tmp_path):
+    certs = make_certs(tmp_path / "ca")
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'[tls]\ncertfile = "{certs.cert}"\nkeyfile = "{certs.key}"\n')
+    replica = RunningServer(build_test_repository(tmp_path / "models"), workers=1)
+    verify = ssl.create_default_context(cafile=str(certs.ca))
+    gateway = None
+    try:
+        gateway = ConfiguredGateway(config, replica.url, verify=verify, https=True)
+        with httpx.Client(verify=verify, timeout=10) as client:
+            assert client.post(gateway.url + "/v2/models/iris/infer", json=ROW).status_code == 200
+            started = time.monotonic()
+            gateway.process.terminate()  # while the pooled connection is still open
+            gateway.process.wait(30)
+            stopped = time.monotonic() - started
+        assert stopped < 10, f"the gateway took {stopped:.1f} s to stop"
+    finally:
+        if gateway is not None and gateway.process.poll() is None:
+            gateway.process.kill()
+        replica.stop()

@@ -50,7 +50,7 @@ def gateway(
             host=settings.host,
             port=settings.port,
             loop="uvloop",
-            http="httptools",
+            http="mlscale.auth.tls_protocol:PromptShutdownProtocol",  # stops at once over TLS too
             access_log=False,
             proxy_headers=False,  # unused here, and costly per request (see serving/server.py)
             log_level="warning",

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from mlscale.auth.tls_protocol import PromptShutdownProtocol
 
 HEADER_TIMEOUT_ENV = "MLSCALE_HEADER_TIMEOUT"
 _RESPONSE_408 = (
@@ -26,8 +26,9 @@ _RESPONSE_408 = (
 )
 
 
-class HeaderTimeoutProtocol(HttpToolsProtocol):
-    """HttpToolsProtocol plus a deadline on each request's headers (and on a new connection's silence)."""
+class HeaderTimeoutProtocol(PromptShutdownProtocol):
+    """uvicorn's httptools protocol plus a deadline on each request's headers (and on a new
+    connection's silence); idle TLS connections are dropped at shutdown (see auth/tls_protocol.py)."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -68,15 +69,3 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         body = b'{"error": "the request headers did not arrive within %g s"}' % self.header_timeout
         self.transport.write(_RESPONSE_408 % (len(body), body))
         self.transport.close()
-
-    def shutdown(self) -> None:
-        """Graceful shutdown, without waiting on idle TLS clients: closing a TLS connection sends a
-        close_notify and waits (30 s in asyncio and uvloop) for the client's, which a client holding
-        an idle keep-alive connection in its pool does not send until it next uses it. So the server
-        took 30 s to stop while a gateway kept a pooled connection to it. An idle connection has
-        nothing in flight and nothing left to write: dropping it loses nothing."""
-        idle = self.cycle is None or self.cycle.response_complete
-        super().shutdown()
-        transport = self.transport
-        if idle and transport.get_extra_info("ssl_object") is not None and transport.get_write_buffer_size() == 0:
-            transport.abort()
