@@ -29,7 +29,7 @@ from mlscale.cache.tiered import PredictionCache
 from mlscale.errors import ConfigError, InvalidInput, ModelNotFound, ModelNotReady
 from mlscale.serving import metrics
 from mlscale.serving.admission import QueueDelayAdmission
-from mlscale.serving.batching import AdaptiveBatcher
+from mlscale.serving.batching import DEFAULT_MAX_WAITING, AdaptiveBatcher
 from mlscale.serving.datatypes import V2_TO_NUMPY, v2_datatype
 from mlscale.serving.features import FeatureJoin, OnlineStore
 from mlscale.serving.model_config import CONFIG_FILE, ModelConfig, model_config
@@ -165,7 +165,7 @@ class ModelRepository:
         root: Path,
         *,
         max_queue_size: int = 1024,
-        max_waiting: int = 65536,
+        max_waiting: int = DEFAULT_MAX_WAITING,
         queue_delay: tuple[float, float] = (0.05, 1.0),
         caches: Caches | None = None,
         features: Callable[[], OnlineStore] | None = None,

@@ -111,6 +111,18 @@ def _time_sql(f: CompiledFeature, time_type: str, d: Dialect) -> str:
     return f"CASE WHEN {d.finite.format(x=ms)} AND abs({ms}) < 1e17 THEN CAST(floor({ms}) AS BIGINT) END"
 
 
+# Columns an archived topic carries (stream/archive.py) that give log order among duplicates.
+LOG_ORDER = ("_partition", "_offset")
+
+
+def source_shape(f: CompiledFeature, columns: dict[str, str]) -> tuple[str, tuple[str, ...]]:
+    """(time_type, order) for ``feature_sql`` from the source's column types (any engine's names):
+    how the event time is stored, and which log-order columns it has."""
+    kind = columns.get(f.event_time, "double").lower()
+    time_type = "string" if kind in ("varchar", "string") else "timestamp" if kind.startswith("timestamp") else "number"
+    return time_type, tuple(c for c in LOG_ORDER if c in columns)
+
+
 def feature_sql(
     feature: WindowedFeature | CompiledFeature,
     source: str = "events",
@@ -188,10 +200,8 @@ def compute(feature: WindowedFeature | CompiledFeature, events: str | Path, con=
     con.execute("SET TimeZone = 'UTC'")
     scan = "read_parquet(" + "'" + pattern.replace("'", "''") + "'" + ", union_by_name=true)"
     try:
-        described = {r[0]: r[1] for r in con.sql(f"DESCRIBE SELECT * FROM {scan}").fetchall()}
-        kind = str(described.get(f.event_time, "DOUBLE")).upper()
-        time_type = "string" if kind == "VARCHAR" else "timestamp" if kind.startswith("TIMESTAMP") else "number"
-        order = tuple(c for c in ("_partition", "_offset") if c in described)
+        described = {r[0]: str(r[1]) for r in con.sql(f"DESCRIBE SELECT * FROM {scan}").fetchall()}
+        time_type, order = source_shape(f, described)
         sql = feature_sql(f, scan, time_type=time_type, order=order)
         return con.sql(sql + " ORDER BY e, window_start").to_arrow_table()
     except duckdb.Error as exc:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mlscale.errors import InvalidInput
-from mlscale.streams.batch import SPARK, feature_sql
+from mlscale.streams.batch import SPARK, feature_sql, source_shape
 from mlscale.streams.definitions import CompiledFeature, WindowedFeature
 
 
@@ -36,11 +36,8 @@ def windows(feature: WindowedFeature | CompiledFeature, events: str | Path | Any
     outputs...), computed by the executors."""
     f = feature.compile() if isinstance(feature, WindowedFeature) else feature
     frame = read_events(spark, events)
-    kinds = {field.name: field.dataType.typeName() for field in frame.schema.fields}
-    kind = kinds.get(f.event_time, "double")
     # Parquet nanosecond timestamps are read as longs (see features/spark/session.py): numbers then.
-    time_type = "string" if kind == "string" else "timestamp" if kind.startswith("timestamp") else "number"
-    order = tuple(c for c in ("_partition", "_offset") if c in kinds)
+    time_type, order = source_shape(f, {field.name: field.dataType.typeName() for field in frame.schema.fields})
     view = f"mlscale_events_{abs(hash((f.name, id(frame))))}"
     frame.createOrReplaceTempView(view)
     # Times written without an offset are UTC, as in the stream; the session's zone is bound when
@@ -59,9 +56,8 @@ def compute(feature: WindowedFeature | CompiledFeature, events: str | Path | Any
     """All windows of ``feature`` as a PyArrow table ordered by entity and window start, like
     ``mlscale.streams.batch.compute``."""
     f = feature.compile() if isinstance(feature, WindowedFeature) else feature
+    frame = windows(f, events, spark)
     try:
-        return windows(f, events, spark).orderBy("e", "window_start").toArrow()
-    except InvalidInput:
-        raise
+        return frame.orderBy("e", "window_start").toArrow()
     except Exception as exc:  # raised when the query runs (a bad cast, a missing column)
         raise InvalidInput(f"backfill of {f.name}: {str(exc).splitlines()[0]}") from None

@@ -253,7 +253,8 @@ class ActivityModel:
             findings.append(Finding("crowd", crowd))
         if covered > 0.3 or frame.fg_fraction > 0.45:
             return findings  # something is coming over the lens, or the whole view changed: no one walks
-        self._follow(frame)
+        if self.flow_ is not None:  # only wrong_way reads the recent paths
+            self._follow(frame)
         for tr in _moving(frame.tracks, 3):
             speed = math.hypot(*tr.velocity)
             usual = self.speed_ if self.speed_ is not None else 0.1
