@@ -33,14 +33,18 @@ class _Debouncer:
 
     Why seconds and not frames: when a loaded machine judges fewer frames of a camera, a rule
     counted in frames would wait longer (or shorter) in time, and the same clip would give
-    different events at 1 feed and at 64.
+    different events at 1 feed and at 64. For the same reason a run is broken only by frames
+    judged below threshold, not by frames that were never judged (dropped under load): a pause
+    with no frame at all says nothing, up to ``max_pause`` seconds.
     """
 
-    def __init__(self, threshold: float, confirm: float, cooldown: float, gap: float = 0.5):
+    def __init__(self, threshold: float, confirm: float, cooldown: float, gap: float = 0.5, max_pause: float = 2.0):
         self.threshold, self.confirm, self.cooldown, self.gap = threshold, confirm, cooldown, gap
+        self.max_pause = max_pause
         self.since: dict[str, float] = {}  # kind -> start of its current run above threshold
         self.active: dict[str, bool] = {}
         self.last_above: dict[str, float] = {}
+        self.below: set[str] = set()  # kinds judged below threshold since they were last above
 
     def update(self, t: float, findings: list[Finding], confirm: dict[str, float] | None = None) -> list[Finding]:
         best: dict[str, Finding] = {}
@@ -49,13 +53,18 @@ class _Debouncer:
                 best[f.kind] = f
         fired = []
         for kind, finding in best.items():
-            if kind not in self.since or t - self.last_above[kind] > self.gap:
+            pause = t - self.last_above[kind] if kind in self.last_above else math.inf
+            if kind not in self.since or (pause > self.gap and kind in self.below) or pause > self.max_pause:
                 self.since[kind] = t
             self.last_above[kind] = t
+            self.below.discard(kind)
             needed = (confirm or {}).get(kind, self.confirm)
             if t - self.since[kind] >= needed - 1e-6 and not self.active.get(kind):
                 self.active[kind] = True
                 fired.append(finding)
+        for kind in self.last_above:
+            if kind not in best:
+                self.below.add(kind)
         for kind in list(self.active):
             if kind not in best and self.active[kind] and t - self.last_above[kind] >= self.cooldown:
                 self.active[kind] = False
@@ -84,7 +93,12 @@ class CameraDetector:
         history = max(200, round(300 * feed.detect_fps))
         # Pixel persistence reaches 0.8 after loiter_seconds of standing still: 1 - exp(-s/T) = 0.8.
         persistence = max(0.5, feed.rules.loiter_seconds / math.log(5.0))
-        self.analyzer = MotionAnalyzer(tuple(feed.resolution), history=history, persistence_seconds=persistence)
+        self.analyzer = MotionAnalyzer(
+            tuple(feed.resolution),
+            history=history,
+            persistence_seconds=persistence,
+            frame_interval=1.0 / feed.detect_fps,
+        )
         self.rules = RuleDetector(feed.zones, feed.rules)
         self._model_factory = model_factory
         self._debouncer = _Debouncer(feed.rules.threshold, confirm, cooldown)

@@ -41,6 +41,32 @@ def _moving(tracks: Sequence[TrackView], min_hits: int = 3) -> list[TrackView]:
 # Seconds of a track's path that tell which way it goes lately (see ActivityModel._lately_back).
 RECENT_PATH = 0.4
 
+# The most footage time one judged frame stands for in the scene's levels: a frame judged after a
+# long pause (frames dropped under load, the view broken) is not minutes of the scene.
+MAX_FRAME_WEIGHT = 1.0
+
+
+def _weighted_median(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The median of each column of ``values`` (n, k), each row counting ``weights`` (n,).
+
+    Why weights: a median over frames counts how many frames were judged, and a loaded machine
+    judges fewer of them. Each frame stands for the footage time since the frame judged before it,
+    so the levels are medians over time and the same clip gives the same crowd at 1 feed and at 64
+    (a median over frames let the warm-up's frames outweigh half as many judged after it, and a
+    busy scene read as a crowd under frame drops). With equal weights this is numpy's median exactly
+    (the mean of the middle two of an even count).
+    """
+    order = np.argsort(values, axis=0, kind="stable")
+    out = np.empty(values.shape[1])
+    total = float(weights.sum())
+    for j in range(values.shape[1]):
+        column = values[order[:, j], j]
+        below = np.cumsum(weights[order[:, j]])
+        k = int(np.searchsorted(below, 0.5 * total - 1e-9 * total))
+        tie = abs(below[k] - 0.5 * total) <= 1e-9 * total and k + 1 < len(column)
+        out[j] = 0.5 * (column[k] + column[k + 1]) if tie else column[k]
+    return out
+
 
 class ActivityModel:
     """Per-camera model of normal activity, learned from warm-up frames and kept up to date after.
@@ -81,10 +107,12 @@ class ActivityModel:
         self.crowd_min_area = crowd_min_area
         self.crowd_min_objects = crowd_min_objects
         self.before = before
-        self._recent: deque[tuple[float, float, int]] = deque()
+        # (t, moving area, moving objects, footage seconds the frame stands for)
+        self._recent: deque[tuple[float, float, int, float]] = deque()
         # Each track's last centres (t, x, y), over ``RECENT_PATH`` seconds: which way it went lately.
         self._paths: dict[int, deque[tuple[float, float, float]]] = {}
-        self._levels: deque[tuple[float, float, int]] = deque()
+        self._levels: deque[tuple[float, float, int, float]] = deque()
+        self._prev_t: float | None = None  # the frame judged last
         # ((area base, area boundary), (count base, count boundary)) while a crowd is there
         self._crowd: tuple[tuple[float, float], tuple[float, float]] | None = None
 
@@ -113,10 +141,18 @@ class ActivityModel:
         # included): what a crowd is measured against. Why not only the warm-up: a warm-up of
         # seconds may catch a quiet moment or a busy one, and every later hour would be judged
         # against it; a median of minutes follows the scene and a crowd of seconds barely moves it.
-        self._levels = deque((f.t, f.fg_fraction, len(_moving(f.tracks, 1))) for f in frames)
+        times = [f.t for f in frames]
+        steps = np.diff(times) if len(times) > 1 else np.array([0.2])
+        weights = [float(np.median(steps)), *(float(s) for s in steps)]
+        rows = [
+            (f.t, f.fg_fraction, len(_moving(f.tracks, 1)), min(w, MAX_FRAME_WEIGHT))
+            for f, w in zip(frames, weights, strict=True)
+        ]
+        self._levels = deque(rows)
+        self._prev_t = frames[-1].t
         self._level_at = -math.inf
         self._refresh_level(frames[-1].t)
-        self._recent = deque((f.t, f.fg_fraction, len(_moving(f.tracks, 1))) for f in frames)
+        self._recent = deque(rows)
         self._crowd = None
         return self
 
@@ -124,8 +160,9 @@ class ActivityModel:
         while self._levels and t - self._levels[0][0] > self.level_seconds:
             self._levels.popleft()
         if self._levels:
-            values = np.array([(fg, n) for _, fg, n in self._levels], float)
-            self.fg_level_, self.objects_level_ = (float(v) for v in np.median(values, axis=0))
+            values = np.array([(fg, n) for _, fg, n, _ in self._levels], float)
+            weights = np.array([w for *_, w in self._levels], float)
+            self.fg_level_, self.objects_level_ = (float(v) for v in _weighted_median(values, weights))
         self._level_at = t
 
     def adapt(self, frame: MotionFrame) -> None:
@@ -169,11 +206,13 @@ class ActivityModel:
         until most of it has gone: one crowd, one incident, and its people are not loiterers.
         """
         t = frame.t
-        window = [(fg, n) for ti, fg, n in self._recent if t - ti <= self.smooth_seconds + 1e-6]
-        older = [(fg, n) for ti, fg, n in self._recent if self.before[1] <= t - ti <= self.before[0]]
-        now_area, now_count = (float(v) for v in np.median(np.array(window, float), axis=0))
+        window = [(fg, n, w) for ti, fg, n, w in self._recent if t - ti <= self.smooth_seconds + 1e-6]
+        older = [(fg, n, w) for ti, fg, n, w in self._recent if self.before[1] <= t - ti <= self.before[0]]
+        now = np.array(window, float)
+        now_area, now_count = (float(v) for v in _weighted_median(now[:, :2], now[:, 2]))
         if older:
-            before_area, before_count = (float(v) for v in np.median(np.array(older, float), axis=0))
+            past = np.array(older, float)
+            before_area, before_count = (float(v) for v in _weighted_median(past[:, :2], past[:, 2]))
         else:
             before_area, before_count = self.fg_level_, self.objects_level_
         base_area, base_count = max(before_area, self.fg_level_), max(before_count, self.objects_level_)
@@ -228,6 +267,9 @@ class ActivityModel:
 
     def score(self, frame: MotionFrame) -> list[Finding]:
         findings = []
+        # The footage time this frame stands for: since the frame judged before it.
+        weight = min(frame.t - self._prev_t, MAX_FRAME_WEIGHT) if self._prev_t is not None else 0.2
+        self._prev_t = frame.t
         covered = self._covered(frame)
         if covered > 0.3:
             findings.append(Finding("camera_covered", covered))
@@ -238,9 +280,9 @@ class ActivityModel:
         if covered >= 1.0 or (frame.shift is not None and frame.shift >= 0.04):
             return findings  # motion means nothing while the view itself is broken
         moving = _moving(frame.tracks, 1)
-        self._recent.append((frame.t, frame.fg_fraction, len(moving)))
+        self._recent.append((frame.t, frame.fg_fraction, len(moving), weight))
         if not frame.relit:
-            self._levels.append((frame.t, frame.fg_fraction, len(moving)))
+            self._levels.append((frame.t, frame.fg_fraction, len(moving), weight))
         if frame.t - self._level_at >= 1.0:  # a median of minutes, refreshed once a second
             self._refresh_level(frame.t)
         while frame.t - self._recent[0][0] > max(self.before[0], self.smooth_seconds):

@@ -168,6 +168,7 @@ class MotionAnalyzer:
         keep_seconds: float = 1.5,
         persistence_seconds: float = 5.0,
         chroma_threshold: float = 20.0,
+        frame_interval: float = 0.2,
     ) -> None:
         self.resolution = resolution
         self.history = history
@@ -177,6 +178,9 @@ class MotionAnalyzer:
         self.keep_seconds = keep_seconds
         self.persistence_seconds = persistence_seconds
         self.chroma_threshold = chroma_threshold
+        # Seconds between the frames it is meant to see (1 / the detection rate): what the
+        # frame-counted parts (the bootstrap, the background's learning rate) are counted on.
+        self.frame_interval = frame_interval
         self._kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
         self._sway = cv2.getStructuringElement(cv2.MORPH_RECT, (5, 5))
         self.reset()
@@ -188,7 +192,9 @@ class MotionAnalyzer:
         )
         self._tracks: list[_Track] = []
         self._next_id = 1
-        self._frames = 0
+        self._frames = 0  # frames of the footage's own clock since the first one (see update)
+        self._step = 1
+        self._first_t: float | None = None
         self._last_t: float | None = None
         self.reference: np.ndarray | None = None
         self._persist: np.ndarray | None = None
@@ -252,8 +258,15 @@ class MotionAnalyzer:
         normalized = cv2.convertScaleAbs(gray, alpha=min(4.0, 128.0 / max(brightness, 1.0)))
         # Bootstrap fast (OpenCV's automatic rate), then learn at 1/history: with the automatic rate a
         # young model absorbs someone standing still within seconds, and loitering would go unseen.
-        self._frames += 1
-        rate = -1.0 if self._frames < 30 else 1.0 / self.history
+        # Frames are counted on the footage's clock, not as they arrive: a frame judged after two
+        # were dropped (a loaded machine) counts as three, so the bootstrap lasts the same seconds
+        # and the background learns as fast per second at 1 feed and at 64. At the detection rate
+        # this is exactly one per frame.
+        if self._first_t is None:
+            self._first_t = t
+        frames = max(self._frames + 1, round((t - self._first_t) / self.frame_interval) + 1)
+        self._step, self._frames = frames - self._frames, frames
+        rate = -1.0 if self._frames < 30 else min(0.5, self._step / self.history)
         dt = 0.2 if self._last_t is None else max(1e-3, t - self._last_t)
         # A sudden change of light (a lamp, a cloud, the camera's exposure): gain normalization does
         # not undo it where the image saturates, so the background is learned again for a moment.
@@ -376,7 +389,8 @@ class MotionAnalyzer:
             # Bootstrapped as the per-pixel median of frames of the first seconds: an average would
             # keep a ghost of everyone who passed meanwhile, and the update below (only where
             # nobody is seen) would never remove it.
-            if self._frames % 2 == 0 and learn:
+            # Every second frame of the footage's clock (one of them, when frames were dropped).
+            if learn and self._frames // 2 > (self._frames - self._step) // 2:
                 self._chroma_boot.append(np.dstack(current))
             if self._frames >= 30 and self._chroma_boot:
                 median = np.median(np.stack(self._chroma_boot), axis=0).astype(np.float32)
