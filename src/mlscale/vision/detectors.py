@@ -38,7 +38,7 @@ def _moving(tracks: Sequence[TrackView], min_hits: int = 3) -> list[TrackView]:
     return [tr for tr in tracks if tr.hits >= min_hits and tr.velocity is not None]
 
 
-# Seconds of a track's path that tell which way it goes lately (see ActivityModel._lately_back).
+# Seconds of a track's path that tell which way it goes lately (see RecentPaths).
 RECENT_PATH = 0.4
 
 # The most footage time one judged frame stands for in the scene's levels: a frame judged after a
@@ -66,6 +66,42 @@ def _weighted_median(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
         tie = abs(below[k] - 0.5 * total) <= 1e-9 * total and k + 1 < len(column)
         out[j] = 0.5 * (column[k] + column[k + 1]) if tie else column[k]
     return out
+
+
+class RecentPaths:
+    """Each track's centres over the last ``RECENT_PATH`` seconds: which way it went lately.
+
+    Why: a track's velocity is measured over 0.8 s, and when a track passes from one walker to
+    another merged with it, its centre jumps back once and the velocity points against the flow for
+    0.8 s although both walkers go with it; over the last 0.4 s only the new walker's own way shows.
+    A runner goes against the flow in every part of its path. Shared by the learned flow
+    (ActivityModel) and a configured one (RuleDetector), so both judge direction alike.
+    """
+
+    def __init__(self) -> None:
+        self._paths: dict[int, deque[tuple[float, float, float]]] = {}
+
+    def follow(self, frame: MotionFrame) -> None:
+        """Add each track's centre to its recent path; forget the tracks that are gone."""
+        paths = {}
+        for tr in frame.tracks:
+            path = self._paths.get(tr.id) or deque()
+            path.append((frame.t, *tr.center))
+            while frame.t - path[0][0] > RECENT_PATH + 1e-6:
+                path.popleft()
+            paths[tr.id] = path
+        self._paths = paths
+
+    def back(self, track: int, flow: tuple[float, float], usual: float) -> float:
+        """How far (frame widths) the track went against the unit vector ``flow`` over the last
+        ``RECENT_PATH`` seconds, less a quarter of the ``usual`` walking distance in that time
+        (positive: it still goes against the flow; 0.0 while its recent path is too short)."""
+        path = self._paths.get(track)
+        if not path or path[-1][0] - path[0][0] < 0.5 * RECENT_PATH:
+            return 0.0
+        (t0, x0, y0), (t1, x1, y1) = path[0], path[-1]
+        back = -((x1 - x0) * flow[0] + (y1 - y0) * flow[1])
+        return back - 0.25 * usual * (t1 - t0)
 
 
 class ActivityModel:
@@ -109,8 +145,7 @@ class ActivityModel:
         self.before = before
         # (t, moving area, moving objects, footage seconds the frame stands for)
         self._recent: deque[tuple[float, float, int, float]] = deque()
-        # Each track's last centres (t, x, y), over ``RECENT_PATH`` seconds: which way it went lately.
-        self._paths: dict[int, deque[tuple[float, float, float]]] = {}
+        self._paths = RecentPaths()
         self._levels: deque[tuple[float, float, int, float]] = deque()
         self._prev_t: float | None = None  # the frame judged last
         # ((area base, area boundary), (count base, count boundary)) while a crowd is there
@@ -240,31 +275,6 @@ class ActivityModel:
             self._crowd = ((base_area, bound_area), (base_count, bound_count))
         return crowd
 
-    def _follow(self, frame: MotionFrame) -> None:
-        """Add each track's centre to its recent path; forget the tracks that are gone."""
-        paths = {}
-        for tr in frame.tracks:
-            path = self._paths.get(tr.id) or deque()
-            path.append((frame.t, *tr.center))
-            while frame.t - path[0][0] > RECENT_PATH + 1e-6:
-                path.popleft()
-            paths[tr.id] = path
-        self._paths = paths
-
-    def _lately_back(self, track: int, usual: float) -> float:
-        """How far (frame widths) the track went against the flow over the last ``RECENT_PATH``
-        seconds, less a quarter of the usual walking distance in that time (positive: it still goes
-        against the flow). Why: the velocity is measured over 0.8 s, and when a track passes from
-        one walker to another merged with it, its centre jumps back once and the velocity points
-        against the flow for 0.8 s although both walkers go with it; over the last 0.4 s only the
-        new walker's own way shows. A runner goes against the flow in every part of its path."""
-        path = self._paths.get(track)
-        if not path or path[-1][0] - path[0][0] < 0.5 * RECENT_PATH:
-            return 0.0
-        (t0, x0, y0), (t1, x1, y1) = path[0], path[-1]
-        back = -((x1 - x0) * self.flow_[0] + (y1 - y0) * self.flow_[1])
-        return back - 0.25 * usual * (t1 - t0)
-
     def score(self, frame: MotionFrame) -> list[Finding]:
         findings = []
         # The footage time this frame stands for: since the frame judged before it.
@@ -296,7 +306,7 @@ class ActivityModel:
         if covered > 0.3 or frame.fg_fraction > 0.45:
             return findings  # something is coming over the lens, or the whole view changed: no one walks
         if self.flow_ is not None:  # only wrong_way reads the recent paths
-            self._follow(frame)
+            self._paths.follow(frame)
         for tr in _moving(frame.tracks, 3):
             speed = math.hypot(*tr.velocity)
             usual = self.speed_ if self.speed_ is not None else 0.1
@@ -316,7 +326,7 @@ class ActivityModel:
                     cos < -0.5
                     and back > 0.05
                     and back > 0.5 * usual * min(max(tr.age, 0.2), 1.5)
-                    and self._lately_back(tr.id, usual) > 0.0
+                    and self._paths.back(tr.id, self.flow_, usual) > 0.0
                 ):
                     # Walking straight against the flow scores 1.0; running against it, more.
                     findings.append(Finding("wrong_way", -cos * (0.6 + 0.4 * speed / usual), tr.box))
@@ -325,12 +335,17 @@ class ActivityModel:
         return findings
 
 
+# Slower than this (frame widths per second), a track is not judged against a configured flow.
+RULE_MIN_SPEED = 0.08
+
+
 class RuleDetector:
     """Zones and rules from the config: restricted zones, expected flow, loitering, crowd size."""
 
     def __init__(self, zones: Sequence[ZoneSettings] = (), rules: RuleSettings | None = None):
         self.zones = list(zones)
         self.rules = rules or RuleSettings()
+        self._paths = RecentPaths()
 
     def fit(self, frames: Sequence[MotionFrame]) -> RuleDetector:
         return self  # rules are written, not learned
@@ -338,6 +353,10 @@ class RuleDetector:
     def score(self, frame: MotionFrame) -> list[Finding]:
         findings = []
         tracks = [tr for tr in frame.tracks if tr.hits >= 2]
+        flow = self.rules.flow
+        norm = math.hypot(*flow) if flow is not None else 0.0
+        if norm:
+            self._paths.follow(frame)
         for tr in tracks:
             x, y = tr.center
             for zone in self.zones:
@@ -354,15 +373,20 @@ class RuleDetector:
             loiter = self.rules.loiter_seconds
             if loiter > 0 and tr.dwell > 0.25 * loiter and tr.seen >= 0.5 and arrived and whole:
                 findings.append(Finding("loitering", tr.dwell / self.rules.loiter_seconds, tr.box))
-            flow = self.rules.flow
-            if flow is not None and tr.velocity is not None and tr.hits >= 3 and tr.seen >= STEADY:
+            if norm and tr.velocity is not None and tr.hits >= 3 and tr.seen >= STEADY:
                 speed = math.hypot(*tr.velocity)
-                norm = math.hypot(*flow) or 1.0
-                cos = (tr.velocity[0] * flow[0] + tr.velocity[1] * flow[1]) / (norm * max(speed, 1e-9))
+                unit = (flow[0] / norm, flow[1] / norm)
+                cos = (tr.velocity[0] * unit[0] + tr.velocity[1] * unit[1]) / max(speed, 1e-9)
                 # Gone a good way against the flow too, as for the learned flow: a new blob's centre
-                # jumps as it merges and splits, and that is no one walking.
-                back = -(tr.travel[0] * flow[0] + tr.travel[1] * flow[1]) / norm
-                if speed > 0.08 and cos < -0.5 and back > 0.05:
+                # jumps as it merges and splits, and that is no one walking; and still going
+                # against it lately (a track handed from one walker to another jumps back once).
+                back = -(tr.travel[0] * unit[0] + tr.travel[1] * unit[1])
+                if (
+                    speed > RULE_MIN_SPEED
+                    and cos < -0.5
+                    and back > 0.05
+                    and self._paths.back(tr.id, unit, RULE_MIN_SPEED) > 0.0
+                ):
                     findings.append(Finding("wrong_way", 1.5, tr.box))
         if self.rules.loiter_seconds > 0:
             for box, level in frame.stationary:
