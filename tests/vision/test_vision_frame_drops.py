@@ -28,12 +28,27 @@ def _one_in_two(i: int, t: float) -> bool:
     return t < WARMUP or i % 2 == 0
 
 
+def _one_in_two_from_the_start(i: int, t: float) -> bool:
+    """The warm-up judged on half its frames too (every feed starts at once on a loaded machine)."""
+    return i % 2 == 0
+
+
+def _one_in_three(i: int, t: float) -> bool:
+    return t < WARMUP or i % 3 == 0
+
+
 def _bursts(i: int, t: float) -> bool:
     """Two seconds at full rate, then two seconds of one due frame in three, and so on."""
     return t < WARMUP or int(t // 2) % 2 == 0 or i % 3 == 0
 
 
-PATTERNS = {"every frame": _every_frame, "one in two": _one_in_two, "bursts of one in three": _bursts}
+PATTERNS = {
+    "every frame": _every_frame,
+    "one in two": _one_in_two,
+    "one in two from the start": _one_in_two_from_the_start,
+    "one in three": _one_in_three,
+    "bursts of one in three": _bursts,
+}
 
 
 def _events(footage: Footage) -> dict[str, list[tuple[float, str]]]:
@@ -71,10 +86,11 @@ def test_a_clip_raises_the_same_events_when_the_detector_drops_due_frames(photo,
     assert [k for _, k in full] == ([] if kind == "normal" else [kind]), full
     for name, found in events.items():
         assert [k for _, k in found] == [k for _, k in full], (name, found, full)
-        # Judged a step or a few later when the frame it fired on was dropped, never earlier
-        # than the anomaly.
+        # Judged a step or a few later when the frame it fired on was dropped; a runner later
+        # still at one frame in three (a track must be seen 3 times before its direction is judged:
+        # 1.2 s at that rate, then confirmed over 0.4 s).
         for (t, _), (t_full, _) in zip(found, full, strict=True):
-            assert t_full - 0.2 <= t <= t_full + 1.2, (name, found, full)
+            assert t_full - 0.2 <= t <= t_full + 2.5, (name, found, full)
 
 
 def _frame(t: float, fg: float) -> MotionFrame:

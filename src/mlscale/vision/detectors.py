@@ -41,6 +41,9 @@ def _moving(tracks: Sequence[TrackView], min_hits: int = 3) -> list[TrackView]:
 # Seconds of a track's path that tell which way it goes lately (see RecentPaths).
 RECENT_PATH = 0.4
 
+# The crowd's "now" is a median of at least this many frames judged (see ActivityModel._crowd_score).
+SMOOTH_FRAMES = 3
+
 # The most footage time one judged frame stands for in the scene's levels: a frame judged after a
 # long pause (frames dropped under load, the view broken) is not minutes of the scene.
 MAX_FRAME_WEIGHT = 1.0
@@ -80,14 +83,21 @@ class RecentPaths:
 
     def __init__(self) -> None:
         self._paths: dict[int, deque[tuple[float, float, float]]] = {}
+        self._last_t: float | None = None
 
     def follow(self, frame: MotionFrame) -> None:
-        """Add each track's centre to its recent path; forget the tracks that are gone."""
+        """Add each track's centre to its recent path; forget the tracks that are gone.
+
+        The path spans ``RECENT_PATH`` seconds, or back to the frame before when that is further
+        (dropped under load): otherwise it would hold one point and no direction at all."""
+        spacing = frame.t - self._last_t if self._last_t is not None else 0.0
+        self._last_t = frame.t
+        window = max(RECENT_PATH, spacing)
         paths = {}
         for tr in frame.tracks:
             path = self._paths.get(tr.id) or deque()
             path.append((frame.t, *tr.center))
-            while frame.t - path[0][0] > RECENT_PATH + 1e-6:
+            while frame.t - path[0][0] > window + 1e-6:
                 path.popleft()
             paths[tr.id] = path
         self._paths = paths
@@ -241,7 +251,12 @@ class ActivityModel:
         until most of it has gone: one crowd, one incident, and its people are not loiterers.
         """
         t = frame.t
-        window = [(fg, n, w) for ti, fg, n, w in self._recent if t - ti <= self.smooth_seconds + 1e-6]
+        # The last ``smooth_seconds``, and at least the last three frames judged: under frame drops
+        # 0.6 s holds one or two frames, and one frame's flicker would be a crowd.
+        recent = list(self._recent)
+        window = [(fg, n, w) for ti, fg, n, w in recent if t - ti <= self.smooth_seconds + 1e-6]
+        if len(window) < SMOOTH_FRAMES:
+            window = [(fg, n, w) for _, fg, n, w in recent[-SMOOTH_FRAMES:]]
         older = [(fg, n, w) for ti, fg, n, w in self._recent if self.before[1] <= t - ti <= self.before[0]]
         now = np.array(window, float)
         now_area, now_count = (float(v) for v in _weighted_median(now[:, :2], now[:, 2]))

@@ -192,8 +192,10 @@ class MotionAnalyzer:
         )
         self._tracks: list[_Track] = []
         self._next_id = 1
-        self._frames = 0  # frames of the footage's own clock since the first one (see update)
+        self._frames = 0  # frames analysed
+        self._clock = 0  # frames of the footage's own clock since the first one (see update)
         self._step = 1
+        self._bootstrapping = True
         self._first_t: float | None = None
         self._last_t: float | None = None
         self.reference: np.ndarray | None = None
@@ -256,17 +258,22 @@ class MotionAnalyzer:
         # Compensate global lighting (a gain, as a cloud or a camera's exposure control applies it) so
         # a change of light is not motion everywhere.
         normalized = cv2.convertScaleAbs(gray, alpha=min(4.0, 128.0 / max(brightness, 1.0)))
-        # Bootstrap fast (OpenCV's automatic rate), then learn at 1/history: with the automatic rate a
-        # young model absorbs someone standing still within seconds, and loitering would go unseen.
-        # Frames are counted on the footage's clock, not as they arrive: a frame judged after two
-        # were dropped (a loaded machine) counts as three, so the bootstrap lasts the same seconds
-        # and the background learns as fast per second at 1 feed and at 64. At the detection rate
-        # this is exactly one per frame.
+        # Bootstrap fast (OpenCV's automatic rate) for the first 30 frames, then learn at 1/history
+        # per frame: with the automatic rate a young model absorbs someone standing still within
+        # seconds, and loitering would go unseen. Frames are counted on the footage's clock, not
+        # as they arrive: a frame analysed after two were dropped (a loaded machine) counts as
+        # three, so the bootstrap lasts the same seconds (6 s at 5 fps: a longer one, under the
+        # warm-up's drops, took in the people the warm-up then learned as its normal) and the
+        # background forgets as fast per second at 1 feed and at 64; but never fewer than 10
+        # frames analysed, a model of fewer is not mature. Judging every due frame, the clock
+        # counts one per frame and all of this is the old arithmetic.
         if self._first_t is None:
             self._first_t = t
-        frames = max(self._frames + 1, round((t - self._first_t) / self.frame_interval) + 1)
-        self._step, self._frames = frames - self._frames, frames
-        rate = -1.0 if self._frames < 30 else min(0.5, self._step / self.history)
+        clock = max(self._clock + 1, round((t - self._first_t) / self.frame_interval) + 1)
+        self._step, self._clock = clock - self._clock, clock
+        self._frames += 1
+        self._bootstrapping = self._clock < 30 or self._frames < 10
+        rate = -1.0 if self._bootstrapping else min(0.5, self._step / self.history)
         dt = 0.2 if self._last_t is None else max(1e-3, t - self._last_t)
         # A sudden change of light (a lamp, a cloud, the camera's exposure): gain normalization does
         # not undo it where the image saturates, so the background is learned again for a moment.
@@ -286,7 +293,7 @@ class MotionAnalyzer:
         if learn and t < self._relearn_until:
             rate = 0.2
         mask = self._subtractor.apply(normalized, learningRate=rate if learn else 0.0)
-        if self._frames >= 30:
+        if not self._bootstrapping:
             # A shaking camera moves every strong edge by a pixel: a pixel is foreground only if it
             # differs from the background at every point of its 3x3 neighbourhood (the darkest and
             # brightest of them), otherwise the edges of the scene "move" all the time.
@@ -389,16 +396,15 @@ class MotionAnalyzer:
             # Bootstrapped as the per-pixel median of frames of the first seconds: an average would
             # keep a ghost of everyone who passed meanwhile, and the update below (only where
             # nobody is seen) would never remove it.
-            # Every second frame of the footage's clock (one of them, when frames were dropped).
-            if learn and self._frames // 2 > (self._frames - self._step) // 2:
+            if self._frames % 2 == 0 and learn:
                 self._chroma_boot.append(np.dstack(current))
-            if self._frames >= 30 and self._chroma_boot:
+            if not self._bootstrapping and self._chroma_boot:
                 median = np.median(np.stack(self._chroma_boot), axis=0).astype(np.float32)
                 self._chroma_bg = [np.ascontiguousarray(median[:, :, i]) for i in range(median.shape[2])]
                 self._chroma_boot = []
             return None
         found = None
-        if self._frames >= 30:
+        if not self._bootstrapping:
             found = np.zeros(current[0].shape, np.uint8)
             for plane, background in zip(current, self._chroma_bg, strict=True):
                 bg = cv2.convertScaleAbs(background)
