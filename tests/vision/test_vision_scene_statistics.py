@@ -140,21 +140,29 @@ def _tracked(track: int, path, t: float) -> TrackView:
     return TrackView(track, (x - 0.02, 0.5, x + 0.02, 0.6), (x, 0.55), velocity, 5.0, 25, 0.0, travel)
 
 
-def _wrong_way_events(path, start: float, seconds: float) -> list[float]:
+def _confirmed_wrong_way(findings_at, first: float, end: float) -> list[float]:
     """When a camera would raise wrong_way (findings confirmed over 0.4 s, as CameraDetector
-    does) for a track on ``path`` among walkers going right at 0.08/s."""
-    model = ActivityModel().fit([_frame(i / FPS, 0.03) for i in range(round(6 * FPS))])
-    assert model.flow_ is not None and model.flow_[0] > 0.9
+    does) from the findings ``findings_at(t)`` of each frame from ``first`` to ``end``."""
     debouncer = _Debouncer(threshold=1.0, confirm=0.4, cooldown=10.0)
     fired = []
-    for i in range(round(6 * FPS), round((start + seconds) * FPS)):
+    for i in range(round(first * FPS), round(end * FPS)):
         t = i / FPS
-        tracks = tuple(_walker(k, t) for k in range(6))
-        if t >= start:
-            tracks += (_tracked(99, path, t),)
-        findings = [f for f in model.score(MotionFrame(t, 0.03, 50.0, 120.0, tracks)) if f.kind == "wrong_way"]
+        findings = [f for f in findings_at(t) if f.kind == "wrong_way"]
         fired += [t for _ in debouncer.update(t, findings)]
     return fired
+
+
+def _wrong_way_events(path, start: float, seconds: float) -> list[float]:
+    """wrong_way events of the learned flow for a track on ``path`` among walkers going right at
+    0.08/s."""
+    model = ActivityModel().fit([_frame(i / FPS, 0.03) for i in range(round(6 * FPS))])
+    assert model.flow_ is not None and model.flow_[0] > 0.9
+
+    def findings_at(t: float):
+        tracks = tuple(_walker(k, t) for k in range(6)) + ((_tracked(99, path, t),) if t >= start else ())
+        return model.score(MotionFrame(t, 0.03, 50.0, 120.0, tracks))
+
+    return _confirmed_wrong_way(findings_at, 6.0, start + seconds)
 
 
 def test_a_runner_against_the_flow_goes_the_wrong_way_but_a_track_that_jumps_back_once_does_not():
@@ -166,16 +174,11 @@ def test_a_runner_against_the_flow_goes_the_wrong_way_but_a_track_that_jumps_bac
 
 
 def _rule_wrong_way_events(path, start: float, seconds: float) -> list[float]:
-    """When a camera would raise wrong_way from a configured flow (to the right) for a track on
-    ``path`` (findings confirmed over 0.4 s, as CameraDetector does)."""
+    """wrong_way events of a configured flow (to the right) for a track on ``path``."""
     rules = RuleDetector(rules=RuleSettings(flow=(1.0, 0.0), loiter_seconds=0.0))
-    debouncer = _Debouncer(threshold=1.0, confirm=0.4, cooldown=10.0)
-    fired = []
-    for i in range(round(start * FPS), round((start + seconds) * FPS)):
-        t = i / FPS
-        findings = [f for f in rules.score(MotionFrame(t, 0.03, 50.0, 120.0, (_tracked(99, path, t),)))]
-        fired += [t for _ in debouncer.update(t, findings)]
-    return fired
+    return _confirmed_wrong_way(
+        lambda t: rules.score(MotionFrame(t, 0.03, 50.0, 120.0, (_tracked(99, path, t),))), start, start + seconds
+    )
 
 
 def test_a_configured_flow_flags_a_runner_but_not_a_track_that_jumps_back_once():
