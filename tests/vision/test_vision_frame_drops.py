@@ -127,3 +127,9 @@ def test_a_pause_with_no_frame_judged_does_not_restart_a_rule_s_confirmation():
     judged.update(1.4, [])
     assert judged.update(1.6, above) == []
     assert [f.kind for f in judged.update(2.0, above)] == ["wrong_way"]
+
+
+def test_a_warm_up_of_a_single_judged_frame_still_fits():
+    """Under heavy drops a short warm-up may judge one frame: the model learns from it."""
+    model = ActivityModel().fit([_frame(3.0, 0.02)])
+    assert model.fg_level_ == pytest.approx(0.02)

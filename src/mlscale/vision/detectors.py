@@ -186,9 +186,9 @@ class ActivityModel:
         # included): what a crowd is measured against. Why not only the warm-up: a warm-up of
         # seconds may catch a quiet moment or a busy one, and every later hour would be judged
         # against it; a median of minutes follows the scene and a crowd of seconds barely moves it.
-        times = [f.t for f in frames]
-        steps = np.diff(times) if len(times) > 1 else np.array([0.2])
-        weights = [float(np.median(steps)), *(float(s) for s in steps)]
+        # Each frame weighs the seconds since the one before; the first, a typical step.
+        steps = np.diff([f.t for f in frames])
+        weights = [float(np.median(steps)) if len(steps) else 0.2, *(float(s) for s in steps)]
         rows = [
             (f.t, f.fg_fraction, len(_moving(f.tracks, 1)), min(w, MAX_FRAME_WEIGHT))
             for f, w in zip(frames, weights, strict=True)
@@ -257,7 +257,7 @@ class ActivityModel:
         window = [(fg, n, w) for ti, fg, n, w in recent if t - ti <= self.smooth_seconds + 1e-6]
         if len(window) < SMOOTH_FRAMES:
             window = [(fg, n, w) for _, fg, n, w in recent[-SMOOTH_FRAMES:]]
-        older = [(fg, n, w) for ti, fg, n, w in self._recent if self.before[1] <= t - ti <= self.before[0]]
+        older = [(fg, n, w) for ti, fg, n, w in recent if self.before[1] <= t - ti <= self.before[0]]
         now = np.array(window, float)
         now_area, now_count = (float(v) for v in _weighted_median(now[:, :2], now[:, 2]))
         if older:

@@ -194,7 +194,6 @@ class MotionAnalyzer:
         self._next_id = 1
         self._frames = 0  # frames analysed
         self._clock = 0  # frames of the footage's own clock since the first one (see update)
-        self._step = 1
         self._bootstrapping = True
         self._first_t: float | None = None
         self._last_t: float | None = None
@@ -270,10 +269,10 @@ class MotionAnalyzer:
         if self._first_t is None:
             self._first_t = t
         clock = max(self._clock + 1, round((t - self._first_t) / self.frame_interval) + 1)
-        self._step, self._clock = clock - self._clock, clock
+        step, self._clock = clock - self._clock, clock
         self._frames += 1
         self._bootstrapping = self._clock < 30 or self._frames < 10
-        rate = -1.0 if self._bootstrapping else min(0.5, self._step / self.history)
+        rate = -1.0 if self._bootstrapping else min(0.5, step / self.history)
         dt = 0.2 if self._last_t is None else max(1e-3, t - self._last_t)
         # A sudden change of light (a lamp, a cloud, the camera's exposure): gain normalization does
         # not undo it where the image saturates, so the background is learned again for a moment.
