@@ -46,6 +46,15 @@ class Overloaded(MlscaleError):
         self.retry_after = retry_after
 
 
+class VersionRetired(Overloaded):
+    """The model version a request was routed to is closing (replaced or unloaded) before the
+    request reached its queue. The inference path routes such a request again; a client sees it
+    (503) only when no version is left to take it."""
+
+    def __init__(self, message: str = "the model version is being unloaded") -> None:
+        super().__init__(message)
+
+
 class DeadlineExceeded(MlscaleError):
     """The request's deadline passed before its answer was ready (HTTP 504)."""
 

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 from mlscale.errors import ModelNotFound
+from mlscale.serving.inference import InferenceCore
+from mlscale.serving.protocol import DecodedRequest
 from mlscale.serving.repository import ModelRepository
 from mlscale.serving.sources import Listing
 
@@ -126,6 +128,54 @@ def test_a_traffic_split_in_model_toml_spans_source_aliases(tmp_path: Path):
             await repository.sync(strict=True)
             answers = {await _y(repository) for _ in range(60)}
             assert answers == {1.0, 2.0}
+        finally:
+            await repository.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_request_let_into_a_version_that_closes_before_its_body_arrives_is_served_by_the_new_one(tmp_path: Path):
+    """The race of a moved alias: a request let into v1's queue is still reading its body when v1
+    closes (its queue waits a bounded time for such requests, then stops). It is routed again to
+    the version the alias now names, not answered 503."""
+
+    async def scenario() -> None:
+        source = EditableSource(tmp_path / "store")
+        (tmp_path / "models").mkdir()
+        repository = ModelRepository(tmp_path / "models", registry=source)
+        core = InferenceCore(repository)
+        body_arrives = asyncio.Event()
+        let_in = asyncio.Event()
+
+        async def decode() -> DecodedRequest:
+            let_in.set()
+            await body_arrives.wait()
+            return DecodedRequest(_row(), None, {}, None, False)
+
+        def encode(model, request, outputs, parameters) -> tuple[str, float]:
+            return model.version, float(outputs["y"][0, 0])
+
+        try:
+            source.now = Listing({"1": source.version("1", 1.0)}, {"champion": "1"}, "champion")
+            await repository.sync(strict=True)
+            slow = asyncio.create_task(core.infer("m", "champion", decode, encode, None))
+            await let_in.wait()
+            retiring = repository.resolve("m", "champion").batcher
+            source.now = Listing({"2": source.version("2", 2.0)}, {"champion": "2"}, "champion")
+            await repository.sync(source)  # v1 closed, having waited its bounded time for the body
+            assert retiring._runner.done()
+            body_arrives.set()
+            assert await slow == ("2", 2.0)
+            # A version unloaded with nothing to take its place still answers the typed error.
+            body_arrives.clear()
+            let_in.clear()
+            alone = asyncio.create_task(core.infer("m", "2", decode, encode, None))
+            await let_in.wait()
+            source.now = Listing({"3": source.version("3", 3.0)}, {"champion": "3"}, "champion")
+            await repository.sync(source)
+            body_arrives.set()
+            with pytest.raises(ModelNotFound):
+                await alone
         finally:
             await repository.close()
 

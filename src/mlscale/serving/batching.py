@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from mlscale import tracing
-from mlscale.errors import DeadlineExceeded, InvalidInput, MlscaleError, Overloaded
+from mlscale.errors import DeadlineExceeded, InvalidInput, MlscaleError, Overloaded, VersionRetired
 from mlscale.serving.admission import QueueDelayAdmission
 
 Arrays = dict[str, np.ndarray]
@@ -174,7 +174,7 @@ class AdaptiveBatcher:
         ``tenant``: whose share of the queue the request counts in (None: the one shared tenant).
         A request let in must then call ``submit(..., admitted=True, tenant=tenant)``."""
         if self._closing:
-            raise Overloaded("the model version is being unloaded")
+            raise VersionRetired()
         if not self._door and self._has_room():
             self._enter(tenant)
             return
@@ -295,7 +295,7 @@ class AdaptiveBatcher:
         if tenant in self._tenant_let_in:
             _add(self._tenant_let_in, tenant, -1)
         if self._closing and self._runner.done():
-            raise Overloaded("the model version is being unloaded")
+            raise VersionRetired()
         if len(self._pending) >= self.max_queue_size:  # the hard bound, whatever the estimate says
             self._shed("queue_full")
             self._open_door()

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from mlscale import tracing
 from mlscale.cache.codec import pack_arrays, unpack_arrays
 from mlscale.cache.keys import prediction_key
-from mlscale.errors import DeadlineExceeded, InvalidInput, MlscaleError, ModelNotFound, Overloaded
+from mlscale.errors import DeadlineExceeded, InvalidInput, MlscaleError, ModelNotFound, Overloaded, VersionRetired
 from mlscale.serving import metrics
 from mlscale.serving.protocol import DecodedRequest
 from mlscale.serving.repository import ModelRepository, ModelVersion
@@ -24,7 +24,12 @@ T = TypeVar("T")
 # encode(model, request, outputs, response parameters or None) -> what the transport sends.
 Encode = Callable[[ModelVersion, DecodedRequest, dict, dict | None], T]
 
-_OUTCOMES = {Overloaded: "rejected", DeadlineExceeded: "timeout", ModelNotFound: "not_found"}
+_OUTCOMES = {
+    Overloaded: "rejected",
+    VersionRetired: "rejected",
+    DeadlineExceeded: "timeout",
+    ModelNotFound: "not_found",
+}
 
 
 class InferenceCore:
@@ -58,34 +63,42 @@ class InferenceCore:
             # Wait for room in the model's queue before the request is decoded, so a refusal costs no
             # body read or decode. A cached answer needs no queue: with a cache, only misses wait.
             if model.cache is None:
-                await model.batcher.admit(time.monotonic() + timeout if timeout else None, tenant)
+                model = await self._admit(name, version, model, timeout, tenant)
                 admitted = model.batcher
             request = await decode()
-            if model.enricher is not None:
-                if tracing.enabled:
-                    request.inputs = await _traced_join(model, request.inputs)
-                else:
-                    request.inputs = await model.enricher.join(request.inputs)
             requested = tuple(o.name for o in request.outputs) if request.outputs else None
-            model.validate(request.inputs, requested)
             parameter_timeout = request.parameters.get("timeout")
             if parameter_timeout is not None:
                 if not isinstance(parameter_timeout, (int, float)) or parameter_timeout < 0:
                     raise InvalidInput("parameter 'timeout' must be a non-negative number of microseconds")
                 timeout = parameter_timeout / 1e6
             deadline = time.monotonic() + timeout if timeout else None
-            model.meters.inflight.inc()
-            try:
-                if model.cache is None:
-                    admitted = None  # submit takes the room over
-                    outputs = await model.batcher.submit(
-                        request.inputs, deadline, requested, admitted=True, tenant=tenant
-                    )
-                    parameters = None
-                else:
-                    outputs, parameters = await _cached_predict(model, request.inputs, deadline, requested, tenant)
-            finally:
-                model.meters.inflight.dec()
+            decoded = request.inputs  # before features are joined: a re-routed request joins anew
+            for attempt in range(_ROUTES):
+                try:
+                    request.inputs = await _joined(model, decoded)
+                    model.validate(request.inputs, requested)
+                    model.meters.inflight.inc()
+                    try:
+                        if model.cache is None:
+                            holds_room, admitted = admitted is not None, None  # submit takes the room over
+                            outputs = await model.batcher.submit(
+                                request.inputs, deadline, requested, admitted=holds_room, tenant=tenant
+                            )
+                            parameters = None
+                        else:
+                            outputs, parameters = await _cached_predict(
+                                model, request.inputs, deadline, requested, tenant
+                            )
+                    finally:
+                        model.meters.inflight.dec()
+                    break
+                except VersionRetired:
+                    # Routed to a version that closed while this request was on its way (an alias
+                    # moved, a version was replaced): the new routing takes it, once decoded.
+                    if attempt == _ROUTES - 1:
+                        raise
+                    model = self._route_again(name, version, model)
             if requested:
                 outputs = {n: outputs[n] for n in requested if n in outputs}
             answer = encode(model, request, outputs, parameters)
@@ -107,6 +120,33 @@ class InferenceCore:
             self.payload_log.record(model.model, model.version, request.inputs, outputs)
         return answer
 
+    async def _admit(
+        self, name: str, version: str | None, model: ModelVersion, timeout: float | None, tenant: str | None
+    ) -> ModelVersion:
+        """Wait for room in the queue of the version the request is routed to; the version it was
+        let into (another one when the first closed on its way)."""
+        for attempt in range(_ROUTES):
+            try:
+                await model.batcher.admit(time.monotonic() + timeout if timeout else None, tenant)
+                return model
+            except VersionRetired:
+                if attempt == _ROUTES - 1:
+                    raise
+                model = self._route_again(name, version, model)
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _route_again(self, name: str, version: str | None, retired: ModelVersion) -> ModelVersion:
+        """The version the request is routed to now that ``retired`` is closing; the typed errors of
+        resolve (the model or version is gone) when nothing takes its place."""
+        model = self.repository.resolve(name, version)
+        if model is retired:  # still routed to while it closes: no other version to take the request
+            raise VersionRetired()
+        return model
+
+
+# Routing attempts of one request: versions closing one after another within one request's flight
+# are rare; this bounds the loop when they are not.
+_ROUTES = 3
 
 # The model label of requests naming a model the repository does not have.
 UNKNOWN_MODEL = "(unknown)"
@@ -131,6 +171,15 @@ async def _cached_predict(
     else:
         packed, source = await model.cache.get_or_compute(key, compute)
     return unpack_arrays(packed), {"cache": "miss" if source == "computed" else source}
+
+
+async def _joined(model: ModelVersion, inputs: dict) -> dict:
+    """The inputs with the model's online features joined in (the inputs as they are without [features])."""
+    if model.enricher is None:
+        return inputs
+    if tracing.enabled:
+        return await _traced_join(model, inputs)
+    return await model.enricher.join(inputs)
 
 
 # The traced twins of two steps: apart, so that tracing off costs an L1 hit one flag check, not a no-op span.
