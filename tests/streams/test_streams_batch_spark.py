@@ -8,13 +8,16 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mlscale.errors import InvalidInput
+from mlscale.errors import ConfigError, InvalidInput
+from mlscale.features.online import OnlineTarget
+from mlscale.storage.memory import MemoryKeyValue
 from mlscale.streams import batch_spark
-from mlscale.streams.batch import compute, write_events
+from mlscale.streams.batch import backfill, compute, write_events
 from mlscale.streams.definitions import WindowedFeature
 
 pytestmark = pytest.mark.timeout(360)  # the first Spark test also starts the JVM
@@ -101,3 +104,45 @@ def test_a_missing_column_is_a_clear_error(tmp_path, spark):
         batch_spark.compute(feature, path, spark)
     with pytest.raises(InvalidInput, match="cannot read events"):
         batch_spark.compute(feature, tmp_path / "nowhere", spark)
+
+
+def test_a_spark_backfill_is_written_by_the_executors_and_equals_duckdb_offline_and_online(tmp_path, spark):
+    """Client retries and same-time events over 40 users: Spark's executors write the Parquet (a
+    folder of part files) and the online store (a SQLite file they open from its URL); both equal
+    what the DuckDB backfill writes, row by row and key by key."""
+    rows = [
+        {"id": i % 300, "user": f"u{i % 300 % 40}", "ts": 1_700_000_000 + (i % 300) // 3, "amount": float(i % 300)}
+        for i in range(360)  # 60 retries of ids already sent, and three events per second
+    ]
+    path = write_events(rows, tmp_path / "events.parquet")
+    feature = WindowedFeature(
+        name="spend",
+        source="orders",
+        entity_key="user",
+        size="10s",
+        dedup_key="id",
+        aggregations=["count", "sum(amount)", "last(amount)"],
+    )
+    written = {}
+    for engine in ("duckdb", "spark"):
+        target = OnlineTarget(f"sqlite:///{engine}/online.db", str(tmp_path))
+        on_spark = spark if engine == "spark" else None
+        out = backfill(feature, path, tmp_path / engine / "offline", online=target, spark=on_spark)
+        kv = target.open_kv()
+        try:
+            keys = sorted(kv.scan(b"spend|"))
+            written[engine] = (pq.read_table(out).to_pylist(), dict(zip(keys, kv.get_many(keys), strict=True)))
+        finally:
+            kv.close()
+        if engine == "spark":
+            assert out.is_dir() and len(list(out.glob("part-*.parquet"))) >= 1
+    assert written["spark"] == written["duckdb"]
+    offline, online = written["spark"]
+    assert sum(r["count"] for r in offline) == 300 and len(online) == len(offline)
+    # DuckDB writes its file in place of a Spark folder, and a store only the driver sees is refused.
+    again = backfill(feature, path, tmp_path / "spark" / "offline")
+    assert again.is_file() and pq.read_table(again).to_pylist() == offline
+    with pytest.raises(ConfigError, match="memory://"):
+        backfill(feature, path, tmp_path / "m", online=OnlineTarget("memory://"), spark=spark)
+    with pytest.raises(InvalidInput, match="OnlineTarget"):
+        backfill(feature, path, tmp_path / "m", online=MemoryKeyValue(), spark=spark)

@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 
 from mlscale.errors import InvalidInput
+from mlscale.features.online import OnlineTarget
 from mlscale.storage.base import KeyValue
 from mlscale.streams.definitions import CompiledFeature, WindowedFeature
 
@@ -212,26 +213,39 @@ def backfill(
     feature: WindowedFeature | CompiledFeature,
     events: str | Path,
     offline_dir: str | Path,
-    online: KeyValue | None = None,
+    online: KeyValue | OnlineTarget | None = None,
     spark: Any = None,
 ) -> Path:
-    """Compute the feature over the event history, write it under ``offline_dir``; optionally load
-    online. With a SparkSession ``spark`` the windows are computed by Spark (batch_spark.py) and
-    collected to the driver, which then writes them as DuckDB's backfill does."""
+    """Compute the feature over the event history, write it to ``offline_dir/<name>/backfill.parquet``;
+    optionally load ``online`` (an open store, or where one lives). With a SparkSession ``spark`` the
+    executors compute the windows and write them (batch_spark.py): the Parquet path is then a folder
+    of part files, which Parquet readers read as one table, and the online store must be given as an
+    OnlineTarget, which the executors open."""
+    import shutil
+
     import pyarrow.parquet as pq
 
     f = feature.compile() if isinstance(feature, WindowedFeature) else feature
+    out = Path(offline_dir) / f.name / "backfill.parquet"
+    out.parent.mkdir(parents=True, exist_ok=True)
     if spark is not None:
         from mlscale.streams import batch_spark
 
-        table = batch_spark.compute(f, events, spark)
-    else:
-        table = compute(f, events)
-    out = Path(offline_dir) / f.name / "backfill.parquet"
-    out.parent.mkdir(parents=True, exist_ok=True)
+        if online is not None and not isinstance(online, OnlineTarget):
+            raise InvalidInput("a Spark backfill writes the online store from its executors: give an OnlineTarget")
+        batch_spark.backfill(f, events, out, spark, online)
+        return out
+    table = compute(f, events)
+    if out.is_dir():  # a Spark backfill's folder: this engine writes one file in its place
+        shutil.rmtree(out)
     pq.write_table(table.rename_columns([f.entity_key, *table.column_names[1:]]), out)
     if online is not None:
-        online.set_many(dict(online_items(f, table.to_pylist())), ttl=f.ttl_s)
+        kv = online.open_kv() if isinstance(online, OnlineTarget) else online
+        try:
+            kv.set_many(dict(online_items(f, table.to_pylist())), ttl=f.ttl_s)
+        finally:
+            if kv is not online:
+                kv.close()
     return out
 
 

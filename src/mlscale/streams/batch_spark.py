@@ -2,17 +2,22 @@
 
 For event histories that live in a data lake too big for one host: the same query shape as the
 DuckDB backfill, so the two engines compute the same windows (tests compare them row by row). The
-events are read from a Parquet file, folder (recursively) or glob, or taken as a DataFrame; the result
-comes back to the driver as Arrow, as the DuckDB backfill returns it, or is written by the executors
-with ``write_spark`` when it is too big for the driver.
+events are read from a Parquet file, folder (recursively) or glob, or taken as a DataFrame. ``compute``
+brings the windows back to the driver as Arrow, as the DuckDB backfill returns them (for tests and
+small histories); ``backfill`` never does: the executors write the offline Parquet and the online
+store themselves, so the windows of a history too big for one host never pass through the driver.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mlscale.errors import InvalidInput
+import pyarrow as pa
+
+from mlscale.errors import ConfigError, InvalidInput
+from mlscale.features.online import OnlineTarget
 from mlscale.streams.batch import SPARK, feature_sql, source_shape
 from mlscale.streams.definitions import CompiledFeature, WindowedFeature
 
@@ -61,3 +66,66 @@ def compute(feature: WindowedFeature | CompiledFeature, events: str | Path | Any
         return frame.orderBy("e", "window_start").toArrow()
     except Exception as exc:  # raised when the query runs (a bad cast, a missing column)
         raise InvalidInput(f"backfill of {f.name}: {str(exc).splitlines()[0]}") from None
+
+
+def backfill(
+    feature: WindowedFeature | CompiledFeature,
+    events: str | Path | Any,
+    out: Path,
+    spark: Any,
+    online: OnlineTarget | None = None,
+    chunk_rows: int = 5_000,
+) -> int:
+    """Write every window of ``feature`` from the executors: to ``out`` as a Parquet dataset (a
+    folder of part files in entity and window order, the entity column named as in DuckDB's
+    backfill), and with ``online`` into that online store, each task its own partitions in chunks
+    of ``chunk_rows``. The number of windows. Why a target and not a store: an executor opens the
+    store from its URL; an open connection cannot be shipped to it."""
+    f = feature.compile() if isinstance(feature, WindowedFeature) else feature
+    if online is not None and not online.shared:
+        raise ConfigError(
+            'offline_engine = "spark" writes the online store from its executors: it needs a store they '
+            "can open (sqlite:// files they reach, or redis://), not memory://"
+        )
+    frame = windows(f, events, spark)
+    try:
+        if online is not None:
+            # Cached: the online load and the Parquet write read the windows computed once.
+            frame = frame.persist()
+            written = frame.mapInArrow(_OnlineWriter(f, online, chunk_rows), "written long").collect()
+            count = int(sum(row.written for row in written))
+        ordered = frame.orderBy("e", "window_start").withColumnRenamed("e", f.entity_key)
+        ordered.write.mode("overwrite").parquet(str(out))
+        if online is None:
+            count = int(spark.read.parquet(str(out)).count())  # the Parquet footers: no data scan
+    except Exception as exc:  # raised when the query runs (a bad cast, a missing column)
+        raise InvalidInput(f"backfill of {f.name}: {str(exc).splitlines()[0]}") from None
+    finally:
+        if online is not None:
+            frame.unpersist()
+    return count
+
+
+class _OnlineWriter:
+    """What each task runs over its partition of the windows (pickled to the executors): the same
+    keys and values as the stream processor writes, in chunks."""
+
+    def __init__(self, feature: CompiledFeature, target: OnlineTarget, chunk_rows: int) -> None:
+        self.feature = feature
+        self.target = target
+        self.chunk_rows = max(1, chunk_rows)
+
+    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from mlscale.streams.batch import online_items
+
+        kv = self.target.open_kv()
+        written = 0
+        try:
+            for batch in batches:
+                for start in range(0, batch.num_rows, self.chunk_rows):
+                    rows = batch.slice(start, self.chunk_rows).to_pylist()
+                    kv.set_many(dict(online_items(self.feature, rows)), ttl=self.feature.ttl_s)
+                    written += len(rows)
+        finally:
+            kv.close()
+        yield pa.RecordBatch.from_pydict({"written": pa.array([written], pa.int64())})

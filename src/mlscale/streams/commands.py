@@ -234,7 +234,7 @@ def produce(config_path, topic, source, demo, entities) -> None:
 def backfill(config_path, events_path, names, online) -> None:
     """Compute [streams] features over historical events into the offline folder, with DuckDB or,
     when [features] offline_engine = "spark", with Spark on [features] spark_master."""
-    from mlscale.storage import open_store
+    from mlscale.features.online import OnlineTarget
     from mlscale.streams.batch import backfill as run_backfill
 
     settings = _settings(config_path)
@@ -250,10 +250,14 @@ def backfill(config_path, events_path, names, online) -> None:
         from mlscale.features.spark import spark_session
 
         spark = spark_session(settings.features.spark_master, settings.features.spark_config)
-    store = open_store(s.online, root=settings.root) if online else None
+    # Spark's executors open the online store themselves, from where it lives.
+    target = OnlineTarget(s.online, str(settings.root)) if online else None
+    store = target.open_kv() if target is not None and spark is None else None
     try:
         for f in features:
-            out = run_backfill(f, events_path, settings.resolve(s.offline_dir), online=store, spark=spark)
+            out = run_backfill(
+                f, events_path, settings.resolve(s.offline_dir), online=store or target, spark=spark
+            )
             click.echo(f"{f.name}: {out}")
     finally:
         if store is not None:
