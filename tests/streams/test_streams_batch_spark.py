@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from mlscale.errors import ConfigError, InvalidInput
 from mlscale.features.online import OnlineTarget
 from mlscale.storage.memory import MemoryKeyValue
-from mlscale.streams import batch_spark
+from mlscale.streams import batch, batch_spark
 from mlscale.streams.batch import backfill, compute, write_events
 from mlscale.streams.definitions import WindowedFeature
 
@@ -106,10 +106,13 @@ def test_a_missing_column_is_a_clear_error(tmp_path, spark):
         batch_spark.compute(feature, tmp_path / "nowhere", spark)
 
 
-def test_a_spark_backfill_is_written_by_the_executors_and_equals_duckdb_offline_and_online(tmp_path, spark):
+def test_a_spark_backfill_is_written_by_the_executors_and_equals_duckdb_offline_and_online(
+    tmp_path, spark, monkeypatch
+):
     """Client retries and same-time events over 40 users: Spark's executors write the Parquet (a
     folder of part files) and the online store (a SQLite file they open from its URL); both equal
-    what the DuckDB backfill writes, row by row and key by key."""
+    what the DuckDB backfill writes, row by row and key by key (DuckDB's in chunks of 7 windows)."""
+    monkeypatch.setattr(batch, "ONLINE_CHUNK_ROWS", 7)
     rows = [
         {"id": i % 300, "user": f"u{i % 300 % 40}", "ts": 1_700_000_000 + (i % 300) // 3, "amount": float(i % 300)}
         for i in range(360)  # 60 retries of ids already sent, and three events per second

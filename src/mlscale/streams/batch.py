@@ -209,6 +209,10 @@ def compute(feature: WindowedFeature | CompiledFeature, events: str | Path, con=
         raise InvalidInput(f"backfill of {f.name}: {exc}".splitlines()[0]) from None
 
 
+# Windows written to the online store per call of set_many by a backfill (per task on Spark).
+ONLINE_CHUNK_ROWS = 5_000
+
+
 def backfill(
     feature: WindowedFeature | CompiledFeature,
     events: str | Path,
@@ -242,7 +246,10 @@ def backfill(
     if online is not None:
         kv = online.open_kv() if isinstance(online, OnlineTarget) else online
         try:
-            kv.set_many(dict(online_items(f, table.to_pylist())), ttl=f.ttl_s)
+            # In chunks: one dict per window for the whole history held at once cost more memory
+            # than the history's Arrow table itself (1.6 GiB for 1.8M windows).
+            for chunk in table.to_batches(max_chunksize=ONLINE_CHUNK_ROWS):
+                kv.set_many(dict(online_items(f, chunk.to_pylist())), ttl=f.ttl_s)
         finally:
             if kv is not online:
                 kv.close()

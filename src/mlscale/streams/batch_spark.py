@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from mlscale.errors import ConfigError, InvalidInput
 from mlscale.features.online import OnlineTarget
-from mlscale.streams.batch import SPARK, feature_sql, source_shape
+from mlscale.streams.batch import ONLINE_CHUNK_ROWS, SPARK, feature_sql, source_shape
 from mlscale.streams.definitions import CompiledFeature, WindowedFeature
 
 
@@ -74,7 +74,7 @@ def backfill(
     out: Path,
     spark: Any,
     online: OnlineTarget | None = None,
-    chunk_rows: int = 5_000,
+    chunk_rows: int = ONLINE_CHUNK_ROWS,
 ) -> int:
     """Write every window of ``feature`` from the executors: to ``out`` as a Parquet dataset (a
     folder of part files in entity and window order, the entity column named as in DuckDB's
