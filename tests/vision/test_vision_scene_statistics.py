@@ -255,39 +255,3 @@ def test_a_tower_vanishing_into_a_saturating_sky_is_not_someone_standing_there(w
     """Gain normalization cannot undo a clipped pixel: the tower's pixels go the sky's white while
     the background still holds the tower. Saturated pixels say nothing about what is there."""
     assert _stationary_boxes(_whitening_sky(60.0, white)) == []
-
-
-def _stander_among_passers_by(seconds: float):
-    """160x120 grey frames at 5 fps: someone stands still from 10 s on, and every 2.4 s a walker
-    crosses the view on the same row, through them (their blobs merge and split, so the
-    stander's track is lost and found again with every passer-by)."""
-    rng = np.random.default_rng(9)
-    background = np.clip(120 + cv2.GaussianBlur(rng.normal(0, 30, (120, 160)).astype(np.float32), (0, 0), 2), 0, 255)
-    for i in range(round(seconds * FPS)):
-        t = i / FPS
-        frame = background.copy()
-        if t >= 10.0:
-            frame[60:90, 76:84] = 30
-        for k in range(int(t // 2.4) + 1):
-            x = round(24.0 * (t - 2.4 * k)) - 10  # 0.15 frame widths per second
-            if -10 < x < 160:
-                frame[58:90, max(0, x) : max(0, x + 9)] = 200
-        frame += rng.normal(0, 2.0, frame.shape)
-        yield t, np.clip(frame, 0, 255).astype(np.uint8)
-
-
-def test_someone_standing_while_passers_by_walk_through_them_is_found_standing_in_time():
-    """Loitering is 8 s here (persistence 0.8 after 8 s of presence). Where a passer-by walks
-    through, persistence is held (about a third of the time here), so the stander is found later
-    than 8 s, but found, before the background takes them in: each passer-by hands them a new
-    track, and a new track that already shows it stands no longer holds it too (the old code never
-    reached 0.8 on this footage)."""
-    analyzer = MotionAnalyzer((160, 120), history=1500, persistence_seconds=8.0 / math.log(5.0))
-    first = None
-    for t, frame in _stander_among_passers_by(30.0):
-        motion = analyzer.update(frame, t)
-        if t >= 2.0 and analyzer.reference is None:
-            analyzer.set_reference()
-        if first is None and any(level > 0.8 and box[0] < 0.53 < box[2] for box, level in motion.stationary):
-            first = t
-    assert first is not None and first <= 10.0 + 15.0, first

@@ -65,10 +65,6 @@ class TrackView:
     seen: float = 1.0
 
 
-# Seconds a new track must be seen before its speed can say it stands still (two steps at 5 fps).
-STANDING_EVIDENCE = 0.4
-
-
 @dataclass(frozen=True)
 class MotionFrame:
     """What motion analysis saw in one frame: the input of the detectors."""
@@ -479,15 +475,7 @@ class MotionAnalyzer:
         w, h = self.resolution
         hold = None
         for tr in self._tracks:
-            age = tr.history[-1][0] - tr.first_seen
-            young = age < self.keep_seconds
-            if young and age >= STANDING_EVIDENCE:
-                # A young track that already shows it stands (it would not leave its dwell radius
-                # within keep_seconds) is someone standing found again after a passer-by merged
-                # with them, not a newcomer whose way is unknown: holding it froze the stander's
-                # persistence for 1.5 s of every track they were given (loiterers seen late or not).
-                v = tr.velocity()
-                young = v is None or math.hypot(*v) * self.keep_seconds >= self.dwell_radius
+            young = tr.history[-1][0] - tr.first_seen < self.keep_seconds
             if tr.misses == 0 and (young or math.hypot(*tr.travel()) > self.dwell_radius):
                 if hold is None:
                     hold = np.full(mask.shape, 255, np.uint8)
