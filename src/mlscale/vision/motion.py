@@ -289,14 +289,9 @@ class MotionAnalyzer:
                 self._light = blocks
         self._light = blocks if self._light is None else self._light + (blocks - self._light) * min(1.0, dt / 1.0)
         relit = t < self._relearn_until + 1.0
-        standing = None
         if learn and t < self._relearn_until:
             rate = 0.2
-            standing = self._standing_mask()
-        if standing is None:
-            mask = self._subtractor.apply(normalized, learningRate=rate if learn else 0.0)
-        else:
-            mask = self._relearn_around(normalized, standing, rate)
+        mask = self._subtractor.apply(normalized, learningRate=rate if learn else 0.0)
         if not self._bootstrapping:
             # A shaking camera moves every strong edge by a pixel: a pixel is foreground only if it
             # differs from the background at every point of its 3x3 neighbourhood (the darkest and
@@ -463,49 +458,6 @@ class MotionAnalyzer:
             for s in (-1.0, 1.0)
         )
         return still > 1.3 * moved
-
-    def _standing_mask(self) -> np.ndarray | None:
-        """Where someone stands (a track that arrived and has stayed put, or pixels that have been
-        foreground much of the last seconds), widened by their sway; None when no one does."""
-        if self._bootstrapping:
-            return None
-        w, h = self.resolution
-        found = np.zeros((h, w), np.uint8)
-        for tr in self._tracks:
-            dwell = tr.dwell(self.dwell_radius)
-            # Stayed 2 s (a walker leaves the dwell radius within one), having come from elsewhere.
-            if dwell >= 2.0 and tr.history[-1][0] - tr.first_seen >= dwell + 1.0:
-                x0, y0, x1, y1 = tr.box
-                top, left = max(0, int(y0 * h) - 2), max(0, int(x0 * w) - 2)
-                found[top : math.ceil(y1 * h) + 2, left : math.ceil(x1 * w) + 2] = 255
-        if self._persist is not None:
-            held = cv2.compare(self._persist, 0.3 * 255.0, cv2.CMP_GT)
-            if self._scene is not None:
-                held[self._scene > 0] = 0  # part of the scene since the warm-up, not someone
-            found = cv2.bitwise_or(found, held)
-        if not found.any():
-            return None
-        return cv2.dilate(found, self._sway) > 0
-
-    def _relearn_around(self, normalized: np.ndarray, standing: np.ndarray, rate: float) -> np.ndarray:
-        """Learn the background again after a change of light, except where someone stands.
-
-        Why: learning everything at 0.2 a frame for 1.5 s took in whoever stood there too, and
-        a loiterer standing through a cloud was lost (6 of the 7 missed on the tuning clips).
-        There the background keeps what it had: the gain normalization has undone most of the
-        change, and they stay foreground against it. The model sees the old background at
-        those pixels; their foreground is judged against it directly."""
-        background = self._subtractor.getBackgroundImage()
-        if background is None:
-            return self._subtractor.apply(normalized, learningRate=rate)
-        if background.ndim == 3:
-            background = cv2.cvtColor(background, cv2.COLOR_BGR2GRAY)
-        fed = normalized.copy()
-        fed[standing] = background[standing]
-        mask = self._subtractor.apply(fed, learningRate=rate)
-        differs = cv2.absdiff(normalized, background) > 12
-        mask[standing & differs] = 255
-        return mask
 
     def _stationary(self, mask: np.ndarray, dt: float) -> tuple:
         """Foreground persistence per pixel, an exponential average over ``persistence_seconds``.
