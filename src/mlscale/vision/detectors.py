@@ -275,7 +275,10 @@ class ActivityModel:
         seen = max(self._levels[-1][0] - self._levels[0][0], 1.0) if self._levels else 1.0
         widen = math.sqrt(1.0 + renewal / seen)
         spread_area = max(self.fg_level_ / math.sqrt(objects), math.sqrt(self.fg_var_)) * widen
-        spread_count = math.sqrt(objects) * widen
+        # The count's spread is a Poisson count's, or the one learned from calm frames when larger:
+        # a walker's blob splits and merges with others, and the tracked count wanders more than the
+        # people in view (as the area's spread already was; a false crowd on normal footage).
+        spread_count = max(math.sqrt(objects), math.sqrt(self.objects_var_)) * widen
         bound_area = max(self.crowd_z * spread_area, self.crowd_ratio * self.fg_level_ - base_area, self.crowd_min_area)
         bound_count = max(
             self.crowd_z * spread_count, self.crowd_ratio * self.objects_level_ - base_count, self.crowd_min_objects
@@ -381,7 +384,9 @@ class RuleDetector:
             # Someone who came and stayed: the track was seen elsewhere before it stopped. A speck
             # that flickers in one place from the moment it appears (a glint, a compression
             # artefact on a textured wall) has stayed since birth, and that is no one.
-            arrived = tr.age >= tr.dwell + 1.0
+            # Both measured up to when it was last matched: a speck hidden a second in a passer-by's
+            # blob had aged a second more than it had dwelt, and "arrived" (a false loitering).
+            arrived = tr.age - tr.lag >= tr.dwell + 1.0
             # Half out of the frame, a blob's centre barely moves whatever the person does (one
             # walking out of the view shrinks in place): judged once it is whole in the view.
             whole = tr.box[0] > 0.01 and tr.box[2] < 0.99
@@ -405,6 +410,11 @@ class RuleDetector:
                     findings.append(Finding("wrong_way", 1.5, tr.box))
         if self.rules.loiter_seconds > 0:
             for box, level in frame.stationary:
+                if box[0] <= 0.01 or box[2] >= 0.99:
+                    # Against the edge of the view, as a track half out of it: the pixels a shaking
+                    # camera fills in at its border (and someone half out of view) stay foreground
+                    # there; no one is judged standing until whole in the view.
+                    continue
                 # Persistence level back to seconds of presence: level = 1 - exp(-s / T), T = L / ln 5.
                 seconds = -math.log(max(1e-3, 1.0 - min(level, 0.999))) * self.rules.loiter_seconds / math.log(5.0)
                 findings.append(Finding("loitering", seconds / self.rules.loiter_seconds, box))

@@ -63,6 +63,9 @@ class TrackView:
     # Fraction of the frames of the last 1.5 s in which it was seen: a flickering speck of noise
     # or of a compression artefact is seen now and then, a person nearly always.
     seen: float = 1.0
+    # Seconds since it was last matched (0.0 when seen in this frame; more while it is hidden in a
+    # passer-by's blob): its dwell is measured up to then, its age up to now.
+    lag: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -376,6 +379,7 @@ class MotionAnalyzer:
             dwell=tr.dwell(self.dwell_radius),
             travel=tr.travel(),
             seen=tr.seen(t, self._frame_times),
+            lag=t - tr.history[-1][0],
         )
 
     def _chroma(
