@@ -136,6 +136,7 @@ class ActivityModel:
         crowd_min_area: float = 0.02,
         crowd_min_objects: float = 4.0,
         before: tuple[float, float] = (6.0, 2.0),
+        crowd_min_gathering: float = 3.0,
     ):
         # After the warm-up the normal counts follow the scene (the morning rush, an empty evening)
         # with this time constant, learning only from frames where nothing looked abnormal.
@@ -153,8 +154,13 @@ class ActivityModel:
         self.crowd_min_area = crowd_min_area
         self.crowd_min_objects = crowd_min_objects
         self.before = before
+        # And some of the new people linger: at least ``crowd_min_gathering`` more tracks than a
+        # moment ago move at under half the usual walking speed (see _gathering).
+        self.crowd_min_gathering = crowd_min_gathering
         # (t, moving area, moving objects, footage seconds the frame stands for)
         self._recent: deque[tuple[float, float, int, float]] = deque()
+        # (t, lingering tracks, footage seconds the frame stands for), over the same seconds
+        self._lingering: deque[tuple[float, int, float]] = deque()
         self._paths = RecentPaths()
         self._levels: deque[tuple[float, float, int, float]] = deque()
         self._prev_t: float | None = None  # the frame judged last
@@ -198,8 +204,34 @@ class ActivityModel:
         self._level_at = -math.inf
         self._refresh_level(frames[-1].t)
         self._recent = deque(rows)
+        self._lingering = deque((r[0], self._lingerers(f), r[3]) for r, f in zip(rows, frames, strict=True))
         self._crowd = None
         return self
+
+    def _lingerers(self, frame: MotionFrame) -> int:
+        """How many tracks move at under half the usual walking speed (people who stay about)."""
+        usual = self.speed_ if self.speed_ is not None else 0.1
+        return sum(1 for tr in _moving(frame.tracks, 1) if math.hypot(*tr.velocity) < 0.5 * usual)
+
+    def _gathering(self, t: float) -> float:
+        """How many more tracks linger now (median of the crowd's "now") than a moment ago.
+
+        Why: walkers arrive as a random stream, and at times four in view become a dozen within
+        seconds, a burst that the area and the count both read as a crowd (most false crowds on
+        normal footage were such bursts). People passing through keep walking; a crowd gathers,
+        and whoever joins it slows down."""
+        rows = list(self._lingering)
+        window = [(n, w) for ti, n, w in rows if t - ti <= self.smooth_seconds + 1e-6]
+        if len(window) < SMOOTH_FRAMES:
+            window = [(n, w) for _, n, w in rows[-SMOOTH_FRAMES:]]
+        older = [(n, w) for ti, n, w in rows if self.before[1] <= t - ti <= self.before[0]]
+        now = np.array(window, float)
+        (now_level,) = _weighted_median(now[:, :1], now[:, 1])
+        if not older:
+            return float(now_level)
+        past = np.array(older, float)
+        (before_level,) = _weighted_median(past[:, :1], past[:, 1])
+        return float(now_level - before_level)
 
     def _refresh_level(self, t: float) -> None:
         while self._levels and t - self._levels[0][0] > self.level_seconds:
@@ -284,6 +316,8 @@ class ActivityModel:
             self.crowd_z * spread_count, self.crowd_ratio * self.objects_level_ - base_count, self.crowd_min_objects
         )
         crowd = max((now_area - base_area) / bound_area, (now_count - base_count) / bound_count)
+        if self._crowd is None and crowd >= 1.0 and self._gathering(t) < self.crowd_min_gathering:
+            crowd = min(crowd, 0.9)  # a burst of people passing through, not a crowd
         if self._crowd is not None:
             held_area, held_count = self._crowd
             crowd = max(crowd, (now_area - held_area[0]) / held_area[1], (now_count - held_count[0]) / held_count[1])
@@ -309,12 +343,15 @@ class ActivityModel:
             return findings  # motion means nothing while the view itself is broken
         moving = _moving(frame.tracks, 1)
         self._recent.append((frame.t, frame.fg_fraction, len(moving), weight))
+        self._lingering.append((frame.t, self._lingerers(frame), weight))
         if not frame.relit:
             self._levels.append((frame.t, frame.fg_fraction, len(moving), weight))
         if frame.t - self._level_at >= 1.0:  # a median of minutes, refreshed once a second
             self._refresh_level(frame.t)
         while frame.t - self._recent[0][0] > max(self.before[0], self.smooth_seconds):
             self._recent.popleft()
+        while frame.t - self._lingering[0][0] > max(self.before[0], self.smooth_seconds):
+            self._lingering.popleft()
         crowd = self._crowd_score(frame)
         if frame.relit or frame.fg_fraction > 0.45 or covered > 0.5:
             crowd = min(crowd, 0.0)  # the whole view changed (light, a hand coming): not people
