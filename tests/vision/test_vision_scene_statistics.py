@@ -191,6 +191,33 @@ def test_a_speck_hidden_a_moment_in_a_passers_blob_has_still_not_arrived():
     assert [f.kind for f in rules.score(MotionFrame(30.0, 0.01, 50.0, 120.0, (hidden_stayer,)))] == ["loitering"]
 
 
+def test_a_track_hidden_in_a_passers_blob_reports_how_long_since_it_was_last_matched():
+    """The analyzer's side of the hidden speck: someone stands from 7 s, a walker passes over them
+    from 9 s to 13 s. While they are merged the stander's track is still reported, with ``lag``
+    the seconds since it was last matched; seen on its own again, the lag is back to 0."""
+    rng = np.random.default_rng(3)
+    background = np.clip(120 + cv2.GaussianBlur(rng.normal(0, 30, (120, 160)).astype(np.float32), (0, 0), 2), 0, 255)
+    analyzer = MotionAnalyzer((160, 120), history=1500)
+    stander_lags: list[tuple[float, float]] = []
+    for i in range(round(16 * FPS)):
+        t = i / FPS
+        frame = background.copy()
+        if t >= 7.0:
+            frame[60:80, 78:84] = 30
+        if 9.0 <= t < 13.0:
+            x = round(20 + 30 * (t - 9.0))
+            frame[55:85, x : x + 10] = 220
+        frame = np.clip(frame + rng.normal(0, 2.0, frame.shape), 0, 255).astype(np.uint8)
+        motion = analyzer.update(frame, t)
+        if t >= 2.0 and analyzer.reference is None:
+            analyzer.set_reference()
+        stander_lags += [(t, v.lag) for v in motion.tracks if abs(v.center[0] - 0.5) < 0.03 and v.age > 2.0]
+    seen_alone = [lag for t, lag in stander_lags if t < 10.0 or t >= 12.0]
+    assert len(seen_alone) >= 20 and all(lag == 0.0 for lag in seen_alone), stander_lags
+    hidden = [lag for t, lag in stander_lags if 10.0 <= t < 12.0]
+    assert max(hidden) >= 0.2 and all(lag <= 2.0 for lag in hidden), stander_lags
+
+
 def test_someone_half_out_of_the_frame_is_not_loitering():
     """A walker leaving the view shrinks in place at its edge: its centre barely moves."""
     rules = RuleDetector(rules=RuleSettings(loiter_seconds=8.0))

@@ -34,6 +34,11 @@ class Finding:
 STEADY = 0.7
 
 
+def _whole_in_view(box: tuple[float, float, float, float]) -> bool:
+    """Not against the left or right edge of the view (where people walk in and out)."""
+    return box[0] > 0.01 and box[2] < 0.99
+
+
 def _moving(tracks: Sequence[TrackView], min_hits: int = 3) -> list[TrackView]:
     return [tr for tr in tracks if tr.hits >= min_hits and tr.velocity is not None]
 
@@ -155,12 +160,10 @@ class ActivityModel:
         self.crowd_min_objects = crowd_min_objects
         self.before = before
         # And some of the new people linger: at least ``crowd_min_gathering`` more tracks than a
-        # moment ago move at under half the usual walking speed (see _gathering).
+        # moment ago move at under half the usual walking speed (see _lingerers).
         self.crowd_min_gathering = crowd_min_gathering
-        # (t, moving area, moving objects, footage seconds the frame stands for)
-        self._recent: deque[tuple[float, float, int, float]] = deque()
-        # (t, lingering tracks, footage seconds the frame stands for), over the same seconds
-        self._lingering: deque[tuple[float, int, float]] = deque()
+        # (t, moving area, moving objects, lingering objects, footage seconds the frame stands for)
+        self._recent: deque[tuple[float, float, int, int, float]] = deque()
         self._paths = RecentPaths()
         self._levels: deque[tuple[float, float, int, float]] = deque()
         self._prev_t: float | None = None  # the frame judged last
@@ -203,35 +206,20 @@ class ActivityModel:
         self._prev_t = frames[-1].t
         self._level_at = -math.inf
         self._refresh_level(frames[-1].t)
-        self._recent = deque(rows)
-        self._lingering = deque((r[0], self._lingerers(f), r[3]) for r, f in zip(rows, frames, strict=True))
+        lingering = [self._lingerers(_moving(f.tracks, 1)) for f in frames]
+        self._recent = deque((ti, fg, n, k, w) for (ti, fg, n, w), k in zip(rows, lingering, strict=True))
         self._crowd = None
         return self
 
-    def _lingerers(self, frame: MotionFrame) -> int:
-        """How many tracks move at under half the usual walking speed (people who stay about)."""
-        usual = self.speed_ if self.speed_ is not None else 0.1
-        return sum(1 for tr in _moving(frame.tracks, 1) if math.hypot(*tr.velocity) < 0.5 * usual)
-
-    def _gathering(self, t: float) -> float:
-        """How many more tracks linger now (median of the crowd's "now") than a moment ago.
+    def _lingerers(self, moving: Sequence[TrackView]) -> int:
+        """How many of the moving tracks go at under half the usual walking speed.
 
         Why: walkers arrive as a random stream, and at times four in view become a dozen within
         seconds, a burst that the area and the count both read as a crowd (most false crowds on
         normal footage were such bursts). People passing through keep walking; a crowd gathers,
         and whoever joins it slows down."""
-        rows = list(self._lingering)
-        window = [(n, w) for ti, n, w in rows if t - ti <= self.smooth_seconds + 1e-6]
-        if len(window) < SMOOTH_FRAMES:
-            window = [(n, w) for _, n, w in rows[-SMOOTH_FRAMES:]]
-        older = [(n, w) for ti, n, w in rows if self.before[1] <= t - ti <= self.before[0]]
-        now = np.array(window, float)
-        (now_level,) = _weighted_median(now[:, :1], now[:, 1])
-        if not older:
-            return float(now_level)
-        past = np.array(older, float)
-        (before_level,) = _weighted_median(past[:, :1], past[:, 1])
-        return float(now_level - before_level)
+        usual = self.speed_ if self.speed_ is not None else 0.1
+        return sum(1 for tr in moving if math.hypot(*tr.velocity) < 0.5 * usual)
 
     def _refresh_level(self, t: float) -> None:
         while self._levels and t - self._levels[0][0] > self.level_seconds:
@@ -286,17 +274,17 @@ class ActivityModel:
         # The last ``smooth_seconds``, and at least the last three frames judged: under frame drops
         # 0.6 s holds one or two frames, and one frame's flicker would be a crowd.
         recent = list(self._recent)
-        window = [(fg, n, w) for ti, fg, n, w in recent if t - ti <= self.smooth_seconds + 1e-6]
+        window = [row[1:] for row in recent if t - row[0] <= self.smooth_seconds + 1e-6]
         if len(window) < SMOOTH_FRAMES:
-            window = [(fg, n, w) for _, fg, n, w in recent[-SMOOTH_FRAMES:]]
-        older = [(fg, n, w) for ti, fg, n, w in recent if self.before[1] <= t - ti <= self.before[0]]
+            window = [row[1:] for row in recent[-SMOOTH_FRAMES:]]
+        older = [row[1:] for row in recent if self.before[1] <= t - row[0] <= self.before[0]]
         now = np.array(window, float)
-        now_area, now_count = (float(v) for v in _weighted_median(now[:, :2], now[:, 2]))
+        now_area, now_count, now_lingering = (float(v) for v in _weighted_median(now[:, :3], now[:, 3]))
         if older:
             past = np.array(older, float)
-            before_area, before_count = (float(v) for v in _weighted_median(past[:, :2], past[:, 2]))
+            before_area, before_count, before_lingering = (float(v) for v in _weighted_median(past[:, :3], past[:, 3]))
         else:
-            before_area, before_count = self.fg_level_, self.objects_level_
+            before_area, before_count, before_lingering = self.fg_level_, self.objects_level_, 0.0
         base_area, base_count = max(before_area, self.fg_level_), max(before_count, self.objects_level_)
         objects = max(self.objects_level_, 1.0)
         # A level learned from a few seconds is itself uncertain: the people in view change about
@@ -316,7 +304,8 @@ class ActivityModel:
             self.crowd_z * spread_count, self.crowd_ratio * self.objects_level_ - base_count, self.crowd_min_objects
         )
         crowd = max((now_area - base_area) / bound_area, (now_count - base_count) / bound_count)
-        if self._crowd is None and crowd >= 1.0 and self._gathering(t) < self.crowd_min_gathering:
+        gathering = now_lingering - before_lingering  # more tracks linger now than a moment ago
+        if self._crowd is None and crowd >= 1.0 and gathering < self.crowd_min_gathering:
             crowd = min(crowd, 0.9)  # a burst of people passing through, not a crowd
         if self._crowd is not None:
             held_area, held_count = self._crowd
@@ -342,16 +331,13 @@ class ActivityModel:
         if covered >= 1.0 or (frame.shift is not None and frame.shift >= 0.04):
             return findings  # motion means nothing while the view itself is broken
         moving = _moving(frame.tracks, 1)
-        self._recent.append((frame.t, frame.fg_fraction, len(moving), weight))
-        self._lingering.append((frame.t, self._lingerers(frame), weight))
+        self._recent.append((frame.t, frame.fg_fraction, len(moving), self._lingerers(moving), weight))
         if not frame.relit:
             self._levels.append((frame.t, frame.fg_fraction, len(moving), weight))
         if frame.t - self._level_at >= 1.0:  # a median of minutes, refreshed once a second
             self._refresh_level(frame.t)
         while frame.t - self._recent[0][0] > max(self.before[0], self.smooth_seconds):
             self._recent.popleft()
-        while frame.t - self._lingering[0][0] > max(self.before[0], self.smooth_seconds):
-            self._lingering.popleft()
         crowd = self._crowd_score(frame)
         if frame.relit or frame.fg_fraction > 0.45 or covered > 0.5:
             crowd = min(crowd, 0.0)  # the whole view changed (light, a hand coming): not people
@@ -426,7 +412,7 @@ class RuleDetector:
             arrived = tr.age - tr.lag >= tr.dwell + 1.0
             # Half out of the frame, a blob's centre barely moves whatever the person does (one
             # walking out of the view shrinks in place): judged once it is whole in the view.
-            whole = tr.box[0] > 0.01 and tr.box[2] < 0.99
+            whole = _whole_in_view(tr.box)
             loiter = self.rules.loiter_seconds
             if loiter > 0 and tr.dwell > 0.25 * loiter and tr.seen >= 0.5 and arrived and whole:
                 findings.append(Finding("loitering", tr.dwell / self.rules.loiter_seconds, tr.box))
@@ -447,7 +433,7 @@ class RuleDetector:
                     findings.append(Finding("wrong_way", 1.5, tr.box))
         if self.rules.loiter_seconds > 0:
             for box, level in frame.stationary:
-                if box[0] <= 0.01 or box[2] >= 0.99:
+                if not _whole_in_view(box):
                     # Against the edge of the view, as a track half out of it: the pixels a shaking
                     # camera fills in at its border (and someone half out of view) stay foreground
                     # there; no one is judged standing until whole in the view.
