@@ -6,6 +6,7 @@ pixels is not someone standing there."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -290,6 +291,30 @@ def test_a_configured_flow_flags_a_runner_but_not_a_track_that_jumps_back_once()
     # The hand-over of the learned-flow test above: its 0.8 s velocity points back for 0.8 s and
     # its 1.5 s travel too, but over the last 0.4 s it goes with the flow (it fired before).
     assert _rule_wrong_way_events(lambda t: 0.4 + 0.12 * (t - 20.0) - (0.3 if t >= 22.0 else 0.0), 20.0, 4.0) == []
+
+
+def _entering_runner_events(seen: float, every: int) -> list[float]:
+    """wrong_way events of the learned flow for a runner from t = 20 whose track the analyzer
+    reports in one frame of ``every`` with a share ``seen`` of recent frames (as it does for a
+    track born from a few frames of flicker at the edge of the view, before the runner was in it)."""
+    model = ActivityModel().fit([_frame(i / FPS, 0.03) for i in range(round(6 * FPS))])
+
+    def findings_at(t: float):
+        runner = _tracked(99, lambda s: 0.8 - 0.25 * (s - 20.0), t)
+        shown = t >= 20.0 and round(t * FPS) % every == 0
+        tracks = tuple(_walker(k, t) for k in range(6)) + ((replace(runner, seen=seen),) if shown else ())
+        return model.score(MotionFrame(t, 0.03, 50.0, 120.0, tracks))
+
+    return _confirmed_wrong_way(findings_at, 6.0, 24.0)
+
+
+def test_a_runner_seen_in_every_frame_is_judged_before_its_share_of_recent_frames_catches_up():
+    """The share of the last 1.5 s a track was seen in keeps flicker out; a runner whose track was
+    born from flicker as they entered is then seen in every frame, and waiting for the share to
+    reach 0.7 made runners seen a second late. Flicker seen every other frame still is not judged."""
+    runner = _entering_runner_events(seen=0.4, every=1)
+    assert runner and runner[0] <= 21.4, runner
+    assert _entering_runner_events(seen=0.5, every=2) == []
 
 
 def _street(seconds: float, stander: bool):

@@ -32,6 +32,8 @@ class Finding:
 # Share of recent frames a track must have been seen in (or hidden in a merge) for its direction
 # to be judged: see ActivityModel.score.
 STEADY = 0.7
+# Or seen without a break for this long (see RecentPaths.steady).
+UNBROKEN = 0.6
 
 
 def _whole_in_view(box: tuple[float, float, float, float]) -> bool:
@@ -88,24 +90,40 @@ class RecentPaths:
 
     def __init__(self) -> None:
         self._paths: dict[int, deque[tuple[float, float, float]]] = {}
+        self._since: dict[int, float] = {}
         self._last_t: float | None = None
 
     def follow(self, frame: MotionFrame) -> None:
         """Add each track's centre to its recent path; forget the tracks that are gone.
 
         The path spans ``RECENT_PATH`` seconds, or back to the frame before when that is further
-        (dropped under load): otherwise it would hold one point and no direction at all."""
+        (dropped under load): otherwise it would hold one point and no direction at all.
+        (Keeping a missing track's path a moment, for a small runner found in every other frame,
+        added a false wrong_way and a wrong kind on held-out footage: docs/benchmarks.md.)"""
         spacing = frame.t - self._last_t if self._last_t is not None else 0.0
         self._last_t = frame.t
         window = max(RECENT_PATH, spacing)
-        paths = {}
+        paths, since = {}, {}
         for tr in frame.tracks:
             path = self._paths.get(tr.id) or deque()
             path.append((frame.t, *tr.center))
             while frame.t - path[0][0] > window + 1e-6:
                 path.popleft()
             paths[tr.id] = path
-        self._paths = paths
+            # Reported in the frame judged before (seen, or hidden in a merge): the run goes on.
+            since[tr.id] = self._since.get(tr.id, frame.t) if tr.id in self._paths else frame.t
+        self._paths, self._since = paths, since
+
+    def steady(self, track: TrackView, t: float) -> bool:
+        """Seen in most recent frames (``STEADY``), or in every frame judged for ``UNBROKEN`` s.
+
+        Why both: a track born at the edge of the view from a few frames of flicker before the
+        person was wholly in it (a runner entering) is then seen in every frame, yet its share over
+        1.5 s reaches ``STEADY`` only a second later; flicker is never seen in every frame that long.
+        """
+        if track.seen >= STEADY:
+            return True
+        return track.id in self._since and t - self._since[track.id] >= UNBROKEN - 1e-6
 
     def back(self, track: int, flow: tuple[float, float], usual: float) -> float:
         """How far (frame widths) the track went against the unit vector ``flow`` over the last
@@ -352,11 +370,11 @@ class ActivityModel:
             speed = math.hypot(*tr.velocity)
             usual = self.speed_ if self.speed_ is not None else 0.1
             # Only a steady track is judged: one seen (or hidden inside a blob it merged with) in
-            # most frames of the last 1.5 s. A track of flicker, of a compression artefact, or of
-            # blobs that split and merge while the background is learned again after a change of
-            # light is seen every other frame, and hops.
-            steady = STEADY
-            if speed < max(0.5 * usual, 0.03) or tr.box[0] <= 0.01 or tr.box[2] >= 0.99 or tr.seen < steady:
+            # most frames of the last 1.5 s, or in every frame for 0.6 s. A track of flicker, of a
+            # compression artefact, or of blobs that split and merge while the background is
+            # learned again after a change of light is seen every other frame, and hops.
+            steady = self._paths.steady(tr, frame.t) if self.flow_ is not None else tr.seen >= STEADY
+            if speed < max(0.5 * usual, 0.03) or tr.box[0] <= 0.01 or tr.box[2] >= 0.99 or not steady:
                 continue  # too slow to judge, half out of the frame (its centre slides), or flicker
             if self.flow_ is not None:
                 cos = (tr.velocity[0] * self.flow_[0] + tr.velocity[1] * self.flow_[1]) / speed
@@ -416,7 +434,7 @@ class RuleDetector:
             loiter = self.rules.loiter_seconds
             if loiter > 0 and tr.dwell > 0.25 * loiter and tr.seen >= 0.5 and arrived and whole:
                 findings.append(Finding("loitering", tr.dwell / self.rules.loiter_seconds, tr.box))
-            if norm and tr.velocity is not None and tr.hits >= 3 and tr.seen >= STEADY:
+            if norm and tr.velocity is not None and tr.hits >= 3 and self._paths.steady(tr, frame.t):
                 speed = math.hypot(*tr.velocity)
                 unit = (flow[0] / norm, flow[1] / norm)
                 cos = (tr.velocity[0] * unit[0] + tr.velocity[1] * unit[1]) / max(speed, 1e-9)
