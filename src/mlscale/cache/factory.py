@@ -9,12 +9,13 @@ from mlscale.cache.settings import CacheSettings, ModelCacheSettings
 from mlscale.cache.tiered import PredictionCache
 from mlscale.storage import KeyValue, open_store
 
-# SQLite's page cache per connection of a prediction cache's shared tier. Why less than a feature
-# store's 64 MiB: every new answer is an insert at a random key, so each writing thread's page cache
-# fills up to its limit as the file grows (a long-running server's memory grew ~10 MiB a minute
-# with several threads at 64 MiB each), while reads go through the memory map and the in-process
-# tier answers the hot keys.
-L2_SQLITE_PAGE_CACHE_KIB = 8 * 1024
+# SQLite's page cache per connection of a prediction cache's shared tier: SQLite's own default.
+# Why not a feature store's 64 MiB: every new answer is an insert at a random key, so each writing
+# thread's page cache fills up to its limit as the file grows (a long-running server's memory grew
+# ~10 MiB a minute with several threads at 64 MiB each, and at 8 MiB each was still filling after 20
+# minutes), while reads go through the memory map and the in-process tier answers the hot keys. At
+# 2 MiB a worker's bound is 14 MiB (the event loop and 6 executor threads), reached in minutes.
+L2_SQLITE_PAGE_CACHE_KIB = 2 * 1024
 
 
 class Caches:
