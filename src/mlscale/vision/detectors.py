@@ -364,33 +364,32 @@ class ActivityModel:
             findings.append(Finding("crowd", crowd))
         if covered > 0.3 or frame.fg_fraction > 0.45:
             return findings  # something is coming over the lens, or the whole view changed: no one walks
-        if self.flow_ is not None:  # only wrong_way reads the recent paths
-            self._paths.follow(frame)
+        if self.flow_ is None:
+            # Someone merely faster than usual is not an anomaly by itself (a jogger); without a
+            # learned flow, direction is judged only by a configured ``flow`` (RuleDetector).
+            return findings
+        self._paths.follow(frame)
+        usual = self.speed_ if self.speed_ is not None else 0.1
         for tr in _moving(frame.tracks, 3):
             speed = math.hypot(*tr.velocity)
-            usual = self.speed_ if self.speed_ is not None else 0.1
             # Only a steady track is judged: one seen (or hidden inside a blob it merged with) in
             # most frames of the last 1.5 s, or in every frame for 0.6 s. A track of flicker, of a
             # compression artefact, or of blobs that split and merge while the background is
             # learned again after a change of light is seen every other frame, and hops.
-            steady = self._paths.steady(tr, frame.t) if self.flow_ is not None else tr.seen >= STEADY
-            if speed < max(0.5 * usual, 0.03) or tr.box[0] <= 0.01 or tr.box[2] >= 0.99 or not steady:
+            if speed < max(0.5 * usual, 0.03) or not _whole_in_view(tr.box) or not self._paths.steady(tr, frame.t):
                 continue  # too slow to judge, half out of the frame (its centre slides), or flicker
-            if self.flow_ is not None:
-                cos = (tr.velocity[0] * self.flow_[0] + tr.velocity[1] * self.flow_[1]) / speed
-                # Against the flow now, and has gone a good way against it: a blob that merges with
-                # a passer-by makes its centre jump back for a moment, and that is no one.
-                back = -(tr.travel[0] * self.flow_[0] + tr.travel[1] * self.flow_[1])
-                if (
-                    cos < -0.5
-                    and back > 0.05
-                    and back > 0.5 * usual * min(max(tr.age, 0.2), 1.5)
-                    and self._paths.back(tr.id, self.flow_, usual) > 0.0
-                ):
-                    # Walking straight against the flow scores 1.0; running against it, more.
-                    findings.append(Finding("wrong_way", -cos * (0.6 + 0.4 * speed / usual), tr.box))
-            # Someone merely faster than usual along the flow is not an anomaly by itself (a
-            # jogger); without a learned flow, direction is judged only by a configured ``flow``.
+            cos = (tr.velocity[0] * self.flow_[0] + tr.velocity[1] * self.flow_[1]) / speed
+            # Against the flow now, and has gone a good way against it: a blob that merges with
+            # a passer-by makes its centre jump back for a moment, and that is no one.
+            back = -(tr.travel[0] * self.flow_[0] + tr.travel[1] * self.flow_[1])
+            if (
+                cos < -0.5
+                and back > 0.05
+                and back > 0.5 * usual * min(max(tr.age, 0.2), 1.5)
+                and self._paths.back(tr.id, self.flow_, usual) > 0.0
+            ):
+                # Walking straight against the flow scores 1.0; running against it, more.
+                findings.append(Finding("wrong_way", -cos * (0.6 + 0.4 * speed / usual), tr.box))
         return findings
 
 
